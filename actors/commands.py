@@ -1,0 +1,167 @@
+"""Commands a show accepts and the results it gives: the wire schema of the booking core.
+
+Every command carries `cmd_id`, chosen by the client; a command repeated with the same id
+is answered with the first result and changes nothing. Ids of the holds and bookings a
+command creates are chosen by the caller too (so they can be routed, and so the domain
+needs no randomness).
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+
+class _Cmd(msgspec.Struct, frozen=True, tag_field="type", forbid_unknown_fields=True):
+    cmd_id: str
+
+
+class Hold(_Cmd, tag="hold"):
+    """Hold these exact seats."""
+
+    hold_id: str
+    token: str
+    seats: list[str]
+
+
+class HoldBest(_Cmd, tag="hold_best"):
+    """Hold the best `count` free seats, optionally within one category."""
+
+    hold_id: str
+    token: str
+    count: int
+    category: str | None = None
+    accessible: bool = False  # include wheelchair spaces (left out unless asked for)
+
+
+class Extend(_Cmd, tag="extend"):
+    hold_id: str
+    token: str
+    extra_ms: int
+
+
+class Release(_Cmd, tag="release"):
+    hold_id: str
+    token: str
+
+
+class Confirm(_Cmd, tag="confirm"):
+    """Turn a live hold into a booking once payment went through."""
+
+    hold_id: str
+    token: str
+    booking_id: str
+    payment_ref: str
+
+
+class Cancel(_Cmd, tag="cancel"):
+    booking_id: str
+    token: str
+
+
+class Block(_Cmd, tag="block"):
+    """Partner holds seats back from sale (house seats)."""
+
+    seats: list[str]
+
+
+class Unblock(_Cmd, tag="unblock"):
+    seats: list[str]
+
+
+class Expire(_Cmd, tag="expire"):
+    """Time has passed: free every hold whose time is up."""
+
+
+Command = Hold | HoldBest | Extend | Release | Confirm | Cancel | Block | Unblock | Expire
+
+
+# --- results -------------------------------------------------------------------------
+
+class _Res(msgspec.Struct, frozen=True, tag_field="type"):
+    pass
+
+
+class Held(_Res, tag="held"):
+    hold_id: str
+    seats: list[str]
+    expires_at_ms: int
+
+
+class Extended(_Res, tag="extended"):
+    hold_id: str
+    expires_at_ms: int
+
+
+class Released(_Res, tag="released"):
+    hold_id: str
+    seats: list[str]
+
+
+class Confirmed(_Res, tag="confirmed"):
+    booking_id: str
+    hold_id: str
+    seats: list[str]
+
+
+class Cancelled(_Res, tag="cancelled"):
+    booking_id: str
+    seats: list[str]
+
+
+class BlockedSeats(_Res, tag="blocked"):
+    seats: list[str]
+
+
+class UnblockedSeats(_Res, tag="unblocked"):
+    seats: list[str]
+
+
+class ExpiredHolds(_Res, tag="expired"):
+    hold_ids: list[str]
+    seats: list[str]
+
+
+ErrorCode = Literal[
+    "invalid",             # malformed command (empty seat list, count < 1, ...)
+    "unknown_seats",       # seat ids not in this show's layout
+    "too_many_seats",      # over the per-hold maximum
+    "seats_unavailable",   # held, booked or blocked by someone else
+    "not_enough_seats",    # best-available could not find `count` free seats
+    "not_found",           # no such hold / booking
+    "not_owner",           # the token does not own the hold / booking
+    "hold_expired",        # the hold's time is up
+    "lifetime_exceeded",   # extending past the hold's maximum lifetime
+    "duplicate_id",        # a hold / booking with that id exists already
+    "unavailable",         # the show could not be reached or made durable (retry)
+]
+
+
+class Rejected(_Res, tag="rejected"):
+    code: ErrorCode
+    message: str
+    seats: list[str] = []
+
+
+Result = (
+    Held | Extended | Released | Confirmed | Cancelled | BlockedSeats | UnblockedSeats
+    | ExpiredHolds | Rejected
+)
+
+
+SeatStatus = Literal["free", "held", "booked", "blocked"]
+
+
+class SeatChange(msgspec.Struct, frozen=True, array_like=True):
+    """One seat's new status: what the live seat map broadcasts (no tokens, no owners)."""
+
+    seat: str
+    status: SeatStatus
+
+
+# One encoder/decoder per type, built once (msgspec's fast path); the encoder serves
+# commands and results alike.
+command_encoder = msgspec.msgpack.Encoder()
+commands_decoder = msgspec.msgpack.Decoder(list[Command])
+command_decoder = msgspec.msgpack.Decoder(Command)
+results_decoder = msgspec.msgpack.Decoder(list[Result])

@@ -1,0 +1,299 @@
+"""The seat map of one show: the aggregate that guards "a seat is never sold twice".
+
+Pure: no clock, no randomness, no I/O. `apply(command, now_ms)` is the only way to change
+it; it returns the result and the seat changes, and bumps `version` once per command that
+changed anything. Replaying the same commands at the same times rebuilds the same state,
+which is how the show actor recovers from its log.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import msgspec
+
+from . import commands as c
+from .best_available import SeatPicker
+from .layout import Seat, ShowConfig
+
+IDEMPOTENCY_WINDOW = 4096  # remembered answers; retries come within seconds
+
+
+class HoldRecord(msgspec.Struct):
+    token: str
+    seats: list[str]
+    created_ms: int
+    expires_ms: int
+
+
+class BookingRecord(msgspec.Struct):
+    token: str
+    seats: list[str]
+    hold_id: str
+    payment_ref: str
+    booked_ms: int
+
+
+class Snapshot(msgspec.Struct):
+    """Everything needed to rebuild a seat map without replaying its whole log."""
+
+    config: ShowConfig
+    version: int
+    blocked: list[str]
+    holds: dict[str, HoldRecord]
+    bookings: dict[str, BookingRecord]
+    answers: list[tuple[str, c.Result]]
+
+
+class Outcome(msgspec.Struct, frozen=True):
+    result: c.Result
+    changes: list[c.SeatChange]
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.changes)
+
+
+class SeatMap:
+    def __init__(self, config: ShowConfig) -> None:
+        self.config = config
+        self.rules = config.rules
+        self.seats: dict[str, Seat] = {s.id: s for s in config.layout.seats}
+        self._picker = SeatPicker(config.layout)
+        self.version = 0
+        self.status: dict[str, c.SeatStatus] = {
+            s.id: "blocked" if s.blocked else "free" for s in config.layout.seats
+        }
+        self.holder: dict[str, str] = {}  # seat id -> hold id or booking id
+        self.holds: dict[str, HoldRecord] = {}
+        self.bookings: dict[str, BookingRecord] = {}
+        self._answers: OrderedDict[str, c.Result] = OrderedDict()
+
+    # --- the entry point -------------------------------------------------------------
+
+    def apply(self, cmd: c.Command, now_ms: int) -> Outcome:
+        if (known := self._answers.get(cmd.cmd_id)) is not None:
+            return Outcome(known, [])
+        handler = _HANDLERS[type(cmd)]
+        result, changes = handler(self, cmd, now_ms)
+        if changes:
+            self.version += 1
+        if not isinstance(cmd, c.Expire):  # the actor's own sweeps need no dedup
+            self._answers[cmd.cmd_id] = result
+            if len(self._answers) > IDEMPOTENCY_WINDOW:
+                self._answers.popitem(last=False)
+        return Outcome(result, changes)
+
+    # --- queries ---------------------------------------------------------------------
+
+    def next_expiry_ms(self) -> int | None:
+        return min((h.expires_ms for h in self.holds.values()), default=None)
+
+    def counts(self) -> dict[str, int]:
+        out = {"free": 0, "held": 0, "booked": 0, "blocked": 0}
+        for status in self.status.values():
+            out[status] += 1
+        return out
+
+    # --- snapshots -------------------------------------------------------------------
+
+    def snapshot(self) -> Snapshot:
+        return Snapshot(
+            config=self.config,
+            version=self.version,
+            blocked=sorted(s for s, st in self.status.items() if st == "blocked"),
+            holds={k: msgspec.structs.replace(v) for k, v in self.holds.items()},
+            bookings=dict(self.bookings),
+            answers=list(self._answers.items()),
+        )
+
+    @classmethod
+    def from_snapshot(cls, snap: Snapshot) -> SeatMap:
+        m = cls(snap.config)
+        m.version = snap.version
+        for seat in m.status:
+            m.status[seat] = "free"
+        for seat in snap.blocked:
+            m.status[seat] = "blocked"
+        m.holds = {k: msgspec.structs.replace(v) for k, v in snap.holds.items()}
+        m.bookings = dict(snap.bookings)
+        for hold_id, hold in m.holds.items():
+            for seat in hold.seats:
+                m.status[seat], m.holder[seat] = "held", hold_id
+        for booking_id, booking in m.bookings.items():
+            for seat in booking.seats:
+                m.status[seat], m.holder[seat] = "booked", booking_id
+        m._answers = OrderedDict(snap.answers)
+        return m
+
+    # --- command handlers ------------------------------------------------------------
+
+    def _hold(self, cmd: c.Hold, now_ms: int) -> tuple[c.Result, list[c.SeatChange]]:
+        seats = list(dict.fromkeys(cmd.seats))  # a seat named twice is still one seat
+        if not seats:
+            return _reject("invalid", "name at least one seat"), []
+        if err := self._new_hold_checks(cmd.hold_id, len(seats)):
+            return err, []
+        unknown = [s for s in seats if s not in self.seats]
+        if unknown:
+            return _reject("unknown_seats", "no such seats in this show", unknown), []
+        taken = [s for s in seats if self.status[s] != "free"]
+        if taken:
+            return _reject("seats_unavailable", "seats are no longer free", taken), []
+        return self._create_hold(cmd.hold_id, cmd.token, seats, now_ms)
+
+    def _hold_best(self, cmd: c.HoldBest, now_ms: int) -> tuple[c.Result, list[c.SeatChange]]:
+        if cmd.count < 1:
+            return _reject("invalid", "count must be at least 1"), []
+        if err := self._new_hold_checks(cmd.hold_id, cmd.count):
+            return err, []
+        if cmd.category is not None and not any(
+            s.category == cmd.category for s in self.seats.values()
+        ):
+            return _reject("invalid", f"no seat category {cmd.category!r} in this show"), []
+        status = self.status
+
+        def eligible(seat: Seat) -> bool:
+            return (
+                status[seat.id] == "free"
+                and (cmd.category is None or seat.category == cmd.category)
+                and (cmd.accessible or not (seat.accessible or seat.companion))
+            )
+
+        seats = self._picker.pick(cmd.count, eligible)
+        if seats is None:
+            return _reject("not_enough_seats", f"fewer than {cmd.count} seats are free"), []
+        return self._create_hold(cmd.hold_id, cmd.token, seats, now_ms)
+
+    def _extend(self, cmd: c.Extend, now_ms: int) -> tuple[c.Result, list[c.SeatChange]]:
+        if cmd.extra_ms <= 0:
+            return _reject("invalid", "extra time must be positive"), []
+        hold, err = self._live_hold(cmd.hold_id, cmd.token, now_ms)
+        if err:
+            return err, []
+        cap = hold.created_ms + self.rules.hold_max_lifetime_ms
+        if hold.expires_ms >= cap:
+            return _reject("lifetime_exceeded", "this hold cannot be extended any further"), []
+        hold.expires_ms = min(hold.expires_ms + cmd.extra_ms, cap)
+        # No seat changes colour, but the hold did change: it is logged and versioned.
+        return c.Extended(cmd.hold_id, hold.expires_ms), [
+            c.SeatChange(s, "held") for s in hold.seats
+        ]
+
+    def _release(self, cmd: c.Release, now_ms: int) -> tuple[c.Result, list[c.SeatChange]]:
+        hold, err = self._live_hold(cmd.hold_id, cmd.token, now_ms)
+        if err:
+            return err, []
+        return c.Released(cmd.hold_id, hold.seats), self._drop_hold(cmd.hold_id)
+
+    def _confirm(self, cmd: c.Confirm, now_ms: int) -> tuple[c.Result, list[c.SeatChange]]:
+        hold, err = self._live_hold(cmd.hold_id, cmd.token, now_ms)
+        if err:
+            return err, []
+        if cmd.booking_id in self.bookings or cmd.booking_id in self.holds:
+            return _reject("duplicate_id", f"booking id {cmd.booking_id!r} is taken"), []
+        del self.holds[cmd.hold_id]
+        self.bookings[cmd.booking_id] = BookingRecord(
+            cmd.token, hold.seats, cmd.hold_id, cmd.payment_ref, now_ms
+        )
+        changes = self._set(hold.seats, "booked", cmd.booking_id)
+        return c.Confirmed(cmd.booking_id, cmd.hold_id, hold.seats), changes
+
+    def _cancel(self, cmd: c.Cancel, now_ms: int) -> tuple[c.Result, list[c.SeatChange]]:
+        booking = self.bookings.get(cmd.booking_id)
+        if booking is None:
+            return _reject("not_found", f"no booking {cmd.booking_id!r}"), []
+        if booking.token != cmd.token:
+            return _reject("not_owner", "this booking belongs to someone else"), []
+        del self.bookings[cmd.booking_id]
+        changes = self._set(booking.seats, "free", None)
+        return c.Cancelled(cmd.booking_id, booking.seats), changes
+
+    def _block(self, cmd: c.Block, now_ms: int) -> tuple[c.Result, list[c.SeatChange]]:
+        seats = list(dict.fromkeys(cmd.seats))
+        if err := self._known(seats):
+            return err, []
+        taken = [s for s in seats if self.status[s] in ("held", "booked")]
+        if taken:
+            return _reject("seats_unavailable", "held or booked seats cannot be blocked", taken), []
+        fresh = [s for s in seats if self.status[s] == "free"]
+        return c.BlockedSeats(seats), self._set(fresh, "blocked", None)
+
+    def _unblock(self, cmd: c.Unblock, now_ms: int) -> tuple[c.Result, list[c.SeatChange]]:
+        seats = list(dict.fromkeys(cmd.seats))
+        if err := self._known(seats):
+            return err, []
+        blocked = [s for s in seats if self.status[s] == "blocked"]
+        return c.UnblockedSeats(seats), self._set(blocked, "free", None)
+
+    def _expire(self, cmd: c.Expire, now_ms: int) -> tuple[c.Result, list[c.SeatChange]]:
+        due = [h for h, rec in self.holds.items() if rec.expires_ms <= now_ms]
+        seats = [s for h in due for s in self.holds[h].seats]
+        changes = [ch for h in due for ch in self._drop_hold(h)]
+        return c.ExpiredHolds(due, seats), changes
+
+    # --- helpers ---------------------------------------------------------------------
+
+    def _new_hold_checks(self, hold_id: str, count: int) -> c.Rejected | None:
+        if count > self.rules.max_seats_per_hold:
+            return _reject(
+                "too_many_seats", f"at most {self.rules.max_seats_per_hold} seats per hold"
+            )
+        if hold_id in self.holds or hold_id in self.bookings:
+            return _reject("duplicate_id", f"hold id {hold_id!r} is taken")
+        return None
+
+    def _known(self, seats: list[str]) -> c.Rejected | None:
+        if not seats:
+            return _reject("invalid", "name at least one seat")
+        unknown = [s for s in seats if s not in self.seats]
+        if unknown:
+            return _reject("unknown_seats", "no such seats in this show", unknown)
+        return None
+
+    def _live_hold(
+        self, hold_id: str, token: str, now_ms: int
+    ) -> tuple[HoldRecord, None] | tuple[None, c.Rejected]:
+        hold = self.holds.get(hold_id)
+        if hold is None:
+            return None, _reject("not_found", f"no hold {hold_id!r} (released, expired or booked)")
+        if hold.token != token:
+            return None, _reject("not_owner", "this hold belongs to someone else")
+        if hold.expires_ms <= now_ms:
+            return None, _reject("hold_expired", "the hold's time is up", hold.seats)
+        return hold, None
+
+    def _create_hold(
+        self, hold_id: str, token: str, seats: list[str], now_ms: int
+    ) -> tuple[c.Result, list[c.SeatChange]]:
+        expires = now_ms + self.rules.hold_ttl_ms
+        self.holds[hold_id] = HoldRecord(token, seats, now_ms, expires)
+        return c.Held(hold_id, seats, expires), self._set(seats, "held", hold_id)
+
+    def _drop_hold(self, hold_id: str) -> list[c.SeatChange]:
+        return self._set(self.holds.pop(hold_id).seats, "free", None)
+
+    def _set(self, seats: list[str], status: c.SeatStatus, owner: str | None) -> list[c.SeatChange]:
+        for seat in seats:
+            self.status[seat] = status
+            if owner is None:
+                self.holder.pop(seat, None)
+            else:
+                self.holder[seat] = owner
+        return [c.SeatChange(s, status) for s in seats]
+
+
+def _reject(code: c.ErrorCode, message: str, seats: list[str] | None = None) -> c.Rejected:
+    return c.Rejected(code, message, seats or [])
+
+
+_HANDLERS = {
+    c.Hold: SeatMap._hold,
+    c.HoldBest: SeatMap._hold_best,
+    c.Extend: SeatMap._extend,
+    c.Release: SeatMap._release,
+    c.Confirm: SeatMap._confirm,
+    c.Cancel: SeatMap._cancel,
+    c.Block: SeatMap._block,
+    c.Unblock: SeatMap._unblock,
+    c.Expire: SeatMap._expire,
+}

@@ -1,0 +1,138 @@
+"""How a show lives in Redis: its config, its log (a Stream), its sequence and snapshot.
+
+Keys share the `{show_id}` hash tag so one Lua call can touch them all (Redis Cluster
+ready). The log's entry ids are `<seq>-0`, so sequence numbers are contiguous and readable
+with XRANGE; the append script checks the expected sequence first, which fences off any
+stale actor instance: a write computed from an old state can never land.
+"""
+from __future__ import annotations
+
+import msgspec
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from . import commands as c
+from .layout import ShowConfig
+from .seatmap import SeatMap, Snapshot
+
+
+def config_key(show_id: str) -> str:
+    return f"show:{{{show_id}}}:config"
+
+
+def log_key(show_id: str) -> str:
+    return f"show:{{{show_id}}}:log"
+
+
+def seq_key(show_id: str) -> str:
+    return f"show:{{{show_id}}}:seq"
+
+
+def snap_key(show_id: str) -> str:
+    return f"show:{{{show_id}}}:snap"
+
+
+class Event(msgspec.Struct, frozen=True):
+    """The public form of one log entry, as the live seat map receives it."""
+
+    seq: int
+    at: int
+    changes: list[c.SeatChange]
+
+
+class LogEntry(msgspec.Struct, frozen=True):
+    at: int
+    command: bytes  # msgpack Command, private (it carries holder tokens)
+    event: bytes    # JSON Event, public: forwarded to watchers byte for byte
+
+
+event_encoder = msgspec.json.Encoder()
+event_decoder = msgspec.json.Decoder(Event)
+_snapshot_encoder = msgspec.msgpack.Encoder()
+_snapshot_decoder = msgspec.msgpack.Decoder(Snapshot)
+_config_decoder = msgspec.json.Decoder(ShowConfig)
+
+_APPEND = """
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+if cur ~= tonumber(ARGV[1]) then
+  return redis.error_reply('FENCED expected ' .. ARGV[1] .. ' found ' .. cur)
+end
+local seq = cur
+for i = 4, #ARGV, 3 do
+  seq = seq + 1
+  redis.call('XADD', KEYS[2], seq .. '-0', 't', ARGV[i], 'c', ARGV[i + 1], 'e', ARGV[i + 2])
+end
+redis.call('SET', KEYS[1], seq)
+if ARGV[2] ~= '' then redis.call('SET', KEYS[3], ARGV[2]) end
+if ARGV[3] ~= '' then redis.call('XTRIM', KEYS[2], 'MINID', ARGV[3]) end
+return seq
+"""
+
+
+class Fenced(Exception):
+    """The log moved on without us: another instance of this show wrote to it."""
+
+
+class UnknownShow(LookupError):
+    pass
+
+
+class ShowStore:
+    def __init__(self, redis: aioredis.Redis, show_id: str) -> None:
+        self.redis = redis
+        self.show_id = show_id
+        self._keys = [seq_key(show_id), log_key(show_id), snap_key(show_id)]
+        self._append = redis.register_script(_APPEND)
+
+    async def append(
+        self, expected_seq: int, entries: list[LogEntry], snapshot: Snapshot | None,
+        trim_below: int | None,
+    ) -> int:
+        args: list[bytes | int | str] = [
+            expected_seq,
+            _snapshot_encoder.encode(snapshot) if snapshot else b"",
+            f"{trim_below}-0" if trim_below else "",
+        ]
+        for e in entries:
+            args += [e.at, e.command, e.event]
+        try:
+            return int(await self._append(keys=self._keys, args=args))
+        except ResponseError as exc:
+            if str(exc).startswith("FENCED"):
+                raise Fenced(str(exc)) from exc
+            raise
+
+    async def load(self) -> SeatMap:
+        """Snapshot plus the log after it; raises UnknownShow if the show has no config."""
+        raw_snap, raw_config, seq = await self.redis.mget(
+            snap_key(self.show_id), config_key(self.show_id), seq_key(self.show_id)
+        )
+        if raw_snap:
+            seatmap = SeatMap.from_snapshot(_snapshot_decoder.decode(raw_snap))
+        elif raw_config:
+            seatmap = SeatMap(_config_decoder.decode(raw_config))
+        else:
+            raise UnknownShow(self.show_id)
+        start = seatmap.version + 1
+        while True:
+            chunk = await self.redis.xrange(log_key(self.show_id), f"{start}-0", "+", count=1000)
+            if not chunk:
+                break
+            for entry_id, fields in chunk:
+                cmd = c.command_decoder.decode(fields[b"c"])
+                seatmap.apply(cmd, int(fields[b"t"]))
+                start = int(entry_id.split(b"-")[0]) + 1
+        if seatmap.version != int(seq or 0):
+            raise RuntimeError(
+                f"show {self.show_id}: replay reached version {seatmap.version}, log says {seq}"
+            )
+        return seatmap
+
+    async def events_since(self, seq: int, limit: int = 10_000) -> list[tuple[int, bytes]]:
+        """Public events with sequence > seq (the live page's catch-up)."""
+        rows = await self.redis.xrange(log_key(self.show_id), f"{seq + 1}-0", "+", count=limit)
+        return [(int(i.split(b"-")[0]), f[b"e"]) for i, f in rows]
+
+
+async def put_config(redis: aioredis.Redis, config: ShowConfig) -> None:
+    await redis.set(config_key(config.show_id), msgspec.json.encode(config))
