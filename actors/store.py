@@ -32,8 +32,9 @@ def snap_key(show_id: str) -> str:
     return f"show:{{{show_id}}}:snap"
 
 
-class Event(msgspec.Struct, frozen=True):
-    """The public form of one log entry, as the live seat map receives it."""
+class Event(msgspec.Struct, frozen=True, tag_field="type", tag="event"):
+    """The public form of one log entry, as the live seat map receives it:
+    `{"type": "event", "seq": 7, "at": <ms>, "changes": [["A1", "held"], ...]}`."""
 
     seq: int
     at: int
