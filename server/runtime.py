@@ -1,0 +1,53 @@
+"""Bring up what the web tier needs: Redis (embedded unless given) and Ray (local unless given)."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import ray
+
+from actors.show_actor import NAMESPACE
+
+from .embedded import RedisServer
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class Runtime:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.redis_server: RedisServer | None = None
+        self.redis_url = settings.redis_url or ""
+
+    def start(self) -> Runtime:
+        if not self.settings.redis_url:
+            data = Path(self.settings.data_dir) / "redis"
+            self.redis_server = RedisServer(data, port=_port_from(data)).start()
+            self.redis_url = self.redis_server.url
+            log.info("embedded Redis (AOF, fsync always) at %s, data in %s", self.redis_url, data)
+        if not ray.is_initialized():
+            if self.settings.ray_address:
+                ray.init(address=self.settings.ray_address, namespace=NAMESPACE)
+            else:
+                ray.init(namespace=NAMESPACE, include_dashboard=False, log_to_driver=False)
+        return self
+
+    def stop(self) -> None:
+        if ray.is_initialized():
+            ray.shutdown()
+        if self.redis_server:
+            self.redis_server.stop()
+
+
+def _port_from(data: Path) -> int | None:
+    """Reuse the embedded Redis port across restarts so a running browser keeps working."""
+    marker = data / "port"
+    if marker.exists():
+        return int(marker.read_text())
+    from .embedded import free_port
+
+    data.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    marker.write_text(str(port))
+    return port

@@ -1,0 +1,34 @@
+"""A real server on a loopback port (aiohttp TestServer), backed by the session's real
+Redis and Ray. `api` is an aiohttp client session pointed at it."""
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+
+from server.app import create_app
+from server.embedded import RedisServer
+from server.settings import Settings
+
+
+@pytest.fixture
+def app_settings() -> Settings:
+    return Settings(seed_demo=False, secret="test-secret", admin_key="test-admin-key",
+                    passivate_after_s=30)
+
+
+@pytest.fixture
+async def server(redis_server: RedisServer, ray_cluster: None, app_settings: Settings
+                 ) -> AsyncIterator[TestServer]:
+    srv = TestServer(create_app(app_settings, redis_server.url), host="127.0.0.1")
+    await srv.start_server()
+    yield srv
+    await srv.close()
+
+
+@pytest.fixture
+async def api(server: TestServer) -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(base_url=str(server.make_url(""))) as session:
+        yield session
