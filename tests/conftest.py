@@ -1,0 +1,64 @@
+"""Shared fixtures: a real Redis server and a real local Ray, started once per session.
+
+Every test gets fresh show ids (uuid), so tests never see each other's data.
+"""
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import ray
+import redis.asyncio as aioredis
+
+from actors.client import ShowDirectory
+from actors.layout import Layout, Rules, ShowConfig, grid_layout
+from actors.show_actor import NAMESPACE, ActorSettings
+from actors.store import put_config
+from server.embedded import RedisServer
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(Path(tmp_path_factory.mktemp("redis"))).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[None]:
+    ray.init(namespace=NAMESPACE, include_dashboard=False, num_cpus=2,
+             configure_logging=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+async def redis(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_server.url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def settings() -> ActorSettings:
+    return ActorSettings(snapshot_every=50, keep_log=100, passivate_after_s=30)
+
+
+@pytest.fixture
+def directory(redis_server: RedisServer, ray_cluster: None, settings: ActorSettings) -> ShowDirectory:
+    return ShowDirectory(redis_server.url, settings)
+
+
+@pytest.fixture
+def make_show(redis: aioredis.Redis):
+    """Write a show's config to Redis and return its (fresh) id."""
+
+    async def make(layout: Layout | None = None, rules: Rules | None = None) -> str:
+        show_id = f"t-{uuid.uuid4().hex[:12]}"
+        config = ShowConfig(show_id, layout or grid_layout(10, 20), rules or Rules())
+        await put_config(redis, config)
+        return show_id
+
+    return make
