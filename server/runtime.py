@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import ray
+import redis
 
 from actors.show_actor import NAMESPACE
 
@@ -26,9 +29,13 @@ class Runtime:
             self.redis_server = RedisServer(data, port=_port_from(data)).start()
             self.redis_url = self.redis_server.url
             log.info("embedded Redis (AOF, fsync always) at %s, data in %s", self.redis_url, data)
+        else:
+            # Started side by side (Procfile): wait for Redis rather than fail.
+            _retry(lambda: redis.Redis.from_url(self.redis_url).ping(), "Redis")
         if not ray.is_initialized():
             if self.settings.ray_address:
-                ray.init(address=self.settings.ray_address, namespace=NAMESPACE)
+                _retry(lambda: ray.init(address=self.settings.ray_address, namespace=NAMESPACE),
+                       "the Ray head")
             else:
                 ray.init(namespace=NAMESPACE, include_dashboard=False, log_to_driver=False)
         return self
@@ -51,3 +58,16 @@ def _port_from(data: Path) -> int | None:
     port = free_port()
     marker.write_text(str(port))
     return port
+
+
+def _retry(step: Callable[[], object], what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            step()
+            return
+        except Exception as exc:  # connection refused, head not up yet, ...
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"could not reach {what}: {exc}") from exc
+            log.info("waiting for %s (%s)", what, exc)
+            time.sleep(1)
