@@ -24,7 +24,7 @@ def free_port() -> int:
 
 class RedisServer:
     def __init__(self, data_dir: Path, port: int | None = None) -> None:
-        self.data_dir = Path(data_dir)
+        self.data_dir = Path(data_dir).resolve()  # redis-server chdirs into it
         self.port = port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
