@@ -11,7 +11,7 @@ from aiohttp import web
 from actors.client import ShowDirectory
 from actors.show_actor import ActorSettings
 
-from . import customer_api, live, partner_api
+from . import browse_api, customer_api, live, openapi, partner_api
 from .errors import error_middleware
 from .settings import Settings
 
@@ -49,6 +49,8 @@ def create_app(settings: Settings, redis_url: str) -> web.Application:
     app.add_routes(customer_api.routes)
     app.add_routes(partner_api.routes)
     app.add_routes(live.routes)
+    app.add_routes(browse_api.routes)
+    app.add_routes(openapi.routes)
     app.router.add_get("/", _index)
     app.router.add_static("/static/", WEB_DIR, name="static")
     return app
