@@ -75,14 +75,14 @@ def grid_layout(
     row_cats = [name for name, count in bands for _ in range(count)]
     row_cats += [bands[-1][0]] * (rows - len(row_cats))
     seats: list[Seat] = []
-    width = 0
     for r in range(rows):
         row = _row_name(r)
         x = 0
         for n in range(1, per_row + 1):
             seats.append(Seat(id=f"{row}{n}", row=row, number=n, category=row_cats[r], x=x, y=r))
             x += 2 if n in aisles else 1
-        width = x - 1
+    # The centre spans the seats themselves: an "aisle" after the last seat adds no width.
+    width = max((s.x for s in seats), default=0)
     return Layout(seats=seats, focal_x=width / 2, focal_y=rows * 2 / 3)
 
 
