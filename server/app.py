@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis.asyncio as aioredis
@@ -13,6 +13,7 @@ from actors.show_actor import ActorSettings
 
 from . import browse_api, customer_api, live, openapi, partner_api
 from .errors import error_middleware
+from .payments import PaymentGateway, SandboxGateway
 from .settings import Settings
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
@@ -24,6 +25,7 @@ class Services:
     redis: aioredis.Redis
     shows: ShowDirectory   # the show actors, through the coalescing clients
     hub: live.Hub          # live seat-map fan-out for this process
+    payments: PaymentGateway = field(default_factory=SandboxGateway)  # checkout's gateway
 
 
 SERVICES = web.AppKey("services", Services)
