@@ -46,11 +46,11 @@ class Snapshot(msgspec.Struct):
 
 class Outcome(msgspec.Struct, frozen=True):
     result: c.Result
-    changes: list[c.SeatChange]
-
-    @property
-    def changed(self) -> bool:
-        return bool(self.changes)
+    changes: list[c.SeatChange]  # exactly the seats whose status changed
+    # Whether the command changed the seat map at all (and so bumped the version and
+    # must be logged). Usually `bool(changes)`; an extension changes a hold's expiry
+    # without changing any seat's status.
+    changed: bool
 
 
 class SeatMap:
@@ -71,17 +71,22 @@ class SeatMap:
     # --- the entry point -------------------------------------------------------------
 
     def apply(self, cmd: c.Command, now_ms: int) -> Outcome:
-        if (known := self._answers.get(cmd.cmd_id)) is not None:
-            return Outcome(known, [])
+        # The actor's own sweeps need no dedup, and must never be answered from the
+        # cache: a client command that used the sweep's id would stop all expiry.
+        sweep = isinstance(cmd, c.Expire)
+        if not sweep and (known := self._answers.get(cmd.cmd_id)) is not None:
+            return Outcome(known, [], False)
         handler = _HANDLERS[type(cmd)]
         result, changes = handler(self, cmd, now_ms)
-        if changes:
+        # Extended is the one success that changes state (an expiry) but no seat.
+        changed = bool(changes) or isinstance(result, c.Extended)
+        if changed:
             self.version += 1
-        if not isinstance(cmd, c.Expire):  # the actor's own sweeps need no dedup
+        if not sweep:
             self._answers[cmd.cmd_id] = result
             if len(self._answers) > IDEMPOTENCY_WINDOW:
                 self._answers.popitem(last=False)
-        return Outcome(result, changes)
+        return Outcome(result, changes, changed)
 
     # --- queries ---------------------------------------------------------------------
 
@@ -174,10 +179,8 @@ class SeatMap:
         if hold.expires_ms >= cap:
             return _reject("lifetime_exceeded", "this hold cannot be extended any further"), []
         hold.expires_ms = min(hold.expires_ms + cmd.extra_ms, cap)
-        # No seat changes colour, but the hold did change: it is logged and versioned.
-        return c.Extended(cmd.hold_id, hold.expires_ms), [
-            c.SeatChange(s, "held") for s in hold.seats
-        ]
+        # No seat changes colour, but the hold did change: `apply` logs and versions it.
+        return c.Extended(cmd.hold_id, hold.expires_ms), []
 
     def _release(self, cmd: c.Release, now_ms: int) -> tuple[c.Result, list[c.SeatChange]]:
         hold, err = self._live_hold(cmd.hold_id, cmd.token, now_ms)
@@ -222,6 +225,11 @@ class SeatMap:
         seats = list(dict.fromkeys(cmd.seats))
         if err := self._known(seats):
             return err, []
+        # Seats the layout itself marks out of service are not partner inventory.
+        broken = [s for s in seats if self.seats[s].blocked]
+        if broken:
+            return _reject("seats_unavailable", "seats are out of service in the layout",
+                           broken), []
         blocked = [s for s in seats if self.status[s] == "blocked"]
         return c.UnblockedSeats(seats), self._set(blocked, "free", None)
 
