@@ -48,6 +48,7 @@ def create_app(settings: Settings, redis_url: str) -> web.Application:
         await redis.aclose()
 
     app.cleanup_ctx.append(lifecycle)
+    app.on_shutdown.append(_close_live_sockets)  # before the server waits for handlers
     app.add_routes(customer_api.routes)
     app.add_routes(partner_api.routes)
     app.add_routes(live.routes)
@@ -56,6 +57,10 @@ def create_app(settings: Settings, redis_url: str) -> web.Application:
     app.router.add_get("/", _index)
     app.router.add_static("/static/", WEB_DIR, name="static")
     return app
+
+
+async def _close_live_sockets(app: web.Application) -> None:
+    await app[SERVICES].hub.close()
 
 
 async def _index(request: web.Request) -> web.FileResponse:
