@@ -77,3 +77,172 @@ class Show(msgspec.Struct, forbid_unknown_fields=True):
 
 def catalog_key(kind: str, item_id: str) -> str:
     return f"catalog:{kind}:{item_id}"
+
+
+# --- partner feed: request and response bodies ----------------------------------------
+# The id of a PUT comes from the path, the partner from the API key; derived fields
+# (theatre, city, ends_at, status) are computed by the server, so bodies carry neither.
+
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+Date = Annotated[str, msgspec.Meta(pattern=r"^\d{4}-\d{2}-\d{2}$")]
+AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True)]  # must carry an offset (Z)
+
+
+class TheatreIn(msgspec.Struct, forbid_unknown_fields=True):
+    name: Name
+    city: Name
+    address: Annotated[str, msgspec.Meta(max_length=500)]
+    timezone: str = "UTC"  # IANA name, e.g. "Asia/Kolkata"; show dates are local dates
+
+
+class ScreenIn(msgspec.Struct, forbid_unknown_fields=True):
+    theatre_id: Id
+    name: Name
+    layout: ScreenLayout  # seats with id/row/number/category/x/y/flags; aisles are x gaps
+
+
+class MovieIn(msgspec.Struct, forbid_unknown_fields=True):
+    title: Name
+    languages: Annotated[list[Name], msgspec.Meta(min_length=1)]
+    genres: list[Name]
+    runtime_min: Annotated[int, msgspec.Meta(ge=1, le=600)]
+    certificate: Annotated[str, msgspec.Meta(max_length=20)]
+    synopsis: Annotated[str, msgspec.Meta(max_length=5000)] = ""
+
+
+class ShowIn(msgspec.Struct, forbid_unknown_fields=True):
+    movie_id: Id
+    screen_id: Id
+    starts_at: AwareDatetime
+    language: Name
+    format: Annotated[str, msgspec.Meta(min_length=1, max_length=20)]
+    prices: dict[str, Money]  # every seat category of the screen's layout needs a price
+
+
+class BulkShow(ShowIn, forbid_unknown_fields=True):
+    show_id: Id
+
+
+class BulkShowsRequest(msgspec.Struct, forbid_unknown_fields=True):
+    shows: Annotated[list[BulkShow], msgspec.Meta(min_length=1, max_length=500)]
+
+
+class ItemError(msgspec.Struct):
+    code: str
+    message: str
+
+
+class BulkItemResult(msgspec.Struct):
+    show_id: str
+    status: int  # what a PUT of this show alone would have answered: 201, 200 or a 4xx
+    show: Show | None = None
+    error: ItemError | None = None
+
+
+class BulkShowsResponse(msgspec.Struct):
+    created: int
+    replaced: int
+    failed: int
+    results: list[BulkItemResult]
+
+
+class SeatsRequest(msgspec.Struct, forbid_unknown_fields=True):
+    seats: Annotated[list[Annotated[str, msgspec.Meta(min_length=1, max_length=64)]],
+                     msgspec.Meta(min_length=1, max_length=1000)]
+
+
+class SeatsResponse(msgspec.Struct):
+    show_id: str
+    seats: list[str]  # the seats whose status this request changed
+
+
+class Availability(msgspec.Struct):
+    free: int
+    held: int
+    booked: int
+    blocked: int
+    seq: int  # the show's log sequence these counts are as of
+
+
+class Sales(msgspec.Struct):
+    seats_sold: int
+    gross: Money | None  # sum of the booked seats' category prices (None: nothing sold)
+
+
+class PartnerShow(msgspec.Struct):
+    show: Show
+    availability: Availability
+    sales: Sales
+
+
+class PartnerShowList(msgspec.Struct):
+    date: str
+    shows: list[PartnerShow]
+
+
+class PartnerCreate(msgspec.Struct, forbid_unknown_fields=True):
+    name: Name
+    partner_id: Id | None = None  # chosen by the server when left out
+
+
+class PartnerCreated(msgspec.Struct):
+    partner_id: str
+    name: str
+    api_key: str  # shown once; only its hash is stored
+
+
+# --- browse (customers) ---------------------------------------------------------------
+
+class City(msgspec.Struct):
+    name: str
+    theatres: int
+
+
+class CityList(msgspec.Struct):
+    cities: list[City]
+
+
+class MovieInfo(msgspec.Struct):
+    movie_id: str
+    title: str
+    languages: list[str]
+    genres: list[str]
+    runtime_min: int
+    certificate: str
+    synopsis: str = ""
+
+
+class MovieSummary(msgspec.Struct):
+    movie: MovieInfo
+    show_count: int           # matching scheduled shows
+    next_show_at: datetime    # the earliest of them
+    languages_showing: list[str]
+
+
+class MovieList(msgspec.Struct):
+    movies: list[MovieSummary]
+
+
+class ShowTime(msgspec.Struct):
+    show_id: str
+    starts_at: datetime
+    ends_at: datetime | None
+    language: str
+    format: str
+    screen_id: str
+    screen_name: str
+    price_from: Money
+    price_to: Money
+
+
+class TheatreShows(msgspec.Struct):
+    theatre_id: str
+    name: str
+    city: str
+    address: str
+    shows: list[ShowTime]
+
+
+class MovieShows(msgspec.Struct):
+    movie: MovieInfo
+    theatres: list[TheatreShows]
