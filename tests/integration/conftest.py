@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from actors import commands as c
 from actors.client import ShowDirectory
 from actors.layout import Layout, Rules
 from actors.show_actor import NAMESPACE, ActorSettings, actor_name
-from actors.store import ShowStore, event_decoder, log_key
+from actors.store import Event, LogEntry, ShowStore, event_decoder, event_encoder, log_key
 from server.embedded import RedisServer
 
 
@@ -146,3 +147,96 @@ def fast_settings() -> ActorSettings:
 
 def new_directory(url: str, settings: ActorSettings) -> ShowDirectory:
     return ShowDirectory(url, settings)
+
+
+async def append_behind_the_actors_back(
+    redis: aioredis.Redis, show_id: str, cmds: list[c.Command], at: int
+) -> tuple[int, list[c.Result]]:
+    """Write commands to the show's log the way an actor would (load, apply, append at the
+    loaded sequence), without going through the show's actor. Returns (new seq, results)."""
+    store = ShowStore(redis, show_id)
+    seatmap = await store.load()
+    base = seatmap.version
+    entries, results = [], []
+    for cmd in cmds:
+        outcome = seatmap.apply(cmd, at)
+        results.append(outcome.result)
+        if outcome.changed:
+            event = Event(seatmap.version, at, outcome.changes)
+            entries.append(LogEntry(at, c.command_encoder.encode(cmd), event_encoder.encode(event)))
+    return await store.append(base, entries, None, None), results
+
+
+class Stream:
+    """Workers that hold, confirm and release their own seats in a loop, recording every
+    answer, so a test can break things in the middle and check the outcome exactly."""
+
+    def __init__(self, submit: Callable[[c.Command], Awaitable[c.Result]], seats: list[str],
+                 workers: int, steps: int, tag: str = "") -> None:
+        self.submit = submit
+        self.seats = seats
+        self.workers = workers
+        self.steps = steps
+        self.tag = tag or uuid.uuid4().hex[:6]
+        self.acked = 0
+        self.answers: list[tuple[c.Command, c.Result]] = []
+        self._milestones: list[tuple[int, asyncio.Event]] = []
+
+    def reached(self, count: int) -> asyncio.Event:
+        event = asyncio.Event()
+        self._milestones.append((count, event))
+        self._check()
+        return event
+
+    def _check(self) -> None:
+        for count, event in self._milestones:
+            if self.acked >= count:
+                event.set()
+
+    async def _send(self, cmd: c.Command) -> c.Result:
+        result = await self.submit(cmd)
+        self.answers.append((cmd, result))
+        self.acked += 1
+        self._check()
+        return result
+
+    async def _worker(self, w: int) -> None:
+        mine = self.seats[w::self.workers]
+        for i in range(self.steps):
+            seats = mine[2 * i:2 * i + 2]
+            hold_id, token = f"{self.tag}-h{w}-{i}", f"{self.tag}-t{w}"
+            held = await self._send(c.Hold(f"{hold_id}:hold", hold_id, token, seats))
+            if not isinstance(held, c.Held):
+                continue
+            if i % 3 == 0:
+                await self._send(c.Release(f"{hold_id}:release", hold_id, token))
+            elif i % 3 == 1:
+                await self._send(c.Confirm(f"{hold_id}:confirm", hold_id, token,
+                                           f"{hold_id}-b", "pay"))
+
+    async def run(self) -> None:
+        await asyncio.gather(*(self._worker(w) for w in range(self.workers)))
+
+    def expected(self) -> tuple[dict[str, dict], dict[str, list[str]]]:
+        """(holds the clients were told they still have, bookings they were told they have)."""
+        holds: dict[str, dict] = {}
+        bookings: dict[str, list[str]] = {}
+        for _, res in self.answers:
+            if isinstance(res, c.Held):
+                holds[res.hold_id] = {"seats": res.seats, "expires_ms": res.expires_at_ms}
+            elif isinstance(res, c.Released):
+                del holds[res.hold_id]
+            elif isinstance(res, c.Confirmed):
+                del holds[res.hold_id]
+                bookings[res.booking_id] = res.seats
+        return holds, bookings
+
+    def rejections(self) -> list[tuple[c.Command, c.Result]]:
+        return [(cmd, res) for cmd, res in self.answers if isinstance(res, c.Rejected)]
+
+    def assert_reflected_exactly(self, state: dict) -> None:
+        """Every acknowledged success is in the state, and nothing else is."""
+        holds, bookings = self.expected()
+        assert {k: {"seats": v["seats"], "expires_ms": v["expires_ms"]}
+                for k, v in state["holds"].items()} == holds
+        assert {k: v["seats"] for k, v in state["bookings"].items()} == bookings

@@ -1,0 +1,206 @@
+"""Crashes in the middle of a stream of bookings: the show actor (ray.kill, kill -9 of its
+process) and Redis (kill -9, restart on the same port and data). Acknowledged means
+durable; the clients ride through; the recreated actor's state is exactly the log."""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time as _time
+
+import pytest
+import ray
+import redis.asyncio as aioredis
+
+from actors import commands as c
+from actors.client import ShowDirectory
+from actors.layout import ShowConfig, grid_layout
+from actors.store import Event, Fenced, LogEntry, ShowStore, event_encoder, put_config
+
+from .conftest import (
+    Stream,
+    append_behind_the_actors_back,
+    comparable,
+    get_actor,
+    replayed_state,
+)
+
+LAYOUT = grid_layout(20, 20)
+SEATS = [s.id for s in LAYOUT.seats]
+
+
+def kill(handle: ray.actor.ActorHandle, pid: int, how: str) -> None:
+    if how == "ray.kill":
+        ray.kill(handle, no_restart=False)
+    else:
+        os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("how", ["ray.kill", "kill -9"])
+async def test_actor_killed_mid_stream(how, shows, directory, redis):
+    show_id = await shows(LAYOUT)
+    client = directory.client(show_id)
+    stream = Stream(client.submit, SEATS, workers=8, steps=20)
+    handle = await _started(directory, show_id)
+    old_pid = await handle.pid.remote()
+
+    running = asyncio.create_task(stream.run())
+    await stream.reached(40).wait()
+    kill(handle, old_pid, how)
+    await stream.reached(stream.acked + 40).wait()  # it keeps going on the successor
+    await running
+
+    assert stream.acked > 8 * 20  # holds plus their releases / confirms
+    assert stream.rejections() == []  # retried until answered; never twice-applied
+    handle = get_actor(show_id)
+    assert await handle.pid.remote() != old_pid, "the actor was not really replaced"
+    state = comparable(await handle.inspect.remote())
+    assert state == await replayed_state(redis, show_id)
+    stream.assert_reflected_exactly(state)
+
+
+async def test_redis_kill9_mid_stream(shows, private_redis, private_redis_client, settings,
+                                      ray_cluster):
+    redis = private_redis_client
+    show_id = await shows(LAYOUT)  # (in the session Redis) registers the id for clean-up
+    await put_config(redis, ShowConfig(show_id, LAYOUT))
+    directory = ShowDirectory(private_redis.url, settings)
+    client = directory.client(show_id)
+    stream = Stream(client.submit, SEATS, workers=8, steps=20)
+    handle = await _started(directory, show_id)
+    pid = await handle.pid.remote()
+
+    running = asyncio.create_task(stream.run())
+    await stream.reached(40).wait()
+    private_redis.kill9()
+    acked_at_crash = stream.acked
+    await asyncio.sleep(0.3)  # an outage, not a sync point: nothing can be acked now
+    assert stream.acked <= acked_at_crash + 8  # at most the batch that was in flight
+    await asyncio.to_thread(private_redis.start)  # same port, same data dir
+    await running
+
+    assert stream.rejections() == []
+    assert await handle.pid.remote() == pid  # the actor rode it out, it did not die
+    state = comparable(await handle.inspect.remote())
+    assert state == await _replayed_fresh(private_redis.url, show_id)
+    stream.assert_reflected_exactly(state)
+
+    # Crash Redis again right after the last acknowledgement: all of it was fsynced.
+    private_redis.kill9()
+    await asyncio.to_thread(private_redis.start)
+    assert await _replayed_fresh(private_redis.url, show_id) == state
+
+    # And the actor keeps serving against the restarted Redis (it reloads as needed).
+    free = [s for s, st in state["status"].items() if st == "free"][:2]
+    res = await client.submit(c.Hold("after", "after", "tok", free))
+    assert isinstance(res, c.Held)
+    after = comparable(await handle.inspect.remote())
+    assert after == await _replayed_fresh(private_redis.url, show_id)
+    assert after["version"] == state["version"] + 1
+
+
+async def test_resend_after_kill_is_answered_not_applied(shows, directory, redis, settings):
+    show_id = await shows(LAYOUT)
+    handle = await _started(directory, show_id)
+    batch = c.command_encoder.encode([
+        c.Hold("i1", "h1", "tok1", ["A1", "A2"]),
+        c.Hold("i2", "h2", "tok2", ["A2", "A3"]),          # rejected: A2 is taken
+        c.HoldBest("i3", "h3", "tok3", count=3),
+        c.Confirm("i4", "h1", "tok1", "b1", "pay-1"),
+        c.Block("i5", ["T1", "T2"]),
+        c.Hold("i6", "h6", "tok6", ["ZZ99"]),              # rejected: no such seat
+    ])
+    first = c.results_decoder.decode(await handle.apply.remote(batch))
+    assert [type(r).__name__ for r in first] == [
+        "Held", "Rejected", "Held", "Confirmed", "BlockedSeats", "Rejected"]
+
+    # Enough further changes that a snapshot (every 50) covers the batch: the answers
+    # must come back from the snapshot, not only from replaying the log.
+    filler = [c.Block(f"f{i}", ["S1"]) if i % 2 == 0 else c.Unblock(f"f{i}", ["S1"])
+              for i in range(60)]
+    await handle.apply.remote(c.command_encoder.encode(filler))
+    state = comparable(await handle.inspect.remote())
+    assert state["version"] >= settings.snapshot_every
+    assert await redis.exists(f"show:{{{show_id}}}:snap")
+    seq = int(await redis.get(f"show:{{{show_id}}}:seq"))
+
+    for how in ("kill -9", "ray.kill"):
+        kill(handle, await handle.pid.remote(), how)
+        again = c.results_decoder.decode(await _apply_with_retry(handle, batch))
+        assert again == first, how
+        assert comparable(await handle.inspect.remote()) == state, how
+        assert int(await redis.get(f"show:{{{show_id}}}:seq")) == seq, how
+
+    # Through the coalescing client too, on a fresh restart (answers rebuilt by replay).
+    kill(handle, await handle.pid.remote(), "kill -9")
+    results = await asyncio.gather(*(
+        directory.submit(show_id, cmd) for cmd in c.commands_decoder.decode(batch)))
+    assert results == first
+    assert comparable(await handle.inspect.remote()) == state
+    assert state == await replayed_state(redis, show_id)
+
+
+async def test_stale_state_cannot_write(shows, directory, redis):
+    """Fencing: a write computed from an old state never lands; the actor, finding the
+    log moved on behind its back, reloads and applies its batch on top: both writes stay."""
+    show_id = await shows(LAYOUT)
+    client = directory.client(show_id)
+    assert isinstance(await client.submit(c.Hold("a", "ha", "tok-a", ["A1", "A2"])), c.Held)
+    before = comparable(await get_actor(show_id).inspect.remote())
+
+    # Someone else (a twin instance) writes to the log at the right sequence.
+    seq, (ext,) = await append_behind_the_actors_back(
+        redis, show_id, [c.Hold("x", "hx", "tok-x", ["B1", "B2"])], _time.time_ns() // 10**6)
+    assert isinstance(ext, c.Held) and seq == before["version"] + 1
+
+    # The actor's memory is now stale. Its next batch must see the twin's write.
+    results = await asyncio.gather(
+        client.submit(c.Hold("y", "hy", "tok-y", ["B2", "B3"])),           # B2 is taken
+        client.submit(c.Confirm("z", "hx", "tok-x", "bx", "pay-x")),      # the twin's hold
+        client.submit(c.Hold("w", "hw", "tok-w", ["C1"])),
+    )
+    assert isinstance(results[0], c.Rejected) and results[0].code == "seats_unavailable"
+    assert results[0].seats == ["B2"]
+    assert isinstance(results[1], c.Confirmed) and results[1].seats == ["B1", "B2"]
+    assert isinstance(results[2], c.Held)
+
+    state = comparable(await get_actor(show_id).inspect.remote())
+    assert state == await replayed_state(redis, show_id)
+    assert set(state["holds"]) == {"ha", "hw"} and set(state["bookings"]) == {"bx"}
+    assert state["version"] == seq + 2
+
+    # A write from the old sequence is refused outright and changes nothing.
+    at = _time.time_ns() // 10**6
+    stale = LogEntry(at, c.command_encoder.encode(c.Hold("s", "hs", "tok-s", ["C2"])),
+                     event_encoder.encode(Event(before["version"] + 1, at,
+                                                [c.SeatChange("C2", "held")])))
+    with pytest.raises(Fenced):
+        await ShowStore(redis, show_id).append(before["version"], [stale], None, None)
+    assert await replayed_state(redis, show_id) == state
+
+
+async def _replayed_fresh(url: str, show_id: str) -> dict:
+    """Replay over a new connection: a client's pooled ones died with the old server."""
+    fresh = aioredis.Redis.from_url(url)
+    try:
+        return await replayed_state(fresh, show_id)
+    finally:
+        await fresh.aclose()
+
+
+async def _started(directory: ShowDirectory, show_id: str) -> ray.actor.ActorHandle:
+    handle = await asyncio.to_thread(directory.handle, show_id)
+    await handle.inspect.remote()
+    return handle
+
+
+async def _apply_with_retry(handle: ray.actor.ActorHandle, blob: bytes) -> bytes:
+    """Call a (restarting) actor until it answers, as the client does."""
+    from ray.exceptions import RayActorError
+
+    for _ in range(100):
+        try:
+            return await handle.apply.remote(blob)
+        except RayActorError:
+            await asyncio.sleep(0.05)
+    raise AssertionError("the actor never came back")
