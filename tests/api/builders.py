@@ -89,3 +89,15 @@ async def wait_for_status(
                                f"{ {s: view.status[s] for s in seats} }")
         # Wait for the next log entry after the one we read (no polling, no sleep).
         await redis.xread({log_key(show_id): f"{view.seq}-0"}, block=left_ms, count=1)
+
+
+async def publish_show_via_feed(api, hours: float = 24) -> tuple[str, object]:
+    """A show published the way partners do it: through the partner feed's HTTP API.
+    Returns (show_id, partner) (see catalog_helpers.Partner)."""
+    from .catalog_helpers import new_partner, uid
+
+    partner = await (await new_partner(api)).setup()
+    show_id = uid("sh")
+    status, body = await partner.call("PUT", f"/partner/v1/shows/{show_id}", partner.show(hours))
+    assert status == 201, body
+    return show_id, partner

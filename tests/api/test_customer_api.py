@@ -15,7 +15,7 @@ from actors.layout import Rules
 from actors.show_actor import NAMESPACE, actor_name
 from server.seat_status import read_seat_statuses
 
-from .builders import publish_show, wait_for_status
+from .builders import publish_show, publish_show_via_feed, wait_for_status
 
 
 def auth(token: str) -> dict[str, str]:
@@ -295,3 +295,23 @@ async def test_openapi_documents_the_customer_operations(api):
     checkout = paths["/api/holds/{hold_id}/checkout"]["post"]
     assert {"201", "402", "410"} <= set(checkout["responses"])
     assert any(p["name"] == "Idempotency-Key" and p["required"] for p in checkout["parameters"])
+
+
+async def test_show_published_through_the_partner_feed(api, redis):
+    """End to end with the partner feed: seat map, house seats, hold, cancel."""
+    show_id, partner = await publish_show_via_feed(api)
+    view = await seatmap(api, show_id)
+    assert view["show"]["theatre_name"] == "Regal" and view["show"]["city"] == partner.city
+    assert {cat["name"]: cat["price"]["amount"] for cat in view["categories"]} == {
+        "Silver": 20000, "Gold": 35000}
+    status, _ = await partner.call("POST", f"/partner/v1/shows/{show_id}/blocks",
+                                   {"seats": ["A1"]})
+    assert status == 200
+    assert statuses(await seatmap(api, show_id))["A1"] == "blocked"
+    status, body = await hold(api, show_id, {"seats": ["A1", "A2"]})
+    assert (status, body["error"]["seats"]) == (409, ["A1"])
+    status, body = await hold(api, show_id, {"seats": ["D1"]})
+    assert status == 201 and body["quote"]["total"] == 35000
+    status, _ = await partner.call("DELETE", f"/partner/v1/shows/{show_id}")
+    assert status in (200, 204)
+    assert (await hold(api, show_id, {"seats": ["D2"]}))[0] == 404
