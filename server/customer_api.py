@@ -385,7 +385,8 @@ async def create_hold(request: web.Request) -> web.Response:
     show = await _load_show(request, show_id)
     if show.status == "cancelled":
         raise ApiError(404, "not_found", f"show {show_id!r} was cancelled")
-    if show.starts_at <= _now():
+    starts_at = show.starts_at if show.starts_at.tzinfo else show.starts_at.replace(tzinfo=UTC)
+    if starts_at <= _now():
         raise ApiError(410, "show_started", "this show has started; seats can no longer be held")
     config = await _load_config(request, show_id)
     known = {s.id: s for s in config.layout.seats}
