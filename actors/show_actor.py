@@ -57,6 +57,13 @@ class ShowActor:
         self._last_call = time.monotonic()
         self.calls = 0
         self.commands = 0
+        # The timer starts with the actor, not with its first call: an actor Ray restarts
+        # after a crash gets no call, yet the holds in its log must still run out.
+        # (Ray runs an async actor's __init__ on its event loop.)
+        try:
+            self._timer = asyncio.get_running_loop().create_task(self._timer_loop())
+        except RuntimeError:
+            pass  # no loop here: _loaded() starts the timer with the first call
 
     # --- remote API ------------------------------------------------------------------
 
@@ -147,26 +154,61 @@ class ShowActor:
     async def _timer_loop(self) -> None:
         """Expire holds when their time is up, and passivate when idle with none left."""
         while True:
-            seatmap = self._map
-            next_due = seatmap.next_expiry_ms() if seatmap else None
-            wait = 1.0 if next_due is None else max(0.0, (next_due - now_ms()) / 1000)
-            self._wake.clear()
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=min(wait, 1.0))
-                continue
-            except TimeoutError:
-                pass
-            async with self._lock:
-                seatmap = self._map
-                if seatmap is None:
-                    continue
-                due = seatmap.next_expiry_ms()
-                if due is not None and due <= now_ms():
-                    await self._apply_durably([])  # the sweep runs first in every batch
-                elif due is None and self._idle_for() > self.settings.passivate_after_s:
-                    log.info("show %s: idle, passivating", self.show_id)
-                    ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+                if await self._tick():
                     return
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the timer must outlive any one failure
+                log.exception("show %s: timer", self.show_id)
+                await asyncio.sleep(1.0)
+
+    async def _tick(self) -> bool:
+        """One round of the timer; True once the actor is on its way out."""
+        seatmap = self._map
+        if seatmap is None:
+            # Not loaded (just started or restarted, or a failed batch threw the state
+            # away): load it, so holds expire even if no call ever comes.
+            async with self._lock:
+                try:
+                    await self._loaded()
+                except UnknownShow:
+                    # Nothing to keep for a show that does not exist: do not linger.
+                    if self._idle_for() > min(self.settings.passivate_after_s, 1.0):
+                        await self._exit("no such show")
+                except (RedisError, OSError) as exc:
+                    log.warning("show %s: cannot load (%s)", self.show_id, exc)
+            if self._map is None:
+                await asyncio.sleep(1.0)
+                return False
+            seatmap = self._map
+        next_due = seatmap.next_expiry_ms()
+        wait = 1.0 if next_due is None else max(0.0, (next_due - now_ms()) / 1000)
+        self._wake.clear()
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout=min(wait, 1.0))
+            return False
+        except TimeoutError:
+            pass
+        async with self._lock:
+            seatmap = self._map
+            if seatmap is None:
+                return False
+            due = seatmap.next_expiry_ms()
+            if due is not None and due <= now_ms():
+                await self._apply_durably([])  # the sweep runs first in every batch
+            elif due is None and self._idle_for() > self.settings.passivate_after_s:
+                await self._exit("idle, passivating")
+        return False
+
+    async def _exit(self, why: str) -> None:
+        """Kill this actor for good (its state is in Redis). Called with the lock held,
+        and never gives it back: no batch may start in an actor that is going away;
+        calls that wait for it fail with ActorDiedError and clients resend them to the
+        successor."""
+        log.info("show %s: %s", self.show_id, why)
+        ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+        await asyncio.Event().wait()
 
     def _idle_for(self) -> float:
         return time.monotonic() - self._last_call

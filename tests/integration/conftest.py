@@ -16,6 +16,7 @@ import msgspec
 import pytest
 import ray
 import redis.asyncio as aioredis
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actors import commands as c
 from actors.client import ShowDirectory
@@ -240,3 +241,20 @@ class Stream:
         assert {k: {"seats": v["seats"], "expires_ms": v["expires_ms"]}
                 for k, v in state["holds"].items()} == holds
         assert {k: v["seats"] for k, v in state["bookings"].items()} == bookings
+
+
+async def next_log_entry(redis: aioredis.Redis, show_id: str, after_seq: int,
+                         timeout_s: float = 10.0) -> dict:
+    """Block (XREAD BLOCK) until the log has an entry after `after_seq`; return it."""
+    try:
+        reply = await redis.xread({log_key(show_id): f"{after_seq}-0"}, count=1,
+                                  block=int(timeout_s * 1000))
+    except RedisTimeoutError:
+        reply = None
+    assert reply, f"no log entry after seq {after_seq} within {timeout_s}s"
+    [(_, [(entry_id, fields)])] = reply
+    return decode_entry(entry_id, fields)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
