@@ -17,6 +17,7 @@ see the same state, and nothing is ever half-written. Validation failures raise 
 """
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import re
 from collections.abc import Awaitable, Callable
@@ -173,10 +174,9 @@ Commit = Callable[[Pipeline], None]
 
 async def transact(redis: aioredis.Redis, watch: list[str],
                    body: Callable[[Pipeline], Awaitable[tuple[T, Commit]]]) -> T:
-    """Run `body` (reads, validation) under WATCH of `watch`, then its writes in one MULTI.
-
-    `body` may return further keys to watch by raising _Rewatch; it returns (result, commit)
-    where commit queues the writes on the pipeline."""
+    """Run `body` (reads and validation) under WATCH of `watch`, then its writes in one
+    MULTI; start over if a watched key changed meanwhile. `body` returns (result, commit),
+    where `commit` queues the writes on the pipeline; an ApiError from it writes nothing."""
     async with redis.pipeline(transaction=True) as pipe:
         for _ in range(50):
             try:
@@ -465,9 +465,10 @@ async def partner_shows(redis: aioredis.Redis, partner_id: str, date: str) -> li
     from .seat_status import read_seat_statuses  # engineer B's read path (never wakes actors)
 
     ids = [i.decode() for i in await redis.zrange(partner_shows_key(partner_id, date), 0, -1)]
+    shows = await load_many(redis, Show, ids)
+    all_statuses = await asyncio.gather(*(read_seat_statuses(redis, s.show_id) for s in shows))
     out: list[PartnerShow] = []
-    for show in await load_many(redis, Show, ids):
-        statuses = await read_seat_statuses(redis, show.show_id)
+    for show, statuses in zip(shows, all_statuses, strict=True):
         if statuses is None:
             continue
         counts = statuses.counts()
