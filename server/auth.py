@@ -14,6 +14,7 @@ import time
 
 import redis.asyncio as aioredis
 from aiohttp import web
+from redis.exceptions import WatchError
 
 from .errors import ApiError
 
@@ -69,17 +70,31 @@ async def partner_exists(redis: aioredis.Redis, partner_id: str) -> bool:
 
 async def create_partner(redis: aioredis.Redis, name: str, partner_id: str | None = None
                          ) -> tuple[str, str]:
-    """Make a partner and its first API key; returns (partner id, key). 409 if the id is taken."""
+    """Make a partner and its first API key in one transaction; returns (partner id, key).
+    409 if the id is taken."""
     partner_id = partner_id or f"p_{secrets.token_hex(8)}"
-    created = await redis.hsetnx(partner_key(partner_id), "name", name)
-    if not created:
-        raise ApiError(409, "partner_exists", f"partner {partner_id!r} exists already",
-                       partner_id=partner_id)
-    await redis.hset(partner_key(partner_id), "created_ms", str(time.time_ns() // 1_000_000))
-    return partner_id, await issue_key(redis, partner_id)
+    api_key = new_api_key()
+    digest = hash_key(api_key)
+    async with redis.pipeline(transaction=True) as pipe:
+        while True:
+            try:
+                await pipe.watch(partner_key(partner_id))
+                if await pipe.exists(partner_key(partner_id)):
+                    raise ApiError(409, "partner_exists", f"partner {partner_id!r} exists already",
+                                   partner_id=partner_id)
+                pipe.multi()
+                pipe.hset(partner_key(partner_id), mapping={
+                    "name": name, "created_ms": str(time.time_ns() // 1_000_000)})
+                pipe.set(key_index(digest), partner_id)
+                pipe.sadd(partner_keys_key(partner_id), digest)
+                await pipe.execute()
+                return partner_id, api_key
+            except WatchError:
+                continue
 
 
 async def issue_key(redis: aioredis.Redis, partner_id: str) -> str:
+    """Another API key for an existing partner (the old ones stay valid)."""
     api_key = new_api_key()
     digest = hash_key(api_key)
     async with redis.pipeline(transaction=True) as pipe:
