@@ -72,8 +72,8 @@ def test_fresh_map_is_all_free_at_version_zero() -> None:
 
 
 def test_out_of_service_seats_start_blocked() -> None:
-    layout = Layout([Seat("A1", "A", 1, "std", 0, 0), Seat("A2", "A", 2, "std", 1, 0, blocked=True)],
-                    focal_x=0.5, focal_y=0)
+    layout = Layout([Seat("A1", "A", 1, "std", 0, 0),
+                     Seat("A2", "A", 2, "std", 1, 0, blocked=True)], focal_x=0.5, focal_y=0)
     m = new_map(layout=layout)
     assert m.status == {"A1": "free", "A2": "blocked"}
 
@@ -752,3 +752,37 @@ def test_replay_of_only_the_changing_commands_rebuilds_the_seats() -> None:
     mine, theirs = state(live), state(replayed)
     del mine["answers"], theirs["answers"]  # rejected answers are not logged
     assert theirs == mine
+
+
+# --- wire names (other components code against them) ------------------------------
+
+@pytest.mark.parametrize(("cmd", "tag"), [
+    (c.Hold("1", "h", "t", ["A1"]), "hold"),
+    (c.HoldBest("1", "h", "t", 2), "hold_best"),
+    (c.Extend("1", "h", "t", 5), "extend"),
+    (c.Release("1", "h", "t"), "release"),
+    (c.Confirm("1", "h", "t", "b", "p"), "confirm"),
+    (c.Cancel("1", "b", "t"), "cancel"),
+    (c.Block("1", ["A1"]), "block"),
+    (c.Unblock("1", ["A1"]), "unblock"),
+    (c.Expire("1"), "expire"),
+])
+def test_commands_round_trip_with_stable_tags(cmd: c.Command, tag: str) -> None:
+    raw = c.command_encoder.encode(cmd)
+    assert msgspec.msgpack.decode(raw)["type"] == tag
+    assert c.command_decoder.decode(raw) == cmd
+
+
+def test_results_round_trip_as_a_batch() -> None:
+    results: list[c.Result] = [
+        c.Held("h", ["A1"], 5), c.Extended("h", 6), c.Released("h", ["A1"]),
+        c.Confirmed("b", "h", ["A1"]), c.Cancelled("b", ["A1"]), c.BlockedSeats(["A1"]),
+        c.UnblockedSeats(["A1"]), c.ExpiredHolds(["h"], ["A1"]),
+        c.Rejected("seats_unavailable", "taken", ["A1"]),
+    ]
+    assert c.results_decoder.decode(c.command_encoder.encode(results)) == results
+
+
+def test_seat_change_is_a_pair_on_the_wire() -> None:
+    # The live page expects ["A1", "held"], not an object.
+    assert msgspec.json.encode(c.SeatChange("A1", "held")) == b'["A1","held"]'

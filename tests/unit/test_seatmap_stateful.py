@@ -71,7 +71,8 @@ class SeatMapMachine(RuleBasedStateMachine):
         self.history: list[tuple[c.Command, int]] = []
         self.answers: dict[str, c.Result] = {}
         # Seat statuses before the last command, and its outcome (for check_changes).
-        self._pending: tuple[dict[str, str], Outcome] = ({}, Outcome(c.ExpiredHolds([], []), [], False))
+        nothing = Outcome(c.ExpiredHolds([], []), [], False)
+        self._pending: tuple[dict[str, str], Outcome] = ({}, nothing)
 
     # --- model helpers ---------------------------------------------------------------
 
@@ -225,7 +226,8 @@ class SeatMapMachine(RuleBasedStateMachine):
     def release(self, data: st.DataObject) -> None:
         hold_id, token = self.target(data, self.hold_owners())
         hold = self.live(hold_id, token)
-        expected: c.Result | str = hold if isinstance(hold, str) else c.Released(hold_id, hold.seats)
+        expected: c.Result | str = (
+            hold if isinstance(hold, str) else c.Released(hold_id, hold.seats))
         if not isinstance(hold, str):
             del self.holds[hold_id]
         self.run(c.Release(self.cid(), hold_id, token), expected, not isinstance(hold, str))
