@@ -173,7 +173,8 @@ class Partner(HttpUser):
 
     @task(3)
     def list_shows(self) -> None:
-        self.client.get("/partner/v1/shows", headers=self.headers, name="/partner/v1/shows")
+        self.client.get("/partner/v1/shows", params={"date": self.rush["date"]},
+                        headers=self.headers, name="/partner/v1/shows")
 
     @task
     def republish(self) -> None:

@@ -57,7 +57,7 @@ def publish_rush(host: str, shows: int = 1, rows: int = 20, per_row: int = 20) -
             "prices": {c: {"amount": a, "currency": "INR"} for c, a in PRICES.items()},
         }, key)
         show_ids.append(show_id)
-    return {"partner_key": key, "show_ids": show_ids, "screen_id": screen, "movie_id": movie,
+    return {"partner_key": key, "show_ids": show_ids, "date": start.date().isoformat(), "screen_id": screen, "movie_id": movie,
             "seat_ids": [s.id for s in layout.seats]}
 
 
