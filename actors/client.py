@@ -91,6 +91,9 @@ class ShowDirectory:
             client = self._clients[show_id] = ShowClient(show_id, self._connect)
         return client
 
+    def clients(self) -> list[ShowClient]:
+        return list(self._clients.values())
+
     async def submit(self, show_id: str, cmd: c.Command) -> c.Result:
         return await self.client(show_id).submit(cmd)
 

@@ -1,6 +1,7 @@
 """The aiohttp application: wiring only. Handlers live in modules named for what they serve."""
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ from . import browse_api, customer_api, live, openapi, partner_api
 from .errors import error_middleware
 from .payments import PaymentGateway, SandboxGateway
 from .settings import Settings
+from .wire import json_response
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 
@@ -55,12 +57,32 @@ def create_app(settings: Settings, redis_url: str) -> web.Application:
     app.add_routes(browse_api.routes)
     app.add_routes(openapi.routes)
     app.router.add_get("/", _index)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/api/_stats", _stats)
     app.router.add_static("/static/", WEB_DIR, name="static")
     return app
 
 
 async def _close_live_sockets(app: web.Application) -> None:
     await app[SERVICES].hub.close()
+
+
+_HEALTHZ = b'{"ok": true}'
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    """Liveness, and the no-op baseline the benchmark compares the hold path with."""
+    return web.Response(body=_HEALTHZ, content_type="application/json")
+
+
+async def _stats(request: web.Request) -> web.Response:
+    """This web process's group-commit counters (loadtest/bench.py reads them):
+    `{"pid", "shows", "calls", "commands"}`; commands / calls is the mean batch size."""
+    clients = request.app[SERVICES].shows.clients()
+    return json_response({
+        "pid": os.getpid(), "shows": len(clients),
+        "calls": sum(c.calls for c in clients), "commands": sum(c.commands for c in clients),
+    })
 
 
 async def _index(request: web.Request) -> web.FileResponse:
