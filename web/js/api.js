@@ -1,0 +1,80 @@
+// Small helpers shared by the pages: JSON fetch with the API's error shape, formatting.
+
+export class ApiError extends Error {
+  constructor(status, body) {
+    const err = (body && body.error) || {};
+    super(err.message || `request failed (${status})`);
+    this.status = status;
+    this.code = err.code || "http_error";
+    this.details = err;
+  }
+}
+
+export async function api(path, { method = "GET", body, headers = {} } = {}) {
+  const init = { method, headers: { Accept: "application/json", ...headers } };
+  if (body !== undefined) {
+    init.body = JSON.stringify(body);
+    init.headers["Content-Type"] = "application/json";
+  }
+  let resp;
+  try {
+    resp = await fetch(path, init);
+  } catch (e) {
+    throw new ApiError(0, { error: { code: "network", message: "network error: check your connection" } });
+  }
+  const text = await resp.text();
+  let data = null;
+  try { data = text ? JSON.parse(text) : null; } catch { /* not JSON */ }
+  if (!resp.ok) throw new ApiError(resp.status, data);
+  return data;
+}
+
+const moneyFormats = new Map();
+
+/** Integer minor units + ISO currency -> "₹260.00" in the reader's locale. */
+export function money(m) {
+  if (!m) return "";
+  let fmt = moneyFormats.get(m.currency);
+  if (!fmt) {
+    fmt = new Intl.NumberFormat(undefined, { style: "currency", currency: m.currency });
+    moneyFormats.set(m.currency, fmt);
+  }
+  const digits = fmt.resolvedOptions().maximumFractionDigits;
+  return fmt.format(m.amount / 10 ** digits);
+}
+
+export function timeOf(iso) {
+  return new Date(iso).toLocaleTimeString(undefined, { hour: "numeric", minute: "2-digit" });
+}
+
+export function dayOf(iso) {
+  return new Date(iso).toLocaleDateString(undefined, { weekday: "short", day: "numeric", month: "short" });
+}
+
+/** A local calendar date as YYYY-MM-DD. */
+export function isoDate(d) {
+  const pad = (n) => String(n).padStart(2, "0");
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}`;
+}
+
+export function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k === "class") node.className = v;
+    else if (k === "text") node.textContent = v;
+    else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else node.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children.flat()) {
+    if (c === null || c === undefined || c === false) continue;
+    node.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return node;
+}
+
+export function uuid() {
+  if (crypto.randomUUID) return crypto.randomUUID();
+  const b = crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
+}

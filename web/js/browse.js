@@ -1,0 +1,144 @@
+// Browse: city / date / language / genre filters -> movies -> a movie's theatres and times.
+import { api, dayOf, el, isoDate, money, timeOf } from "./api.js";
+
+const $ = (id) => document.getElementById(id);
+const params = new URLSearchParams(location.search);
+const f = { city: $("f-city"), date: $("f-date"), language: $("f-language"), genre: $("f-genre") };
+let generation = 0; // drops answers to requests that a newer filter change replaced
+
+function query(obj) {
+  const q = new URLSearchParams();
+  for (const [k, v] of Object.entries(obj)) if (v) q.set(k, v);
+  const s = q.toString();
+  return s ? `?${s}` : "";
+}
+
+function filters() {
+  return { city: f.city.value, date: f.date.value, language: f.language.value, genre: f.genre.value };
+}
+
+function fillSelect(select, values, keep) {
+  const current = keep ?? select.value;
+  select.replaceChildren(el("option", { value: "" }, "Any"),
+    ...values.map((v) => el("option", { value: v }, v)));
+  select.value = values.includes(current) ? current : "";
+}
+
+async function init() {
+  const { cities } = await api("/api/cities");
+  if (!cities.length) {
+    $("status").textContent = "No theatres yet. Start the server with demo data, or publish some through the partner feed.";
+    return;
+  }
+  f.city.replaceChildren(...cities.map((c) => el("option", { value: c.name }, c.name)));
+  const wanted = params.get("city");
+  f.city.value = cities.some((c) => c.name === wanted) ? wanted : cities[0].name;
+
+  const today = new Date();
+  const days = [el("option", { value: "" }, "Next 7 days")];
+  for (let i = 0; i < 7; i++) {
+    const d = new Date(today.getFullYear(), today.getMonth(), today.getDate() + i);
+    const label = i === 0 ? "Today" : i === 1 ? "Tomorrow" : d.toLocaleDateString(undefined, { weekday: "short", day: "numeric", month: "short" });
+    days.push(el("option", { value: isoDate(d) }, label));
+  }
+  f.date.replaceChildren(...days);
+  f.date.value = params.get("date") || "";
+
+  for (const s of Object.values(f)) s.addEventListener("change", refresh);
+  await refresh(null, { language: params.get("language") || "", genre: params.get("genre") || "" });
+}
+
+async function refresh(_ev, initial) {
+  const gen = ++generation;
+  const { city, date } = filters();
+  $("status").textContent = "Loading…";
+  // Options for language and genre: what is on in this city on this date.
+  const all = await api(`/api/movies${query({ city, date })}`);
+  if (gen !== generation) return;
+  const langs = [...new Set(all.movies.flatMap((m) => m.languages_showing))].sort();
+  const genres = [...new Set(all.movies.flatMap((m) => m.movie.genres))].sort();
+  fillSelect(f.language, langs, initial?.language);
+  fillSelect(f.genre, genres, initial?.genre);
+
+  const fl = filters();
+  history.replaceState(null, "", query(fl) || location.pathname);
+  const list = fl.language || fl.genre ? await api(`/api/movies${query(fl)}`) : all;
+  if (gen !== generation) return;
+  render(list.movies, fl);
+}
+
+function render(movies, fl) {
+  $("status").textContent = movies.length
+    ? `${movies.length} movie${movies.length > 1 ? "s" : ""} in ${fl.city}`
+    : "Nothing matches these filters. Try another date or fewer filters.";
+  $("movies").replaceChildren(...movies.map((m) => movieCard(m, fl)));
+}
+
+function movieCard(summary, fl) {
+  const m = summary.movie;
+  const panelId = `times-${m.movie_id}`;
+  const toggle = el("button", { class: "primary", "aria-expanded": "false", "aria-controls": panelId },
+                    "Show times");
+  const panel = el("div", { id: panelId, class: "times", hidden: true });
+  toggle.addEventListener("click", async () => {
+    const open = toggle.getAttribute("aria-expanded") === "true";
+    toggle.setAttribute("aria-expanded", String(!open));
+    toggle.textContent = open ? "Show times" : "Hide times";
+    panel.hidden = open;
+    if (!open && !panel.dataset.loaded) {
+      panel.textContent = "Loading…";
+      try {
+        const data = await api(`/api/movies/${encodeURIComponent(m.movie_id)}/shows${query({ city: fl.city, date: fl.date })}`);
+        renderTimes(panel, data.theatres, fl);
+        panel.dataset.loaded = "1";
+      } catch (e) {
+        panel.textContent = e.message;
+      }
+    }
+  });
+  return el("li", { class: "movie card" },
+    el("div", { class: "poster", "aria-hidden": "true", style: `--hue:${hue(m.title)}` }, m.title.slice(0, 1)),
+    el("div", { class: "movie-body" },
+      el("h2", {}, m.title, " ", el("span", { class: "cert", title: "Certificate" }, m.certificate)),
+      el("p", { class: "muted" }, [`${Math.floor(m.runtime_min / 60)}h ${m.runtime_min % 60}m`,
+        m.genres.join(", "), summary.languages_showing.join(" · ")].filter(Boolean).join(" · ")),
+      m.synopsis ? el("p", { class: "synopsis" }, m.synopsis) : null,
+      el("p", { class: "muted small" },
+        `${summary.show_count} show${summary.show_count > 1 ? "s" : ""} · next ${dayOf(summary.next_show_at)}, ${timeOf(summary.next_show_at)}`),
+      toggle, panel));
+}
+
+function renderTimes(panel, theatres, fl) {
+  const blocks = theatres.map((t) => {
+    const shows = t.shows.filter((s) => !fl.language || s.language === fl.language);
+    if (!shows.length) return null;
+    const byDay = new Map();
+    for (const s of shows) {
+      const d = dayOf(s.starts_at);
+      if (!byDay.has(d)) byDay.set(d, []);
+      byDay.get(d).push(s);
+    }
+    return el("section", { class: "theatre" },
+      el("h3", {}, t.name),
+      el("p", { class: "muted small" }, t.address),
+      [...byDay].map(([day, list]) => el("div", { class: "day" },
+        el("span", { class: "day-label" }, day),
+        el("ul", { class: "chips" }, list.map((s) => el("li", {},
+          el("a", {
+            class: "chip", href: `/static/show.html?show=${encodeURIComponent(s.show_id)}`,
+            "aria-label": `${t.name}, ${day} ${timeOf(s.starts_at)}, ${s.language} ${s.format}, ${s.screen_name}, from ${money(s.price_from)}`,
+          },
+          el("strong", {}, timeOf(s.starts_at)),
+          el("span", { class: "small" }, `${s.language} · ${s.format}`),
+          el("span", { class: "small muted" }, `${money(s.price_from)}–${money(s.price_to)}`))))))));
+  }).filter(Boolean);
+  panel.replaceChildren(...(blocks.length ? blocks : [el("p", { class: "muted" }, "No show times for these filters.")]));
+}
+
+function hue(text) {
+  let h = 0;
+  for (const ch of text) h = (h * 31 + ch.codePointAt(0)) % 360;
+  return h;
+}
+
+init().catch((e) => { $("status").textContent = `Could not load: ${e.message}`; });
