@@ -206,6 +206,10 @@ class Hub:
         return self._feeds.get(show_id)
 
     @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
     def readers(self) -> int:
         return len(self._feeds)
 
@@ -365,6 +369,8 @@ async def live(request: web.Request) -> web.WebSocketResponse:
         raise ApiError(404, "not_found", f"no show {show_id!r}")
     since = _since(request)
     hub = services(request).hub
+    if hub.closed:
+        raise ApiError(503, "unavailable", "the server is shutting down; reconnect shortly")
     if not await hub.redis.exists(config_key(show_id)):
         raise ApiError(404, "not_found", f"no show {show_id!r}")
     ws = web.WebSocketResponse(
