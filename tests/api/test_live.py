@@ -312,3 +312,43 @@ async def test_clients_joining_mid_stream_never_miss_or_repeat_a_seq(
     for view in views[:2] + views[3:4]:
         assert view == truth["status"]
 
+
+
+async def test_a_peer_that_stops_answering_pings_is_closed_and_forgotten(
+    server: TestServer, api: aiohttp.ClientSession, new_show, hub: Hub
+) -> None:
+    show_id = await new_show()
+    hub.heartbeat = 0.3
+    try:
+        ws = await api.ws_connect(f"/api/shows/{show_id}/live", autoping=False)
+    finally:
+        hub.heartbeat = 20.0
+    assert (await ws.receive_json(timeout=TIMEOUT))["type"] == "snapshot"
+    feed = hub.feed(show_id)
+    assert feed is not None and len(feed.watchers) == 1
+    msg = await ws.receive(timeout=TIMEOUT)
+    assert msg.type == aiohttp.WSMsgType.PING  # the server's heartbeat; we never answer
+    while msg.type not in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED,
+                           aiohttp.WSMsgType.CLOSING):
+        msg = await ws.receive(timeout=TIMEOUT)
+    await asyncio.wait_for(feed.stopped.wait(), TIMEOUT)
+    assert hub.feed(show_id) is None
+    await ws.close()
+
+
+async def test_shutdown_closes_sockets_and_stops_readers(
+    redis_server: RedisServer, ray_cluster: None, app_settings, new_show
+) -> None:
+    from server.app import create_app
+
+    show_id = await new_show()
+    srv = TestServer(create_app(app_settings, redis_server.url), host="127.0.0.1")
+    await srv.start_server()
+    ws = await connect(live_url(srv, show_id))
+    assert (await recv(ws))["type"] == "snapshot"
+    feed = srv.app[SERVICES].hub.feed(show_id)
+    await asyncio.wait_for(srv.close(), TIMEOUT)
+    with pytest.raises(ConnectionClosed) as closed:
+        await recv(ws)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+    assert feed.stopped.is_set()
