@@ -91,6 +91,13 @@ async def test_two_people_one_show_live_hold_and_checkout(
         await a.click("#extend-btn")
         await a.wait_for_selector('#message[data-kind="ok"]')
         assert await a.input_value("#pay-card") == "4242 4242 4242 4242"
+        # A declined card first: the hold stays, a message says why.
+        await a.fill("#pay-card", "4000 0000 0000 0002")
+        await a.click("#pay-btn")
+        await a.wait_for_selector('#message[data-kind="error"]:not([hidden])')
+        assert "declined" in await a.inner_text("#message")
+        assert await a.is_visible("#hold-panel")
+        await a.fill("#pay-card", "4242 4242 4242 4242")
         await a.click("#pay-btn")
         await a.wait_for_selector("#done-panel:not([hidden])")
         assert await a.inner_text("#ticket-seats") == "A4, A5"
