@@ -19,6 +19,9 @@ from .settings import Settings
 from .wire import json_response
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+REDIS_POOL_SIZE = 64      # request-path connections per web process
+REDIS_POOL_WAIT_S = 10.0  # how long a request waits for one before failing
+HUB_REDIS_MAX = 10_000    # live hub: one blocking reader per watched show, plus reads
 
 
 @dataclass
@@ -41,12 +44,19 @@ def create_app(settings: Settings, redis_url: str) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=1 << 20)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        redis = aioredis.Redis.from_url(redis_url)
+        # Requests wait for a pooled connection rather than fail with "Too many
+        # connections" (redis-py's default pool raises past 100: a 500 under a rush).
+        redis = aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(
+            redis_url, max_connections=REDIS_POOL_SIZE, timeout=REDIS_POOL_WAIT_S))
+        # The live hub has its own connections: each watched show's reader holds one in
+        # a blocking XREAD, which must never starve (or be starved by) requests.
+        hub_redis = aioredis.Redis.from_url(redis_url, max_connections=HUB_REDIS_MAX)
         shows = ShowDirectory(redis_url, ActorSettings(passivate_after_s=settings.passivate_after_s))
-        hub = live.Hub(redis)
+        hub = live.Hub(hub_redis)
         app[SERVICES] = Services(settings, redis, shows, hub)
         yield
         await hub.close()
+        await hub_redis.aclose()
         await redis.aclose()
 
     app.cleanup_ctx.append(lifecycle)
