@@ -87,6 +87,7 @@ class ShowInfo(msgspec.Struct):
     language: str
     format: str
     status: str
+    timezone: str = "UTC"  # the theatre's IANA time zone: show times are local to it
 
 
 class SeatView(msgspec.Struct):
@@ -273,7 +274,7 @@ async def _show_info(request: web.Request, show: Show) -> ShowInfo:
         screen_id=show.screen_id, screen_name=screen.name if screen else "",
         city=show.city or (theatre.city if theatre else ""),
         starts_at=show.starts_at, language=show.language, format=show.format,
-        status=show.status,
+        status=show.status, timezone=theatre.timezone if theatre else "UTC",
     )
 
 
