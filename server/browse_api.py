@@ -58,9 +58,16 @@ async def get_movie(request: web.Request) -> web.Response:
 @operation("GET", "/api/movies/{movie_id}/shows",
            summary="Theatres running a movie, with show times and price ranges",
            response=MovieShows, errors=(404, 422), tags=BROWSE,
-           params=(Query("city"), Query("date", description="YYYY-MM-DD, theatre-local")))
+           params=(Query("city"), Query("date", description="YYYY-MM-DD, theatre-local"),
+                   Query("language", description="show language, case-insensitive"),
+                   Query("format", description="show format (2D, 3D, IMAX...), "
+                         "case-insensitive")),
+           description="Each theatre carries its IANA `timezone`: show times are UTC on the "
+           "wire and meant to be shown in that zone.")
 async def movie_shows(request: web.Request) -> web.Response:
     date = catalog.parse_date(_q(request, "date"))
     info, theatres = await catalog.movie_shows(_redis(request), request.match_info["movie_id"],
-                                               _q(request, "city"), date)
+                                               _q(request, "city"), date,
+                                               language=_q(request, "language"),
+                                               show_format=_q(request, "format"))
     return json_response(MovieShows(info, theatres))

@@ -539,11 +539,15 @@ async def browse_movies(redis: aioredis.Redis, city: str | None, language: str |
     movies = await load_many(redis, Movie, sorted(by_movie))
     if genre:
         movies = [m for m in movies if genre.casefold() in {g.casefold() for g in m.genres}]
+    first = {m.movie_id: min(by_movie[m.movie_id], key=lambda s: s.starts_at) for m in movies}
+    zones = {t.theatre_id: t.timezone for t in await load_many(
+        redis, Theatre, sorted({s.theatre_id for s in first.values()}))}
     out = []
     for m in movies:
-        its = by_movie[m.movie_id]
-        out.append(MovieSummary(movie_info(m), len(its), min(s.starts_at for s in its),
-                                sorted({s.language for s in its})))
+        its, nxt = by_movie[m.movie_id], first[m.movie_id]
+        out.append(MovieSummary(movie_info(m), len(its), nxt.starts_at,
+                                sorted({s.language for s in its}),
+                                zones.get(nxt.theatre_id, "UTC")))
     out.sort(key=lambda s: (-s.show_count, s.movie.title.casefold()))
     return out
 
@@ -556,7 +560,8 @@ async def movie(redis: aioredis.Redis, movie_id: str) -> MovieInfo:
 
 
 async def movie_shows(redis: aioredis.Redis, movie_id: str, city: str | None, date: str | None,
-                      now: dt.datetime | None = None) -> tuple[MovieInfo, list[TheatreShows]]:
+                      now: dt.datetime | None = None, language: str | None = None,
+                      show_format: str | None = None) -> tuple[MovieInfo, list[TheatreShows]]:
     now = now or utcnow()
     info = await movie(redis, movie_id)
     ids = [i.decode() for i in await redis.zrangebyscore(
@@ -564,6 +569,10 @@ async def movie_shows(redis: aioredis.Redis, movie_id: str, city: str | None, da
     shows = [s for s in await load_many(redis, Show, ids) if s.status == "scheduled"]
     if city:
         shows = [s for s in shows if city_slug(s.city) == city_slug(city)]
+    if language:
+        shows = [s for s in shows if s.language.casefold() == language.casefold()]
+    if show_format:
+        shows = [s for s in shows if s.format.casefold() == show_format.casefold()]
     theatres = {t.theatre_id: t for t in await load_many(
         redis, Theatre, sorted({s.theatre_id for s in shows}))}
     if date:
@@ -580,7 +589,7 @@ async def movie_shows(redis: aioredis.Redis, movie_id: str, city: str | None, da
         grouped.setdefault(s.theatre_id, []).append(ShowTime(
             s.show_id, s.starts_at, s.ends_at, s.language, s.format, s.screen_id,
             screen.name if screen else "", prices[0], prices[-1]))
-    out = [TheatreShows(t.theatre_id, t.name, t.city, t.address, grouped[tid])
+    out = [TheatreShows(t.theatre_id, t.name, t.city, t.address, grouped[tid], t.timezone)
            for tid, t in theatres.items() if tid in grouped]
     out.sort(key=lambda t: (t.city.casefold(), t.name.casefold()))
     return info, out

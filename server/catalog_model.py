@@ -217,6 +217,7 @@ class MovieSummary(msgspec.Struct):
     show_count: int           # matching scheduled shows
     next_show_at: datetime    # the earliest of them
     languages_showing: list[str]
+    next_show_timezone: str = "UTC"  # IANA zone of the theatre of that earliest show
 
 
 class MovieList(msgspec.Struct):
@@ -241,6 +242,7 @@ class TheatreShows(msgspec.Struct):
     city: str
     address: str
     shows: list[ShowTime]
+    timezone: str = "UTC"  # IANA name (e.g. "Asia/Kolkata"): show times are local to it
 
 
 class MovieShows(msgspec.Struct):

@@ -33,7 +33,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 REF_TEMPLATE = "#/components/schemas/{name}"
 
 STATUS_TEXT = {
-    200: "OK", 201: "Created", 204: "No content", 400: "Malformed request (bad JSON)",
+    101: "Switching Protocols", 200: "OK", 201: "Created", 204: "No content",
+    400: "Malformed request (bad JSON)",
     401: "Missing or invalid credentials", 402: "Payment declined",
     403: "Not allowed for these credentials", 404: "Not found", 409: "Conflict",
     410: "Gone", 412: "Precondition failed", 413: "Request too large",

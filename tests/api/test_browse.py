@@ -109,3 +109,41 @@ async def test_unknown_city_lists_nothing(api: aiohttp.ClientSession) -> None:
     assert (await p.call("PUT", f"/partner/v1/shows/{uid('sh')}", p.show(30)))[0] == 201
     assert (await get(api, "/api/movies", city=uid("Atlantis")))["movies"] == []
     assert titles(await get(api, "/api/movies", city=p.city)) == ["A Movie"]
+
+
+async def test_movie_shows_filters_by_language_and_format(api: aiohttp.ClientSession) -> None:
+    p = await (await new_partner(api)).setup(languages=["Hindi", "English"])
+    ids = {}
+    for name, body in {"hindi_2d": p.show(30, language="Hindi"),
+                       "english_2d": p.show(33, language="English"),
+                       "english_imax": p.show(36, language="English", format="IMAX")}.items():
+        ids[name] = uid("sh")
+        status, out = await p.call("PUT", f"/partner/v1/shows/{ids[name]}", body)
+        assert status == 201, out
+
+    def shown(body: dict) -> list[str]:
+        return [s["show_id"] for t in body["theatres"] for s in t["shows"]]
+
+    path = f"/api/movies/{p.movie}/shows"
+    assert shown(await get(api, path, city=p.city)) == [
+        ids["hindi_2d"], ids["english_2d"], ids["english_imax"]]
+    # case-insensitive, server-side
+    assert shown(await get(api, path, city=p.city, language="english")) == [
+        ids["english_2d"], ids["english_imax"]]
+    assert shown(await get(api, path, city=p.city, language="HINDI")) == [ids["hindi_2d"]]
+    assert shown(await get(api, path, city=p.city, language="English", format="imax")) == [
+        ids["english_imax"]]
+    assert shown(await get(api, path, city=p.city, format="2d")) == [
+        ids["hindi_2d"], ids["english_2d"]]
+    assert (await get(api, path, city=p.city, language="Tamil"))["theatres"] == []
+
+
+async def test_show_times_carry_the_theatre_timezone(api: aiohttp.ClientSession) -> None:
+    p = await (await new_partner(api)).setup()
+    show_id = uid("sh")
+    assert (await p.call("PUT", f"/partner/v1/shows/{show_id}", p.show(30)))[0] == 201
+
+    (theatre,) = (await get(api, f"/api/movies/{p.movie}/shows", city=p.city))["theatres"]
+    assert theatre["timezone"] == "Asia/Kolkata"
+    seatmap = await get(api, f"/api/shows/{show_id}/seatmap")
+    assert seatmap["show"]["timezone"] == "Asia/Kolkata"

@@ -172,3 +172,14 @@ async def test_bodies_the_doc_rules_out_are_refused(doc: dict, api: aiohttp.Clie
         status, err = await p.call("PUT", f"/partner/v1/shows/{uid('sh')}", bad)
         assert (status, err["error"]["code"]) == (422, "invalid"), err
         assert check(doc, schema_of(doc, "/partner/v1/shows/{show_id}", "put", 422), err) == []
+
+
+async def test_status_texts_and_browse_filters_are_documented(doc: dict) -> None:
+    live = doc["paths"]["/api/shows/{show_id}/live"]["get"]["responses"]
+    assert live["101"]["description"] == "Switching Protocols"
+    shows = doc["paths"]["/api/movies/{movie_id}/shows"]["get"]
+    params = {p["name"] for p in shows["parameters"] if p["in"] == "query"}
+    assert {"city", "date", "language", "format"} <= params
+    schemas = doc["components"]["schemas"]
+    assert "timezone" in schemas["TheatreShows"]["properties"]
+    assert "timezone" in schemas["ShowInfo"]["properties"]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import re
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 import ray
@@ -176,5 +178,69 @@ async def test_browse_filters_movies_and_links_to_the_show(
         await card.wait_for(state="detached")
         assert await page.locator(".movie", has_text="Laugh Riot").count() == 1
         assert errors == []
+    finally:
+        await ctx.close()
+
+
+async def test_times_are_theatre_local_and_language_filters_on_the_server(
+    browser, server: TestServer, api, artifacts: Path
+) -> None:
+    """A reader in New York sees an Indian theatre's show at its local 19:30, labelled; a
+    reader in India sees the same 19:30 unlabelled. The language filter is the server's."""
+    ist = ZoneInfo("Asia/Kolkata")
+    day = datetime.now(ist).date() + timedelta(days=2)
+    local = datetime(day.year, day.month, day.day, 19, 30, tzinfo=ist)
+    at = local.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    later = (local + timedelta(hours=3)).astimezone(UTC).isoformat().replace("+00:00", "Z")
+    partner = await (await new_partner(api)).setup(languages=["Hindi", "English"],
+                                                   title=uid("Monsoon"))
+    hindi, english = uid("sh"), uid("sh")
+    for sid, body in [(hindi, partner.show(0, starts_at=at, language="Hindi")),
+                      (english, partner.show(0, starts_at=later, language="English"))]:
+        status, out = await partner.call("PUT", f"/partner/v1/shows/{sid}", body)
+        assert status == 201, out
+    new_york = local.astimezone(ZoneInfo("America/New_York")).strftime("%H:%M")
+    assert new_york != "19:30"
+
+    ctx = await browser.new_context(viewport={"width": 1100, "height": 800}, locale="en-GB",
+                                    timezone_id="America/New_York")
+    page = await ctx.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
+    try:
+        await page.goto(str(server.make_url(f"/?city={partner.city}&language=Hindi")))
+        card = page.locator(".movie", has_text="Monsoon")
+        await card.wait_for()
+        assert "19:30" in await card.inner_text()  # "next Sat 12 Aug, 19:30 GMT+5:30"
+        await card.locator("button").click()
+        chip = card.locator(f'a.chip[href*="{hindi}"]')
+        await chip.wait_for()
+        assert (await chip.locator("strong").inner_text()).strip() == "19:30"
+        assert new_york not in await chip.inner_text()
+        note = await card.locator(".tz-note").inner_text()
+        assert "theatre time" in note and ("IST" in note or "GMT+5:30" in note), note
+        # Only the Hindi show, and filtered by the server, not in the page.
+        assert await card.locator(f'a.chip[href*="{english}"]').count() == 0
+        shows_urls = [u for u in requests if f"/api/movies/{partner.movie}/shows" in u]
+        assert shows_urls and all("language=Hindi" in u for u in shows_urls), shows_urls
+        await page.screenshot(path=str(artifacts / "browse-theatre-time.png"))
+        await chip.click()
+        await page.wait_for_selector(".seat")
+        subtitle = await page.inner_text("#subtitle")
+        assert "19:30" in subtitle and ("IST" in subtitle or "GMT+5:30" in subtitle), subtitle
+        await page.screenshot(path=str(artifacts / "show-theatre-time.png"))
+        assert errors == []
+    finally:
+        await ctx.close()
+
+    ctx = await browser.new_context(locale="en-GB", timezone_id="Asia/Kolkata")
+    page = await ctx.new_page()
+    try:
+        await page.goto(str(server.make_url(f"/static/show.html?show={hindi}")))
+        await page.wait_for_selector(".seat")
+        subtitle = await page.inner_text("#subtitle")
+        assert "19:30" in subtitle and "GMT" not in subtitle and "IST" not in subtitle, subtitle
     finally:
         await ctx.close()

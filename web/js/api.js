@@ -43,12 +43,53 @@ export function money(m) {
   return fmt.format(m.amount / 10 ** digits);
 }
 
-export function timeOf(iso) {
-  return new Date(iso).toLocaleTimeString(undefined, { hour: "numeric", minute: "2-digit" });
+// Show times are UTC on the wire and shown in the theatre's time zone (an IANA name from
+// the API, e.g. "Asia/Kolkata"), never the reader's: "7:30 PM" means 7:30 PM at the theatre.
+const dateFormats = new Map();
+
+function formatter(tz, options) {
+  const key = `${tz || ""}|${JSON.stringify(options)}`;
+  let fmt = dateFormats.get(key);
+  if (!fmt) {
+    try {
+      fmt = new Intl.DateTimeFormat(undefined, { ...options, timeZone: tz || undefined });
+    } catch { // an unknown zone name: fall back to the reader's zone rather than break the page
+      fmt = new Intl.DateTimeFormat(undefined, options);
+    }
+    dateFormats.set(key, fmt);
+  }
+  return fmt;
 }
 
-export function dayOf(iso) {
-  return new Date(iso).toLocaleDateString(undefined, { weekday: "short", day: "numeric", month: "short" });
+const TIME = { hour: "numeric", minute: "2-digit" };
+const DAY = { weekday: "short", day: "numeric", month: "short" };
+const WALL = { year: "numeric", month: "2-digit", day: "2-digit", hour: "2-digit", minute: "2-digit", hourCycle: "h23" };
+
+/** "7:30 PM" at the theatre (tz: IANA name; without it, the reader's zone). */
+export function timeOf(iso, tz) {
+  return formatter(tz, TIME).format(new Date(iso));
+}
+
+/** "Tue 12 Aug" at the theatre. */
+export function dayOf(iso, tz) {
+  return formatter(tz, DAY).format(new Date(iso));
+}
+
+/** The zone's short name ("IST", or "GMT+5:30" where the locale has no name for it) when
+ *  the theatre's clock differs from the reader's at that moment; "" when they agree. */
+export function zoneLabel(iso, tz) {
+  if (!tz) return "";
+  const d = new Date(iso);
+  if (formatter(tz, WALL).format(d) === formatter("", WALL).format(d)) return "";
+  const part = formatter(tz, { ...TIME, timeZoneName: "short" }).formatToParts(d)
+    .find((p) => p.type === "timeZoneName");
+  return part ? part.value : tz;
+}
+
+/** "7:30 PM IST": the theatre-local time, labelled when the reader is elsewhere. */
+export function localTime(iso, tz) {
+  const label = zoneLabel(iso, tz);
+  return label ? `${timeOf(iso, tz)} ${label}` : timeOf(iso, tz);
 }
 
 /** A local calendar date as YYYY-MM-DD. */

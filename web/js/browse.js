@@ -1,5 +1,5 @@
 // Browse: city / date / language / genre filters -> movies -> a movie's theatres and times.
-import { api, dayOf, el, isoDate, money, timeOf } from "./api.js";
+import { api, dayOf, el, isoDate, localTime, money, timeOf, zoneLabel } from "./api.js";
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -88,8 +88,8 @@ function movieCard(summary, fl) {
     if (!open && !panel.dataset.loaded) {
       panel.textContent = "Loading…";
       try {
-        const data = await api(`/api/movies/${encodeURIComponent(m.movie_id)}/shows${query({ city: fl.city, date: fl.date })}`);
-        renderTimes(panel, data.theatres, fl);
+        const data = await api(`/api/movies/${encodeURIComponent(m.movie_id)}/shows${query({ city: fl.city, date: fl.date, language: fl.language })}`);
+        renderTimes(panel, data.theatres);
         panel.dataset.loaded = "1";
       } catch (e) {
         panel.textContent = e.message;
@@ -104,31 +104,35 @@ function movieCard(summary, fl) {
         m.genres.join(", "), summary.languages_showing.join(" · ")].filter(Boolean).join(" · ")),
       m.synopsis ? el("p", { class: "synopsis" }, m.synopsis) : null,
       el("p", { class: "muted small" },
-        `${summary.show_count} show${summary.show_count > 1 ? "s" : ""} · next ${dayOf(summary.next_show_at)}, ${timeOf(summary.next_show_at)}`),
+        `${summary.show_count} show${summary.show_count > 1 ? "s" : ""} · next ${dayOf(summary.next_show_at, summary.next_show_timezone)}, ${localTime(summary.next_show_at, summary.next_show_timezone)}`),
       toggle, panel));
 }
 
-function renderTimes(panel, theatres, fl) {
+function renderTimes(panel, theatres) {
+  // The language filter is applied by the server (`language=`); times are theatre-local.
   const blocks = theatres.map((t) => {
-    const shows = t.shows.filter((s) => !fl.language || s.language === fl.language);
+    const shows = t.shows;
     if (!shows.length) return null;
+    const tz = t.timezone;
+    const label = zoneLabel(shows[0].starts_at, tz);
     const byDay = new Map();
     for (const s of shows) {
-      const d = dayOf(s.starts_at);
+      const d = dayOf(s.starts_at, tz);
       if (!byDay.has(d)) byDay.set(d, []);
       byDay.get(d).push(s);
     }
     return el("section", { class: "theatre" },
       el("h3", {}, t.name),
-      el("p", { class: "muted small" }, t.address),
+      el("p", { class: "muted small" }, t.address,
+        label ? el("span", { class: "tz-note", title: tz }, ` · times in ${label} (theatre time)`) : null),
       [...byDay].map(([day, list]) => el("div", { class: "day" },
         el("span", { class: "day-label" }, day),
         el("ul", { class: "chips" }, list.map((s) => el("li", {},
           el("a", {
             class: "chip", href: `/static/show.html?show=${encodeURIComponent(s.show_id)}`,
-            "aria-label": `${t.name}, ${day} ${timeOf(s.starts_at)}, ${s.language} ${s.format}, ${s.screen_name}, from ${money(s.price_from)}`,
+            "aria-label": `${t.name}, ${day} ${localTime(s.starts_at, tz)}, ${s.language} ${s.format}, ${s.screen_name}, from ${money(s.price_from)}`,
           },
-          el("strong", {}, timeOf(s.starts_at)),
+          el("strong", {}, timeOf(s.starts_at, tz)),
           el("span", { class: "small" }, `${s.language} · ${s.format}`),
           el("span", { class: "small muted" }, `${money(s.price_from)}–${money(s.price_to)}`))))))));
   }).filter(Boolean);

@@ -1,6 +1,6 @@
 // The show page: live seat map, select / best available, hold with countdown, extend,
 // release, checkout (sandbox card), confirmation with the e-ticket QR.
-import { api, ApiError, dayOf, el, money, timeOf, uuid } from "./api.js";
+import { api, ApiError, dayOf, el, localTime, money, timeOf, uuid } from "./api.js";
 import { LiveSeats } from "./live.js";
 import { PALETTE, SeatMap } from "./seatmap.js";
 
@@ -51,10 +51,10 @@ async function load() {
   }
   state.data = data;
   const show = data.show;
-  document.title = `${show.movie_title} · ${timeOf(show.starts_at)} · Book My Movie`;
+  document.title = `${show.movie_title} · ${timeOf(show.starts_at, show.timezone)} · Book My Movie`;
   $("title").textContent = show.movie_title;
   $("subtitle").textContent = [
-    `${dayOf(show.starts_at)}, ${timeOf(show.starts_at)}`,
+    `${dayOf(show.starts_at, show.timezone)}, ${localTime(show.starts_at, show.timezone)}`,
     show.theatre_name && `${show.theatre_name}${show.city ? ", " + show.city : ""}`,
     show.screen_name, show.language, show.format,
   ].filter(Boolean).join(" · ");
@@ -339,7 +339,7 @@ function confirmed(b) {
                 width: "200", height: "200" }),
     el("dl", {},
       el("dt", {}, "Movie"), el("dd", {}, show ? show.movie_title : ""),
-      el("dt", {}, "When"), el("dd", {}, show ? `${dayOf(show.starts_at)}, ${timeOf(show.starts_at)}` : ""),
+      el("dt", {}, "When"), el("dd", {}, show ? `${dayOf(show.starts_at, show.timezone)}, ${localTime(show.starts_at, show.timezone)}` : ""),
       el("dt", {}, "Where"), el("dd", {}, show ? [show.theatre_name, show.screen_name].filter(Boolean).join(", ") : ""),
       el("dt", {}, "Seats"), el("dd", { id: "ticket-seats" }, b.seats.join(", ")),
       el("dt", {}, "Paid"), el("dd", {}, `${money(b.amount)} · ${b.payment.brand} •••• ${b.payment.last4}`),
