@@ -46,16 +46,21 @@ def new_event_id() -> str:
 
 
 async def publish(redis: aioredis.Redis, type: str, data: dict | msgspec.Struct, *,
-                  partner_id: str | None = None) -> str:
+                  partner_id: str | None = None, event_id: str | None = None) -> str:
     """Append an event to the outbox and return its event id.
 
     `data` is a dict or a msgspec Struct (encoded to JSON; datetimes as ISO 8601).
-    For booking events include at least `booking_id`, `show_id`, `email`, `name`, `seats`;
-    for show events `show_id` (and `bookings` / emails where customers are to be told).
+    For booking events include at least `booking_id`, `show_id`, `email`, `name`, `seats`
+    (`booking_data(booking)` builds that from a BookingRecord); for show events `show_id`
+    and, so customers are told, `bookings`: a list of `booking_data(...)` dicts.
+    `partner_id` may be left out: the webhook worker finds the show's partner itself.
+    `event_id` (optional) makes the event id deterministic, e.g.
+    `f"booking.confirmed:{booking_id}"`, so a producer that retries after a crash
+    publishes the same event again and consumers deliver it only once.
     """
     if type not in EVENT_TYPES:
         raise ValueError(f"unknown outbox event type {type!r}")
-    event_id = new_event_id()
+    event_id = event_id or new_event_id()
     fields = {
         "id": event_id,
         "type": type,
@@ -65,6 +70,23 @@ async def publish(redis: aioredis.Redis, type: str, data: dict | msgspec.Struct,
     }
     await redis.xadd(STREAM, fields, maxlen=STREAM_MAXLEN, approximate=True)
     return event_id
+
+
+def booking_data(booking: Any) -> dict[str, Any]:
+    """The public part of a booking record for an event (no payment token)."""
+    quote = getattr(booking, "quote", None)
+    created = getattr(booking, "created_at", None)
+    return {
+        "booking_id": booking.booking_id,
+        "show_id": booking.show_id,
+        "seats": list(booking.seats),
+        "email": booking.email,
+        "name": booking.name,
+        "status": getattr(booking, "status", "confirmed"),
+        "total": getattr(quote, "total", 0),
+        "currency": getattr(quote, "currency", ""),
+        "created_at": created.isoformat() if isinstance(created, datetime) else created,
+    }
 
 
 def _s(value: bytes | str) -> str:
