@@ -37,6 +37,7 @@ from .bookings import BookingRecord, HoldRecord, PaymentInfo, Quote, QuoteLine
 from .catalog_model import Money, Movie, Screen, Show, Theatre, catalog_key
 from .errors import ApiError
 from .openapi import Header, Query, operation
+from .outbox import booking_data, publish
 from .payments import CardDeclined, CardDetails, CardInvalid, PaymentError
 from .seat_status import read_seat_statuses
 from .tickets import TicketPayload, booking_token, check_booking_token, qr_svg, sign_ticket
@@ -609,6 +610,8 @@ async def _pay_and_book(
         email=body.email, name=body.name, created_at=_now(),
     )
     await store.save_booking(svc.redis, booking)
+    await publish(svc.redis, "booking.confirmed", booking_data(booking),
+                  event_id=f"booking.confirmed:{booking_id}")  # e-mail + partner webhooks
     hold.state, hold.booking_id = "booked", booking_id
     await store.save_hold(svc.redis, hold)
     await store.finish_attempt(svc.redis, idem, msgspec.structs.replace(
