@@ -78,6 +78,13 @@ class UnknownShow(LookupError):
     pass
 
 
+class _TornRead(RuntimeError):
+    """The log changed under a load (entries it needed were trimmed); read again."""
+
+
+_LOAD_ATTEMPTS = 5
+
+
 class ShowStore:
     def __init__(self, redis: aioredis.Redis, show_id: str) -> None:
         self.redis = redis
@@ -104,8 +111,20 @@ class ShowStore:
             raise
 
     async def load(self) -> SeatMap:
-        """Snapshot plus the log after it; raises UnknownShow if the show has no config."""
-        raw_snap, raw_config, seq = await self.redis.mget(
+        """Snapshot plus the log after it; raises UnknownShow if the show has no config.
+
+        Safe while the show's actor writes: it replays up to the sequence read together
+        with the snapshot (MGET is atomic), never past it, and if a trim took entries
+        it needed meanwhile it starts over."""
+        for _ in range(_LOAD_ATTEMPTS - 1):
+            try:
+                return await self._load_once()
+            except _TornRead:
+                continue
+        return await self._load_once()
+
+    async def _load_once(self) -> SeatMap:
+        raw_snap, raw_config, raw_seq = await self.redis.mget(
             snap_key(self.show_id), config_key(self.show_id), seq_key(self.show_id)
         )
         if raw_snap:
@@ -114,17 +133,22 @@ class ShowStore:
             seatmap = SeatMap(_config_decoder.decode(raw_config))
         else:
             raise UnknownShow(self.show_id)
+        seq = int(raw_seq or 0)
         start = seatmap.version + 1
-        while True:
-            chunk = await self.redis.xrange(log_key(self.show_id), f"{start}-0", "+", count=1000)
+        while start <= seq:
+            chunk = await self.redis.xrange(
+                log_key(self.show_id), f"{start}-0", f"{seq}-0", count=1000
+            )
             if not chunk:
                 break
             for entry_id, fields in chunk:
+                if int(entry_id.split(b"-")[0]) != start:
+                    raise _TornRead(f"show {self.show_id}: entry {start} is gone")
                 cmd = c.command_decoder.decode(fields[b"c"])
                 seatmap.apply(cmd, int(fields[b"t"]))
-                start = int(entry_id.split(b"-")[0]) + 1
-        if seatmap.version != int(seq or 0):
-            raise RuntimeError(
+                start += 1
+        if seatmap.version != seq:
+            raise _TornRead(
                 f"show {self.show_id}: replay reached version {seatmap.version}, log says {seq}"
             )
         return seatmap
