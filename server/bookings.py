@@ -109,6 +109,7 @@ class BookingRecord(msgspec.Struct):
     name: str
     created_at: datetime
     status: Literal["confirmed", "cancelled"] = "confirmed"
+    customer_id: str | None = None  # the logged-in customer's user id (None: guest checkout)
 
 
 def booking_key(show_id: str, booking_id: str) -> str:
