@@ -17,6 +17,22 @@ class Settings(msgspec.Struct, frozen=True):
     secret: str = "dev-only-secret-change-me"
     admin_key: str = "dev-admin-key"  # platform admin: creates partners and their API keys
     passivate_after_s: float = 60.0
+    # Notifications and partner webhooks (server/notifications.py, server/webhooks.py).
+    workers: bool = True               # run the outbox workers in this web process
+    smtp_host: str | None = None       # None: e-mails are logged, not sent
+    smtp_port: int = 25
+    smtp_from: str = "Book My Movie <no-reply@bookmymovie.local>"
+    smtp_username: str | None = None
+    smtp_password: str | None = None
+    smtp_starttls: bool = False
+    smtp_timeout_s: float = 10.0
+    notify_retry_s: float = 5.0        # e-mail retry: first delay, doubled per attempt
+    notify_retry_max_s: float = 300.0
+    webhook_retry_s: float = 5.0       # webhook retry: first delay, doubled per attempt
+    webhook_retry_max_s: float = 3600.0
+    webhook_max_attempts: int = 10
+    webhook_timeout_s: float = 10.0
+    outbox_claim_idle_s: float = 60.0  # take over a dead worker's events after this
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -29,6 +45,12 @@ class Settings(msgspec.Struct, frozen=True):
             "seed_demo": os.environ.get("BMM_SEED_DEMO"),
             "secret": os.environ.get("BMM_SECRET"),
             "admin_key": os.environ.get("BMM_ADMIN_KEY"),
+            "smtp_host": os.environ.get("BMM_SMTP_HOST"),
+            "smtp_port": os.environ.get("BMM_SMTP_PORT"),
+            "smtp_from": os.environ.get("BMM_SMTP_FROM"),
+            "smtp_username": os.environ.get("BMM_SMTP_USERNAME"),
+            "smtp_password": os.environ.get("BMM_SMTP_PASSWORD"),
+            "smtp_starttls": os.environ.get("BMM_SMTP_STARTTLS"),
         }
         values = {k: v for k, v in env.items() if v is not None}
         values.update({k: v for k, v in overrides.items() if v is not None})
