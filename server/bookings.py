@@ -53,7 +53,9 @@ class Quote(msgspec.Struct, frozen=True):
 
 # --- holds -----------------------------------------------------------------------------
 
-HoldState = Literal["active", "released", "booked"]
+# "pending": an asynchronous payment is under way (confirmed or failed by the gateway's
+# webhook, server/lifecycle.py); the hold can be neither paid again nor released meanwhile.
+HoldState = Literal["active", "released", "booked", "pending"]
 
 
 class HoldRecord(msgspec.Struct):
@@ -108,8 +110,13 @@ class BookingRecord(msgspec.Struct):
     email: str
     name: str
     created_at: datetime
-    status: Literal["confirmed", "cancelled"] = "confirmed"
+    # "pending": paid asynchronously, waiting for the gateway's webhook; "failed": that
+    # payment failed (the seats were never booked). See server/lifecycle.py.
+    status: Literal["confirmed", "cancelled", "pending", "failed"] = "confirmed"
     customer_id: str | None = None  # the logged-in customer's user id (None: guest checkout)
+    # SHA-256 of the holder token the show actor knows the booking by (actors Cancel needs
+    # it); "" for records written before it was kept (the hold record has it then).
+    holder_hash: str = ""
 
 
 def booking_key(show_id: str, booking_id: str) -> str:
