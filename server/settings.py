@@ -33,6 +33,10 @@ class Settings(msgspec.Struct, frozen=True):
     webhook_max_attempts: int = 10
     webhook_timeout_s: float = 10.0
     outbox_claim_idle_s: float = 60.0  # take over a dead worker's events after this
+    # Pricing (server/pricing.py): platform convenience fee and tax on every ticket.
+    fee_fixed: int = 0   # minor units per ticket (BMM_FEE_FIXED)
+    fee_bp: int = 0      # basis points of the ticket price after discounts (BMM_FEE_BP)
+    tax_bp: int = 0      # basis points of (price after discounts + fee) (BMM_TAX_BP; 1800 = 18 %)
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -51,6 +55,9 @@ class Settings(msgspec.Struct, frozen=True):
             "smtp_username": os.environ.get("BMM_SMTP_USERNAME"),
             "smtp_password": os.environ.get("BMM_SMTP_PASSWORD"),
             "smtp_starttls": os.environ.get("BMM_SMTP_STARTTLS"),
+            "fee_fixed": os.environ.get("BMM_FEE_FIXED"),
+            "fee_bp": os.environ.get("BMM_FEE_BP"),
+            "tax_bp": os.environ.get("BMM_TAX_BP"),
         }
         values = {k: v for k, v in env.items() if v is not None}
         values.update({k: v for k, v in overrides.items() if v is not None})
