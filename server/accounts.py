@@ -31,7 +31,6 @@ import asyncio
 import base64
 import hashlib
 import hmac
-import ipaddress
 import secrets
 import time
 from datetime import UTC, datetime
@@ -444,31 +443,3 @@ async def end_session(request: web.Request) -> None:
     session = await _session(request)
     session.invalidate()
     request[_USER] = None
-
-
-# --- IP allow-lists (partner API keys) ----------------------------------------------------
-
-def parse_networks(entries: list[str]) -> list[str]:
-    """Normalise IPs / CIDRs ("203.0.113.7", "10.0.0.0/8", "2001:db8::/32"); 422 if bad."""
-    out = []
-    for entry in entries:
-        try:
-            out.append(str(ipaddress.ip_network(entry.strip(), strict=False)))
-        except ValueError:
-            raise ApiError(422, "invalid_ip", f"not an IP address or network: {entry!r}",
-                           field="allowed_ips") from None
-    return out
-
-
-def ip_allowed(remote: str | None, networks: list[str]) -> bool:
-    if not networks:
-        return True
-    if not remote:
-        return False
-    try:
-        ip = ipaddress.ip_address(remote)
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
-    return any(ip in ipaddress.ip_network(n) for n in networks)
