@@ -104,7 +104,10 @@ class ShowActor:
     async def _loaded(self) -> SeatMap:
         if self._map is None:
             self._map = await self._store.load()
-            self._last_snapshot = self._map.version
+            # Count from the snapshot in Redis, not from where this instance started: an
+            # actor restarted or passivated more often than every `snapshot_every`
+            # changes would otherwise never snapshot (nor trim) again.
+            self._last_snapshot = self._store.snapshot_version
             if self._timer is None:
                 self._timer = asyncio.create_task(self._timer_loop())
         return self._map

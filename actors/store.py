@@ -91,6 +91,7 @@ class ShowStore:
         self.show_id = show_id
         self._keys = [seq_key(show_id), log_key(show_id), snap_key(show_id)]
         self._append = redis.register_script(_APPEND)
+        self.snapshot_version = 0  # version of the snapshot the last load started from
 
     async def append(
         self, expected_seq: int, entries: list[LogEntry], snapshot: Snapshot | None,
@@ -134,6 +135,7 @@ class ShowStore:
         else:
             raise UnknownShow(self.show_id)
         seq = int(raw_seq or 0)
+        snapshot_version = seatmap.version
         start = seatmap.version + 1
         while start <= seq:
             chunk = await self.redis.xrange(
@@ -151,6 +153,7 @@ class ShowStore:
             raise _TornRead(
                 f"show {self.show_id}: replay reached version {seatmap.version}, log says {seq}"
             )
+        self.snapshot_version = snapshot_version
         return seatmap
 
     async def events_since(self, seq: int, limit: int = 10_000) -> list[tuple[int, bytes]]:

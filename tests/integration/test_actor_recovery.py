@@ -8,6 +8,7 @@ import os
 import signal
 import time as _time
 
+import msgspec
 import pytest
 import ray
 import redis.asyncio as aioredis
@@ -15,6 +16,7 @@ import redis.asyncio as aioredis
 from actors import commands as c
 from actors.client import ShowDirectory
 from actors.layout import ShowConfig, grid_layout
+from actors.seatmap import Snapshot
 from actors.store import Event, Fenced, LogEntry, ShowStore, event_encoder, put_config
 
 from .conftest import (
@@ -209,3 +211,25 @@ async def _restarted(handle: ray.actor.ActorHandle, old_pid: int) -> None:
             return False
 
     await wait_until(replaced, timeout=30, what="the actor to restart")
+
+
+async def test_snapshots_keep_coming_across_restarts(shows, directory, redis, settings):
+    """An actor restarted (or passivated) every fewer than `snapshot_every` changes must
+    still snapshot and trim: otherwise the log grows forever and so does every load."""
+    show_id = await shows(LAYOUT)
+    client = directory.client(show_id)
+    handle = await _started(directory, show_id)
+    half = settings.snapshot_every // 2 + 5
+    for round_ in range(3):
+        cmds = [(c.Block if i % 2 == 0 else c.Unblock)(f"{round_}-{i}", ["S1"])
+                for i in range(half)]
+        assert not any(isinstance(r, c.Rejected)
+                       for r in await asyncio.gather(*map(client.submit, cmds)))
+        old_pid = await handle.pid.remote()
+        kill(handle, old_pid, "kill -9")
+        await _restarted(handle, old_pid)
+
+    snap = await redis.get(f"show:{{{show_id}}}:snap")
+    assert snap is not None, "no snapshot after 3 x snapshot_every/2 changes"
+    assert msgspec.msgpack.decode(snap, type=Snapshot).version >= settings.snapshot_every
+    assert comparable(await handle.inspect.remote()) == await replayed_state(redis, show_id)
