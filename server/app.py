@@ -13,7 +13,9 @@ from actors.client import ShowDirectory
 from actors.show_actor import ActorSettings
 
 from . import browse_api, customer_api, live, openapi, partner_api
+from . import webhooks_api
 from .errors import error_middleware
+from .notifications import OutboxWorkers
 from .payments import PaymentGateway, SandboxGateway
 from .settings import Settings
 from .wire import json_response
@@ -34,6 +36,7 @@ class Services:
 
 
 SERVICES = web.AppKey("services", Services)
+WORKERS = web.AppKey("outbox_workers", OutboxWorkers)  # e-mail + webhook delivery
 
 
 def services(request: web.Request) -> Services:
@@ -54,7 +57,12 @@ def create_app(settings: Settings, redis_url: str) -> web.Application:
         shows = ShowDirectory(redis_url, ActorSettings(passivate_after_s=settings.passivate_after_s))
         hub = live.Hub(hub_redis)
         app[SERVICES] = Services(settings, redis, shows, hub)
+        if settings.workers:
+            app[WORKERS] = workers = OutboxWorkers(settings, redis_url)
+            workers.start()
         yield
+        if settings.workers:
+            await app[WORKERS].stop()
         await hub.close()
         await hub_redis.aclose()
         await redis.aclose()
@@ -63,6 +71,7 @@ def create_app(settings: Settings, redis_url: str) -> web.Application:
     app.on_shutdown.append(_close_live_sockets)  # before the server waits for handlers
     app.add_routes(customer_api.routes)
     app.add_routes(partner_api.routes)
+    app.add_routes(webhooks_api.routes)
     app.add_routes(live.routes)
     app.add_routes(browse_api.routes)
     app.add_routes(openapi.routes)

@@ -14,12 +14,21 @@ Event types: booking.confirmed, booking.cancelled, show.cancelled, show.sold_out
 """
 from __future__ import annotations
 
+import asyncio
+import logging
+import os
 import secrets
+import socket
+import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError, ResponseError
+
+log = logging.getLogger(__name__)
 
 STREAM = "outbox:events"
 STREAM_MAXLEN = 1_000_000  # approximate cap; consumers keep up long before that
@@ -105,3 +114,160 @@ def decode_entry(entry_id: bytes | str, fields: dict) -> Event:
         partner_id=f.get("partner_id") or None,
         entry_id=_s(entry_id),
     )
+
+
+# --- consumers -------------------------------------------------------------------------
+
+Handler = Callable[[Event], Awaitable[bool]]
+
+
+class GroupConsumer:
+    """Runs `handler` for every outbox event, as one consumer of the group `group`.
+
+    The handler returns True when the event's side effect is done (the entry is then
+    acknowledged) and False, or raises, when it should be tried again later: the entry
+    stays pending and is claimed again (XAUTOCLAIM) once it has been idle `retry_s`.
+    The same claim picks up entries a dead consumer (another process) left pending.
+    Handlers must be idempotent: delivery is at least once.
+    """
+
+    def __init__(self, redis: aioredis.Redis, group: str, handler: Handler, *,
+                 retry_s: float = 5.0, retry_max_s: float = 300.0, block_ms: int = 1000,
+                 batch: int = 32, name: str | None = None) -> None:
+        self.redis = redis
+        self.group = group
+        self.handler = handler
+        self.retry_ms = max(1, int(retry_s * 1000))
+        self.retry_max_ms = max(self.retry_ms, int(retry_max_s * 1000))
+        self.retries_key = f"outbox:retries:{group}"  # entry id -> "attempts:next_at_ms"
+        self.block_ms = block_ms
+        self.batch = batch
+        self.name = name or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    async def ensure_group(self) -> None:
+        try:
+            # From the stream's start: events published before the first worker ran count too.
+            await self.redis.xgroup_create(STREAM, self.group, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"outbox:{self.group}")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        try:  # leave no idle consumer behind unless it still owns pending entries
+            info = await self.redis.xpending_range(STREAM, self.group, "-", "+", 1,
+                                                   consumername=self.name)
+            if not info:
+                await self.redis.xgroup_delconsumer(STREAM, self.group, self.name)
+        except (RedisError, OSError):
+            pass
+
+    async def _run(self) -> None:
+        await self.ensure_group()
+        while not self._stopping:
+            try:
+                await self.run_once()
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                log.warning("outbox %s: redis error %s; retrying", self.group, exc)
+                await asyncio.sleep(1.0)
+            except Exception:  # a bug must not kill the worker
+                log.exception("outbox %s: unexpected error", self.group)
+                await asyncio.sleep(1.0)
+
+    async def run_once(self, block_ms: int | None = None) -> int:
+        """One pass: claim entries due for a retry, then read new ones. Returns how many
+        entries were handled."""
+        handled = await self._claim_pass()
+        block = self.block_ms if block_ms is None else block_ms
+        # Wake up in time for the next retry when something is pending.
+        if handled == 0 and await self._has_pending():
+            block = min(block, self.retry_ms)
+        resp = await self.redis.xreadgroup(self.group, self.name, {STREAM: ">"},
+                                           count=self.batch, block=block or None)
+        for _stream, entries in resp or []:
+            for entry_id, fields in entries:
+                await self._handle(entry_id, fields)
+                handled += 1
+        return handled
+
+    async def _has_pending(self) -> bool:
+        summary = await self.redis.xpending(STREAM, self.group)
+        return bool(summary and summary.get("pending"))
+
+    async def _claim_pass(self) -> int:
+        handled = 0
+        cursor: bytes | str = "0-0"
+        for _ in range(100):  # bounded per pass
+            resp = await self.redis.xautoclaim(STREAM, self.group, self.name,
+                                               min_idle_time=self.retry_ms,
+                                               start_id=cursor, count=self.batch)
+            cursor, entries = resp[0], resp[1]
+            deleted = resp[2] if len(resp) > 2 else []
+            if deleted:  # trimmed away before anyone acknowledged them: nothing to do
+                await self.redis.xack(STREAM, self.group, *deleted)
+            for entry_id, fields in entries:
+                if fields is None:
+                    await self.redis.xack(STREAM, self.group, entry_id)
+                    continue
+                if await self._due(entry_id):
+                    await self._handle(entry_id, fields)
+                    handled += 1
+            if _s(cursor) == "0-0" or not entries:
+                break
+        return handled
+
+    async def _handle(self, entry_id: bytes | str, fields: dict) -> None:
+        try:
+            event = decode_entry(entry_id, fields)
+        except (msgspec.DecodeError, KeyError, ValueError):
+            log.error("outbox %s: dropping malformed entry %s", self.group, _s(entry_id))
+            await self.redis.xack(STREAM, self.group, entry_id)
+            return
+        try:
+            done = await self.handler(event)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("outbox %s: %s %s failed (%s); will retry", self.group, event.type,
+                        event.id, exc)
+            done = False
+        if done:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.xack(STREAM, self.group, entry_id)
+                pipe.hdel(self.retries_key, entry_id)
+                await pipe.execute()
+        else:
+            await self._failed(entry_id)
+
+    async def _due(self, entry_id: bytes | str) -> bool:
+        """A claimed entry is retried only once its backoff has passed."""
+        raw = await self.redis.hget(self.retries_key, entry_id)
+        if raw is None:
+            return True
+        _attempts, _, next_at = _s(raw).partition(":")
+        return int(next_at or 0) <= time.time_ns() // 1_000_000
+
+    async def _failed(self, entry_id: bytes | str) -> None:
+        raw = await self.redis.hget(self.retries_key, entry_id)
+        attempts = int(_s(raw).partition(":")[0]) + 1 if raw else 1
+        delay = min(self.retry_max_ms, self.retry_ms * 2 ** min(attempts - 1, 30))
+        next_at = time.time_ns() // 1_000_000 + delay
+        await self.redis.hset(self.retries_key, entry_id, f"{attempts}:{next_at}")
+
+    async def attempts(self, entry_id: bytes | str) -> int:
+        raw = await self.redis.hget(self.retries_key, entry_id)
+        return int(_s(raw).partition(":")[0]) if raw else 0
