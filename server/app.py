@@ -14,6 +14,7 @@ from actors.show_actor import ActorSettings
 
 from . import browse_api, customer_api, live, openapi, partner_api
 from . import webhooks_api
+from . import account_api, accounts, partner_portal_api
 from .errors import error_middleware
 from .notifications import OutboxWorkers
 from .payments import PaymentGateway, SandboxGateway
@@ -44,7 +45,10 @@ def services(request: web.Request) -> Services:
 
 
 def create_app(settings: Settings, redis_url: str) -> web.Application:
-    app = web.Application(middlewares=[error_middleware], client_max_size=1 << 20)
+    # Sessions: an encrypted cookie keyed from settings.secret (HKDF; see accounts.py),
+    # inside the error middleware so a failed request does not change the session.
+    app = web.Application(middlewares=[error_middleware, accounts.middleware(settings.secret)],
+                          client_max_size=1 << 20)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         # Requests wait for a pooled connection rather than fail with "Too many
@@ -75,6 +79,8 @@ def create_app(settings: Settings, redis_url: str) -> web.Application:
     app.add_routes(live.routes)
     app.add_routes(browse_api.routes)
     app.add_routes(openapi.routes)
+    app.add_routes(account_api.routes)
+    app.add_routes(partner_portal_api.routes)
     app.router.add_get("/", _index)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/api/_stats", _stats)

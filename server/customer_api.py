@@ -35,6 +35,7 @@ from actors.store import config_key
 from . import bookings as store
 from .bookings import BookingRecord, HoldRecord, PaymentInfo, Quote, QuoteLine
 from .catalog_model import Money, Movie, Screen, Show, Theatre, catalog_key
+from .accounts import current_user, link_booking
 from .errors import ApiError
 from .openapi import Header, Query, operation
 from .outbox import booking_data, publish
@@ -603,13 +604,17 @@ async def _pay_and_book(
         await gateway.refund(auth.ref)
         return await final(402, exc.code, exc.message)
 
+    customer = await current_user(request)  # logged in: "my bookings"; else a guest
+    customer_id = customer.user_id if customer and customer.role == "customer" else None
     booking = BookingRecord(
         booking_id=booking_id, show_id=hold.show_id, hold_id=hold.hold_id,
         seats=result.seats, quote=hold.quote,
         payment=PaymentInfo(auth.ref, auth.card_token, auth.last4, auth.brand),
-        email=body.email, name=body.name, created_at=_now(),
+        email=body.email, name=body.name, created_at=_now(), customer_id=customer_id,
     )
     await store.save_booking(svc.redis, booking)
+    if customer_id is not None:
+        await link_booking(svc.redis, customer_id, booking_id)
     await publish(svc.redis, "booking.confirmed", booking_data(booking),
                   event_id=f"booking.confirmed:{booking_id}")  # e-mail + partner webhooks
     hold.state, hold.booking_id = "booked", booking_id

@@ -91,6 +91,8 @@ SECURITY_SCHEMES = {
                    "description": "A partner API key (created by the platform admin)."},
     "adminKey": {"type": "http", "scheme": "bearer",
                  "description": "The platform admin key (settings.admin_key)."},
+    "sessionCookie": {"type": "apiKey", "in": "cookie", "name": "bmm_session",
+                      "description": "A logged-in user's session (POST /api/login)."},
 }
 
 
