@@ -39,7 +39,7 @@ from typing import Any, Literal
 import aiohttp
 import msgspec
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from .catalog_model import Show, catalog_key
 from .outbox import EVENT_TYPES, Event, GroupConsumer
@@ -199,9 +199,7 @@ class _Script:
                        ) -> Any:
         try:
             return await client.evalsha(self.sha, len(keys), *keys, *args)
-        except RedisError as exc:
-            if "NOSCRIPT" not in str(exc):
-                raise
+        except NoScriptError:
             return await client.eval(self.source, len(keys), *keys, *args)
 
 
