@@ -19,9 +19,8 @@ import redis.asyncio as aioredis
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actors import commands as c
-from actors.client import ShowDirectory
 from actors.layout import Layout, Rules
-from actors.show_actor import NAMESPACE, ActorSettings, actor_name
+from actors.show_actor import NAMESPACE, actor_name
 from actors.store import Event, LogEntry, ShowStore, event_decoder, event_encoder, log_key
 from server.embedded import RedisServer
 
@@ -139,15 +138,6 @@ async def private_redis_client(private_redis: RedisServer) -> AsyncIterator[aior
     client = aioredis.Redis.from_url(private_redis.url)
     yield client
     await client.aclose()
-
-
-@pytest.fixture
-def fast_settings() -> ActorSettings:
-    return ActorSettings(snapshot_every=50, keep_log=100, passivate_after_s=30)
-
-
-def new_directory(url: str, settings: ActorSettings) -> ShowDirectory:
-    return ShowDirectory(url, settings)
 
 
 async def append_behind_the_actors_back(

@@ -15,8 +15,9 @@ from actors import commands as c
 from actors.client import ShowDirectory
 from actors.layout import Rules, grid_layout
 from actors.show_actor import ActorSettings
+from actors.store import ShowStore
 
-from .conftest import assert_one_owner_per_seat, comparable, get_actor, replayed_state
+from .conftest import assert_one_owner_per_seat, comparable, get_actor, replayed_state, state_of
 
 
 class Job(msgspec.Struct, frozen=True):
@@ -154,10 +155,6 @@ async def get_actor_via(directory: ShowDirectory, show_id: str) -> None:
 async def test_rebuilding_from_redis_while_the_actor_writes(shows, directory, redis, settings):
     """Readers rebuild the show from Redis (snapshot + log) while the actor appends,
     snapshots and trims: every rebuild succeeds and is a consistent state."""
-    from actors.store import ShowStore
-
-    from .conftest import state_of
-
     show_id = await shows(grid_layout(10, 20))
     client = directory.client(show_id)
     seats = [s.id for s in grid_layout(10, 20).seats]
