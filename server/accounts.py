@@ -354,7 +354,7 @@ class _NoChange(Exception):
 
 # --- sessions ---------------------------------------------------------------------------
 
-_USER = "bmm.user"
+_USER = web.RequestKey("bmm.user", object)
 
 
 async def _session(request: web.Request) -> Session:

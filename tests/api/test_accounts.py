@@ -1,0 +1,331 @@
+"""Customer accounts against the real server (real Redis, real Ray): sign-up and log-in,
+wrong passwords and the log-in throttle, TOTP MFA with recovery codes, the encrypted
+session cookie, my bookings, export, deletion (bookings kept, anonymised), and who may
+read what."""
+from __future__ import annotations
+
+import base64
+import uuid
+from collections.abc import AsyncIterator
+
+import msgspec
+import pytest
+import ray
+import redis.asyncio as aioredis
+from aiohttp.test_utils import TestServer
+
+from actors.show_actor import NAMESPACE, actor_name
+from server import accounts
+from server.bookings import load_booking
+
+from .account_helpers import PASSWORD, Client, hold_and_checkout, new_email
+from .builders import publish_show
+
+
+@pytest.fixture
+async def clients(server: TestServer) -> AsyncIterator:
+    made: list[Client] = []
+
+    def make() -> Client:
+        made.append(Client(server))
+        return made[-1]
+
+    yield make
+    for c in made:
+        await c.close()
+
+
+@pytest.fixture
+async def show(redis: aioredis.Redis):
+    pub = await publish_show(redis)
+    yield pub
+    try:
+        ray.kill(ray.get_actor(actor_name(pub.show_id), namespace=NAMESPACE), no_restart=True)
+    except ValueError:
+        pass
+
+
+async def test_sign_up_log_in_log_out(clients) -> None:
+    a = clients()
+    me = await a.sign_up(name="Asha Rao")
+    assert me["role"] == "customer" and me["email"] == a.email and not me["mfa_enabled"]
+    assert "password" not in str(me)
+    assert (await a.call("GET", "/api/me"))[1]["user_id"] == me["user_id"]  # signed up = in
+
+    assert (await a.call("POST", "/api/logout"))[0] == 200
+    status, body = await a.call("GET", "/api/me")
+    assert status == 401 and body["error"]["code"] == "login_required"
+
+    status, body = await a.login(a.email.upper())  # addresses are case-insensitive
+    assert status == 200 and body["status"] == "ok" and body["user"]["user_id"] == me["user_id"]
+    assert (await a.call("GET", "/api/me"))[0] == 200
+
+
+async def test_sign_up_rules(clients) -> None:
+    a, b = clients(), clients()
+    await a.sign_up()
+    status, body = await b.call("POST", "/api/accounts",
+                                {"email": a.email, "password": PASSWORD, "name": "B"})
+    assert status == 409 and body["error"]["code"] == "email_taken"
+    status, body = await b.call("POST", "/api/accounts",
+                                {"email": new_email(), "password": "short", "name": "B"})
+    assert status == 422
+    status, body = await b.call("POST", "/api/accounts",
+                                {"email": "not-an-address", "password": PASSWORD, "name": "B"})
+    assert status == 422
+    assert (await b.call("GET", "/api/me"))[0] == 401  # nothing half-done: not logged in
+
+
+async def test_password_is_stored_as_an_argon2_hash(clients, redis) -> None:
+    a = clients()
+    me = await a.sign_up()
+    raw = await redis.get(accounts.user_key(me["user_id"]))
+    assert PASSWORD.encode() not in raw
+    assert b"$argon2id$" in raw
+
+
+async def test_wrong_password_and_unknown_address_get_the_same_401(clients) -> None:
+    a = clients()
+    await a.sign_up()
+    await a.call("POST", "/api/logout")
+    wrong = await a.login(password="not the password")
+    unknown = await a.login(email=new_email())
+    for status, body in (wrong, unknown):
+        assert status == 401 and body["error"]["code"] == "invalid_credentials"
+    assert (await a.call("GET", "/api/me"))[0] == 401
+
+
+async def test_five_failures_lock_the_address_for_a_while(clients, redis) -> None:
+    a, other = clients(), clients()
+    await a.sign_up()
+    await a.call("POST", "/api/logout")
+    await other.sign_up()
+    await other.call("POST", "/api/logout")
+    for _ in range(accounts.LOGIN_MAX_FAILURES):
+        assert (await a.login(password="guess-guess"))[0] == 401
+    status, body = await a.login()  # even the right password: no more tries for now
+    assert status == 429 and body["error"]["code"] == "too_many_attempts"
+    assert 0 < body["error"]["retry_after"] <= accounts.LOGIN_WINDOW_S
+    assert (await other.login())[0] == 200  # another address is not affected
+    await redis.delete(accounts.fail_key(a.email))  # the window passes
+    assert (await a.login())[0] == 200
+
+
+async def test_mfa_setup_then_login_needs_a_fresh_code(clients) -> None:
+    a = clients()
+    await a.sign_up()
+    status, setup = await a.call("POST", "/api/me/mfa")
+    assert status == 200
+    assert setup["otpauth_uri"].startswith("otpauth://totp/Book%20My%20Movie:")
+    assert setup["qr_svg"].lstrip().startswith("<svg") and "</svg>" in setup["qr_svg"]
+    a.totp_secret = setup["secret"]
+
+    status, body = await a.call("POST", "/api/me/mfa/verify", {"code": "000000"})
+    assert status == 401 and body["error"]["code"] == "invalid_code"
+    assert (await a.call("GET", "/api/me"))[1]["mfa_enabled"] is False
+
+    status, body = await a.call("POST", "/api/me/mfa/verify", {"code": a.code(0)})
+    assert status == 200 and len(set(body["recovery_codes"])) == 10
+    assert body["user"]["mfa_enabled"] is True
+    assert (await a.call("GET", "/api/me"))[0] == 200  # this session carries on
+
+    await a.call("POST", "/api/logout")
+    status, body = await a.login()
+    assert status == 200 and body == {"status": "mfa_required", "user": None}
+    assert (await a.call("GET", "/api/me"))[0] == 401  # the password alone is not enough
+
+    status, body = await a.call("POST", "/api/login/mfa", {"code": a.code(0)})
+    assert status == 401 and body["error"]["code"] == "invalid_code"  # used already
+    status, body = await a.call("POST", "/api/login/mfa", {"code": a.code(1)})
+    assert status == 200 and body["status"] == "ok"
+    assert (await a.call("GET", "/api/me"))[1]["email"] == a.email
+
+
+async def test_mfa_code_without_a_password_first_is_refused(clients) -> None:
+    a, b = clients(), clients()
+    await a.sign_up()
+    await a.enable_mfa()
+    status, body = await b.call("POST", "/api/login/mfa", {"code": a.code(1)})
+    assert status == 401 and body["error"]["code"] == "login_required"
+
+
+async def test_recovery_code_works_once(clients) -> None:
+    a = clients()
+    await a.sign_up()
+    codes = await a.enable_mfa()
+    await a.call("POST", "/api/logout")
+
+    assert (await a.login())[1]["status"] == "mfa_required"
+    status, body = await a.call("POST", "/api/login/mfa", {"recovery_code": codes[3].upper()})
+    assert status == 200 and body["user"]["recovery_codes_left"] == 9
+    await a.call("POST", "/api/logout")
+
+    assert (await a.login())[1]["status"] == "mfa_required"
+    status, body = await a.call("POST", "/api/login/mfa", {"recovery_code": codes[3]})
+    assert status == 401 and body["error"]["code"] == "invalid_code"
+    status, body = await a.call("POST", "/api/login/mfa", {"recovery_code": codes[4]})
+    assert status == 200
+
+
+async def test_recovery_codes_are_stored_as_digests_only(clients, redis) -> None:
+    a = clients()
+    me = await a.sign_up()
+    codes = await a.enable_mfa()
+    raw = await redis.get(accounts.user_key(me["user_id"]))
+    assert not any(c.encode() in raw or c.replace("-", "").encode() in raw for c in codes)
+    assert a.totp_secret.encode() not in raw  # the TOTP secret is encrypted at rest
+
+
+async def test_wrong_mfa_codes_count_towards_the_throttle(clients) -> None:
+    a = clients()
+    await a.sign_up()
+    await a.enable_mfa()
+    await a.call("POST", "/api/logout")
+    await a.login()
+    for _ in range(accounts.LOGIN_MAX_FAILURES):
+        assert (await a.call("POST", "/api/login/mfa", {"code": "123456"}))[0] == 401
+    status, body = await a.call("POST", "/api/login/mfa", {"code": a.code(1)})
+    assert status == 429
+
+
+async def test_a_tampered_session_cookie_is_an_anonymous_request(clients, server) -> None:
+    a = clients()
+    await a.sign_up()
+    cookie = a.session_cookie()
+    assert cookie and a.email not in cookie  # encrypted, not just signed
+    raw = bytearray(base64.urlsafe_b64decode(cookie))
+    raw[len(raw) // 2] ^= 0x01  # one bit of the ciphertext
+    flipped = base64.urlsafe_b64encode(bytes(raw)).decode()
+    intruder = clients()
+    for value in (flipped, cookie[:-8], "h" + cookie[1:], "not-a-cookie"):
+        status, body = await intruder.call("GET", "/api/me",
+                                           headers={"Cookie": f"bmm_session={value}"})
+        assert status == 401, value
+    status, _ = await intruder.call("GET", "/api/me", headers={"Cookie": f"bmm_session={cookie}"})
+    assert status == 200  # the genuine cookie is the credential (hence HttpOnly, SameSite)
+
+
+async def test_session_cookie_is_httponly_and_samesite(clients) -> None:
+    a = clients()
+    async with a.http.post("/api/accounts", json={"email": new_email(), "password": PASSWORD,
+                                                  "name": "A"}) as resp:
+        header = resp.headers["Set-Cookie"]
+    assert "bmm_session=" in header and "HttpOnly" in header and "SameSite=Lax" in header
+
+
+async def test_cross_site_post_with_the_cookie_is_refused(clients) -> None:
+    a = clients()
+    await a.sign_up()
+    status, body = await a.call("POST", "/api/me/mfa", headers={"Origin": "https://evil.test"})
+    assert status == 403 and body["error"]["code"] == "cross_origin"
+
+
+async def test_my_bookings_export_and_who_sees_what(clients, show) -> None:
+    a, b, guest = clients(), clients(), clients()
+    await a.sign_up()
+    await b.sign_up()
+    mine = await hold_and_checkout(a, show.show_id, ["A1", "A2"])
+    theirs = await hold_and_checkout(b, show.show_id, ["B1"])
+    guest_booking = await hold_and_checkout(guest, show.show_id, ["C1"])  # still possible
+
+    status, body = await a.call("GET", "/api/me/bookings")
+    assert status == 200
+    assert [x["booking_id"] for x in body["bookings"]] == [mine["booking_id"]]
+    assert body["bookings"][0]["seats"] == ["A1", "A2"]
+    assert body["bookings"][0]["ticket"]["code"] == mine["ticket"]["code"]
+    assert [x["booking_id"] for x in (await b.call("GET", "/api/me/bookings"))[1]["bookings"]] \
+        == [theirs["booking_id"]]
+
+    # Someone else's booking: not through "my bookings", not without its token.
+    status, _ = await b.call("GET", f"/api/me/bookings/{mine['booking_id']}")
+    assert status == 404
+    assert (await b.call("GET", f"/api/me/bookings/{theirs['booking_id']}"))[0] == 200
+    status, _ = await b.call("GET", f"/api/bookings/{mine['booking_id']}")
+    assert status == 401
+    status, _ = await b.call("GET", f"/api/bookings/{mine['booking_id']}",
+                             headers={"X-Booking-Token": theirs["booking_token"]})
+    assert status == 403
+
+    # Export: my account and my bookings, nothing secret, nobody else's.
+    async with a.http.get("/api/me/export") as resp:
+        assert resp.status == 200
+        assert "attachment" in resp.headers["Content-Disposition"]
+        export = await resp.json()
+    assert export["account"]["email"] == a.email
+    assert [x["booking_id"] for x in export["bookings"]] == [mine["booking_id"]]
+    text = str(export)
+    assert "argon2" not in text and theirs["booking_id"] not in text
+    assert guest_booking["booking_id"] not in text
+
+    # Anonymous: nothing.
+    assert (await guest.call("GET", "/api/me/bookings"))[0] == 401
+    assert (await guest.call("GET", "/api/me/export"))[0] == 401
+
+
+async def test_delete_account_keeps_bookings_anonymised(clients, show, redis) -> None:
+    a = clients()
+    me = await a.sign_up(name="Asha Rao")
+    booking = await hold_and_checkout(a, show.show_id, ["D1"])
+
+    status, body = await a.call("DELETE", "/api/me", {"password": "wrong password"})
+    assert status == 401
+    assert (await a.call("GET", "/api/me"))[0] == 200  # nothing deleted
+
+    status, body = await a.call("DELETE", "/api/me", {"password": PASSWORD})
+    assert status == 200 and body == {"deleted": True, "bookings_anonymised": 1}
+    assert (await a.call("GET", "/api/me"))[0] == 401  # the session ended
+    assert await redis.get(accounts.user_key(me["user_id"])) is None
+    assert (await a.login())[0] == 401
+
+    record = await load_booking(redis, booking["booking_id"])
+    assert record is not None and record.status == "confirmed"  # the seats stay sold
+    assert record.customer_id is None and record.email == "" and record.payment.last4 == ""
+    assert "Asha" not in msgspec.json.encode(record).decode()
+    status, view = await a.call("GET", f"/api/bookings/{booking['booking_id']}",
+                                headers={"X-Booking-Token": booking["booking_token"]})
+    assert status == 200 and view["seats"] == ["D1"] and view["email"] == ""
+
+    b = clients()
+    await b.sign_up(email=a.email)  # the address is free again; the old bookings are not its
+    assert (await b.call("GET", "/api/me/bookings"))[1]["bookings"] == []
+
+
+async def test_a_stolen_old_session_dies_with_the_account(clients) -> None:
+    a = clients()
+    await a.sign_up()
+    old = a.session_cookie()
+    assert (await a.call("DELETE", "/api/me", {"password": PASSWORD}))[0] == 200
+    await clients().sign_up(email=a.email)  # a new account with the same address
+    thief = clients()
+    status, body = await thief.call("GET", "/api/me", headers={"Cookie": f"bmm_session={old}"})
+    assert status == 401  # the old cookie names the deleted user id, not the new account
+
+
+async def test_customers_cannot_reach_partner_or_admin_endpoints(clients) -> None:
+    a = clients()
+    await a.sign_up()
+    for method, path in [("GET", "/api/partner/keys"), ("POST", "/api/partner/keys"),
+                         ("GET", "/api/partner/account"),
+                         ("GET", "/admin/v1/partner-requests"),
+                         ("POST", f"/admin/v1/partner-requests/pr_{uuid.uuid4().hex[:8]}/approve"),
+                         ("POST", "/admin/v1/users")]:
+        body = {"name": "k", "scope": "write"} if path == "/api/partner/keys" else None
+        status, out = await a.call(method, path, body)
+        assert status == 403 and out["error"]["code"] == "forbidden", (path, out)
+    anonymous = clients()
+    assert (await anonymous.call("GET", "/api/partner/keys"))[0] == 401
+    assert (await anonymous.call("GET", "/admin/v1/partner-requests"))[0] == 401
+    # The partner feed takes API keys, never a customer's session.
+    status, _ = await a.call("GET", "/partner/v1/shows?date=2030-01-01")
+    assert status == 401
+
+
+async def test_disable_mfa_needs_a_code(clients) -> None:
+    a = clients()
+    await a.sign_up()
+    await a.enable_mfa()
+    assert (await a.call("DELETE", "/api/me/mfa", {"code": "000000"}))[0] == 401
+    status, body = await a.call("DELETE", "/api/me/mfa", {"code": a.code(1)})
+    assert status == 200 and body == {"mfa_enabled": False}
+    await a.call("POST", "/api/logout")
+    assert (await a.login())[1]["status"] == "ok"
