@@ -20,6 +20,8 @@ from typing import Literal
 import msgspec
 import redis.asyncio as aioredis
 
+from . import pricing
+
 HOLD_RECORD_GRACE_MS = 24 * 3600 * 1000   # keep a hold record this long after its lifetime
 IDEMPOTENCY_TTL_S = 24 * 3600
 PENDING_TTL_S = 120                       # a crashed checkout's claim frees itself
@@ -37,18 +39,10 @@ def show_of(record_id: str) -> str | None:
 
 # --- quotes ----------------------------------------------------------------------------
 
-class QuoteLine(msgspec.Struct, frozen=True):
-    seat: str
-    category: str
-    amount: int  # minor units
-
-
-class Quote(msgspec.Struct, frozen=True):
-    """What the held seats cost: one line per seat, and the total, in one currency."""
-
-    currency: str
-    lines: list[QuoteLine]
-    total: int
+# The quote is server/pricing.py's itemised quote (per seat: base, discount, fee, tax,
+# total), made when the seats are held and charged at checkout unchanged.
+Quote = pricing.Quote
+QuoteLine = pricing.QuoteLine
 
 
 # --- holds -----------------------------------------------------------------------------

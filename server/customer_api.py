@@ -39,7 +39,9 @@ from .accounts import current_user, link_booking
 from .errors import ApiError
 from .openapi import Header, Query, operation
 from .outbox import booking_data, publish
+from . import offers as promos
 from .payments import CardDeclined, CardDetails, CardInvalid, PaymentError
+from .pricing import Offer, PricingConfig, PromoCode, SeatPrice, ShowFacts, make_quote, promo_problem
 from .seat_status import read_seat_statuses
 from .tickets import TicketPayload, booking_token, check_booking_token, qr_svg, sign_ticket
 from .wire import json_response, read_json
@@ -135,6 +137,11 @@ class HoldRequest(msgspec.Struct, forbid_unknown_fields=True):
 
     seats: Annotated[list[SeatId], msgspec.Meta(min_length=1, max_length=100)] | None = None
     best: BestRequest | None = None
+    # A promo code (server/pricing.py): its use is reserved for this hold and consumed at
+    # checkout. A guest gives the e-mail it will check out with (per-customer limits).
+    promo_code: Annotated[str, msgspec.Meta(min_length=1, max_length=32)] | None = None
+    email: Annotated[str, msgspec.Meta(max_length=254,
+                                       pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")] | None = None
 
 
 class HoldResponse(msgspec.Struct):
@@ -287,18 +294,116 @@ async def _load_config(request: web.Request, show_id: str) -> ShowConfig:
     return _config_decoder.decode(raw)
 
 
-def _quote(show: Show, config: ShowConfig, seats: list[str]) -> Quote | None:
-    """Price the seats from the show's price list; None if a seat's category has no price."""
-    category = {s.id: s.category for s in config.layout.seats}
-    lines: list[QuoteLine] = []
+# --- pricing and promo codes (server/pricing.py, server/offers.py) ----------------------
+
+class _Pricing(msgspec.Struct):
+    facts: ShowFacts
+    offers: list[Offer]
+    promo: PromoCode | None
+    who: str | None  # the customer a promo code's use counts against
+    config: PricingConfig
+
+
+def _customer_of(user: object, email: str | None) -> str | None:
+    """Whom a promo code's per-customer limit counts: the logged-in customer, or a
+    guest's e-mail address (lower-cased)."""
+    user_id = getattr(user, "user_id", None)
+    if user_id:
+        return f"user:{user_id}"
+    return f"email:{email.strip().lower()}" if email else None
+
+
+async def _pricing(request: web.Request, show: Show, code: str | None, email: str | None
+                   ) -> _Pricing:
+    """Everything the quote needs (one Redis round trip); a bad promo code is a 4xx before
+    any seat is held."""
+    settings = services(request).settings
+    timezone, offers, promo, found = await promos.pricing_inputs(
+        services(request).redis, show.theatre_id, show.partner_id, code)
+    starts_at = show.starts_at if show.starts_at.tzinfo else show.starts_at.replace(tzinfo=UTC)
+    facts = ShowFacts(show.show_id, show.movie_id, show.theatre_id, show.city, show.partner_id,
+                      starts_at, timezone)
+    who = None
+    if code is not None:
+        if not found:
+            raise ApiError(422, "promo_unknown", f"no promo code {code!r}")
+        problem = promo_problem(promo, facts, None, _now())
+        if problem:
+            raise ApiError(422, "promo_not_applicable", problem)
+        who = _customer_of(await current_user(request), email)
+        if who is None:
+            raise ApiError(422, "email_required",
+                           "give the e-mail address you will check out with to use a promo code")
+    config = PricingConfig(settings.fee_fixed, settings.fee_bp, settings.tax_bp)
+    return _Pricing(facts, offers, promo, who, config)
+
+
+def _quote(show: Show, config: ShowConfig, seats: list[str], pricing: _Pricing) -> Quote | None:
+    """The itemised quote for the held seats; None if a seat's category has no price."""
+    wanted = set(seats)
+    category = {s.id: s.category for s in config.layout.seats if s.id in wanted}
+    priced: list[SeatPrice] = []
     currency = None
     for seat in seats:
         price = show.prices.get(category[seat])
         if price is None or currency not in (None, price.currency):
             return None
         currency = price.currency
-        lines.append(QuoteLine(seat, category[seat], price.amount))
-    return Quote(currency or "", lines, sum(line.amount for line in lines))
+        priced.append(SeatPrice(seat, category[seat], price.amount))
+    return make_quote(pricing.facts, priced, currency or "", offers=pricing.offers,
+                      promo=pricing.promo, config=pricing.config, now=_now())
+
+
+async def _reserve_promo(request: web.Request, pricing: _Pricing, quote: Quote, held: c.Held,
+                         show_id: str, hold_id: str, digest: str) -> None:
+    """Reserve one use of the promo code for this hold (atomic; limits never exceeded), or
+    release the seats and refuse."""
+    assert pricing.promo is not None and pricing.who is not None
+    error = None
+    if quote.promo_code is None:
+        error = ApiError(422, "promo_not_applicable", "this promo code does not apply to these seats")
+    else:
+        verdict = await promos.reserve(services(request).redis, pricing.promo, hold_id,
+                                       pricing.who, _now_ms(), held.expires_at_ms)
+        if verdict == "exhausted":
+            error = ApiError(409, "promo_exhausted", "this promo code has been used up")
+        elif verdict != "ok":
+            error = ApiError(409, "promo_limit_reached",
+                             "you have used this promo code as often as it allows")
+    if error is not None:
+        await services(request).shows.submit(show_id, c.Release(_cmd_id(), hold_id, digest))
+        raise error
+
+
+async def _consume_promo(request: web.Request, hold: HoldRecord, email: str) -> str | None:
+    """At checkout: turn the hold's promo reservation into a use. Returns the customer key
+    if a use was consumed by this call (to give back if the checkout fails)."""
+    code = hold.quote.promo_code
+    if not code or hold.state != "active":
+        return None
+    redis = services(request).redis
+    promo = await promos.get_promo(redis, code)
+    if promo is None:  # deleted meanwhile: the quote stands, there is nothing to count
+        return None
+    who = _customer_of(await current_user(request), email) or ""
+    verdict = await promos.consume(redis, promo, hold.hold_id, who, _now_ms())
+    if verdict == "repeat":
+        return None
+    if verdict == "wrong_customer":
+        raise ApiError(409, "promo_customer_mismatch",
+                       "check out with the e-mail address (or account) the promo code was "
+                       "applied for")
+    if verdict != "ok":
+        raise ApiError(409, "promo_exhausted", "this promo code has been used up meanwhile")
+    return who
+
+
+async def _unconsume_promo(request: web.Request, hold: HoldRecord, who: str | None) -> None:
+    if who is None or not hold.quote.promo_code:
+        return
+    live = hold.state == "active" and hold.expires_ms > _now_ms()
+    await promos.unconsume(services(request).redis, hold.quote.promo_code, hold.hold_id, who,
+                           hold.expires_ms if live else None)
 
 
 async def _live_hold(request: web.Request, hold_id: str) -> tuple[HoldRecord, str]:
@@ -377,7 +482,10 @@ async def get_seatmap(request: web.Request) -> web.Response:
 async def create_hold(request: web.Request) -> web.Response:
     """Body `{"seats": ["F11", "F12"]}` or `{"best": {"count": 2, "category": "gold",
     "accessible": false}}`. 201 with the hold id, the holder token (only returned here),
-    the seats, `expires_at` and the price quote. 409 `seats_unavailable` names the seats
+    the seats, `expires_at` and the itemised price quote (per seat: base, discount,
+    fee, tax, total; `server/pricing.py`), which is what checkout charges, unchanged. With
+    `promo_code` (and a guest's `email`): 422 `promo_unknown` / `promo_not_applicable`,
+    409 `promo_exhausted` / `promo_limit_reached`, `email_required`. 409 `seats_unavailable` names the seats
     someone else has (`error.seats`); 409 `not_enough_seats` when best-available finds too
     few; 422 for unknown seats (`error.seats`), too many seats or a bad body; 404 for an
     unknown or cancelled show; 410 `show_started` once the show has begun."""
@@ -404,6 +512,7 @@ async def create_hold(request: web.Request) -> web.Response:
     elif body.best.category is not None and body.best.category not in show.prices:
         raise ApiError(422, "invalid", f"no seat category {body.best.category!r} on sale")
 
+    pricing = await _pricing(request, show, body.promo_code, body.email)
     hold_id, token = _new_id(show_id), secrets.token_urlsafe(24)
     digest = store.token_hash(token)
     cmd: c.Command
@@ -418,10 +527,12 @@ async def create_hold(request: web.Request) -> web.Response:
         raise rejected(result)
     assert isinstance(result, c.Held)
 
-    quote = _quote(show, config, result.seats)
+    quote = _quote(show, config, result.seats, pricing)
     if quote is None:  # best-available picked a category without a price
         await shows.submit(show_id, c.Release(_cmd_id(), hold_id, digest))
         raise ApiError(409, "not_for_sale", "some of the free seats are not on sale; pick seats")
+    if pricing.promo is not None:
+        await _reserve_promo(request, pricing, quote, result, show_id, hold_id, digest)
     now = _now_ms()
     record = HoldRecord(hold_id, show_id, digest, result.seats, quote, now, result.expires_at_ms,
                         now + config.rules.hold_max_lifetime_ms)
@@ -429,6 +540,8 @@ async def create_hold(request: web.Request) -> web.Response:
         await store.save_hold(services(request).redis, record)
     except Exception:
         await shows.submit(show_id, c.Release(_cmd_id(), hold_id, digest))
+        if quote.promo_code:
+            await promos.release(services(request).redis, quote.promo_code, hold_id, _now_ms())
         raise ApiError(503, "unavailable", "the hold could not be saved; try again") from None
     body_out = HoldResponse(hold_id, token, show_id, result.seats,
                             _from_ms(result.expires_at_ms), quote)
@@ -457,6 +570,9 @@ async def extend_hold(request: web.Request) -> web.Response:
     assert isinstance(result, c.Extended)
     hold.expires_ms = result.expires_at_ms
     await store.save_hold(services(request).redis, hold)
+    if hold.quote.promo_code:  # the promo code's reservation lasts as long as the hold
+        await promos.extend(services(request).redis, hold.quote.promo_code, hold_id,
+                            hold.expires_ms)
     return json_response(HoldView(hold_id, hold.show_id, hold.seats, _from_ms(hold.expires_ms)))
 
 
@@ -477,6 +593,8 @@ async def release_hold(request: web.Request) -> web.Response:
     assert isinstance(result, c.Released)
     hold.state = "released"
     await store.save_hold(services(request).redis, hold)
+    if hold.quote.promo_code:  # the promo code's use is free for others again
+        await promos.release(services(request).redis, hold.quote.promo_code, hold_id, _now_ms())
     return json_response(Released(hold_id, result.seats))
 
 
@@ -524,7 +642,16 @@ async def checkout(request: web.Request) -> web.Response:
     if earlier is not None:
         return await _replay(request, earlier, fingerprint)
     try:
-        status, payload = await _pay_and_book(request, hold, card, body, attempt, idem)
+        # the promo code's reserved use is consumed first (409 if it cannot be), and given
+        # back if this attempt does not book
+        promo_who = await _consume_promo(request, hold, body.email)
+        try:
+            status, payload = await _pay_and_book(request, hold, card, body, attempt, idem)
+        except ApiError:
+            await _unconsume_promo(request, hold, promo_who)
+            raise
+        if status >= 400:
+            await _unconsume_promo(request, hold, promo_who)
     except ApiError:
         await store.drop_attempt(svc.redis, idem)  # nothing happened: the key is free again
         raise

@@ -220,16 +220,18 @@ def offer_applies(offer: Offer, show: ShowFacts, now: datetime) -> bool:
             and show_in_scope(offer.scope, show))
 
 
-def promo_problem(promo: PromoCode, show: ShowFacts, seats: Iterable[SeatPrice],
+def promo_problem(promo: PromoCode, show: ShowFacts, seats: Iterable[SeatPrice] | None,
                   now: datetime) -> str | None:
-    """Why `promo` cannot be used for these seats of this show (None: it can)."""
+    """Why `promo` cannot be used for these seats of this show (None: it can); `seats`
+    None: for the show, whatever seats (checked before seats are held)."""
     if not promo.active:
         return "this promo code is no longer available"
     if not _valid(promo.valid_from, promo.valid_until, now):
         return "this promo code is not valid now"
     if not _owner_ok(promo.partner_id, show) or not show_in_scope(promo.scope, show):
         return "this promo code does not apply to this show"
-    if promo.scope.categories and not any(s.category in promo.scope.categories for s in seats):
+    if (seats is not None and promo.scope.categories
+            and not any(s.category in promo.scope.categories for s in seats)):
         return "this promo code does not apply to these seats"
     return None
 
@@ -310,3 +312,11 @@ def make_quote(show: ShowFacts, seats: Sequence[SeatPrice], currency: str, *,
         total=sum(x.total for x in lines),
         promo_code=promo.code if promo_ok else None,
     )
+
+
+def list_price_quote(currency: str, seats: Sequence[SeatPrice]) -> Quote:
+    """A quote at the seats' list prices: no offers, no fee, no tax (e.g. an invoiced
+    partner or corporate bulk booking)."""
+    lines = [QuoteLine(s.seat, s.category, s.base, 0, 0, 0, s.base) for s in seats]
+    total = sum(s.base for s in seats)
+    return Quote(currency, lines, total, 0, 0, 0, total)
