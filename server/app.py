@@ -12,12 +12,12 @@ from aiohttp import web
 from actors.client import ShowDirectory
 from actors.show_actor import ActorSettings
 
-from . import browse_api, customer_api, live, openapi, partner_api
+from . import browse_api, customer_api, lifecycle_api, live, openapi, partner_api
 from . import webhooks_api
 from . import account_api, accounts, partner_portal_api
 from .errors import error_middleware
 from .notifications import OutboxWorkers
-from .payments import PaymentGateway, SandboxGateway
+from .payments import GatewayGuard, PaymentGateway, SandboxGateway
 from .settings import Settings
 from .wire import json_response
 
@@ -34,6 +34,8 @@ class Services:
     shows: ShowDirectory   # the show actors, through the coalescing clients
     hub: live.Hub          # live seat-map fan-out for this process
     payments: PaymentGateway = field(default_factory=SandboxGateway)  # checkout's gateway
+    # timeout + circuit breaker around `payments`, per process (server/payments.py)
+    payment_guard: GatewayGuard = field(default_factory=GatewayGuard)
 
 
 SERVICES = web.AppKey("services", Services)
@@ -75,6 +77,7 @@ def create_app(settings: Settings, redis_url: str) -> web.Application:
     app.on_shutdown.append(_close_live_sockets)  # before the server waits for handlers
     app.add_routes(customer_api.routes)
     app.add_routes(partner_api.routes)
+    app.add_routes(lifecycle_api.routes)
     app.add_routes(webhooks_api.routes)
     app.add_routes(live.routes)
     app.add_routes(browse_api.routes)

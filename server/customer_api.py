@@ -33,6 +33,7 @@ from actors.layout import ShowConfig
 from actors.store import config_key
 
 from . import bookings as store
+from . import lifecycle
 from .bookings import BookingRecord, HoldRecord, PaymentInfo, Quote, QuoteLine
 from .catalog_model import Money, Movie, Screen, Show, Theatre, catalog_key
 from .accounts import current_user, link_booking
@@ -40,7 +41,7 @@ from .errors import ApiError
 from .openapi import Header, Query, operation
 from .outbox import booking_data, publish
 from . import offers as promos
-from .payments import CardDeclined, CardDetails, CardInvalid, PaymentError
+from .payments import CardDeclined, CardDetails, CardInvalid, GatewayUnavailable, PaymentError
 from .pricing import Offer, PricingConfig, PromoCode, SeatPrice, ShowFacts, make_quote, promo_problem
 from .seat_status import read_seat_statuses
 from .tickets import TicketPayload, booking_token, check_booking_token, qr_svg, sign_ticket
@@ -417,6 +418,9 @@ async def _live_hold(request: web.Request, hold_id: str) -> tuple[HoldRecord, st
     if hold.state == "booked":
         raise ApiError(409, "hold_checked_out", "this hold was checked out already",
                        booking_id=hold.booking_id)
+    if hold.state == "pending":
+        raise ApiError(409, "payment_pending", "a payment for this hold is being processed",
+                       booking_id=hold.booking_id)
     if hold.state == "released":
         raise ApiError(404, "not_found", f"hold {hold_id!r} was released")
     if hold.expires_ms <= _now_ms():
@@ -616,7 +620,12 @@ async def checkout(request: web.Request) -> web.Response:
     details; 410 `hold_expired` (if the hold ran out while paying, the payment is refunded
     and `error.refunded` is true); 409 `checkout_in_progress` while the same key is being
     processed, `hold_checked_out` if the hold was booked under another key. Card numbers
-    are never stored: only the gateway's card token and the last four digits."""
+    are never stored: only the gateway's card token and the last four digits.
+    202 `{"status": "pending", ...}` when the gateway settles the payment asynchronously:
+    the hold is extended and the webhook confirms the booking (server/lifecycle.py). 503
+    `payments_unavailable` / `payment_timeout` with `Retry-After` when the gateway is down
+    or too slow (circuit breaker): the hold is extended (`error.hold_expires_at`) and the
+    same Idempotency-Key may be retried."""
     hold_id = request.match_info["hold_id"]
     key = request.headers.get("Idempotency-Key", "").strip()
     if not key or len(key) > 255:
@@ -652,8 +661,10 @@ async def checkout(request: web.Request) -> web.Response:
             raise
         if status >= 400:
             await _unconsume_promo(request, hold, promo_who)
-    except ApiError:
+    except ApiError as exc:
         await store.drop_attempt(svc.redis, idem)  # nothing happened: the key is free again
+        if isinstance(exc, lifecycle.RetryLater):  # gateway down: 503 + Retry-After
+            return exc.response()
         raise
     except BaseException:
         # Unknown outcome (e.g. Redis failed after paying): keep the pending claim; it
@@ -692,6 +703,9 @@ async def _pay_and_book(
     if hold.state == "booked":
         raise ApiError(409, "hold_checked_out", "this hold was checked out already",
                        booking_id=hold.booking_id)
+    if hold.state == "pending":
+        raise ApiError(409, "payment_pending", "a payment for this hold is being processed",
+                       booking_id=hold.booking_id)
     if hold.state == "released":
         raise ApiError(404, "not_found", f"hold {hold.hold_id!r} was released")
     if hold.expires_ms <= _now_ms():
@@ -704,15 +718,23 @@ async def _pay_and_book(
         return status, payload
 
     gateway = svc.payments
-    try:
-        auth = await gateway.authorise(amount=hold.quote.total, currency=hold.quote.currency,
-                                       card=card, idempotency_key=idem)
+    try:  # timeout + circuit breaker (payments.GatewayGuard)
+        auth = await svc.payment_guard.call(lambda: gateway.authorise(
+            amount=hold.quote.total, currency=hold.quote.currency, card=card,
+            idempotency_key=idem))
+    except lifecycle.GATEWAY_FAILURES as exc:  # down or timed out: extend the hold, 503
+        raise await lifecycle.gateway_down(svc, hold, exc) from None
     except CardInvalid as exc:
         raise ApiError(422, exc.code, exc.message) from None
     except CardDeclined as exc:
         return await final(402, exc.code, exc.message)
     except PaymentError as exc:
         return await final(402, exc.code, exc.message)
+    if auth.status == "pending":  # settled later by the gateway's webhook (lifecycle.py)
+        customer = await current_user(request)
+        return await lifecycle.start_pending(
+            svc, hold, auth, attempt, idem, email=body.email, name=body.name,
+            customer_id=customer.user_id if customer and customer.role == "customer" else None)
 
     result = await svc.shows.submit(hold.show_id, c.Confirm(
         f"confirm:{idem}", hold.hold_id, hold.token_hash, attempt.booking_id, auth.ref))
@@ -725,11 +747,11 @@ async def _pay_and_book(
     booking_id = result.booking_id  # a resumed attempt gets the first attempt's booking
     try:
         await gateway.capture(auth.ref)
-    except PaymentError as exc:
+    except (PaymentError, GatewayUnavailable) as exc:
         await svc.shows.submit(hold.show_id, c.Cancel(f"cancel:{idem}", booking_id,
                                                       hold.token_hash))
         await gateway.refund(auth.ref)
-        return await final(402, exc.code, exc.message)
+        return await final(402, getattr(exc, "code", "capture_failed"), str(exc))
 
     customer = await current_user(request)  # logged in: "my bookings"; else a guest
     customer_id = customer.user_id if customer and customer.role == "customer" else None
@@ -738,6 +760,7 @@ async def _pay_and_book(
         seats=result.seats, quote=hold.quote,
         payment=PaymentInfo(auth.ref, auth.card_token, auth.last4, auth.brand),
         email=body.email, name=body.name, created_at=_now(), customer_id=customer_id,
+        holder_hash=hold.token_hash,
     )
     await store.save_booking(svc.redis, booking)
     if customer_id is not None:
@@ -748,6 +771,7 @@ async def _pay_and_book(
     await store.save_hold(svc.redis, hold)
     await store.finish_attempt(svc.redis, idem, msgspec.structs.replace(
         attempt, state="done", booking_id=booking_id, status=201))
+    await lifecycle.after_confirm(svc, booking, publish_confirmed=False)  # sold out? cancelled?
     return 201, msgspec.json.encode(await _booking_view(request, booking))
 
 

@@ -8,7 +8,7 @@ from aiohttp import web
 
 from actors import commands as c
 
-from . import auth, catalog
+from . import auth, catalog, lifecycle
 from .catalog_model import (
     BulkItemResult,
     BulkShowsRequest,
@@ -162,12 +162,19 @@ async def get_show(request: web.Request) -> web.Response:
 
 @routes.delete("/partner/v1/shows/{show_id}")
 @operation("DELETE", "/partner/v1/shows/{show_id}", summary="Cancel a show before it starts",
-           response=Show, errors=(403, 404, 409), tags=PARTNER, security="partnerKey",
-           description="Marks it cancelled and takes it out of every listing. Refunds of its "
-                       "bookings are a later issue.")
+           response=Show, errors=(403, 404, 409, 503), tags=PARTNER, security="partnerKey",
+           description="Marks it cancelled and takes it out of every listing; every booking "
+                       "is cancelled and refunded in full, customers are notified "
+                       "(booking.cancelled per booking, then show.cancelled). 503 with "
+                       "Retry-After if some refunds could not be made yet: the show stays "
+                       "cancelled and repeating the request finishes them.")
 async def delete_show(request: web.Request) -> web.Response:
     partner = await _partner(request)
     show = await catalog.cancel_show(services(request).redis, partner, _id(request, "show_id"))
+    try:  # server/lifecycle.py: cancel + refund every booking, publish the events
+        await lifecycle.cancel_show_bookings(services(request), show)
+    except lifecycle.RetryLater as exc:
+        return exc.response()
     return json_response(show)
 
 
