@@ -232,7 +232,7 @@ async def _decide(redis: aioredis.Redis, request_id: str, decide) -> PartnerRequ
                 if record.status != "pending":
                     raise ApiError(409, "already_decided",
                                    f"this request was {record.status} already",
-                                   status=record.status)
+                                   decision=record.status)
                 queue = await decide(pipe, record)
                 pipe.multi()
                 queue(pipe)

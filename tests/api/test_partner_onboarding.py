@@ -1,0 +1,232 @@
+"""Partner onboarding and the partner portal against the real server: request -> admin
+approval -> portal log-in that needs MFA -> API keys with a name, a scope and an IP
+allow-list, enforced on the partner feed; revocation; least privilege between roles."""
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp.test_utils import TestServer
+
+from server import accounts
+
+from .account_helpers import PASSWORD, Client, new_email
+from .catalog_helpers import ADMIN, new_partner, uid
+
+
+@pytest.fixture
+async def clients(server: TestServer) -> AsyncIterator:
+    made: list[Client] = []
+
+    def make() -> Client:
+        made.append(Client(server))
+        return made[-1]
+
+    yield make
+    for c in made:
+        await c.close()
+
+
+async def apply(client: Client, company: str = "Regal Cinemas") -> dict:
+    client.email = new_email("partner")
+    status, body = await client.call("POST", "/api/partner-requests", {
+        "company": company, "contact_name": "Ravi Menon", "email": client.email,
+        "password": PASSWORD, "message": "Three screens in Pune"})
+    assert status == 201, body
+    assert body["status"] == "pending" and "password" not in str(body)
+    return body
+
+
+async def approved_partner(clients, admin: Client, company: str = "Regal Cinemas"
+                           ) -> tuple[Client, dict]:
+    """A partner through the whole flow, logged in to the portal with MFA on."""
+    p = clients()
+    req = await apply(p, company)
+    status, done = await admin.call("POST", f"/admin/v1/partner-requests/{req['request_id']}/"
+                                    "approve", headers=ADMIN)
+    assert status == 200, done
+    assert (await p.login())[0] == 200
+    await p.enable_mfa()
+    return p, done
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+THEATRE = {"name": "Regal", "city": "Pune", "address": "1 MG Road", "timezone": "Asia/Kolkata"}
+
+
+async def test_request_approval_portal_with_mfa(clients) -> None:
+    p, admin = clients(), clients()
+    req = await apply(p)
+
+    # One pending request per address; the address has no account yet.
+    again = clients()
+    status, body = await again.call("POST", "/api/partner-requests", {
+        "company": "X", "contact_name": "Y", "email": p.email, "password": PASSWORD})
+    assert status == 409 and body["error"]["code"] == "request_pending"
+    assert (await p.login())[0] == 401
+
+    status, listing = await admin.call("GET", "/admin/v1/partner-requests?status=pending",
+                                       headers=ADMIN)
+    assert status == 200
+    assert req["request_id"] in [r["request_id"] for r in listing["requests"]]
+    assert "password_hash" not in str(listing)
+    bad = await admin.call("GET", "/admin/v1/partner-requests",
+                           headers={"Authorization": "Bearer not-the-admin-key"})
+    assert bad[0] == 401
+
+    status, done = await admin.call(
+        "POST", f"/admin/v1/partner-requests/{req['request_id']}/approve", headers=ADMIN)
+    assert status == 200 and done["status"] == "approved" and done["decided_by"] == "admin-key"
+    assert done["partner_id"] and done["user_id"]
+    status, body = await admin.call(
+        "POST", f"/admin/v1/partner-requests/{req['request_id']}/approve", headers=ADMIN)
+    assert status == 409 and body["error"]["code"] == "already_decided"
+
+    # The partner logs in with the request's password; nothing works until MFA is on.
+    status, body = await p.login()
+    assert status == 200 and body["user"]["role"] == "partner"
+    assert body["user"]["mfa_setup_required"] is True
+    status, body = await p.call("GET", "/api/partner/keys")
+    assert status == 403 and body["error"]["code"] == "mfa_required"
+    await p.enable_mfa()
+    status, account = await p.call("GET", "/api/partner/account")
+    assert status == 200 and account["partner_id"] == done["partner_id"]
+    assert account["name"] == "Regal Cinemas"
+    assert (await p.call("GET", "/api/partner/keys"))[1] == {"keys": []}
+
+    # Partners cannot switch MFA off; later log-ins need the code.
+    assert (await p.call("DELETE", "/api/me/mfa", {"code": p.code(1)}))[0] == 403
+    await p.call("POST", "/api/logout")
+    assert (await p.login())[1]["status"] == "mfa_required"
+    assert (await p.call("GET", "/api/partner/keys"))[0] == 401
+
+
+async def test_rejected_request_makes_no_account(clients) -> None:
+    p, admin = clients(), clients()
+    req = await apply(p)
+    status, body = await admin.call(
+        "POST", f"/admin/v1/partner-requests/{req['request_id']}/reject",
+        {"reason": "not a cinema"}, headers=ADMIN)
+    assert status == 200 and body["status"] == "rejected" and body["partner_id"] is None
+    assert (await p.login())[0] == 401
+    assert (await admin.call("POST", f"/admin/v1/partner-requests/{req['request_id']}/approve",
+                             headers=ADMIN))[0] == 409
+    status, _ = await admin.call("POST", "/admin/v1/partner-requests/pr_nope/approve",
+                                 headers=ADMIN)
+    assert status == 404
+
+
+async def test_an_admin_user_with_mfa_can_approve(clients) -> None:
+    admin_user, p = clients(), clients()
+    admin_user.email = new_email("admin")
+    status, me = await admin_user.call("POST", "/admin/v1/users", {
+        "email": admin_user.email, "password": PASSWORD, "name": "Ops"}, headers=ADMIN)
+    assert status == 201 and me["role"] == "admin"
+    req = await apply(p)
+
+    assert (await admin_user.login())[0] == 200
+    status, body = await admin_user.call("GET", "/admin/v1/partner-requests")
+    assert status == 403 and body["error"]["code"] == "mfa_required"
+    await admin_user.enable_mfa()
+    status, done = await admin_user.call(
+        "POST", f"/admin/v1/partner-requests/{req['request_id']}/approve")
+    assert status == 200 and done["decided_by"] == me["user_id"]
+
+    # A partner is not an admin.
+    assert (await p.login())[0] == 200
+    await p.enable_mfa()
+    status, body = await p.call("GET", "/admin/v1/partner-requests")
+    assert status == 403 and body["error"]["code"] == "forbidden"
+
+
+async def test_keys_scope_ip_allow_list_and_revocation(clients) -> None:
+    admin = clients()
+    p, done = await approved_partner(clients, admin)
+
+    status, read = await p.call("POST", "/api/partner/keys", {"name": "reporting"})
+    assert status == 201 and read["key"]["scope"] == "read"  # least privilege by default
+    status, write = await p.call("POST", "/api/partner/keys", {
+        "name": "box office", "scope": "write", "allowed_ips": ["127.0.0.1", "10.0.0.0/8"]})
+    assert status == 201 and write["key"]["allowed_ips"] == ["127.0.0.1/32", "10.0.0.0/8"]
+    status, elsewhere = await p.call("POST", "/api/partner/keys", {
+        "name": "office only", "scope": "write", "allowed_ips": ["203.0.113.0/24"]})
+    assert status == 201
+    status, body = await p.call("POST", "/api/partner/keys", {
+        "name": "bad", "allowed_ips": ["300.1.1.1"]})
+    assert status == 422 and body["error"]["code"] == "invalid_ip"
+
+    status, listed = await p.call("GET", "/api/partner/keys")
+    assert [(k["name"], k["scope"]) for k in listed["keys"]] == [
+        ("reporting", "read"), ("box office", "write"), ("office only", "write")]
+    for key in (read, write, elsewhere):
+        assert key["api_key"] not in str(listed)  # the key itself is shown once only
+
+    theatre = uid("th")
+    # read scope: GET yes, writes no.
+    status, _ = await p.call("GET", "/partner/v1/shows?date=2030-01-01",
+                             headers=bearer(read["api_key"]))
+    assert status == 200
+    status, body = await p.call("PUT", f"/partner/v1/theatres/{theatre}", THEATRE,
+                                headers=bearer(read["api_key"]))
+    assert status == 403 and body["error"]["code"] == "insufficient_scope"
+    # write scope from an allowed address.
+    status, body = await p.call("PUT", f"/partner/v1/theatres/{theatre}", THEATRE,
+                                headers=bearer(write["api_key"]))
+    assert status == 201 and body["partner_id"] == done["partner_id"]
+    # the right key from the wrong address.
+    status, body = await p.call("GET", "/partner/v1/shows?date=2030-01-01",
+                                headers=bearer(elsewhere["api_key"]))
+    assert status == 403 and body["error"]["code"] == "ip_not_allowed"
+
+    # Revoked: stops working at once.
+    status, body = await p.call("DELETE", f"/api/partner/keys/{write['key']['key_id']}")
+    assert status == 200 and body["revoked"] is True
+    status, _ = await p.call("PUT", f"/partner/v1/theatres/{theatre}", THEATRE,
+                             headers=bearer(write["api_key"]))
+    assert status == 401
+    assert (await p.call("DELETE", f"/api/partner/keys/{write['key']['key_id']}"))[0] == 404
+    assert [k["name"] for k in (await p.call("GET", "/api/partner/keys"))[1]["keys"]] == [
+        "reporting", "office only"]
+
+
+async def test_a_partner_cannot_touch_another_partners_keys_or_theatres(clients) -> None:
+    admin = clients()
+    a, done_a = await approved_partner(clients, admin, "A Cinemas")
+    b, _ = await approved_partner(clients, admin, "B Cinemas")
+    _, key_a = await a.call("POST", "/api/partner/keys", {"name": "a", "scope": "write"})
+    _, key_b = await b.call("POST", "/api/partner/keys", {"name": "b", "scope": "write"})
+
+    # B cannot revoke A's key (it is not among B's keys) and does not see it.
+    status, _ = await b.call("DELETE", f"/api/partner/keys/{key_a['key']['key_id']}")
+    assert status == 404
+    assert [k["name"] for k in (await b.call("GET", "/api/partner/keys"))[1]["keys"]] == ["b"]
+    theatre = uid("th")
+    assert (await a.call("PUT", f"/partner/v1/theatres/{theatre}", THEATRE,
+                         headers=bearer(key_a["api_key"])))[0] == 201
+    # B's key cannot replace A's theatre (the feed's ownership check stays).
+    status, body = await b.call("PUT", f"/partner/v1/theatres/{theatre}", THEATRE,
+                                headers=bearer(key_b["api_key"]))
+    assert status == 403
+    assert (await a.call("PUT", f"/partner/v1/theatres/{theatre}", THEATRE,
+                         headers=bearer(key_a["api_key"])))[0] == 200
+
+
+async def test_keys_made_by_the_admin_still_work_as_write_keys(api) -> None:
+    partner = await new_partner(api)  # POST /admin/v1/partners: the original way
+    status, body = await partner.call("PUT", f"/partner/v1/theatres/{uid('th')}", THEATRE)
+    assert status == 201, body
+
+
+async def test_an_approved_address_cannot_apply_or_sign_up_again(clients) -> None:
+    admin = clients()
+    p, _ = await approved_partner(clients, admin)
+    status, body = await clients().call("POST", "/api/partner-requests", {
+        "company": "X", "contact_name": "Y", "email": p.email, "password": PASSWORD})
+    assert status == 409 and body["error"]["code"] == "email_taken"
+    status, body = await clients().call("POST", "/api/accounts", {
+        "email": p.email, "password": PASSWORD, "name": "Y"})
+    assert status == 409
+    assert accounts.normalise_email(p.email) == p.email
