@@ -68,8 +68,8 @@ from actors.layout import ShowConfig
 from actors.store import config_key
 
 from . import bookings as store
-from . import outbox
-from .bookings import BookingRecord, HoldRecord, PaymentInfo, Quote, QuoteLine
+from . import outbox, pricing
+from .bookings import BookingRecord, HoldRecord, PaymentInfo
 from .catalog_model import Money, Show, catalog_key
 from .circuit_breaker import CircuitOpen
 from .errors import ApiError, error_response
@@ -531,10 +531,30 @@ async def show_bookings(redis: aioredis.Redis, show_id: str) -> list[BookingReco
     return [msgspec.json.decode(r, type=BookingRecord) for r in raws if r]
 
 
+async def release_show_holds(svc: Services, show_id: str) -> int:
+    """Release the active holds of a cancelled show (pending ones are settled by their
+    webhook, which then refunds: the show is cancelled)."""
+    keys = [k async for k in svc.redis.scan_iter(match=f"hold:{{{show_id}}}:*", count=1000)]
+    released = 0
+    for raw in (await svc.redis.mget(keys) if keys else []):
+        if not raw:
+            continue
+        hold = msgspec.json.decode(raw, type=HoldRecord)
+        if hold.state != "active":
+            continue
+        await svc.shows.submit(show_id, c.Release(f"showcancel:{hold.hold_id}", hold.hold_id,
+                                                  hold.token_hash))
+        hold.state = "released"
+        await store.save_hold(svc.redis, hold)
+        released += 1
+    return released
+
+
 async def cancel_show_bookings(svc: Services, show: Show) -> list[Cancellation]:
     """Cancel and fully refund every confirmed booking of a cancelled show; publish
     booking.cancelled per booking and show.cancelled once. Raises RetryLater if some
     could not be refunded now (the show stays cancelled; repeating finishes the rest)."""
+    await release_show_holds(svc, show.show_id)
     done: list[Cancellation] = []
     failed: list[ApiError] = []
     for booking in await show_bookings(svc.redis, show.show_id):
@@ -665,11 +685,11 @@ async def bulk_book(svc: Services, show: Show, *, seats: list[str] | None, count
     records: list[BookingRecord] = []
     for h, r in zip(held, confirms):
         assert isinstance(r, c.Confirmed)
-        lines = [QuoteLine(s, category_of[s], show.prices[category_of[s]].amount)
-                 for s in r.seats]
+        quote = pricing.list_price_quote(currency, [pricing.SeatPrice(
+            s, category_of[s], show.prices[category_of[s]].amount) for s in r.seats])
         records.append(BookingRecord(
             booking_id=r.booking_id, show_id=show.show_id, hold_id=h.hold_id, seats=r.seats,
-            quote=Quote(currency, lines, sum(line.amount for line in lines)),
+            quote=quote,
             payment=PaymentInfo(f"inv_{bulk_id}", "", "", "invoice"), email=email, name=name,
             created_at=now, holder_hash=digest))
     all_seats = [s for b in records for s in b.seats]
