@@ -14,6 +14,7 @@ from actors.show_actor import ActorSettings
 
 from . import browse_api, customer_api, lifecycle_api, live, openapi, partner_api
 from . import webhooks_api
+from . import offers_api
 from . import account_api, accounts, partner_portal_api
 from .errors import error_middleware
 from .notifications import OutboxWorkers
@@ -79,6 +80,7 @@ def create_app(settings: Settings, redis_url: str) -> web.Application:
     app.add_routes(partner_api.routes)
     app.add_routes(lifecycle_api.routes)
     app.add_routes(webhooks_api.routes)
+    app.add_routes(offers_api.routes)
     app.add_routes(live.routes)
     app.add_routes(browse_api.routes)
     app.add_routes(openapi.routes)

@@ -193,7 +193,7 @@ return redis.call('ZADD', KEYS[3], 'XX', 'CH', tonumber(ARGV[2]), ARGV[1])
 # ARGV: hold, who, now_ms, max_total, max_per
 _CONSUME = _PURGE + """
 local hold, who = ARGV[1], ARGV[2]
-if redis.call('SISMEMBER', KEYS[6], hold) == 1 then return 'ok' end
+if redis.call('SISMEMBER', KEYS[6], hold) == 1 then return 'repeat' end
 purge(tonumber(ARGV[3]))
 local holder = redis.call('HGET', KEYS[4], hold)
 if holder then
@@ -211,11 +211,16 @@ redis.call('SADD', KEYS[6], hold)
 return 'ok'
 """
 
-# ARGV: hold, who
+# ARGV: hold, who, until_ms (0: do not restore the reservation)
 _UNCONSUME = """
 if redis.call('SREM', KEYS[6], ARGV[1]) == 0 then return 0 end
 redis.call('DECR', KEYS[1])
 if redis.call('HINCRBY', KEYS[2], ARGV[2], -1) <= 0 then redis.call('HDEL', KEYS[2], ARGV[2]) end
+if tonumber(ARGV[3]) > 0 then
+  redis.call('ZADD', KEYS[3], tonumber(ARGV[3]), ARGV[1])
+  redis.call('HSET', KEYS[4], ARGV[1], ARGV[2])
+  redis.call('HINCRBY', KEYS[5], ARGV[2], 1)
+end
 return 1
 """
 
@@ -247,13 +252,18 @@ async def extend(redis: aioredis.Redis, code: str, hold_id: str, until_ms: int) 
 
 async def consume(redis: aioredis.Redis, promo: PromoCode, hold_id: str, who: str,
                   now_ms: int) -> str:
-    """'ok' (also for a repeat), 'wrong_customer', 'exhausted' or 'customer_limit'."""
+    """'ok' (consumed now), 'repeat' (consumed before, by this hold), 'wrong_customer' (the
+    hold's reservation is another customer's), 'exhausted' or 'customer_limit'."""
     return await _run(redis, _CONSUME, promo.code, hold_id, who, now_ms,
                       _limit(promo.max_uses), _limit(promo.max_uses_per_customer))
 
 
-async def unconsume(redis: aioredis.Redis, code: str, hold_id: str, who: str) -> bool:
-    return bool(await _run(redis, _UNCONSUME, code, hold_id, who))
+async def unconsume(redis: aioredis.Redis, code: str, hold_id: str, who: str,
+                    restore_until_ms: int | None = None) -> bool:
+    """Give back a use a failed checkout consumed; with `restore_until_ms` (the hold is
+    still live) the hold's reservation comes back too."""
+    until = restore_until_ms + RESERVATION_GRACE_MS if restore_until_ms else 0
+    return bool(await _run(redis, _UNCONSUME, code, hold_id, who, until))
 
 
 @dataclass
@@ -269,3 +279,27 @@ async def usage(redis: aioredis.Redis, code: str, now_ms: int) -> Usage:
         pipe.zcount(res_key, f"({now_ms}", "+inf")
         used, reserved = await pipe.execute()
     return Usage(int(used or 0), int(reserved))
+
+
+# --- what a quote needs, in one round trip ---------------------------------------------
+
+_tz_decoder = msgspec.json.Decoder(dict)
+
+
+async def pricing_inputs(redis: aioredis.Redis, theatre_id: str, partner_id: str,
+                         code: str | None) -> tuple[str, list[Offer], PromoCode | None, bool]:
+    """(theatre time zone, offers that may apply, the promo code, whether `code` exists)."""
+    from .catalog_model import catalog_key
+
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.get(catalog_key("theatre", theatre_id or "-"))
+        pipe.hvals(offers_key(None))
+        pipe.hvals(offers_key(partner_id or "-"))
+        pipe.get(promo_key(normalise_code(code)) if code else "promo:{-}")
+        raw_theatre, platform, own, raw_promo = await pipe.execute()
+    timezone = "UTC"
+    if raw_theatre:
+        timezone = _tz_decoder.decode(raw_theatre).get("timezone") or "UTC"
+    found = [_offer_decoder.decode(r) for r in (*platform, *(own if partner_id else ()))]
+    promo = _promo_decoder.decode(raw_promo) if raw_promo and code else None
+    return timezone, found, promo, promo is not None
