@@ -156,7 +156,8 @@ class Notifier:
         self.public_url = public_url.rstrip("/")
         self.consumer = GroupConsumer(redis, GROUP, self.handle,
                                       retry_s=settings.notify_retry_s,
-                                      retry_max_s=settings.notify_retry_max_s)
+                                      retry_max_s=settings.notify_retry_max_s,
+                                      claim_idle_s=settings.outbox_claim_idle_s)
 
     def start(self) -> None:
         self.consumer.start()

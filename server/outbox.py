@@ -126,19 +126,24 @@ class GroupConsumer:
 
     The handler returns True when the event's side effect is done (the entry is then
     acknowledged) and False, or raises, when it should be tried again later: the entry
-    stays pending and is claimed again (XAUTOCLAIM) once it has been idle `retry_s`.
-    The same claim picks up entries a dead consumer (another process) left pending.
-    Handlers must be idempotent: delivery is at least once.
+    stays pending on this consumer, which reads it again from its own pending list
+    (XREADGROUP from id 0) once its backoff has passed (`retry_s`, doubled per attempt up
+    to `retry_max_s`). Entries a dead consumer (another process) left pending are taken
+    over (XAUTOCLAIM) once idle for `claim_idle_s`; a live consumer's re-reads keep its
+    own entries from looking idle. Handlers must be idempotent: delivery is at least once.
     """
 
     def __init__(self, redis: aioredis.Redis, group: str, handler: Handler, *,
-                 retry_s: float = 5.0, retry_max_s: float = 300.0, block_ms: int = 1000,
-                 batch: int = 32, name: str | None = None) -> None:
+                 retry_s: float = 5.0, retry_max_s: float = 300.0,
+                 claim_idle_s: float = 60.0, block_ms: int = 1000, batch: int = 32,
+                 name: str | None = None, start_id: str = "0") -> None:
         self.redis = redis
         self.group = group
         self.handler = handler
         self.retry_ms = max(1, int(retry_s * 1000))
         self.retry_max_ms = max(self.retry_ms, int(retry_max_s * 1000))
+        self.claim_idle_ms = max(1, int(claim_idle_s * 1000))
+        self.start_id = start_id
         self.retries_key = f"outbox:retries:{group}"  # entry id -> "attempts:next_at_ms"
         self.block_ms = block_ms
         self.batch = batch
@@ -149,7 +154,8 @@ class GroupConsumer:
     async def ensure_group(self) -> None:
         try:
             # From the stream's start: events published before the first worker ran count too.
-            await self.redis.xgroup_create(STREAM, self.group, id="0", mkstream=True)
+            await self.redis.xgroup_create(STREAM, self.group, id=self.start_id,
+                                           mkstream=True)
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
@@ -189,9 +195,9 @@ class GroupConsumer:
                 await asyncio.sleep(1.0)
 
     async def run_once(self, block_ms: int | None = None) -> int:
-        """One pass: claim entries due for a retry, then read new ones. Returns how many
-        entries were handled."""
-        handled = await self._claim_pass()
+        """One pass: retry this consumer's failed entries that are due, take over a dead
+        consumer's, then read new ones. Returns how many entries were handled."""
+        handled = await self._retry_pass() + await self._claim_pass()
         block = self.block_ms if block_ms is None else block_ms
         # Wake up in time for the next retry when something is pending.
         if handled == 0 and await self._has_pending():
@@ -208,12 +214,30 @@ class GroupConsumer:
         summary = await self.redis.xpending(STREAM, self.group)
         return bool(summary and summary.get("pending"))
 
+    async def _retry_pass(self) -> int:
+        handled = 0
+        after = "0"
+        for _ in range(100):  # bounded per pass
+            resp = await self.redis.xreadgroup(self.group, self.name, {STREAM: after},
+                                               count=self.batch)
+            entries = resp[0][1] if resp else []
+            if not entries:
+                break
+            for entry_id, fields in entries:
+                after = _s(entry_id)
+                if not fields:  # trimmed away before it was acknowledged
+                    await self.redis.xack(STREAM, self.group, entry_id)
+                elif await self._due(entry_id):
+                    await self._handle(entry_id, fields)
+                    handled += 1
+        return handled
+
     async def _claim_pass(self) -> int:
         handled = 0
         cursor: bytes | str = "0-0"
         for _ in range(100):  # bounded per pass
             resp = await self.redis.xautoclaim(STREAM, self.group, self.name,
-                                               min_idle_time=self.retry_ms,
+                                               min_idle_time=self.claim_idle_ms,
                                                start_id=cursor, count=self.batch)
             cursor, entries = resp[0], resp[1]
             deleted = resp[2] if len(resp) > 2 else []

@@ -252,7 +252,8 @@ class WebhookWorker:
         self.retry_max_ms = max(self.retry_ms, int(settings.webhook_retry_max_s * 1000))
         self.consumer = GroupConsumer(redis, GROUP, self.fan_out,
                                       retry_s=min(settings.webhook_retry_s, 5.0),
-                                      retry_max_s=settings.webhook_retry_max_s)
+                                      retry_max_s=settings.webhook_retry_max_s,
+                                      claim_idle_s=settings.outbox_claim_idle_s)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None

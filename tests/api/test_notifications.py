@@ -1,13 +1,14 @@
 """E-mail notifications from the outbox, over a real local SMTP server (aiosmtpd)."""
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import pytest
 
 from server.app import WORKERS
 from server.notifications import render
-from server.outbox import STREAM, publish
+from server.outbox import STREAM, GroupConsumer, publish
 from server.settings import Settings
 
 from .builders import GOOD_CARD, publish_show
@@ -182,3 +183,64 @@ async def test_outbox_entries_carry_id_type_time_and_data(redis):
     assert fields[b"data"] == b'{"show_id":"abc"}' and fields[b"time"].endswith(b"Z")
     with pytest.raises(ValueError):
         await publish(redis, "no.such.event", {})
+
+
+async def test_a_dead_consumers_pending_event_is_taken_over(redis):
+    group = f"t-{uuid.uuid4().hex[:8]}"
+    handled: list[str] = []
+
+    async def handler(event) -> bool:
+        handled.append(event.id)
+        return True
+
+    live = GroupConsumer(redis, group, handler, claim_idle_s=0.3, start_id="$", name="live")
+    await live.ensure_group()
+    try:
+        event_id = await publish(redis, "show.sold_out", {"show_id": "dead-consumer"})
+        # Another worker reads it and dies before acknowledging.
+        [(_, entries)] = await redis.xreadgroup(group, "dead", {STREAM: ">"}, count=100)
+        assert event_id in {f[b"id"].decode() for _, f in entries}
+        assert await live.run_once(block_ms=0) == 0  # not idle long enough: still its
+        assert handled == []
+
+        async def taken_over() -> bool:
+            await live.run_once(block_ms=0)
+            return event_id in handled
+
+        await until(taken_over, what="the live consumer to claim the entry")
+        assert await acked(redis, group, event_id)
+        assert handled.count(event_id) == 1
+    finally:
+        await redis.xgroup_destroy(STREAM, group)
+
+
+async def test_a_failed_event_is_retried_by_its_consumer_with_backoff(redis):
+    group = f"t-{uuid.uuid4().hex[:8]}"
+    calls: list[float] = []
+
+    async def flaky(event) -> bool:
+        calls.append(asyncio.get_running_loop().time())
+        if len(calls) < 3:
+            raise ConnectionError("receiver down")
+        return True
+
+    worker = GroupConsumer(redis, group, flaky, retry_s=0.05, retry_max_s=1.0,
+                           claim_idle_s=60, start_id="$", name="w")
+    await worker.ensure_group()
+    try:
+        event_id = await publish(redis, "show.sold_out", {"show_id": "flaky"})
+        entry = await entry_of(redis, event_id)
+        await worker.run_once(block_ms=0)
+        assert len(calls) == 1 and await worker.attempts(entry) == 1
+        assert not await acked(redis, group, event_id)
+
+        async def done() -> bool:
+            await worker.run_once(block_ms=20)
+            return await acked(redis, group, event_id)
+
+        await until(done, what="the third attempt")
+        assert len(calls) == 3
+        assert calls[1] - calls[0] >= 0.05 and calls[2] - calls[1] >= 0.1  # the delay doubles
+        assert await worker.attempts(entry) == 0  # forgotten once done
+    finally:
+        await redis.xgroup_destroy(STREAM, group)
