@@ -174,6 +174,12 @@ async function holdBest() {
 }
 
 async function createHold(body, button) {
+  const code = $("promo-code").value.trim();
+  const email = $("promo-email").value.trim();
+  if (code) {
+    body = { ...body, promo_code: code };
+    if (email) body.email = email;
+  }
   busy(button, true);
   say("");
   try {
@@ -184,6 +190,13 @@ async function createHold(body, button) {
       say(`Sorry, ${e.details.seats.join(", ")} ${e.details.seats.length > 1 ? "were" : "was"} just taken. Pick again.`);
       state.selected = state.selected.filter((s) => !e.details.seats.includes(s));
       state.map.setSelected(state.selected);
+    } else if (e.code === "email_required") {
+      $("promo-box").open = true;
+      say("Enter the e-mail address you will pay with to use the promo code.", "info");
+      $("promo-email").focus();
+    } else if (e.code && e.code.startsWith("promo_")) {
+      $("promo-box").open = true;
+      say(`Promo code: ${e.message}`);
     } else if (e.code === "not_enough_seats") {
       say("Not enough seats free together in that category. Try fewer seats or another category.");
     } else {
@@ -225,6 +238,10 @@ function renderHold() {
   const amount = { amount: hold.quote.total, currency: hold.quote.currency };
   $("hold-seats").textContent = `${hold.seats.join(", ")} · ${money(amount)}`;
   $("pay-btn").textContent = `Pay ${money(amount)}`;
+  renderQuote(hold.quote);
+  if (hold.quote.promo_code && $("promo-email").value.trim()) {
+    $("pay-email").value = $("promo-email").value.trim();  // the promo code is for this address
+  }
   const tick = () => {
     const left = Math.max(0, Date.parse(state.hold.expires_at) - Date.now());
     const m = Math.floor(left / 60000), s = Math.floor((left % 60000) / 1000);
@@ -238,6 +255,27 @@ function renderHold() {
   };
   tick();
   state.ticker = setInterval(tick, 1000);
+}
+
+// The itemised quote: what checkout charges, fixed for as long as the seats are held.
+function renderQuote(quote) {
+  const m = (amount) => money({ amount, currency: quote.currency });
+  const cell = (text, tag = "td") => el(tag, {}, text);
+  const rows = quote.lines.map((line) => {
+    const tr = el("tr", {},
+      cell(`${line.seat} (${line.category})`, "th"), cell(m(line.base)),
+      cell(line.discount ? `−${m(line.discount)}` : "—"), cell(m(line.fee)), cell(m(line.tax)),
+      cell(m(line.total)));
+    tr.title = (line.applied || []).map((a) => `${a.name}: −${m(a.amount)}`).join("\n");
+    tr.firstChild.setAttribute("scope", "row");
+    return tr;
+  });
+  $("quote-lines").replaceChildren(...rows);
+  const offers = [...new Set(quote.lines.flatMap((l) => (l.applied || []).map((a) => a.name)))];
+  $("quote-total").replaceChildren(
+    cell(offers.length ? `Total · ${offers.join(", ")}` : "Total", "th"), cell(m(quote.base)),
+    cell(quote.discount ? `−${m(quote.discount)}` : "—"), cell(m(quote.fee)), cell(m(quote.tax)),
+    cell(m(quote.total)));
 }
 
 function holderHeaders() {
