@@ -181,13 +181,18 @@ class GroupConsumer:
             pass
 
     async def _run(self) -> None:
-        await self.ensure_group()
+        ready = False
         while not self._stopping:
             try:
+                if not ready:  # Redis may be down when the worker starts
+                    await self.ensure_group()
+                    ready = True
                 await self.run_once()
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
+                if "NOGROUP" in str(exc):  # the stream or group was deleted: make it again
+                    ready = False
                 log.warning("outbox %s: redis error %s; retrying", self.group, exc)
                 await asyncio.sleep(1.0)
             except Exception:  # a bug must not kill the worker
