@@ -10,7 +10,7 @@ import pytest
 from server.catalog_model import catalog_key
 from server.outbox import publish
 from server.settings import Settings
-from server.webhooks import verify
+from server.webhooks import load_delivery, verify
 
 from .builders import GOOD_CARD, publish_show
 from .outbox_helpers import Receiver, until
@@ -261,3 +261,30 @@ def test_signature_is_hmac_sha256_over_timestamp_dot_body():
     assert verify("s3", ts, body, sig, now=1700000000 + 10)
     assert not verify("s3", ts, body, sig, now=1700000000 + 3600)  # stale timestamp
     assert not verify("s3", "nope", body, sig)
+
+
+async def test_deleting_a_webhook_drops_its_pending_deliveries(api, redis, server):
+    receiver = Receiver()  # never started: deliveries keep failing
+    partner = await new_partner(api)
+    pub = await owned_show(redis, partner)
+    hook = await register(api, partner, receiver.url, events=["show.sold_out"])
+    await publish(redis, "show.sold_out", {"show_id": pub.show_id})
+
+    async def attempted() -> bool:
+        log = await deliveries(api, partner, hook["webhook_id"])
+        return bool(log) and len(log[0]["attempts"]) >= 1
+
+    await until(attempted, what="a failed attempt")
+    [pending] = await deliveries(api, partner, hook["webhook_id"])
+    async with api.delete(f"/partner/v1/webhooks/{hook['webhook_id']}",
+                          headers=auth(partner)) as resp:
+        assert resp.status == 200
+
+    async def dropped() -> bool:
+        d = await load_delivery(redis, pending["delivery_id"])
+        return d is not None and d.status == "failed"
+
+    await until(dropped, what="the pending delivery to be dropped")
+    d = await load_delivery(redis, pending["delivery_id"])
+    assert d.attempts[-1].error == "webhook deleted" and d.next_retry_at is None
+    assert await redis.zscore("webhooks:due", pending["delivery_id"]) is None
