@@ -73,10 +73,14 @@ class CircuitBreaker:
         except failures:
             self._failure()
             raise
-        except BaseException:
-            # Not a failure of the dependency (e.g. a decline, or our own cancellation):
-            # it answered, so a half-open trial counts as a success.
+        except Exception:
+            # Not a failure of the dependency (e.g. a decline): it answered, so a
+            # half-open trial counts as a success.
             self._success()
+            raise
+        except BaseException:
+            # Our own cancellation: we learnt nothing; the next caller may try.
+            self._trial_in_flight = False
             raise
         self._success()
         return result

@@ -73,7 +73,13 @@ from .bookings import BookingRecord, HoldRecord, PaymentInfo
 from .catalog_model import Money, Show, catalog_key
 from .circuit_breaker import CircuitOpen
 from .errors import ApiError, error_response
-from .payments import Authorisation, GatewayUnavailable, PaymentError, WebhookEvent
+from .payments import (
+    Authorisation,
+    GatewayTimeout,
+    GatewayUnavailable,
+    PaymentError,
+    WebhookEvent,
+)
 from .seat_status import read_seat_statuses
 from .tickets import TicketPayload, booking_token, sign_ticket, verify_ticket
 
@@ -107,7 +113,7 @@ def gateway_retry(exc: Exception, svc: Services, **details: Any) -> RetryLater:
         return RetryLater("payments_unavailable", "payments are unavailable right now; "
                           "retry later", exc.retry_after_s, **details)
     wait = breaker.retry_after_s() if breaker.state != "closed" else 5
-    code = "payment_timeout" if "did not answer" in str(exc) else "payments_unavailable"
+    code = "payment_timeout" if isinstance(exc, GatewayTimeout) else "payments_unavailable"
     return RetryLater(code, f"{exc}; retry later", wait, **details)
 
 
@@ -472,14 +478,18 @@ async def customer_cancel(svc: Services, booking: BookingRecord) -> Cancellation
 
 async def cancel_booking(svc: Services, booking: BookingRecord, *, by: CancelledBy,
                          percent: int, show: Show | None = None) -> Cancellation:
+    """Refund `percent` of the booking, cancel it in the actor, record and publish it.
+    `booking.status` becomes "cancelled" on the caller's object too."""
     lock = f"cancelling:{{{booking.show_id}}}:{booking.booking_id}"
     if not await svc.redis.set(lock, "1", nx=True, ex=LOCK_TTL_S):
         raise ApiError(409, "cancellation_in_progress", "this booking is being cancelled")
+    caller = booking
     try:
         fresh = await store.load_booking(svc.redis, booking.booking_id) or booking
         if fresh.status == "cancelled":
             done = await load_cancellation(svc.redis, fresh)
             if done is not None:
+                caller.status = "cancelled"
                 return done
         booking = fresh
         amount = booking.quote.total * percent // 100
@@ -502,7 +512,7 @@ async def cancel_booking(svc: Services, booking: BookingRecord, *, by: Cancelled
         if isinstance(result, c.Rejected) and result.code != "not_found":
             raise ApiError(503 if result.code == "unavailable" else 409, result.code,
                            result.message)
-        booking.status = "cancelled"
+        booking.status = caller.status = "cancelled"
         record = Cancellation(booking.booking_id, booking.show_id, "cancelled", booking.seats,
                               by, percent, Money(refunded, booking.quote.currency), _now())
         async with svc.redis.pipeline(transaction=True) as pipe:
