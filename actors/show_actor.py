@@ -47,7 +47,8 @@ class ShowActor:
     def __init__(self, show_id: str, redis_url: str, settings: ActorSettings) -> None:
         self.show_id = show_id
         self.settings = settings
-        self._redis = aioredis.Redis.from_url(redis_url)
+        # A hung (not crashed) Redis must surface as an error the batch loop retries.
+        self._redis = aioredis.Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=5)
         self._store = ShowStore(self._redis, show_id)
         self._map: SeatMap | None = None
         self._last_snapshot = 0
