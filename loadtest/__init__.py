@@ -1,0 +1,1 @@
+"""Load tests (Locust scenarios) and benchmarks for Book My Movie."""
