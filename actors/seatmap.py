@@ -59,6 +59,7 @@ class SeatMap:
         self.rules = config.rules
         self.seats: dict[str, Seat] = {s.id: s for s in config.layout.seats}
         self._picker = SeatPicker(config.layout)
+        self._categories = {s.category for s in config.layout.seats}
         self.version = 0
         self.status: dict[str, c.SeatStatus] = {
             s.id: "blocked" if s.blocked else "free" for s in config.layout.seats
@@ -151,20 +152,9 @@ class SeatMap:
             return _reject("invalid", "count must be at least 1"), []
         if err := self._new_hold_checks(cmd.hold_id, cmd.count):
             return err, []
-        if cmd.category is not None and not any(
-            s.category == cmd.category for s in self.seats.values()
-        ):
+        if cmd.category is not None and cmd.category not in self._categories:
             return _reject("invalid", f"no seat category {cmd.category!r} in this show"), []
-        status = self.status
-
-        def eligible(seat: Seat) -> bool:
-            return (
-                status[seat.id] == "free"
-                and (cmd.category is None or seat.category == cmd.category)
-                and (cmd.accessible or not (seat.accessible or seat.companion))
-            )
-
-        seats = self._picker.pick(cmd.count, eligible)
+        seats = self._picker.pick_free(cmd.count, self.status, cmd.category, cmd.accessible)
         if seats is None:
             return _reject("not_enough_seats", f"fewer than {cmd.count} seats are free"), []
         return self._create_hold(cmd.hold_id, cmd.token, seats, now_ms)
