@@ -61,7 +61,8 @@ def create_app(settings: Settings, redis_url: str) -> web.Application:
         # The live hub has its own connections: each watched show's reader holds one in
         # a blocking XREAD, which must never starve (or be starved by) requests.
         hub_redis = aioredis.Redis.from_url(redis_url, max_connections=HUB_REDIS_MAX)
-        shows = ShowDirectory(redis_url, ActorSettings(passivate_after_s=settings.passivate_after_s))
+        shows = ShowDirectory(redis_url, ActorSettings(
+            passivate_after_s=settings.passivate_after_s, snapshot_min_interval_s=1.0))
         hub = live.Hub(hub_redis)
         app[SERVICES] = Services(settings, redis, shows, hub)
         if settings.workers:
