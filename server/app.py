@@ -20,6 +20,7 @@ from .errors import error_middleware
 from .notifications import OutboxWorkers
 from .payments import GatewayGuard, PaymentGateway, SandboxGateway
 from .settings import Settings
+from .show_cache import ShowCache
 from .wire import json_response
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
@@ -37,6 +38,7 @@ class Services:
     payments: PaymentGateway = field(default_factory=SandboxGateway)  # checkout's gateway
     # timeout + circuit breaker around `payments`, per process (server/payments.py)
     payment_guard: GatewayGuard = field(default_factory=GatewayGuard)
+    show_cache: ShowCache | None = None  # shows + layouts for the hold path (show_cache.py)
 
 
 SERVICES = web.AppKey("services", Services)
@@ -64,13 +66,16 @@ def create_app(settings: Settings, redis_url: str) -> web.Application:
         shows = ShowDirectory(redis_url, ActorSettings(
             passivate_after_s=settings.passivate_after_s, snapshot_min_interval_s=1.0))
         hub = live.Hub(hub_redis)
-        app[SERVICES] = Services(settings, redis, shows, hub)
+        show_cache = ShowCache(redis, listen_url=redis_url)
+        show_cache.start()
+        app[SERVICES] = Services(settings, redis, shows, hub, show_cache=show_cache)
         if settings.workers:
             app[WORKERS] = workers = OutboxWorkers(settings, redis_url)
             workers.start()
         yield
         if settings.workers:
             await app[WORKERS].stop()
+        await show_cache.close()
         await hub.close()
         await hub_redis.aclose()
         await redis.aclose()

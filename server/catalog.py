@@ -53,6 +53,7 @@ from .catalog_model import (
     catalog_key,
 )
 from .errors import ApiError
+from .show_cache import SHOWS_CHANNEL
 
 T = TypeVar("T")
 
@@ -390,6 +391,7 @@ async def put_show(redis: aioredis.Redis, partner_id: str, show_id: str, body: S
                 p.zadd(k, {show_id: score})
             if config is not None:
                 p.set(config_key(show_id), msgspec.json.encode(config))
+            p.publish(SHOWS_CHANNEL, show_id)  # web processes drop their cached copy
 
         return (new, old is None), commit
 
@@ -439,6 +441,7 @@ async def cancel_show(redis: aioredis.Redis, partner_id: str, show_id: str,
             p.set(key, encode(new))
             for k in listings:
                 p.zrem(k, show_id)
+            p.publish(SHOWS_CHANNEL, show_id)  # web processes drop their cached copy
 
         return new, commit
 

@@ -30,7 +30,6 @@ from aiohttp import web
 
 from actors import commands as c
 from actors.layout import ShowConfig
-from actors.store import config_key
 
 from . import bookings as store
 from . import lifecycle
@@ -258,7 +257,6 @@ def _holder_token(request: web.Request) -> str:
 
 
 _show_decoder = msgspec.json.Decoder(Show)
-_config_decoder = msgspec.json.Decoder(ShowConfig)
 
 
 async def _load_show(request: web.Request, show_id: str) -> Show:
@@ -286,13 +284,6 @@ async def _show_info(request: web.Request, show: Show) -> ShowInfo:
         starts_at=show.starts_at, language=show.language, format=show.format,
         status=show.status, timezone=theatre.timezone if theatre else "UTC",
     )
-
-
-async def _load_config(request: web.Request, show_id: str) -> ShowConfig:
-    raw = await services(request).redis.get(config_key(show_id))
-    if raw is None:
-        raise ApiError(404, "not_found", f"show {show_id!r} has no seat layout")
-    return _config_decoder.decode(raw)
 
 
 # --- pricing and promo codes (server/pricing.py, server/offers.py) ----------------------
@@ -497,20 +488,25 @@ async def create_hold(request: web.Request) -> web.Response:
     body = await read_json(request, HoldRequest)
     if (body.seats is None) == (body.best is None):
         raise ApiError(422, "invalid", 'give exactly one of "seats" or "best"')
-    show = await _load_show(request, show_id)
+    # Show record and seat layout from this process's cache (server/show_cache.py): the
+    # partner feed's writes invalidate it, so this is what Redis has, without decoding it.
+    cached = await services(request).show_cache.get(show_id)
+    show, config, known = cached.show, cached.config, cached.category
+    if show is None:
+        raise ApiError(404, "not_found", f"no show {show_id!r}")
     if show.status == "cancelled":
         raise ApiError(404, "not_found", f"show {show_id!r} was cancelled")
     starts_at = show.starts_at if show.starts_at.tzinfo else show.starts_at.replace(tzinfo=UTC)
     if starts_at <= _now():
         raise ApiError(410, "show_started", "this show has started; seats can no longer be held")
-    config = await _load_config(request, show_id)
-    known = {s.id: s for s in config.layout.seats}
+    if config is None:
+        raise ApiError(404, "not_found", f"show {show_id!r} has no seat layout")
     if body.seats is not None:
         seats = list(dict.fromkeys(body.seats))
         unknown = [s for s in seats if s not in known]
         if unknown:
             raise ApiError(422, "unknown_seats", "no such seats in this show", seats=unknown)
-        unpriced = [s for s in seats if known[s].category not in show.prices]
+        unpriced = [s for s in seats if known[s] not in show.prices]
         if unpriced:
             raise ApiError(422, "not_for_sale", "these seats are not on sale", seats=unpriced)
     elif body.best.category is not None and body.best.category not in show.prices:

@@ -112,8 +112,9 @@ async def put_show(request: web.Request) -> web.Response:
     partner = await _partner(request)
     body = await read_json(request, ShowIn)
     show_id = _id(request, "show_id")
-    return _put_response(*await catalog.put_show(services(request).redis, partner,
-                                                 show_id, body))
+    result = await catalog.put_show(services(request).redis, partner, show_id, body)
+    _changed(request, show_id)
+    return _put_response(*result)
 
 
 @routes.post("/partner/v1/shows:bulk")
@@ -140,6 +141,7 @@ async def bulk_shows(request: web.Request) -> web.Response:
                          item.format, item.prices)
         try:
             show, was_created = await catalog.put_show(redis, partner, item.show_id, show_in)
+            _changed(request, item.show_id)
         except ApiError as exc:
             failed += 1
             results.append(BulkItemResult(item.show_id, exc.status,
@@ -175,6 +177,7 @@ async def delete_show(request: web.Request) -> web.Response:
         await lifecycle.cancel_show_bookings(services(request), show)
     except lifecycle.RetryLater as exc:
         return exc.response()
+    _changed(request, show.show_id)
     return json_response(show)
 
 
@@ -233,6 +236,14 @@ async def block_seats(request: web.Request) -> web.Response:
            tags=PARTNER, security="partnerKey")
 async def unblock_seats(request: web.Request) -> web.Response:
     return await _seats_command(request, block=False)
+
+
+def _changed(request: web.Request, show_id: str) -> None:
+    """This process's own next request sees the change at once; the others drop their
+    copy when the write's message (catalog.SHOWS_CHANNEL) reaches them."""
+    cache = services(request).show_cache
+    if cache is not None:
+        cache.invalidate(show_id)
 
 
 def services(request: web.Request):  # noqa: ANN201 (app imports this module)
