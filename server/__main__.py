@@ -1,14 +1,27 @@
-"""`python -m server`: the whole platform on one machine (local Ray, its own Redis, demo data)."""
+"""`python -m server`: the whole platform on one machine (local Ray, its own Redis, demo data).
+
+`--workers N` runs N web processes on the same port (SO_REUSEPORT: the kernel spreads
+connections over them). Redis and the Ray head are started once, by this process; the
+other N-1 web processes are `python -m server` children that join them by address, so
+every process reaches the same show actors by name.
+"""
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
+import subprocess
+import sys
 
+import ray
 from aiohttp import web
 
 from .app import create_app
 from .runtime import Runtime
 from .settings import Settings
+
+log = logging.getLogger("server")
 
 
 def main() -> None:
@@ -18,6 +31,11 @@ def main() -> None:
     parser.add_argument("--redis-url", help="use this Redis instead of starting one")
     parser.add_argument("--ray-address", help="join this Ray cluster instead of a local one")
     parser.add_argument("--no-seed", action="store_true", help="skip the demo data")
+    parser.add_argument("--workers", type=int, default=int(os.environ.get("BMM_WEB_WORKERS", "1")),
+                        help="web processes sharing the port (SO_REUSEPORT); default 1 (BMM_WEB_WORKERS)")
+    parser.add_argument("--no-access-log", action="store_true",
+                        help="do not log every request (aiohttp's access log)")
+    parser.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings.from_env(
@@ -25,16 +43,48 @@ def main() -> None:
         ray_address=args.ray_address, seed_demo=False if args.no_seed else None,
     )
     runtime = Runtime(settings).start()
+    workers: list[subprocess.Popen[bytes]] = []
     try:
+        if args.workers > 1:
+            workers = _start_workers(args, settings, runtime)
         app = create_app(settings, runtime.redis_url)
         if settings.seed_demo:
             from .demo import seed_on_startup
 
             app.on_startup.append(seed_on_startup)
-        print(f"Book My Movie is up: http://{settings.host}:{settings.port}/", flush=True)
-        web.run_app(app, host=settings.host, port=settings.port, print=None)
+        print(f"Book My Movie is up: http://{settings.host}:{settings.port}/"
+              + (f" ({args.workers} web processes)" if workers else ""), flush=True)
+        kwargs = {"access_log": None} if args.no_access_log else {}
+        web.run_app(app, host=settings.host, port=settings.port, print=None,
+                    reuse_port=bool(workers) or args.reuse_port, **kwargs)
     finally:
+        _stop_workers(workers)
         runtime.stop()
+
+
+def _start_workers(args: argparse.Namespace, settings: Settings,
+                   runtime: Runtime) -> list[subprocess.Popen[bytes]]:
+    """N-1 more web processes on our port, joining our Redis and Ray head."""
+    address = ray.get_runtime_context().gcs_address
+    cmd = [sys.executable, "-m", "server", "--host", settings.host, "--port", str(settings.port),
+           "--redis-url", runtime.redis_url, "--ray-address", address, "--no-seed",
+           "--workers", "1", "--reuse-port"]
+    if args.no_access_log:
+        cmd.append("--no-access-log")
+    log.info("starting %d more web processes on port %d", args.workers - 1, settings.port)
+    return [subprocess.Popen(cmd) for _ in range(args.workers - 1)]
+
+
+def _stop_workers(workers: list[subprocess.Popen[bytes]]) -> None:
+    for proc in workers:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+    for proc in workers:
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 if __name__ == "__main__":
