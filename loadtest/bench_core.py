@@ -339,7 +339,8 @@ async def run_all(redis_url: str, layout: Layout, lots: list[Lot],
     """Interleave the modes in short slices, rotating the order each round, so a noisy
     neighbour slows all of them alike and the ratios stay meaningful."""
     redis = aioredis.Redis.from_url(redis_url)
-    directory = ShowDirectory(redis_url, ActorSettings())
+    # Snapshot cadence as the server runs it (server/app.py): at most one a second.
+    directory = ShowDirectory(redis_url, ActorSettings(snapshot_min_interval_s=1.0))
     modes: list[Mode] = []
     try:
         modes.append(await coalesced_mode(directory, redis, layout, lots, args))
