@@ -24,7 +24,7 @@ from actors.show_actor import NAMESPACE, ActorSettings, actor_name
 from actors.store import log_key, put_config
 from server.app import SERVICES
 from server.embedded import RedisServer
-from server.live import Hub
+from server.live import Hub, events_payload
 
 TIMEOUT = 10.0
 
@@ -69,6 +69,22 @@ async def recv(ws: ClientConnection) -> Json:
     return json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
 
 
+async def recv_events(ws: ClientConnection, count: int, after: int | None = None) -> list[Json]:
+    """The next `count` events, from as many `events` frames as they came in; checks the
+    frames' seqs are contiguous (and start at after + 1 when given)."""
+    got: list[Json] = []
+    while len(got) < count:
+        msg = await recv(ws)
+        assert msg["type"] == "events", msg
+        assert msg["events"] and msg["seq"] == msg["events"][-1]["seq"]
+        got += msg["events"]
+    assert len(got) == count, got
+    seqs = [e["seq"] for e in got]
+    first = seqs[0] if after is None else after + 1
+    assert seqs == list(range(first, first + count)), seqs
+    return got
+
+
 async def hold(shows: ShowDirectory, show_id: str, seats: list[str]) -> c.Held:
     hold_id = f"{show_id}.{uuid.uuid4().hex[:10]}"
     result = await shows.submit(show_id, c.Hold(uuid.uuid4().hex, hold_id, "tok", seats))
@@ -99,16 +115,19 @@ async def test_two_clients_see_a_hold_with_the_next_seq(
 
         await hold(shows, show_id, ["A1", "A2"])
         raw_a, raw_b = await asyncio.wait_for(a.recv(), TIMEOUT), await asyncio.wait_for(b.recv(), TIMEOUT)
-        event = json.loads(raw_b)
+        msg = json.loads(raw_b)
+        assert msg["type"] == "events" and msg["seq"] == 1 and len(msg["events"]) == 1
+        event = msg["events"][0]
         assert event["type"] == "event" and event["seq"] == 1
         assert event["changes"] == [["A1", "held"], ["A2", "held"]]
-        # Forwarded byte for byte from the log entry's public field.
-        assert raw_a.encode() == raw_b.encode() == (await stream_events(redis, show_id))[1]
+        # One frame for both sockets, the log entry's public field forwarded byte for byte.
+        log = await stream_events(redis, show_id)
+        assert raw_a.encode() == raw_b.encode() == events_payload(1, [log[1]])
 
         held = await hold(shows, show_id, ["C5"])
         await release(shows, show_id, held)
         for ws in (a, b):
-            assert [(m["seq"], m["changes"]) for m in [await recv(ws), await recv(ws)]] == [
+            assert [(m["seq"], m["changes"]) for m in await recv_events(ws, 2, after=1)] == [
                 (2, [["C5", "held"]]), (3, [["C5", "free"]])
             ]
         feed = hub.feed(show_id)
@@ -140,7 +159,7 @@ async def test_reconnect_with_since_gets_exactly_the_missed_entries(
     async with connect(live_url(server, show_id)) as ws:
         assert (await recv(ws))["seq"] == 0
         await hold(shows, show_id, ["A1"])
-        last = (await recv(ws))["seq"]
+        last = (await recv_events(ws, 1))[-1]["seq"]
     assert last == 1
     # Missed while away: seqs 2, 3, 4.
     held = await hold(shows, show_id, ["B1", "B2"])
@@ -148,11 +167,13 @@ async def test_reconnect_with_since_gets_exactly_the_missed_entries(
     await release(shows, show_id, held)
     log = await stream_events(redis, show_id)
     async with connect(live_url(server, show_id, since=last)) as ws:
-        missed = [await asyncio.wait_for(ws.recv(), TIMEOUT) for _ in range(3)]
-        assert [m.encode() for m in missed] == [log[2], log[3], log[4]]  # no snapshot first
+        # No snapshot first: one catch-up frame with exactly the missed entries, as stored.
+        missed = await asyncio.wait_for(ws.recv(), TIMEOUT)
+        assert missed.encode() == events_payload(4, [log[2], log[3], log[4]])
         await hold(shows, show_id, ["D1"])
         nxt = await recv(ws)
-        assert nxt["type"] == "event" and nxt["seq"] == 5 and nxt["changes"] == [["D1", "held"]]
+        assert nxt["type"] == "events" and nxt["seq"] == 5
+        assert [(e["seq"], e["changes"]) for e in nxt["events"]] == [(5, [["D1", "held"]])]
     # Up to date already: nothing is replayed, the next message is the next entry.
     async with connect(live_url(server, show_id, since=5)) as ws:
         await hold(shows, show_id, ["D2"])
@@ -244,7 +265,9 @@ async def _slow_and_fast(server: TestServer, shows: ShowDirectory, show_id: str,
 
     async def read_fast() -> None:
         while len(fast_seqs) < rounds * 4:
-            fast_seqs.append((await recv(fast))["seq"])
+            msg = await recv(fast)
+            assert msg["type"] == "events"
+            fast_seqs.extend(e["seq"] for e in msg["events"])
 
     reader = asyncio.create_task(read_fast())
 
@@ -263,7 +286,8 @@ async def _slow_and_fast(server: TestServer, shows: ShowDirectory, show_id: str,
             got.append(await recv(slow))
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 4000
     assert got[0]["type"] == "snapshot" and got[-1] == {"type": "resync"}
-    seqs = [m["seq"] for m in got[:-1]]
+    assert all(m["type"] == "events" and m["seq"] == m["events"][-1]["seq"] for m in got[1:-1])
+    seqs = [got[0]["seq"]] + [e["seq"] for m in got[1:-1] for e in m["events"]]
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
     assert seqs[-1] < rounds * 4  # it really fell behind
     assert hub.dropped == dropped_before + 1
@@ -288,15 +312,18 @@ async def test_clients_joining_mid_stream_never_miss_or_repeat_a_seq(
                 if msg["type"] == "snapshot":
                     assert last is None, "a snapshot in the middle of a healthy stream"
                     view = dict(msg["seats"])
-                else:
-                    assert msg["type"] == "event"
+                    last = msg["seq"]
+                    continue
+                assert msg["type"] == "events"
+                assert msg["seq"] == msg["events"][-1]["seq"]
+                for event in msg["events"]:
                     if last is not None:
-                        assert msg["seq"] == last + 1, (last, msg["seq"])
+                        assert event["seq"] == last + 1, (last, event["seq"])
                     elif since is not None:
-                        assert msg["seq"] == since + 1
-                    for seat, status in msg["changes"]:
+                        assert event["seq"] == since + 1
+                    for seat, status in event["changes"]:
                         view[seat] = status
-                last = msg["seq"]
+                    last = event["seq"]
         return view
 
     # Sockets open while the log is being written (their connect races the writes).
