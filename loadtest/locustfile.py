@@ -144,11 +144,13 @@ class Watcher(HttpUser):
                 with connect(target, open_timeout=10, max_size=None) as ws:
                     for raw in ws:
                         msg = json.loads(raw)
-                        if msg.get("type") == "event":
-                            if last_seq is not None and msg["seq"] != last_seq + 1:
-                                self.fire("gap", 0, f"expected {last_seq + 1}, got {msg['seq']}")
-                            last_seq = msg["seq"]
-                            self.fire("seat change", time.time() * 1000 - msg["at"])
+                        if msg.get("type") == "events":  # one frame, 1+ consecutive entries
+                            now = time.time() * 1000
+                            for ev in msg["events"]:
+                                if last_seq is not None and ev["seq"] != last_seq + 1:
+                                    self.fire("gap", 0, f"expected {last_seq + 1}, got {ev['seq']}")
+                                last_seq = ev["seq"]
+                                self.fire("seat change", now - ev["at"])
                         elif msg.get("type") == "snapshot":
                             last_seq = msg["seq"]
             except Exception as exc:  # reconnect with `since`, as the page does

@@ -471,6 +471,22 @@ class _Session:
                 item = await queue.get()
             finally:
                 watcher.idle = False
+            if isinstance(item, Batch) and not queue.empty():
+                # Behind by several batches: send them as few frames as possible (frames,
+                # not bytes, are what a lagging client is short of).
+                run, size = [item], len(item.entries)
+                while not queue.empty() and isinstance(nxt := queue.get_nowait(), Batch):
+                    if nxt.first == run[-1].last + 1 and size < _MERGE_MAX:
+                        run.append(nxt)
+                        size += len(nxt.entries)
+                        continue
+                    await self.deliver(_merged(run))
+                    run, size = [nxt], len(nxt.entries)
+                else:
+                    await self.deliver(_merged(run))
+                    continue
+                await self.deliver(_merged(run))
+                item = nxt  # the resync marker that ended the loop
             if isinstance(item, _Resync):
                 await self.send(RESYNC)
                 await asyncio.wait_for(
@@ -478,6 +494,13 @@ class _Session:
                 )
                 return
             await self.deliver(item)
+
+
+_MERGE_MAX = 2_000  # most entries in one merged catch-up frame
+
+
+def _merged(run: list[Batch]) -> Batch:
+    return run[0] if len(run) == 1 else Batch([e for b in run for e in b.entries])
 
 
 class _Gone(Exception):

@@ -136,6 +136,37 @@ async def test_two_clients_see_a_hold_with_the_next_seq(
     assert hub.feed(show_id) is None
 
 
+async def test_changes_under_load_share_one_frame_written_directly(
+    server: TestServer, shows: ShowDirectory, new_show, redis: aioredis.Redis, hub: Hub
+) -> None:
+    """Entries arriving within `linger` of the previous frame go out together, as one frame
+    built once for every socket, written by the feed straight to in-sync sockets."""
+    show_id = await new_show()
+    hub.linger = 0.5
+    try:
+        async with connect(live_url(server, show_id)) as a, connect(live_url(server, show_id)) as b:
+            assert (await recv(a))["seq"] == (await recv(b))["seq"] == 0
+            for n in range(1, 7):
+                await hold(shows, show_id, [f"A{n}"])
+            frames: dict[ClientConnection, list[str]] = {a: [], b: []}
+            for ws in (a, b):
+                seen = 0
+                while seen < 6:
+                    frames[ws].append(await asyncio.wait_for(ws.recv(), TIMEOUT))
+                    seen += len(json.loads(frames[ws][-1])["events"])
+            assert frames[a] == frames[b]  # the same frames, byte for byte
+            assert len(frames[a]) < 6  # batched: the first goes at once, the rest wait
+            seqs = [e["seq"] for f in frames[a] for e in json.loads(f)["events"]]
+            assert seqs == [1, 2, 3, 4, 5, 6]
+            log = await stream_events(redis, show_id)
+            assert json.loads(frames[a][-1])["events"][-1] == json.loads(log[6])
+            feed = hub.feed(show_id)
+            assert feed.batches == len(frames[a]) and feed.entries == 6
+            assert all(w.direct == len(frames[a]) for w in feed.watchers)  # no queue, no task
+    finally:
+        hub.linger = 0.02
+
+
 async def test_snapshot_reflects_earlier_changes(
     server: TestServer, shows: ShowDirectory, new_show
 ) -> None:

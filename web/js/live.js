@@ -1,4 +1,5 @@
-// The live seat map socket: applies snapshots and events in seq order, reconnects with
+// The live seat map socket: applies snapshots and `events` frames (each one or more log
+// entries) in seq order, reconnects with
 // `since` (the last seq applied) so a dropped connection never needs a page reload.
 //
 //   const live = new LiveSeats(showId, seq, { onSnapshot(seats, seq), onChanges(changes, seq),
@@ -64,14 +65,17 @@ export class LiveSeats {
     if (msg.type === "snapshot") {
       this.seq = msg.seq;
       this.h.onSnapshot?.(msg.seats, msg.seq);
-    } else if (msg.type === "event") {
-      if (this.seq !== null && msg.seq <= this.seq) return;   // seen already
-      if (this.seq !== null && msg.seq !== this.seq + 1) {
-        ws.close(4001, "gap");  // never apply out of order: resume from what we have
-        return;
+    } else if (msg.type === "events") {
+      // One frame, one or more consecutive log entries (the server batches under load).
+      for (const ev of msg.events) {
+        if (this.seq !== null && ev.seq <= this.seq) continue;   // seen already
+        if (this.seq !== null && ev.seq !== this.seq + 1) {
+          ws.close(4001, "gap");  // never apply out of order: resume from what we have
+          return;
+        }
+        this.seq = ev.seq;
+        this.h.onChanges?.(ev.changes, ev.seq);
       }
-      this.seq = msg.seq;
-      this.h.onChanges?.(msg.changes, msg.seq);
     } else if (msg.type === "resync") {
       // The server closes right after; onclose reconnects with since=seq.
     }
