@@ -1,16 +1,23 @@
 """A real server on a loopback port (aiohttp TestServer), backed by the session's real
-Redis and Ray. `api` is an aiohttp client session pointed at it."""
+Redis and Ray. `api` is an aiohttp client session pointed at it; `clients()` makes account
+clients that are closed afterwards; `show` is a published show whose actor is killed afterwards."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
+import ray
+import redis.asyncio as aioredis
 from aiohttp.test_utils import TestServer
 
+from actors.show_actor import NAMESPACE, actor_name
 from server.app import create_app
 from server.embedded import RedisServer
 from server.settings import Settings
+
+from .account_helpers import Client
+from .builders import PublishedShow, publish_show
 
 
 @pytest.fixture
@@ -32,3 +39,26 @@ async def server(redis_server: RedisServer, ray_cluster: None, app_settings: Set
 async def api(server: TestServer) -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession(base_url=str(server.make_url(""))) as session:
         yield session
+
+
+@pytest.fixture
+async def clients(server: TestServer) -> AsyncIterator:
+    made: list[Client] = []
+
+    def make() -> Client:
+        made.append(Client(server))
+        return made[-1]
+
+    yield make
+    for c in made:
+        await c.close()
+
+
+@pytest.fixture
+async def show(redis: aioredis.Redis) -> AsyncIterator[PublishedShow]:
+    pub = await publish_show(redis)
+    yield pub
+    try:
+        ray.kill(ray.get_actor(actor_name(pub.show_id), namespace=NAMESPACE), no_restart=True)
+    except ValueError:
+        pass

@@ -6,43 +6,13 @@ from __future__ import annotations
 
 import base64
 import uuid
-from collections.abc import AsyncIterator
 
 import msgspec
-import pytest
-import ray
-import redis.asyncio as aioredis
-from aiohttp.test_utils import TestServer
 
-from actors.show_actor import NAMESPACE, actor_name
 from server import accounts
 from server.bookings import load_booking
 
-from .account_helpers import PASSWORD, Client, hold_and_checkout, new_email
-from .builders import publish_show
-
-
-@pytest.fixture
-async def clients(server: TestServer) -> AsyncIterator:
-    made: list[Client] = []
-
-    def make() -> Client:
-        made.append(Client(server))
-        return made[-1]
-
-    yield make
-    for c in made:
-        await c.close()
-
-
-@pytest.fixture
-async def show(redis: aioredis.Redis):
-    pub = await publish_show(redis)
-    yield pub
-    try:
-        ray.kill(ray.get_actor(actor_name(pub.show_id), namespace=NAMESPACE), no_restart=True)
-    except ValueError:
-        pass
+from .account_helpers import PASSWORD, hold_and_checkout, new_email
 
 
 async def test_sign_up_log_in_log_out(clients) -> None:

@@ -3,28 +3,10 @@ approval -> portal log-in that needs MFA -> API keys with a name, a scope and an
 allow-list, enforced on the partner feed; revocation; least privilege between roles."""
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-import pytest
-from aiohttp.test_utils import TestServer
-
 from server import accounts
 
 from .account_helpers import PASSWORD, Client, new_email
 from .catalog_helpers import ADMIN, new_partner, uid
-
-
-@pytest.fixture
-async def clients(server: TestServer) -> AsyncIterator:
-    made: list[Client] = []
-
-    def make() -> Client:
-        made.append(Client(server))
-        return made[-1]
-
-    yield make
-    for c in made:
-        await c.close()
 
 
 async def apply(client: Client, company: str = "Regal Cinemas") -> dict:

@@ -8,24 +8,9 @@ import uuid
 from pathlib import Path
 
 import pyotp
-import pytest
-import ray
-import redis.asyncio as aioredis
 from aiohttp.test_utils import TestServer
 
-from actors.show_actor import NAMESPACE, actor_name
 from tests.api.account_helpers import PASSWORD, Client, hold_and_checkout
-from tests.api.builders import publish_show
-
-
-@pytest.fixture
-async def show(redis: aioredis.Redis):
-    pub = await publish_show(redis)
-    yield pub
-    try:
-        ray.kill(ray.get_actor(actor_name(pub.show_id), namespace=NAMESPACE), no_restart=True)
-    except ValueError:
-        pass
 
 
 async def visible(page, selector: str) -> None:

@@ -8,26 +8,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-import pytest
-import ray
-import redis.asyncio as aioredis
 from aiohttp.test_utils import TestServer
 
-from actors.show_actor import NAMESPACE, actor_name
-from tests.api.builders import PublishedShow, publish_show
+from tests.api.builders import PublishedShow
 from tests.api.catalog_helpers import new_partner, uid
 
 SEAT = '[data-seat="{}"]'
-
-
-@pytest.fixture
-async def show(redis: aioredis.Redis):
-    pub = await publish_show(redis)
-    yield pub
-    try:
-        ray.kill(ray.get_actor(actor_name(pub.show_id), namespace=NAMESPACE), no_restart=True)
-    except ValueError:
-        pass
 
 
 async def open_show(browser, server: TestServer, show: PublishedShow, **context_args):
