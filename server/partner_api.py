@@ -3,6 +3,8 @@ admin's /admin/v1/partners that makes partners and their first key."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -46,6 +48,16 @@ def _put_response(record: object, created: bool) -> web.Response:
     return json_response(record, status=201 if created else 200)
 
 
+async def _upsert(request: web.Request, body_type: type, id_name: str,
+                  put: Callable[[Any, str, str, Any], Awaitable[tuple[Any, bool]]]
+                  ) -> tuple[Any, bool]:
+    """A catalog PUT: the partner's key, then the body, then the path id, then `put`."""
+    partner = await _partner(request)
+    body = await read_json(request, body_type)
+    item_id = _id(request, id_name)
+    return await put(services(request).redis, partner, item_id, body)
+
+
 # --- admin ----------------------------------------------------------------------------
 
 @routes.post("/admin/v1/partners")
@@ -68,11 +80,7 @@ async def create_partner(request: web.Request) -> web.Response:
            request=TheatreIn, response=Theatre, errors=PUT_ERRORS, tags=PARTNER,
            security="partnerKey", description="201 when created, 200 when replaced.")
 async def put_theatre(request: web.Request) -> web.Response:
-    partner = await _partner(request)
-    body = await read_json(request, TheatreIn)
-    theatre_id = _id(request, "theatre_id")
-    return _put_response(*await catalog.put_theatre(services(request).redis, partner,
-                                                    theatre_id, body))
+    return _put_response(*await _upsert(request, TheatreIn, "theatre_id", catalog.put_theatre))
 
 
 @routes.put("/partner/v1/screens/{screen_id}")
@@ -82,11 +90,7 @@ async def put_theatre(request: web.Request) -> web.Response:
            description="Seats carry id/row/number/category/x/y and flags; an aisle is a gap "
                        "in x. Shows already published keep the layout they were made with.")
 async def put_screen(request: web.Request) -> web.Response:
-    partner = await _partner(request)
-    body = await read_json(request, ScreenIn)
-    screen_id = _id(request, "screen_id")
-    return _put_response(*await catalog.put_screen(services(request).redis, partner,
-                                                   screen_id, body))
+    return _put_response(*await _upsert(request, ScreenIn, "screen_id", catalog.put_screen))
 
 
 @routes.put("/partner/v1/movies/{movie_id}")
@@ -94,11 +98,7 @@ async def put_screen(request: web.Request) -> web.Response:
            request=MovieIn, response=Movie, errors=PUT_ERRORS, tags=PARTNER,
            security="partnerKey")
 async def put_movie(request: web.Request) -> web.Response:
-    partner = await _partner(request)
-    body = await read_json(request, MovieIn)
-    movie_id = _id(request, "movie_id")
-    return _put_response(*await catalog.put_movie(services(request).redis, partner,
-                                                  movie_id, body))
+    return _put_response(*await _upsert(request, MovieIn, "movie_id", catalog.put_movie))
 
 
 @routes.put("/partner/v1/shows/{show_id}")
@@ -109,11 +109,8 @@ async def put_movie(request: web.Request) -> web.Response:
                        "one of the movie's, a price for every seat category, a start in the "
                        "future, no overlap with another show on the screen.")
 async def put_show(request: web.Request) -> web.Response:
-    partner = await _partner(request)
-    body = await read_json(request, ShowIn)
-    show_id = _id(request, "show_id")
-    result = await catalog.put_show(services(request).redis, partner, show_id, body)
-    _changed(request, show_id)
+    result = await _upsert(request, ShowIn, "show_id", catalog.put_show)
+    _changed(request, request.match_info["show_id"])  # valid: _upsert checked it
     return _put_response(*result)
 
 
