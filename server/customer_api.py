@@ -406,6 +406,12 @@ async def _live_hold(request: web.Request, hold_id: str) -> tuple[HoldRecord, st
         raise ApiError(404, "not_found", f"no hold {hold_id!r}")
     if not secrets.compare_digest(hold.token_hash, store.token_hash(token)):
         raise ApiError(403, "not_owner", "this hold belongs to someone else")
+    _require_active(hold)
+    return hold, token
+
+
+def _require_active(hold: HoldRecord) -> None:
+    """409 if checked out or being paid for, 404 if released, 410 if its time is up."""
     if hold.state == "booked":
         raise ApiError(409, "hold_checked_out", "this hold was checked out already",
                        booking_id=hold.booking_id)
@@ -413,10 +419,9 @@ async def _live_hold(request: web.Request, hold_id: str) -> tuple[HoldRecord, st
         raise ApiError(409, "payment_pending", "a payment for this hold is being processed",
                        booking_id=hold.booking_id)
     if hold.state == "released":
-        raise ApiError(404, "not_found", f"hold {hold_id!r} was released")
+        raise ApiError(404, "not_found", f"hold {hold.hold_id!r} was released")
     if hold.expires_ms <= _now_ms():
         raise ApiError(410, "hold_expired", "the hold's time is up", seats=hold.seats)
-    return hold, token
 
 
 def _gone_or_expired(result: c.Rejected, hold: HoldRecord) -> ApiError:
@@ -696,16 +701,7 @@ async def _pay_and_book(
     """Pay, confirm, capture. ApiError means nothing happened (the claim is dropped);
     a returned (status, body) is final and remembered under the idempotency key."""
     svc = services(request)
-    if hold.state == "booked":
-        raise ApiError(409, "hold_checked_out", "this hold was checked out already",
-                       booking_id=hold.booking_id)
-    if hold.state == "pending":
-        raise ApiError(409, "payment_pending", "a payment for this hold is being processed",
-                       booking_id=hold.booking_id)
-    if hold.state == "released":
-        raise ApiError(404, "not_found", f"hold {hold.hold_id!r} was released")
-    if hold.expires_ms <= _now_ms():
-        raise ApiError(410, "hold_expired", "the hold's time is up", seats=hold.seats)
+    _require_active(hold)
 
     async def final(status: int, code: str, message: str, **details: object) -> tuple[int, bytes]:
         payload = msgspec.json.encode({"error": {"code": code, "message": message, **details}})
