@@ -1,19 +1,7 @@
 // Account page: log in (with a two-factor code when the account has one), sign up, set up
 // two-factor authentication (QR code), recovery codes, my bookings, export, delete.
 import { api, ApiError, dayOf, el, localTime, money } from "./api.js";
-
-const $ = (id) => document.getElementById(id);
-
-function say(text, kind = "error") {
-  const box = $("message");
-  box.textContent = text;
-  box.dataset.kind = kind;
-  box.hidden = !text;
-}
-
-function formData(form) {
-  return Object.fromEntries(new FormData(form).entries());
-}
+import { $, formData, say } from "./page.js";
 
 async function guarded(form, fn) {
   const button = form.querySelector("button[type=submit]");

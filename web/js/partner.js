@@ -2,15 +2,7 @@
 // two-factor authentication, the portal: its API keys (create with name, scope and
 // allowed addresses; revoke).
 import { api, ApiError, el } from "./api.js";
-
-const $ = (id) => document.getElementById(id);
-
-function say(text, kind = "error") {
-  const box = $("message");
-  box.textContent = text;
-  box.dataset.kind = kind;
-  box.hidden = !text;
-}
+import { $, formData, say } from "./page.js";
 
 function show(id) {
   for (const s of ["apply", "needs-mfa", "portal"]) $(s).hidden = s !== id;
@@ -55,7 +47,7 @@ async function start() {
 
 $("request-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();
-  const body = Object.fromEntries(new FormData(ev.target).entries());
+  const body = formData(ev.target);
   try {
     const req = await api("/api/partner-requests", { method: "POST", body });
     ev.target.reset();
@@ -67,7 +59,7 @@ $("request-form").addEventListener("submit", async (ev) => {
 
 $("key-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();
-  const data = Object.fromEntries(new FormData(ev.target).entries());
+  const data = formData(ev.target);
   const body = {
     name: data.name, scope: data.scope,
     allowed_ips: data.allowed_ips.split(/[\s,]+/).filter(Boolean),
