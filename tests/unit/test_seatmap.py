@@ -45,17 +45,20 @@ def rejected(outcome: Outcome, code: str) -> c.Rejected:
     return outcome.result
 
 
-def state(m: SeatMap) -> dict[str, Any]:
-    """Everything observable about a seat map, in comparable form."""
-    return {
+def state(m: SeatMap, *, next_expiry: bool = True) -> dict[str, Any]:
+    """Everything observable about a seat map, in comparable form (without the next expiry
+    when `next_expiry` is false)."""
+    seen = {
         "version": m.version,
         "status": dict(m.status),
         "holder": dict(m.holder),
         "holds": msgspec.to_builtins(m.holds),
         "bookings": msgspec.to_builtins(m.bookings),
         "answers": msgspec.to_builtins(list(m._answers.items())),
-        "next_expiry": m.next_expiry_ms(),
     }
+    if next_expiry:
+        seen["next_expiry"] = m.next_expiry_ms()
+    return seen
 
 
 def changes(*pairs: tuple[str, str]) -> list[c.SeatChange]:

@@ -18,6 +18,8 @@ from actors import commands as c
 from actors.layout import Layout, Rules, Seat, ShowConfig
 from actors.seatmap import Outcome, SeatMap, Snapshot
 
+from .test_seatmap import state
+
 RULES = Rules(max_seats_per_hold=4, hold_ttl_ms=10_000, hold_max_lifetime_ms=25_000)
 
 
@@ -369,14 +371,7 @@ class SeatMapMachine(RuleBasedStateMachine):
 
 
 def _state(m: SeatMap) -> dict[str, Any]:
-    return {
-        "version": m.version,
-        "status": dict(m.status),
-        "holder": dict(m.holder),
-        "holds": msgspec.to_builtins(m.holds),
-        "bookings": msgspec.to_builtins(m.bookings),
-        "answers": msgspec.to_builtins(list(m._answers.items())),
-    }
+    return state(m, next_expiry=False)
 
 
 SeatMapMachine.TestCase.settings = settings(
