@@ -98,6 +98,15 @@ def booking_data(booking: Any) -> dict[str, Any]:
     }
 
 
+async def cancel_and_wait(task: asyncio.Task) -> None:
+    """Cancel `task` and wait until it has stopped."""
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+
+
 def _s(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -166,11 +175,7 @@ class GroupConsumer:
     async def stop(self) -> None:
         self._stopping = True
         if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            await cancel_and_wait(self._task)
             self._task = None
         try:  # leave no idle consumer behind unless it still owns pending entries
             info = await self.redis.xpending_range(STREAM, self.group, "-", "+", 1,

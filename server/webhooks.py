@@ -42,7 +42,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError
 
 from .catalog_model import Show, catalog_key
-from .outbox import EVENT_TYPES, Event, GroupConsumer
+from .outbox import EVENT_TYPES, Event, GroupConsumer, cancel_and_wait
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -269,11 +269,7 @@ class WebhookWorker:
     async def stop(self) -> None:
         await self.consumer.stop()
         if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            await cancel_and_wait(self._task)
         for task in list(self._inflight):
             task.cancel()
         if self._inflight:
