@@ -153,10 +153,7 @@ async def sign_up(request: web.Request) -> web.Response:
     stored as an argon2id hash. Sets the session cookie."""
     accounts.same_origin(request)
     body = await read_json(request, SignUp)
-    user = User(user_id=accounts.new_user_id(), email=accounts.normalise_email(body.email),
-                name=body.name.strip(), role="customer",
-                password_hash=await accounts.hash_password(body.password),
-                created_at=accounts.now())
+    user = await accounts.new_user(body.email, body.name, "customer", body.password)
     await accounts.create_user(services(request).redis, user)
     await accounts.start_session(request, user)
     return json_response(me_view(user), status=201)

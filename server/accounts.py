@@ -160,6 +160,13 @@ async def hash_password(password: str) -> str:
     return await asyncio.to_thread(_hasher.hash, password)
 
 
+async def new_user(email: str, name: str, role: Role, password: str) -> User:
+    """A new user record (not yet stored): fresh id, normalised e-mail, trimmed name,
+    argon2id password hash."""
+    return User(user_id=new_user_id(), email=normalise_email(email), name=name.strip(),
+                role=role, password_hash=await hash_password(password), created_at=now())
+
+
 _DUMMY_HASH: str | None = None
 
 

@@ -305,10 +305,7 @@ async def reject_partner_request(request: web.Request) -> web.Response:
 async def create_admin_user(request: web.Request) -> web.Response:
     await require_admin(request)
     body = await read_json(request, AdminUserIn)
-    user = User(user_id=accounts.new_user_id(), email=accounts.normalise_email(body.email),
-                name=body.name.strip(), role="admin",
-                password_hash=await accounts.hash_password(body.password),
-                created_at=accounts.now())
+    user = await accounts.new_user(body.email, body.name, "admin", body.password)
     await accounts.create_user(services(request).redis, user)
     return json_response(me_view(user), status=201)
 
