@@ -35,8 +35,9 @@ watcher. A watcher that is in sync (its sender is waiting on an empty queue, the
 starts right after the last seq it sent, and its transport buffer is below the high-water
 mark) gets the frame written straight to its transport by the feed: no task wakeup, no
 await, no per-frame timeout. Otherwise the batch goes to the watcher's bounded queue
-(counted in batches) and its sender task writes it, waiting for the transport to drain when
-it is above the high-water mark (a socket stuck `send_timeout` on that is cut off). A
+(counted in batches) and its sender task writes it - several queued batches merged into
+one frame of its own - waiting for the transport to drain when it is above the high-water
+mark (a socket stuck `send_timeout` on that is cut off). A
 watcher joins the feed *before* it reads its snapshot or catch-up, so every entry after
 that read is already on its way; its sender drops what the snapshot already covers (or
 sends its own frame with the uncovered tail of a batch) and fills any hole (XRANGE, as its
