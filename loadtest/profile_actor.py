@@ -1,0 +1,44 @@
+"""Profile the show actor under a coalesced rush: py-spy records the actor process while
+180 clients hold and release one seat each through one ShowClient. Prints commands/s and
+commands per call; the folded stacks go to /tmp/actor.folded.
+
+    .venv/bin/python -m loadtest.profile_actor   (needs py-spy in the venv)
+"""
+import asyncio, time, ray, tempfile, subprocess, random, sys
+from pathlib import Path
+from server.embedded import RedisServer
+from actors.client import ShowDirectory
+from actors.show_actor import ActorSettings, NAMESPACE
+from actors.store import put_config
+from actors.layout import ShowConfig, grid_layout
+from actors import commands as c
+import redis.asyncio as aioredis
+
+async def main():
+    rs = RedisServer(Path(tempfile.mkdtemp())).start()
+    ray.init(address="local", namespace=NAMESPACE, include_dashboard=False, log_to_driver=False)
+    r = aioredis.Redis.from_url(rs.url)
+    await put_config(r, ShowConfig("p1", grid_layout(20, 20)))
+    d = ShowDirectory(rs.url, ActorSettings(snapshot_min_interval_s=1.0))
+    await d.submit("p1", c.Block("b0", ["A1"]))
+    pid = await d.handle("p1").pid.remote()
+    spy = subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "-p", str(pid), "-d", "8", "-f", "raw", "-o", "/tmp/actor.folded", "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    seats = [f"{row}{n}" for row in "BCDEFGHIJKLMNOPQRST" for n in range(1, 21)]
+    stop = time.monotonic() + 9
+    n = 0
+    async def user(i):
+        nonlocal n
+        seat = seats[i]
+        k = 0
+        while time.monotonic() < stop:
+            k += 1
+            hid = f"h{i}-{k}"
+            res = await d.submit("p1", c.Hold(f"c{hid}", hid, "t", [seat]))
+            await d.submit("p1", c.Release(f"r{hid}", hid, "t"))
+            n += 2
+    await asyncio.gather(*[user(i) for i in range(180)])
+    cl = d.client("p1")
+    print("cmd/s", n / 9, "cmds/call", cl.commands / cl.calls)
+    spy.wait()
+    ray.shutdown(); rs.stop()
+asyncio.run(main())
