@@ -4,17 +4,27 @@ commands per call; the folded stacks go to /tmp/actor.folded.
 
     .venv/bin/python -m loadtest.profile_actor   (needs py-spy in the venv)
 """
-import asyncio, time, ray, tempfile, subprocess, random, sys
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
-from server.embedded import RedisServer
-from actors.client import ShowDirectory
-from actors.show_actor import ActorSettings, NAMESPACE
-from actors.store import put_config
-from actors.layout import ShowConfig, grid_layout
-from actors import commands as c
+
+import ray
 import redis.asyncio as aioredis
 
-async def main():
+from actors import commands as c
+from actors.client import ShowDirectory
+from actors.layout import ShowConfig, grid_layout
+from actors.show_actor import NAMESPACE, ActorSettings
+from actors.store import put_config
+from server.embedded import RedisServer
+
+
+async def main() -> None:
     rs = RedisServer(Path(tempfile.mkdtemp())).start()
     ray.init(address="local", namespace=NAMESPACE, include_dashboard=False, log_to_driver=False)
     r = aioredis.Redis.from_url(rs.url)
@@ -26,14 +36,14 @@ async def main():
     seats = [f"{row}{n}" for row in "BCDEFGHIJKLMNOPQRST" for n in range(1, 21)]
     stop = time.monotonic() + 9
     n = 0
-    async def user(i):
+    async def user(i: int) -> None:
         nonlocal n
         seat = seats[i]
         k = 0
         while time.monotonic() < stop:
             k += 1
             hid = f"h{i}-{k}"
-            res = await d.submit("p1", c.Hold(f"c{hid}", hid, "t", [seat]))
+            await d.submit("p1", c.Hold(f"c{hid}", hid, "t", [seat]))
             await d.submit("p1", c.Release(f"r{hid}", hid, "t"))
             n += 2
     await asyncio.gather(*[user(i) for i in range(180)])
@@ -41,4 +51,6 @@ async def main():
     print("cmd/s", n / 9, "cmds/call", cl.commands / cl.calls)
     spy.wait()
     ray.shutdown(); rs.stop()
-asyncio.run(main())
+
+if __name__ == "__main__":
+    asyncio.run(main())
