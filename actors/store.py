@@ -7,6 +7,8 @@ stale actor instance: a write computed from an old state can never land.
 """
 from __future__ import annotations
 
+import struct
+
 import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
@@ -52,6 +54,7 @@ event_decoder = msgspec.json.Decoder(Event)
 _snapshot_encoder = msgspec.msgpack.Encoder()
 _snapshot_decoder = msgspec.msgpack.Decoder(Snapshot)
 _config_decoder = msgspec.json.Decoder(ShowConfig)
+_LEN = struct.Struct(">I")
 
 _APPEND = """
 local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
@@ -59,9 +62,17 @@ if cur ~= tonumber(ARGV[1]) then
   return redis.error_reply('FENCED expected ' .. ARGV[1] .. ' found ' .. cur)
 end
 local seq = cur
-for i = 4, #ARGV, 3 do
+-- ARGV[4]: the entries' fields (at, command, event, ...), each a 4-byte length + bytes
+local blob, pos, f = ARGV[4], 1, {}
+while pos <= #blob do
+  for k = 1, 3 do
+    local len
+    len, pos = struct.unpack('>I4', blob, pos)
+    f[k] = string.sub(blob, pos, pos + len - 1)
+    pos = pos + len
+  end
   seq = seq + 1
-  redis.call('XADD', KEYS[2], seq .. '-0', 't', ARGV[i], 'c', ARGV[i + 1], 'e', ARGV[i + 2])
+  redis.call('XADD', KEYS[2], seq .. '-0', 't', f[1], 'c', f[2], 'e', f[3])
 end
 redis.call('SET', KEYS[1], seq)
 if ARGV[2] ~= '' then redis.call('SET', KEYS[3], ARGV[2]) end
@@ -97,13 +108,20 @@ class ShowStore:
         self, expected_seq: int, entries: list[LogEntry], snapshot: Snapshot | None,
         trim_below: int | None,
     ) -> int:
+        # The entries travel as one length-prefixed argument the script splits (Redis's
+        # Lua has `struct`, and its cmsgpack cannot read msgpack bin): packing three
+        # protocol arguments per entry was ~12% of the actor's time under a rush.
+        flat = bytearray()
+        for e in entries:
+            for field in (str(e.at).encode(), e.command, e.event):
+                flat += _LEN.pack(len(field))
+                flat += field
         args: list[bytes | int | str] = [
             expected_seq,
             _snapshot_encoder.encode(snapshot) if snapshot else b"",
             f"{trim_below}-0" if trim_below else "",
+            bytes(flat),
         ]
-        for e in entries:
-            args += [e.at, e.command, e.event]
         try:
             return int(await self._append(keys=self._keys, args=args))
         except ResponseError as exc:
