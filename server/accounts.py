@@ -82,10 +82,10 @@ def session_storage(secret: str, *, secure: bool | None = None) -> EncryptedCook
         max_age=SESSION_MAX_AGE_S, httponly=True, samesite="Lax", secure=secure)
 
 
-def middleware(secret: str):  # noqa: ANN201 (an aiohttp middleware)
+def middleware(secret: str, *, secure: bool = False):  # noqa: ANN201 (an aiohttp middleware)
     """The session middleware for app.py. Cheap for requests that never look at the
     session: the cookie is decrypted only when a handler asks for it."""
-    return session_middleware(session_storage(secret))
+    return session_middleware(session_storage(secret, secure=secure or None))
 
 
 def _fernet(secret: str) -> Fernet:

@@ -52,7 +52,8 @@ def services(request: web.Request) -> Services:
 def create_app(settings: Settings, redis_url: str) -> web.Application:
     # Sessions: an encrypted cookie keyed from settings.secret (HKDF; see accounts.py),
     # inside the error middleware so a failed request does not change the session.
-    app = web.Application(middlewares=[error_middleware, accounts.middleware(settings.secret)],
+    sessions = accounts.middleware(settings.secret, secure=settings.cookie_secure)
+    app = web.Application(middlewares=[error_middleware, sessions],
                           client_max_size=1 << 20)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

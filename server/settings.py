@@ -16,6 +16,8 @@ class Settings(msgspec.Struct, frozen=True):
     # Signs holder/booking tokens and e-tickets; set BMM_SECRET in production.
     secret: str = "dev-only-secret-change-me"
     admin_key: str = "dev-admin-key"  # platform admin: creates partners and their API keys
+    # Mark the session cookie Secure (sent over HTTPS only): on behind TLS in production.
+    cookie_secure: bool = False
     passivate_after_s: float = 60.0
     # Notifications and partner webhooks (server/notifications.py, server/webhooks.py).
     workers: bool = True               # run the outbox workers in this web process
@@ -49,6 +51,7 @@ class Settings(msgspec.Struct, frozen=True):
             "seed_demo": os.environ.get("BMM_SEED_DEMO"),
             "secret": os.environ.get("BMM_SECRET"),
             "admin_key": os.environ.get("BMM_ADMIN_KEY"),
+            "cookie_secure": os.environ.get("BMM_COOKIE_SECURE"),
             "smtp_host": os.environ.get("BMM_SMTP_HOST"),
             "smtp_port": os.environ.get("BMM_SMTP_PORT"),
             "smtp_from": os.environ.get("BMM_SMTP_FROM"),

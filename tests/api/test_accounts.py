@@ -7,9 +7,14 @@ from __future__ import annotations
 import base64
 import uuid
 
+import aiohttp
 import msgspec
+from aiohttp.test_utils import TestServer
 
 from server import accounts
+from server.app import create_app
+from server.embedded import RedisServer
+from server.settings import Settings
 from server.bookings import load_booking
 
 from .account_helpers import PASSWORD, hold_and_checkout, new_email
@@ -299,3 +304,24 @@ async def test_disable_mfa_needs_a_code(clients) -> None:
     assert status == 200 and body == {"mfa_enabled": False}
     await a.call("POST", "/api/logout")
     assert (await a.login())[1]["status"] == "ok"
+
+
+async def test_session_cookie_is_secure_only_when_configured(
+    redis_server: RedisServer, ray_cluster: None, app_settings: Settings
+) -> None:
+    """Behind TLS the session cookie must never travel over plain HTTP."""
+    for secure in (False, True):
+        settings = msgspec.structs.replace(app_settings, cookie_secure=secure)
+        srv = TestServer(create_app(settings, redis_server.url), host="127.0.0.1")
+        await srv.start_server()
+        try:
+            async with aiohttp.ClientSession(base_url=str(srv.make_url(""))) as http:
+                async with http.post("/api/accounts", json={
+                        "email": new_email("secure"), "password": PASSWORD,
+                        "name": "Asha Rao"}) as resp:
+                    assert resp.status == 201
+                    cookie = resp.cookies["bmm_session"]
+            assert bool(cookie["secure"]) is secure
+            assert cookie["httponly"]
+        finally:
+            await srv.close()
