@@ -9,6 +9,8 @@ Records are JSON under `catalog:<kind>:<id>` (catalog_model.catalog_key). Indexe
     idx:shows:movie:<movie_id>      zset  scheduled show ids by start (ms)
     idx:shows:screen:<screen_id>    zset  scheduled show ids by start (ms): the overlap check
     idx:partner:<pid>:shows:<date>  zset  all of a partner's shows (cancelled too) by start
+    catalog:generation              int   bumped by every catalog write (in its MULTI): the
+                                          search cache keys on it (server/search.py)
 
 Every write reads under WATCH and writes all its keys (record, indexes and, for shows, the
 actor's `ShowConfig`) in one MULTI, retried if a watched key moved: validation and write
@@ -106,6 +108,9 @@ def screen_shows_key(screen_id: str) -> str:
 
 def partner_shows_key(partner_id: str, date: str) -> str:
     return f"idx:partner:{partner_id}:shows:{date}"
+
+
+GENERATION = "catalog:generation"  # INCR'd in the MULTI of every catalog write
 
 
 # --- helpers --------------------------------------------------------------------------
@@ -219,6 +224,7 @@ async def put_theatre(redis: aioredis.Redis, partner_id: str, theatre_id: str,
                 p.srem(city_theatres_key(old.city), theatre_id)
             p.sadd(city_theatres_key(new.city), theatre_id)
             p.hsetnx(CITIES, city_slug(new.city), new.city)
+            p.incr(GENERATION)
 
         return (new, old is None), commit
 
@@ -269,6 +275,7 @@ async def put_screen(redis: aioredis.Redis, partner_id: str, screen_id: str,
             if old is not None and old.theatre_id != new.theatre_id:
                 p.srem(theatre_screens_key(old.theatre_id), screen_id)
             p.sadd(theatre_screens_key(new.theatre_id), screen_id)
+            p.incr(GENERATION)
 
         return (new, old is None), commit
 
@@ -287,6 +294,7 @@ async def put_movie(redis: aioredis.Redis, partner_id: str, movie_id: str,
 
         def commit(p: Pipeline) -> None:
             p.set(key, encode(new))
+            p.incr(GENERATION)
 
         return (new, old is None), commit
 
@@ -392,6 +400,7 @@ async def put_show(redis: aioredis.Redis, partner_id: str, show_id: str, body: S
             if config is not None:
                 p.set(config_key(show_id), msgspec.json.encode(config))
             p.publish(SHOWS_CHANNEL, show_id)  # web processes drop their cached copy
+            p.incr(GENERATION)  # search results cached before this write are not read again
 
         return (new, old is None), commit
 
@@ -442,6 +451,7 @@ async def cancel_show(redis: aioredis.Redis, partner_id: str, show_id: str,
             for k in listings:
                 p.zrem(k, show_id)
             p.publish(SHOWS_CHANNEL, show_id)  # web processes drop their cached copy
+            p.incr(GENERATION)  # search results cached before this write are not read again
 
         return new, commit
 
@@ -583,6 +593,12 @@ async def movie_shows(redis: aioredis.Redis, movie_id: str, city: str | None, da
                  and local_date(s.starts_at, theatres[s.theatre_id].timezone) == date]
     screens = {s.screen_id: s for s in await load_many(
         redis, Screen, sorted({s.screen_id for s in shows}))}
+    return info, theatre_show_times(shows, theatres, screens)
+
+
+def theatre_show_times(shows: list[Show], theatres: dict[str, Theatre],
+                       screens: dict[str, Screen]) -> list[TheatreShows]:
+    """Shows grouped by theatre, by start time; theatres sorted by city and name."""
     grouped: dict[str, list[ShowTime]] = {}
     for s in sorted(shows, key=lambda s: s.starts_at):
         if s.theatre_id not in theatres or not s.prices:
@@ -595,4 +611,4 @@ async def movie_shows(redis: aioredis.Redis, movie_id: str, city: str | None, da
     out = [TheatreShows(t.theatre_id, t.name, t.city, t.address, grouped[tid], t.timezone)
            for tid, t in theatres.items() if tid in grouped]
     out.sort(key=lambda t: (t.city.casefold(), t.name.casefold()))
-    return info, out
+    return out
