@@ -16,6 +16,7 @@ from . import browse_api, customer_api, lifecycle_api, live, openapi, partner_ap
 from . import webhooks_api
 from . import offers_api
 from . import account_api, accounts, partner_portal_api
+from . import search_api
 from .errors import error_middleware
 from .notifications import OutboxWorkers
 from .payments import GatewayGuard, PaymentGateway, SandboxGateway
@@ -90,6 +91,7 @@ def create_app(settings: Settings, redis_url: str) -> web.Application:
     app.add_routes(offers_api.routes)
     app.add_routes(live.routes)
     app.add_routes(browse_api.routes)
+    app.add_routes(search_api.routes)
     app.add_routes(openapi.routes)
     app.add_routes(account_api.routes)
     app.add_routes(partner_portal_api.routes)
