@@ -212,12 +212,21 @@ class MovieInfo(msgspec.Struct):
     synopsis: str = ""
 
 
+class RatingSummary(msgspec.Struct):
+    """Customers' ratings of a movie or theatre (server/reviews.py): the mean of the
+    visible ratings (1-5, two decimals; None when there are none) and how many."""
+
+    average: float | None
+    count: int
+
+
 class MovieSummary(msgspec.Struct):
     movie: MovieInfo
     show_count: int           # matching scheduled shows
     next_show_at: datetime    # the earliest of them
     languages_showing: list[str]
     next_show_timezone: str = "UTC"  # IANA zone of the theatre of that earliest show
+    rating: RatingSummary | None = None  # customers' ratings (reviews)
 
 
 class MovieList(msgspec.Struct):
@@ -243,8 +252,10 @@ class TheatreShows(msgspec.Struct):
     address: str
     shows: list[ShowTime]
     timezone: str = "UTC"  # IANA name (e.g. "Asia/Kolkata"): show times are local to it
+    rating: RatingSummary | None = None  # customers' ratings of the theatre (reviews)
 
 
 class MovieShows(msgspec.Struct):
     movie: MovieInfo
     theatres: list[TheatreShows]
+    rating: RatingSummary | None = None  # customers' ratings of the movie (reviews)
