@@ -17,6 +17,7 @@ from . import webhooks_api
 from . import offers_api
 from . import account_api, accounts, partner_portal_api
 from . import search_api
+from . import reviews_api
 from .errors import error_middleware
 from .notifications import OutboxWorkers
 from .payments import GatewayGuard, PaymentGateway, SandboxGateway
@@ -95,6 +96,7 @@ def create_app(settings: Settings, redis_url: str) -> web.Application:
     app.add_routes(openapi.routes)
     app.add_routes(account_api.routes)
     app.add_routes(partner_portal_api.routes)
+    app.add_routes(reviews_api.routes)
     app.router.add_get("/", _index)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/api/_stats", _stats)
