@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import catalog
+from . import catalog, reviews
 from .catalog_model import CityList, MovieInfo, MovieList, MovieShows
 from .openapi import Query, operation
 from .wire import json_response
@@ -44,6 +44,10 @@ async def list_movies(request: web.Request) -> web.Response:
     date = catalog.parse_date(_q(request, "date"))
     movies = await catalog.browse_movies(_redis(request), _q(request, "city"),
                                          _q(request, "language"), _q(request, "genre"), date)
+    ratings = await reviews.ratings_of(_redis(request), "movie",
+                                       [m.movie.movie_id for m in movies])
+    for m in movies:
+        m.rating = ratings[m.movie.movie_id]
     return json_response(MovieList(movies))
 
 
@@ -70,4 +74,9 @@ async def movie_shows(request: web.Request) -> web.Response:
                                                _q(request, "city"), date,
                                                language=_q(request, "language"),
                                                show_format=_q(request, "format"))
-    return json_response(MovieShows(info, theatres))
+    ratings = await reviews.ratings_of(_redis(request), "theatre",
+                                       [t.theatre_id for t in theatres])
+    for t in theatres:
+        t.rating = ratings[t.theatre_id]
+    movie_rating = await reviews.rating_of(_redis(request), "movie", info.movie_id)
+    return json_response(MovieShows(info, theatres, movie_rating))
