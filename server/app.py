@@ -16,6 +16,8 @@ from . import browse_api, customer_api, lifecycle_api, live, openapi, partner_ap
 from . import webhooks_api
 from . import offers_api
 from . import account_api, accounts, partner_portal_api
+from . import recommend_api
+from .recommend_store import RecommendWorker
 from . import search_api
 from . import reviews_api
 from .errors import error_middleware
@@ -45,6 +47,7 @@ class Services:
 
 SERVICES = web.AppKey("services", Services)
 WORKERS = web.AppKey("outbox_workers", OutboxWorkers)  # e-mail + webhook delivery
+RECOMMEND = web.AppKey("recommend_worker", RecommendWorker)  # outbox -> recommendation data
 
 
 def services(request: web.Request) -> Services:
@@ -75,9 +78,12 @@ def create_app(settings: Settings, redis_url: str) -> web.Application:
         if settings.workers:
             app[WORKERS] = workers = OutboxWorkers(settings, redis_url)
             workers.start()
+            app[RECOMMEND] = RecommendWorker(redis_url)
+            app[RECOMMEND].start()
         yield
         if settings.workers:
             await app[WORKERS].stop()
+            await app[RECOMMEND].stop()
         await show_cache.close()
         await hub.close()
         await hub_redis.aclose()
@@ -92,6 +98,7 @@ def create_app(settings: Settings, redis_url: str) -> web.Application:
     app.add_routes(offers_api.routes)
     app.add_routes(live.routes)
     app.add_routes(browse_api.routes)
+    app.add_routes(recommend_api.routes)
     app.add_routes(search_api.routes)
     app.add_routes(openapi.routes)
     app.add_routes(account_api.routes)
