@@ -18,8 +18,9 @@ from . import offers_api
 from . import account_api, accounts, partner_portal_api
 from . import recommend_api
 from .recommend_store import RecommendWorker
-from . import search_api
 from . import reviews_api
+from . import reports_api
+from .analytics import AnalyticsExporter
 from .errors import error_middleware
 from .notifications import OutboxWorkers
 from .payments import GatewayGuard, PaymentGateway, SandboxGateway
@@ -48,6 +49,7 @@ class Services:
 SERVICES = web.AppKey("services", Services)
 WORKERS = web.AppKey("outbox_workers", OutboxWorkers)  # e-mail + webhook delivery
 RECOMMEND = web.AppKey("recommend_worker", RecommendWorker)  # outbox -> recommendation data
+ANALYTICS = web.AppKey("analytics", AnalyticsExporter)  # outbox -> <data_dir>/analytics
 
 
 def services(request: web.Request) -> Services:
@@ -80,10 +82,16 @@ def create_app(settings: Settings, redis_url: str) -> web.Application:
             workers.start()
             app[RECOMMEND] = RecommendWorker(redis_url)
             app[RECOMMEND].start()
+            analytics_redis = aioredis.Redis.from_url(redis_url)
+            app[ANALYTICS] = AnalyticsExporter(analytics_redis,
+                                               Path(settings.data_dir) / "analytics")
+            app[ANALYTICS].start()
         yield
         if settings.workers:
             await app[WORKERS].stop()
             await app[RECOMMEND].stop()
+            await app[ANALYTICS].stop()
+            await app[ANALYTICS].redis.aclose()
         await show_cache.close()
         await hub.close()
         await hub_redis.aclose()
@@ -104,6 +112,7 @@ def create_app(settings: Settings, redis_url: str) -> web.Application:
     app.add_routes(account_api.routes)
     app.add_routes(partner_portal_api.routes)
     app.add_routes(reviews_api.routes)
+    app.add_routes(reports_api.routes)
     app.router.add_get("/", _index)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/api/_stats", _stats)
