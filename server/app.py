@@ -21,6 +21,7 @@ from .recommend_store import RecommendWorker
 from . import reviews_api
 from . import reports_api
 from .analytics import AnalyticsExporter
+from . import search_api
 from .errors import error_middleware
 from .notifications import OutboxWorkers
 from .payments import GatewayGuard, PaymentGateway, SandboxGateway
