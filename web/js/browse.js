@@ -100,6 +100,10 @@ function movieCard(summary, fl) {
     el("div", { class: "poster", "aria-hidden": "true", style: `--hue:${hue(m.title)}` }, m.title.slice(0, 1)),
     el("div", { class: "movie-body" },
       el("h2", {}, m.title, " ", el("span", { class: "cert", title: "Certificate" }, m.certificate)),
+      summary.rating && summary.rating.count
+        ? el("p", { class: "rating small", title: "Average customer rating" },
+          `★ ${summary.rating.average.toFixed(1)} · ${summary.rating.count} review${summary.rating.count > 1 ? "s" : ""}`)
+        : null,
       el("p", { class: "muted" }, [`${Math.floor(m.runtime_min / 60)}h ${m.runtime_min % 60}m`,
         m.genres.join(", "), summary.languages_showing.join(" · ")].filter(Boolean).join(" · ")),
       m.synopsis ? el("p", { class: "synopsis" }, m.synopsis) : null,
