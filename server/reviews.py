@@ -260,6 +260,14 @@ async def ratings_of(redis: aioredis.Redis, kind: str, item_ids: list[str]
     return {i: summary(s, c) for i, (s, c) in zip(item_ids, rows)}
 
 
+async def movie_ratings(redis: aioredis.Redis, movie_ids: list[str]
+                        ) -> dict[str, tuple[float, int]]:
+    """(average, count) of the rated movies among `movie_ids`: the shape
+    `search.set_rating_source` takes (unrated movies are left out)."""
+    return {i: (r.average, r.count) for i, r in (await ratings_of(redis, "movie", movie_ids)
+                                                 ).items() if r.average is not None}
+
+
 # --- eligibility ------------------------------------------------------------------------
 
 async def eligible(redis: aioredis.Redis, customer_id: str, kind: str, item_id: str) -> bool:

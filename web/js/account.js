@@ -51,10 +51,47 @@ async function loadBookings() {
       el("strong", { text: b.show ? b.show.movie_title : b.booking_id }),
       el("div", { class: "muted small", text: b.show
         ? `${b.show.theatre_name} · ${dayOf(b.show.starts_at, b.show.timezone)} ${localTime(b.show.starts_at, b.show.timezone)}` : "" }),
-      el("div", { class: "small", text: `Seats ${b.seats.join(", ")} · ${money(b.amount)} · ${b.status}` })),
+      el("div", { class: "small", text: `Seats ${b.seats.join(", ")} · ${money(b.amount)} · ${b.status}` }),
+      b.show && b.status === "confirmed" ? reviewBox(b.show) : null),
     el("a", { class: "button", href: b.ticket.svg_url, target: "_blank", rel: "noopener",
               text: "E-ticket" }))));
   $("no-bookings").hidden = bookings.length > 0;
+}
+
+// Rate the movie and the theatre of a confirmed booking (one review each, editable).
+function reviewBox(show) {
+  const items = [["movie", show.movie_id, show.movie_title], ["theatre", show.theatre_id, show.theatre_name]];
+  const box = el("details", { class: "review small" }, el("summary", { text: "Rate and review" }));
+  box.addEventListener("toggle", async () => {
+    if (!box.open || box.dataset.loaded) return;
+    box.dataset.loaded = "1";
+    for (const [kind, id, name] of items) box.append(await reviewForm(kind, id, name));
+  });
+  return box;
+}
+
+async function reviewForm(kind, id, name) {
+  const path = `/api/${kind}s/${encodeURIComponent(id)}/reviews/mine`;
+  let mine = null;
+  try { mine = (await api(path)).review; } catch (e) { if (!(e instanceof ApiError) || e.status !== 404) throw e; }
+  const stars = el("select", { name: "rating", required: true, "aria-label": `Rating of ${name}` },
+    [5, 4, 3, 2, 1].map((n) => el("option", { value: n, selected: mine && mine.rating === n, text: "★".repeat(n) })));
+  const text = el("textarea", { name: "text", maxlength: 2000, rows: 2, placeholder: "Your review (optional)" });
+  text.value = mine ? mine.text : "";
+  const form = el("form", { class: "stack", "data-review": `${kind}:${id}` },
+    el("label", {}, `${kind === "movie" ? "Movie" : "Theatre"}: ${name} `, stars), text,
+    el("button", { type: "submit", text: mine ? "Update review" : "Post review" }));
+  form.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    guarded(form, async () => {
+      const { rating, text: body } = formData(form);
+      const out = await api(path, { method: "PUT", body: { rating: Number(rating), text: body } });
+      form.querySelector("button").textContent = "Update review";
+      const avg = out.rating_summary.average;
+      say(`Thanks! ${name}: ${avg === null ? "—" : avg.toFixed(1)} ★ from ${out.rating_summary.count} review(s).`, "ok");
+    });
+  });
+  return form;
 }
 
 async function refresh() {
