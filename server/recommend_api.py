@@ -97,6 +97,9 @@ async def get_recommendations(request: web.Request) -> web.Response:
 
     redis = services(request).redis
     city, language, limit = _q(request, "city"), _q(request, "language"), _limit(request)
+    if city:  # the city as its theatres spell it ("pune" -> "Pune")
+        known = await redis.hget(catalog.CITIES, catalog.city_slug(city))
+        city = known.decode() if known else " ".join(city.split())
     store = RecommendStore(redis)
     user = await current_user(request)
     customer_id = user.user_id if user is not None and user.role == "customer" else None
