@@ -21,9 +21,10 @@ from .builders import PublishedShow, publish_show
 
 
 @pytest.fixture
-def app_settings() -> Settings:
+def app_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    # data_dir: what the server writes (analytics export, ...) stays out of the repo.
     return Settings(seed_demo=False, secret="test-secret", admin_key="test-admin-key",
-                    passivate_after_s=30)
+                    passivate_after_s=30, data_dir=str(tmp_path_factory.mktemp("data")))
 
 
 @pytest.fixture
