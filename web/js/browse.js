@@ -1,9 +1,12 @@
 // Browse: city / date / language / genre filters -> movies -> a movie's theatres and times.
+// With search text or a sort picked, the list comes from /api/search (same cards; each hit
+// carries its theatres and times, so opening one needs no further request).
 import { api, dayOf, el, isoDate, localTime, money, timeOf, zoneLabel } from "./api.js";
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
-const f = { city: $("f-city"), date: $("f-date"), language: $("f-language"), genre: $("f-genre") };
+const f = { city: $("f-city"), date: $("f-date"), language: $("f-language"), genre: $("f-genre"),
+            q: $("f-q"), sort: $("f-sort") };
 let generation = 0; // drops answers to requests that a newer filter change replaced
 
 function query(obj) {
@@ -14,7 +17,8 @@ function query(obj) {
 }
 
 function filters() {
-  return { city: f.city.value, date: f.date.value, language: f.language.value, genre: f.genre.value };
+  return { city: f.city.value, date: f.date.value, language: f.language.value, genre: f.genre.value,
+           q: f.q.value.trim(), sort: f.sort.value };
 }
 
 function fillSelect(select, values, keep) {
@@ -44,7 +48,12 @@ async function init() {
   f.date.replaceChildren(...days);
   f.date.value = params.get("date") || "";
 
-  for (const s of Object.values(f)) s.addEventListener("change", refresh);
+  f.q.value = params.get("q") || "";
+  f.sort.value = [...f.sort.options].some((o) => o.value === params.get("sort")) ? params.get("sort") : "";
+  for (const s of Object.values(f)) if (s !== f.q) s.addEventListener("change", refresh);
+  let typing; // the search box refreshes as one types (not on blur, which would redraw the list)
+  f.q.addEventListener("input", () => { clearTimeout(typing); typing = setTimeout(refresh, 250); });
+  $("filters").addEventListener("submit", (ev) => { ev.preventDefault(); clearTimeout(typing); refresh(); });
   await refresh(null, { language: params.get("language") || "", genre: params.get("genre") || "" });
 }
 
@@ -62,15 +71,23 @@ async function refresh(_ev, initial) {
 
   const fl = filters();
   history.replaceState(null, "", query(fl) || location.pathname);
-  const list = fl.language || fl.genre ? await api(`/api/movies${query(fl)}`) : all;
+  if (fl.q || fl.sort) {
+    const found = await api(`/api/search${query({ ...fl, per_page: 50 })}`);
+    if (gen !== generation) return;
+    render(found.results, fl, found.total);
+    return;
+  }
+  const { q: _q, sort: _s, ...plain } = fl;
+  const list = fl.language || fl.genre ? await api(`/api/movies${query(plain)}`) : all;
   if (gen !== generation) return;
   render(list.movies, fl);
 }
 
-function render(movies, fl) {
+function render(movies, fl, total = movies.length) {
+  const matching = fl.q ? ` matching “${fl.q}”` : "";
   $("status").textContent = movies.length
-    ? `${movies.length} movie${movies.length > 1 ? "s" : ""} in ${fl.city}`
-    : "Nothing matches these filters. Try another date or fewer filters.";
+    ? `${total} movie${total > 1 ? "s" : ""}${matching} in ${fl.city}`
+    : `Nothing${matching} matches these filters. Try another date or fewer filters.`;
   $("movies").replaceChildren(...movies.map((m) => movieCard(m, fl)));
 }
 
@@ -85,6 +102,10 @@ function movieCard(summary, fl) {
     toggle.setAttribute("aria-expanded", String(!open));
     toggle.textContent = open ? "Show times" : "Hide times";
     panel.hidden = open;
+    if (!open && !panel.dataset.loaded && summary.theatres) {  // a search hit brings its times
+      renderTimes(panel, summary.theatres);
+      panel.dataset.loaded = "1";
+    }
     if (!open && !panel.dataset.loaded) {
       panel.textContent = "Loading…";
       try {
