@@ -19,7 +19,8 @@ while a write commits lands under the old generation, which nobody reads any mor
 the generation does not cover - shows starting, ratings moving - is at most CACHE_TTL_S old.
 
 Rating sort: `set_rating_source(fn)` plugs in `async fn(redis, movie_ids) -> {movie_id:
-(average, count)}` (the reviews module); until one is set `sort=rating` is a 422.
+(average, count)}` for the rated ones (reviews.movie_ratings); until one is set
+`sort=rating` is a 422 and hits carry no `rating`.
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ import msgspec
 import redis.asyncio as aioredis
 
 from . import catalog
-from .catalog_model import MovieInfo, Screen, Show, Theatre, TheatreShows
+from .catalog_model import MovieInfo, RatingSummary, Screen, Show, Theatre, TheatreShows
 from .errors import ApiError
 
 CACHE_TTL_S = 30
@@ -58,10 +59,12 @@ RatingSource = Callable[[aioredis.Redis, list[str]],
 _rating_source: RatingSource | None = None
 
 
-def set_rating_source(source: RatingSource | None) -> None:
-    """Plug in movie ratings (average, count) for `sort=rating` and the hits' rating."""
+def set_rating_source(source: RatingSource | None) -> RatingSource | None:
+    """Plug in movie ratings (average, count) for `sort=rating` and the hits' rating;
+    returns the source it replaces."""
     global _rating_source
-    _rating_source = source
+    previous, _rating_source = _rating_source, source
+    return previous
 
 
 def rating_available() -> bool:
@@ -79,8 +82,7 @@ class SearchHit(msgspec.Struct):
     formats_showing: list[str]
     theatres: list[TheatreShows]  # where it runs (in the city) and when (on the date)
     next_show_timezone: str = "UTC"
-    rating_average: float | None = None  # when a rating source is set
-    rating_count: int = 0
+    rating: RatingSummary | None = None  # customers' ratings, when a rating source is set
 
 
 class SearchResults(msgspec.Struct):
@@ -294,8 +296,7 @@ async def run(redis: aioredis.Redis, params: SearchParams,
             theatres=catalog.theatre_show_times(its, theatres, screens),
             next_show_timezone=theatres[first.theatre_id].timezone
             if first.theatre_id in theatres else "UTC",
-            rating_average=rating[0] if rating else None,
-            rating_count=rating[1] if rating else 0))
+            rating=RatingSummary(*rating) if rating else None))
     return SearchResults(params.q, params.sort, params.page, params.per_page,
                          len(ranked), results)
 

@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 import aiohttp
 import redis.asyncio as aioredis
 
-from server import catalog
+from server import catalog, search as search_module
 
 from .catalog_helpers import Partner, layout, new_partner, uid
 
@@ -183,3 +183,24 @@ async def test_cache_hits_and_feed_writes_are_visible_at_once(
         assert resp.status == 200, await resp.text()
     gone, _ = await search(api, city=p.city, format="IMAX")
     assert gone["total"] == 0 and gone["results"] == []
+
+
+async def test_rating_sort_through_the_rating_hook(api: aiohttp.ClientSession) -> None:
+    p = await (await new_partner(api)).setup(title="Okay Film")
+    okay = p.movie
+    great, unrated = await add_movie(p, "Great Film"), await add_movie(p, "Unrated Film")
+    for hours, movie_id in [(5, unrated), (8, okay), (11, great)]:
+        await add_show(p, hours, movie_id=movie_id)
+    scores = {okay: (3.5, 40), great: (4.75, 8)}
+
+    async def source(_redis: Any, movie_ids: list[str]) -> dict[str, tuple[float, int]]:
+        return {m: scores[m] for m in movie_ids if m in scores}
+
+    previous = search_module.set_rating_source(source)
+    try:
+        body, _ = await search(api, city=p.city, sort="rating")
+    finally:
+        search_module.set_rating_source(previous)
+    assert ids(body) == [great, okay, unrated]  # best average first, unrated last
+    assert [h["rating"] for h in body["results"]] == [
+        {"average": 4.75, "count": 8}, {"average": 3.5, "count": 40}, None]
