@@ -31,7 +31,8 @@ from redis.exceptions import WatchError
 from . import accounts
 from . import bookings as booking_store
 from .accounts import User
-from .customer_api import BookingResponse, _booking_view
+from .booking_views import booking_view
+from .customer_wire import BookingResponse
 from .errors import ApiError
 from .openapi import operation
 from .wire import json_response, read_json
@@ -239,7 +240,7 @@ async def _booking_views(request: web.Request, user: User) -> list[BookingRespon
         booking = await booking_store.load_booking(redis, booking_id)
         if booking is None or booking.customer_id != user.user_id:
             continue
-        views.append(await _booking_view(request, booking))
+        views.append(await booking_view(request, booking))
     return views
 
 
@@ -263,7 +264,7 @@ async def my_booking(request: web.Request) -> web.Response:
     booking = await booking_store.load_booking(services(request).redis, booking_id)
     if booking is None or booking.customer_id != user.user_id:
         raise ApiError(404, "not_found", f"you have no booking {booking_id!r}")
-    return json_response(await _booking_view(request, booking))
+    return json_response(await booking_view(request, booking))
 
 
 @routes.get("/api/me/export")

@@ -1,6 +1,6 @@
 """The booking lifecycle after the seats are held: service functions (no HTTP here).
 
-Checkout (customer_api) and the endpoints in lifecycle_api call these.
+Checkout (server/checkout.py) and the endpoints in lifecycle_api call these.
 
 **Pending payments** (`start_pending`, `settle_payment`). When the gateway answers
 "pending" (the sandbox's 4000 0000 0000 3220 card), checkout answers 202: the hold is

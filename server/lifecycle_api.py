@@ -154,9 +154,9 @@ _TOKEN = (Header("X-Booking-Token", description="the booking token"),
            summary="What cancelling this booking now would refund",
            response=CancellationQuote, errors=(401, 403, 404), tags=CUSTOMER, params=_TOKEN)
 async def get_cancellation_quote(request: web.Request) -> web.Response:
-    from .customer_api import _authorised_booking
+    from .booking_views import authorised_booking
 
-    booking = await _authorised_booking(request)
+    booking = await authorised_booking(request)
     svc = services(request)
     show = await lifecycle.load_show(svc.redis, booking.show_id)
     pct, amount, policy = await lifecycle.quote_cancellation(svc, booking, show)
@@ -174,9 +174,9 @@ async def cancel_my_booking(request: web.Request) -> web.Response:
     default: 100% until 24 h before the start, 50% until 2 h, none after); the seats go
     back on sale. 409 if cancelled already, after the show started or once admitted; 503
     with Retry-After if the refund cannot be made right now (nothing changed: retry)."""
-    from .customer_api import _authorised_booking
+    from .booking_views import authorised_booking
 
-    booking = await _authorised_booking(request)
+    booking = await authorised_booking(request)
     return json_response(await lifecycle.customer_cancel(services(request), booking))
 
 
