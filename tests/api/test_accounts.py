@@ -99,7 +99,8 @@ async def test_mfa_setup_then_login_needs_a_fresh_code(clients) -> None:
     assert status == 401 and body["error"]["code"] == "invalid_code"
     assert (await a.call("GET", "/api/me"))[1]["mfa_enabled"] is False
 
-    status, body = await a.call("POST", "/api/me/mfa/verify", {"code": a.code(0)})
+    used = a.code(0)  # kept: a.code(0) later may fall in the next 30-second step
+    status, body = await a.call("POST", "/api/me/mfa/verify", {"code": used})
     assert status == 200 and len(set(body["recovery_codes"])) == 10
     assert body["user"]["mfa_enabled"] is True
     assert (await a.call("GET", "/api/me"))[0] == 200  # this session carries on
@@ -109,7 +110,7 @@ async def test_mfa_setup_then_login_needs_a_fresh_code(clients) -> None:
     assert status == 200 and body == {"status": "mfa_required", "user": None}
     assert (await a.call("GET", "/api/me"))[0] == 401  # the password alone is not enough
 
-    status, body = await a.call("POST", "/api/login/mfa", {"code": a.code(0)})
+    status, body = await a.call("POST", "/api/login/mfa", {"code": used})
     assert status == 401 and body["error"]["code"] == "invalid_code"  # used already
     status, body = await a.call("POST", "/api/login/mfa", {"code": a.code(1)})
     assert status == 200 and body["status"] == "ok"
