@@ -92,6 +92,10 @@ async def test_two_people_one_show_live_hold_and_checkout(
         assert (await a.inner_text("#booking-id")).startswith(show.show_id + ".")
         qr = a.locator("#ticket img.qr")
         await qr.wait_for()
+        # The element appears before its SVG has loaded: wait for the image, then check it.
+        await a.wait_for_function(
+            "() => { const i = document.querySelector('#ticket img.qr');"
+            " return i && i.complete && i.naturalWidth > 0 }", timeout=10_000)
         assert await qr.evaluate("img => img.complete && img.naturalWidth > 0")
         # B sees them sold.
         await b.wait_for_selector(f'{SEAT.format("A4")}[data-status="booked"]', timeout=2000)
