@@ -3,11 +3,13 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import search
+from . import reviews, search
 from .openapi import Query, operation
 from .search import SearchResults
 
 routes = web.RouteTableDef()
+
+search.set_rating_source(reviews.movie_ratings)  # sort=rating and each hit's rating
 
 
 @routes.get("/api/search")
@@ -20,7 +22,8 @@ routes = web.RouteTableDef()
                    Query("date", description="YYYY-MM-DD, theatre-local; default: the "
                          "coming week"),
                    Query("sort", description="relevance (default with q) | next_show "
-                         "(default without) | title | rating (once ratings exist)"),
+                         "(default without) | title | rating (best average first, unrated "
+                         "last)"),
                    Query("page", int, description="1-based, default 1"),
                    Query("per_page", int, description=f"1-{search.MAX_PER_PAGE}, default "
                          f"{search.DEFAULT_PER_PAGE}")),
