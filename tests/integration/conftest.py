@@ -172,6 +172,10 @@ class Stream:
         self.acked = 0
         self.answers: list[tuple[c.Command, c.Result]] = []
         self._milestones: list[tuple[int, asyncio.Event]] = []
+        # Cleared, it holds back new commands (those already sent stay in flight), so a
+        # test can make sure the rest of the stream meets whatever it breaks.
+        self.gate = asyncio.Event()
+        self.gate.set()
 
     def reached(self, count: int) -> asyncio.Event:
         event = asyncio.Event()
@@ -185,6 +189,7 @@ class Stream:
                 event.set()
 
     async def _send(self, cmd: c.Command) -> c.Result:
+        await self.gate.wait()
         result = await self.submit(cmd)
         self.answers.append((cmd, result))
         self.acked += 1

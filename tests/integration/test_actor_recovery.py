@@ -49,12 +49,18 @@ async def test_actor_killed_mid_stream(how, shows, directory, redis):
 
     running = asyncio.create_task(stream.run())
     await stream.reached(40).wait()
+    # Hold back new commands (the ones in flight stay in flight) until the old process is
+    # gone: on a quiet machine the rest of the stream could otherwise finish before
+    # ray.kill lands, and nothing would have met the crash.
+    stream.gate.clear()
     kill(handle, old_pid, how)
+    await _gone(old_pid)
+    acked_at_kill = stream.acked
+    stream.gate.set()
     await _restarted(handle, old_pid)
-    acked_at_restart = stream.acked
     await running
 
-    assert stream.acked > acked_at_restart, "the kill did not land mid-stream"
+    assert stream.acked > acked_at_kill, "the kill did not land mid-stream"
     assert stream.acked > 8 * 25  # holds plus their releases / confirms
     assert stream.rejections() == []  # retried until answered; never twice-applied
     state = comparable(await handle.inspect.remote())
@@ -197,6 +203,19 @@ async def _started(directory: ShowDirectory, show_id: str) -> ray.actor.ActorHan
     handle = await asyncio.to_thread(directory.handle, show_id)
     await handle.inspect.remote()
     return handle
+
+
+async def _gone(pid: int) -> None:
+    """Wait until the process has exited (ray.kill only asks Ray to kill it)."""
+
+    async def exited() -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    await wait_until(exited, timeout=30, what=f"process {pid} to exit")
 
 
 async def _restarted(handle: ray.actor.ActorHandle, old_pid: int) -> None:
