@@ -35,9 +35,8 @@ from actors import commands as c
 from . import bookings as store
 from . import lifecycle
 from . import offers as promos
-from .booking_views import authorised_booking, booking_view, describe_show, show_decoder
+from .booking_views import authorised_booking, booking_view, describe_show
 from .bookings import HoldRecord
-from .catalog_model import Show, catalog_key
 from .checkout import pay_and_book, replay, respond
 from .customer_wire import (
     DEFAULT_EXTEND_S, BookingResponse, CategoryView, CheckoutRequest, ExtendRequest, HoldRequest,
@@ -60,13 +59,6 @@ routes = web.RouteTableDef()
 TAGS = ("customer",)
 
 
-async def _load_show(request: web.Request, show_id: str) -> Show:
-    raw = await services(request).redis.get(catalog_key("show", show_id))
-    if raw is None:
-        raise ApiError(404, "not_found", f"no show {show_id!r}")
-    return show_decoder.decode(raw)
-
-
 # --- seat map --------------------------------------------------------------------------
 
 @routes.get("/api/shows/{show_id}/seatmap")
@@ -78,7 +70,11 @@ async def get_seatmap(request: web.Request) -> web.Response:
     log sequence `seq`; the live socket (`/api/shows/{id}/live?since=seq`) continues from
     there. Read from Redis only: it never wakes the show's actor."""
     show_id = request.match_info["show_id"]
-    show = await _load_show(request, show_id)
+    # The show record from this process's cache, as the hold path reads it (invalidated
+    # by the partner feed's writes).
+    show = (await services(request).show_cache.get(show_id)).show
+    if show is None:
+        raise ApiError(404, "not_found", f"no show {show_id!r}")
     view = await read_seat_statuses(services(request).redis, show_id)
     if view is None:
         raise ApiError(404, "not_found", f"show {show_id!r} has no seat layout")
