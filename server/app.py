@@ -22,6 +22,7 @@ from . import reviews_api
 from . import reports_api
 from .analytics import AnalyticsExporter
 from . import search_api
+from . import observability, ratelimit, security, waiting_room
 from .errors import error_middleware
 from .notifications import OutboxWorkers
 from .payments import GatewayGuard, PaymentGateway, SandboxGateway
@@ -61,7 +62,13 @@ def create_app(settings: Settings, redis_url: str) -> web.Application:
     # Sessions: an encrypted cookie keyed from settings.secret (HKDF; see accounts.py),
     # inside the error middleware so a failed request does not change the session.
     sessions = accounts.middleware(settings.secret, secure=settings.cookie_secure)
-    app = web.Application(middlewares=[error_middleware, sessions],
+    # Outermost first: request id and metrics see every answer, security headers go on
+    # every page and error, rate limits run inside the session (per-customer limits).
+    app = web.Application(middlewares=[observability.request_id_middleware,
+                                       observability.metrics_middleware,
+                                       security.security_headers_middleware,
+                                       error_middleware, sessions,
+                                       ratelimit.rate_limit_middleware],
                           client_max_size=1 << 20)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -114,6 +121,8 @@ def create_app(settings: Settings, redis_url: str) -> web.Application:
     app.add_routes(partner_portal_api.routes)
     app.add_routes(reviews_api.routes)
     app.add_routes(reports_api.routes)
+    app.add_routes(observability.routes)
+    app.add_routes(waiting_room.routes)
     app.router.add_get("/", _index)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/api/_stats", _stats)
