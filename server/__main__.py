@@ -14,9 +14,11 @@ import signal
 import subprocess
 import sys
 
+import msgspec
 import ray
 from aiohttp import web
 
+from . import dev_secrets, tls
 from .app import create_app
 from .runtime import Runtime
 from .settings import Settings
@@ -42,6 +44,13 @@ def main() -> None:
         host=args.host, port=args.port, redis_url=args.redis_url,
         ray_address=args.ray_address, seed_demo=False if args.no_seed else None,
     )
+    try:
+        settings = dev_secrets.resolve(settings)
+        ssl_context = tls.server_context(settings)
+    except (dev_secrets.MissingSecrets, ValueError, OSError) as exc:
+        sys.exit(f"Book My Movie cannot start: {exc}")
+    if ssl_context is not None:
+        settings = msgspec.structs.replace(settings, cookie_secure=True)  # HTTPS only
     runtime = Runtime(settings).start()
     workers: list[subprocess.Popen[bytes]] = []
     try:
@@ -52,11 +61,13 @@ def main() -> None:
             from .demo import seed_on_startup
 
             app.on_startup.append(seed_on_startup)
-        print(f"Book My Movie is up: http://{settings.host}:{settings.port}/"
+        scheme = "https" if ssl_context else "http"
+        print(f"Book My Movie is up: {scheme}://{settings.host}:{settings.port}/"
               + (f" ({args.workers} web processes)" if workers else ""), flush=True)
         kwargs = {"access_log": None} if args.no_access_log else {}
         web.run_app(app, host=settings.host, port=settings.port, print=None,
-                    reuse_port=bool(workers) or args.reuse_port, **kwargs)
+                    reuse_port=bool(workers) or args.reuse_port, ssl_context=ssl_context,
+                    **kwargs)
     finally:
         _stop_workers(workers)
         runtime.stop()
@@ -72,7 +83,11 @@ def _start_workers(args: argparse.Namespace, settings: Settings,
     if args.no_access_log:
         cmd.append("--no-access-log")
     log.info("starting %d more web processes on port %d", args.workers - 1, settings.port)
-    return [subprocess.Popen(cmd) for _ in range(args.workers - 1)]
+    # The children join a real Redis, so they need the secrets in their environment
+    # (generated ones included) rather than generating their own.
+    env = {**os.environ, "BMM_SECRET": settings.secret, "BMM_ADMIN_KEY": settings.admin_key,
+           "BMM_DATA_KEY": settings.data_key}
+    return [subprocess.Popen(cmd, env=env) for _ in range(args.workers - 1)]
 
 
 def _stop_workers(workers: list[subprocess.Popen[bytes]]) -> None:

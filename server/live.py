@@ -64,6 +64,7 @@ from actors.commands import SeatChange, SeatStatus
 from actors.store import config_key, log_key, seq_key
 
 from .errors import ApiError
+from .security import check_origin
 from .openapi import Query, operation
 from .seat_status import read_seat_statuses
 
@@ -521,7 +522,7 @@ def _since(request: web.Request) -> int | None:
 @routes.get("/api/shows/{show_id}/live")
 @operation(
     "GET", "/api/shows/{show_id}/live", summary="Live seat map (WebSocket)",
-    response=LiveMessage, status=101, errors=(400, 404, 426), tags=("customer", "live"),
+    response=LiveMessage, status=101, errors=(400, 403, 404, 426), tags=("customer", "live"),
     params=(Query("since", int, description="the last seq the client applied; the server "
                   "sends exactly the entries after it, or a fresh snapshot when too old"),),
     description="Upgrade to a WebSocket. Messages (JSON text): first a `snapshot` (or, with "
@@ -539,6 +540,7 @@ async def live(request: web.Request) -> web.WebSocketResponse:
     if not _SHOW_ID.match(show_id):
         raise ApiError(404, "not_found", f"no show {show_id!r}")
     since = _since(request)
+    check_origin(request)  # before any work: a foreign page must not watch in our name
     hub = services(request).hub
     if hub.closed:
         raise ApiError(503, "unavailable", "the server is shutting down; reconnect shortly")

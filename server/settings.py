@@ -13,9 +13,20 @@ class Settings(msgspec.Struct, frozen=True):
     ray_address: str | None = None   # None: start a local Ray
     data_dir: str = ".data"
     seed_demo: bool = True
-    # Signs holder/booking tokens and e-tickets; set BMM_SECRET in production.
-    secret: str = "dev-only-secret-change-me"
-    admin_key: str = "dev-admin-key"  # platform admin: creates partners and their API keys
+    # No usable secret lives in code: BMM_SECRET / BMM_ADMIN_KEY / BMM_DATA_KEY come from the
+    # environment, or (embedded dev mode only) are generated once into data_dir (dev_secrets.py).
+    secret: str = ""     # signs holder/booking tokens and e-tickets, keys the session cookie
+    admin_key: str = ""  # platform admin: creates partners and their API keys ("" = nobody)
+    # AES-256-GCM key for personal data at rest (server/pii.py): base64 of 32 bytes. Retired
+    # keys (comma-separated) still decrypt old records after a rotation.
+    data_key: str = ""
+    data_keys_retired: tuple[str, ...] = ()
+    # Browser origins allowed to open WebSockets besides the server's own host
+    # (BMM_ALLOWED_ORIGINS, comma-separated, e.g. "https://bookmymovie.example").
+    allowed_origins: tuple[str, ...] = ()
+    # TLS: with both set, `python -m server` serves HTTPS/WSS (cookie Secure + HSTS).
+    tls_cert: str | None = None
+    tls_key: str | None = None
     # Mark the session cookie Secure (sent over HTTPS only): on behind TLS in production.
     cookie_secure: bool = False
     passivate_after_s: float = 60.0
@@ -51,6 +62,11 @@ class Settings(msgspec.Struct, frozen=True):
             "seed_demo": os.environ.get("BMM_SEED_DEMO"),
             "secret": os.environ.get("BMM_SECRET"),
             "admin_key": os.environ.get("BMM_ADMIN_KEY"),
+            "data_key": os.environ.get("BMM_DATA_KEY"),
+            "data_keys_retired": _split(os.environ.get("BMM_DATA_KEYS_RETIRED")),
+            "allowed_origins": _split(os.environ.get("BMM_ALLOWED_ORIGINS")),
+            "tls_cert": os.environ.get("BMM_TLS_CERT"),
+            "tls_key": os.environ.get("BMM_TLS_KEY"),
             "cookie_secure": os.environ.get("BMM_COOKIE_SECURE"),
             "smtp_host": os.environ.get("BMM_SMTP_HOST"),
             "smtp_port": os.environ.get("BMM_SMTP_PORT"),
@@ -65,3 +81,10 @@ class Settings(msgspec.Struct, frozen=True):
         values = {k: v for k, v in env.items() if v is not None}
         values.update({k: v for k, v in overrides.items() if v is not None})
         return msgspec.convert(values, cls, strict=False)
+
+
+def _split(raw: str | None) -> list[str] | None:
+    """A comma-separated environment list; None when unset."""
+    if raw is None:
+        return None
+    return [part.strip() for part in raw.split(",") if part.strip()]
