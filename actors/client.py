@@ -5,24 +5,42 @@ meanwhile wait and go together as the next call. An idle show pays no extra late
 rushed one sends hundreds of commands per call (a Ray call costs ~1 ms whatever it
 carries). If the actor died or passivated, the same batch goes to its successor: the
 command ids make that retry safe.
+
+Each command is stamped with the caller's request id (actors/context.py) unless it has
+one, and an optional batch observer (`set_batch_observer`; server/metrics.py installs one)
+sees every batch sent: its size, its results and how long the actor call took.
 """
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections.abc import Callable
 
+import msgspec
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
 from . import commands as c
+from .context import request_id
 from .show_actor import NAMESPACE, ActorSettings, ShowActor, actor_name
 
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 512
 RETRY_FOR_S = 30.0
+
+# (show_id, commands, results, seconds the actor call took) for every batch sent.
+BatchObserver = Callable[[str, list[c.Command], list[c.Result], float], None]
+_observer: BatchObserver | None = None
+
+
+def set_batch_observer(observer: BatchObserver | None) -> BatchObserver | None:
+    """Install the process's batch observer (one at most); returns the one it replaces."""
+    global _observer
+    previous, _observer = _observer, observer
+    return previous
 
 
 class ShowClient:
@@ -36,21 +54,32 @@ class ShowClient:
         self.commands = 0
 
     async def submit(self, cmd: c.Command) -> c.Result:
+        if not cmd.rid and (rid := request_id.get()):
+            cmd = msgspec.structs.replace(cmd, rid=rid)
         fut: asyncio.Future[c.Result] = asyncio.get_running_loop().create_future()
         self._pending.append((cmd, fut))
         if self._flusher is None:
-            self._flusher = asyncio.create_task(self._flush())
+            # A context of its own: the flusher serves many requests, it must not log
+            # (nor stamp) the request id of the one that happened to start it.
+            self._flusher = asyncio.create_task(self._flush(), context=contextvars.Context())
         return await fut
 
     async def _flush(self) -> None:
         try:
             while self._pending:
                 batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+                cmds = [cmd for cmd, _ in batch]
+                started = time.perf_counter()
                 try:
-                    results = await self._call([cmd for cmd, _ in batch])
+                    results = await self._call(cmds)
                 except Exception as exc:  # never leave a caller hanging
                     log.exception("show %s: batch failed", self.show_id)
                     results = [c.Rejected("unavailable", f"show unavailable: {exc}")] * len(batch)
+                if _observer is not None:
+                    try:
+                        _observer(self.show_id, cmds, results, time.perf_counter() - started)
+                    except Exception:  # metrics must never fail a booking
+                        log.exception("show %s: batch observer failed", self.show_id)
                 for (_, fut), result in zip(batch, results, strict=True):
                     if not fut.done():
                         fut.set_result(result)

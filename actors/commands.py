@@ -3,7 +3,8 @@
 Every command carries `cmd_id`, chosen by the client; a command repeated with the same id
 is answered with the first result and changes nothing. Ids of the holds and bookings a
 command creates are chosen by the caller too (so they can be routed, and so the domain
-needs no randomness).
+needs no randomness). `rid`, optional, is the request id that sent the command: it is
+stored with the command in the show's log, and nothing decides on it.
 """
 from __future__ import annotations
 
@@ -12,7 +13,16 @@ from typing import Literal
 import msgspec
 
 
-class _Cmd(msgspec.Struct, frozen=True, tag_field="type", forbid_unknown_fields=True):
+class _Traced(msgspec.Struct, frozen=True, tag_field="type", forbid_unknown_fields=True,
+              omit_defaults=True, kw_only=True):
+    # The request id that caused the command (issue 7: web -> actor -> Redis log), for
+    # tracing only: the seat map ignores it. Keyword-only, so it comes after every field
+    # and positional construction is unchanged; left out of the encoding when empty
+    # (omit_defaults, which also drops other fields still at their defaults).
+    rid: str = ""
+
+
+class _Cmd(_Traced, frozen=True):
     cmd_id: str
 
 

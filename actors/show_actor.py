@@ -33,6 +33,8 @@ class ActorSettings(msgspec.Struct, frozen=True):
     keep_log: int = 5_000            # entries kept before the snapshot, for `since` resumes
     passivate_after_s: float = 60.0  # idle time (with no holds) before the actor exits
     persist_attempts: int = 20       # reload-and-retry rounds before answering "unavailable"
+    # The actor's log level; at DEBUG it logs every batch with its commands' request ids.
+    log_level: str = "INFO"
 
 
 def actor_name(show_id: str) -> str:
@@ -62,6 +64,7 @@ class ShowActor:
         self._last_call = time.monotonic()
         self.calls = 0
         self.commands = 0
+        log.setLevel(settings.log_level)
         # The timer starts with the actor, not with its first call: an actor Ray restarts
         # after a crash gets no call, yet the holds in its log must still run out.
         # (Ray runs an async actor's __init__ on its event loop.)
@@ -84,6 +87,10 @@ class ShowActor:
             except UnknownShow:
                 results = [c.Rejected("not_found", f"no show {self.show_id!r}")] * len(cmds)
         self._wake.set()  # a new hold may be the next one to expire
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("show %s: batch of %d commands, seq %d, rids %s", self.show_id,
+                      len(cmds), self._map.version if self._map else -1,
+                      ",".join(dict.fromkeys(cmd.rid for cmd in cmds if cmd.rid)) or "-")
         return c.command_encoder.encode(results)
 
     async def inspect(self) -> dict:
