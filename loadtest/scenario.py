@@ -6,13 +6,16 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import secrets
 import urllib.request
 import uuid
 from typing import Any
 
 from actors.layout import grid_layout
 
-ADMIN_KEY = os.environ.get("BMM_ADMIN_KEY", "dev-admin-key")
+# No admin key in code: use BMM_ADMIN_KEY, or make one up and put it in our environment
+# so the server the bench / Locust runner starts (a child process) gets the same one.
+ADMIN_KEY = os.environ.setdefault("BMM_ADMIN_KEY", secrets.token_urlsafe(24))
 PRICES = {"silver": 15000, "gold": 25000, "recliner": 45000}
 
 
