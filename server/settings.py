@@ -50,6 +50,21 @@ class Settings(msgspec.Struct, frozen=True):
     fee_fixed: int = 0   # minor units per ticket (BMM_FEE_FIXED)
     fee_bp: int = 0      # basis points of the ticket price after discounts (BMM_FEE_BP)
     tax_bp: int = 0      # basis points of (price after discounts + fee) (BMM_TAX_BP; 1800 = 18 %)
+    # On-sale protection (server/ratelimit.py, server/waiting_room.py); env BMM_<NAME>.
+    # Rate limits are GCRA buckets: a sustained rate per second plus a burst.
+    rate_limits: bool = True
+    trusted_proxies: str = ""          # CIDRs whose X-Forwarded-For is believed ("" = none)
+    rl_ip_read_per_s: float = 100.0    # per client IP: GETs
+    rl_ip_read_burst: int = 400
+    rl_ip_write_per_s: float = 50.0    # per client IP: POST/PUT/PATCH/DELETE (holds, checkout)
+    rl_ip_write_burst: int = 200
+    rl_customer_write_per_s: float = 5.0  # per logged-in customer / queued visitor: writes
+    rl_customer_write_burst: int = 30
+    rl_partner_per_s: float = 100.0    # per partner API key
+    rl_partner_burst: int = 500
+    hold_max_inflight: int = 64        # hold requests in progress per web process (0 = no cap)
+    hold_cap_seats: int = 10           # seats one customer may hold at once on a show (0 = off)
+    admission_ttl_s: int = 900         # how long a waiting-room admission stays valid
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -78,9 +93,16 @@ class Settings(msgspec.Struct, frozen=True):
             "fee_bp": os.environ.get("BMM_FEE_BP"),
             "tax_bp": os.environ.get("BMM_TAX_BP"),
         }
+        env.update({name: os.environ.get("BMM_" + name.upper()) for name in _ON_SALE})
         values = {k: v for k, v in env.items() if v is not None}
         values.update({k: v for k, v in overrides.items() if v is not None})
         return msgspec.convert(values, cls, strict=False)
+
+
+_ON_SALE = ("rate_limits", "trusted_proxies", "rl_ip_read_per_s", "rl_ip_read_burst",
+            "rl_ip_write_per_s", "rl_ip_write_burst", "rl_customer_write_per_s",
+            "rl_customer_write_burst", "rl_partner_per_s", "rl_partner_burst",
+            "hold_max_inflight", "hold_cap_seats", "admission_ttl_s")
 
 
 def _split(raw: str | None) -> list[str] | None:
