@@ -132,6 +132,12 @@ class ShowDirectory:
             namespace=NAMESPACE,
             get_if_exists=True,
             lifetime="detached",  # shared by every web process; passivates itself
+            # Show actors ask for no CPU (num_cpus=0), so they never count as load: Ray's
+            # default (hybrid) policy would put every show on the node of whichever web
+            # process created it first - in a cluster, all on one node. SPREAD places each
+            # new actor on the least-used node, so the shows share the cluster's memory and
+            # cores (tests/cluster/test_scale_out.py checks it on two nodes).
+            scheduling_strategy="SPREAD",
         ).remote(show_id, self.redis_url, self.settings)
 
     def handle(self, show_id: str) -> ray.actor.ActorHandle:
