@@ -32,6 +32,11 @@ class Hold(_Cmd, tag="hold"):
     hold_id: str
     token: str
     seats: list[str]
+    # Who holds (a logged-in customer or a queued visitor; "" = anonymous, no cap) and how
+    # many seats that customer may hold on this show at once (0 = no cap). The cap travels
+    # with the command so replaying the log decides exactly as the first time did.
+    customer: str = ""
+    customer_max_seats: int = 0
 
 
 class HoldBest(_Cmd, tag="hold_best"):
@@ -42,6 +47,8 @@ class HoldBest(_Cmd, tag="hold_best"):
     count: int
     category: str | None = None
     accessible: bool = False  # include wheelchair spaces (left out unless asked for)
+    customer: str = ""        # as in Hold
+    customer_max_seats: int = 0
 
 
 class Extend(_Cmd, tag="extend"):
@@ -136,6 +143,7 @@ ErrorCode = Literal[
     "invalid",             # malformed command (empty seat list, count < 1, ...)
     "unknown_seats",       # seat ids not in this show's layout
     "too_many_seats",      # over the per-hold maximum
+    "customer_limit",      # the customer would hold more seats on this show than allowed
     "seats_unavailable",   # held, booked or blocked by someone else
     "not_enough_seats",    # best-available could not find `count` free seats
     "not_found",           # no such hold / booking

@@ -23,6 +23,7 @@ class HoldRecord(msgspec.Struct):
     seats: list[str]
     created_ms: int
     expires_ms: int
+    customer: str = ""  # who holds it, for the per-customer cap ("" = anonymous)
 
 
 class BookingRecord(msgspec.Struct):
@@ -66,6 +67,7 @@ class SeatMap:
         }
         self.holder: dict[str, str] = {}  # seat id -> hold id or booking id
         self.holds: dict[str, HoldRecord] = {}
+        self.held_by: dict[str, int] = {}  # customer -> seats in their live holds
         self.bookings: dict[str, BookingRecord] = {}
         self._answers: OrderedDict[str, c.Result] = OrderedDict()
 
@@ -123,6 +125,8 @@ class SeatMap:
         m.holds = {k: msgspec.structs.replace(v) for k, v in snap.holds.items()}
         m.bookings = dict(snap.bookings)
         for hold_id, hold in m.holds.items():
+            if hold.customer:
+                m.held_by[hold.customer] = m.held_by.get(hold.customer, 0) + len(hold.seats)
             for seat in hold.seats:
                 m.status[seat], m.holder[seat] = "held", hold_id
         for booking_id, booking in m.bookings.items():
@@ -137,7 +141,7 @@ class SeatMap:
         seats = list(dict.fromkeys(cmd.seats))  # a seat named twice is still one seat
         if not seats:
             return _reject("invalid", "name at least one seat"), []
-        if err := self._new_hold_checks(cmd.hold_id, len(seats)):
+        if err := self._new_hold_checks(cmd, len(seats)):
             return err, []
         unknown = [s for s in seats if s not in self.seats]
         if unknown:
@@ -145,19 +149,19 @@ class SeatMap:
         taken = [s for s in seats if self.status[s] != "free"]
         if taken:
             return _reject("seats_unavailable", "seats are no longer free", taken), []
-        return self._create_hold(cmd.hold_id, cmd.token, seats, now_ms)
+        return self._create_hold(cmd.hold_id, cmd.token, seats, now_ms, cmd.customer)
 
     def _hold_best(self, cmd: c.HoldBest, now_ms: int) -> tuple[c.Result, list[c.SeatChange]]:
         if cmd.count < 1:
             return _reject("invalid", "count must be at least 1"), []
-        if err := self._new_hold_checks(cmd.hold_id, cmd.count):
+        if err := self._new_hold_checks(cmd, cmd.count):
             return err, []
         if cmd.category is not None and cmd.category not in self._categories:
             return _reject("invalid", f"no seat category {cmd.category!r} in this show"), []
         seats = self._picker.pick_free(cmd.count, self.status, cmd.category, cmd.accessible)
         if seats is None:
             return _reject("not_enough_seats", f"fewer than {cmd.count} seats are free"), []
-        return self._create_hold(cmd.hold_id, cmd.token, seats, now_ms)
+        return self._create_hold(cmd.hold_id, cmd.token, seats, now_ms, cmd.customer)
 
     def _extend(self, cmd: c.Extend, now_ms: int) -> tuple[c.Result, list[c.SeatChange]]:
         if cmd.extra_ms <= 0:
@@ -184,7 +188,7 @@ class SeatMap:
             return err, []
         if cmd.booking_id in self.bookings or cmd.booking_id in self.holds:
             return _reject("duplicate_id", f"booking id {cmd.booking_id!r} is taken"), []
-        del self.holds[cmd.hold_id]
+        self._forget_hold(cmd.hold_id)
         self.bookings[cmd.booking_id] = BookingRecord(
             cmd.token, hold.seats, cmd.hold_id, cmd.payment_ref, now_ms
         )
@@ -231,13 +235,17 @@ class SeatMap:
 
     # --- helpers ---------------------------------------------------------------------
 
-    def _new_hold_checks(self, hold_id: str, count: int) -> c.Rejected | None:
+    def _new_hold_checks(self, cmd: c.Hold | c.HoldBest, count: int) -> c.Rejected | None:
         if count > self.rules.max_seats_per_hold:
             return _reject(
                 "too_many_seats", f"at most {self.rules.max_seats_per_hold} seats per hold"
             )
-        if hold_id in self.holds or hold_id in self.bookings:
-            return _reject("duplicate_id", f"hold id {hold_id!r} is taken")
+        if cmd.hold_id in self.holds or cmd.hold_id in self.bookings:
+            return _reject("duplicate_id", f"hold id {cmd.hold_id!r} is taken")
+        cap = cmd.customer_max_seats
+        if cmd.customer and cap > 0 and self.held_by.get(cmd.customer, 0) + count > cap:
+            return _reject("customer_limit",
+                           f"at most {cap} seats held at once per customer on this show")
         return None
 
     def _known(self, seats: list[str]) -> c.Rejected | None:
@@ -261,14 +269,27 @@ class SeatMap:
         return hold, None
 
     def _create_hold(
-        self, hold_id: str, token: str, seats: list[str], now_ms: int
+        self, hold_id: str, token: str, seats: list[str], now_ms: int, customer: str = ""
     ) -> tuple[c.Result, list[c.SeatChange]]:
         expires = now_ms + self.rules.hold_ttl_ms
-        self.holds[hold_id] = HoldRecord(token, seats, now_ms, expires)
+        self.holds[hold_id] = HoldRecord(token, seats, now_ms, expires, customer)
+        if customer:
+            self.held_by[customer] = self.held_by.get(customer, 0) + len(seats)
         return c.Held(hold_id, seats, expires), self._set(seats, "held", hold_id)
 
+    def _forget_hold(self, hold_id: str) -> HoldRecord:
+        """Remove a hold from the books (its seats are the caller's business)."""
+        hold = self.holds.pop(hold_id)
+        if hold.customer:
+            left = self.held_by[hold.customer] - len(hold.seats)
+            if left > 0:
+                self.held_by[hold.customer] = left
+            else:
+                del self.held_by[hold.customer]
+        return hold
+
     def _drop_hold(self, hold_id: str) -> list[c.SeatChange]:
-        return self._set(self.holds.pop(hold_id).seats, "free", None)
+        return self._set(self._forget_hold(hold_id).seats, "free", None)
 
     def _set(self, seats: list[str], status: c.SeatStatus, owner: str | None) -> list[c.SeatChange]:
         for seat in seats:
