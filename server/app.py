@@ -107,6 +107,7 @@ def create_app(settings: Settings, redis_url: str) -> web.Application:
 
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(_close_live_sockets)  # before the server waits for handlers
+    app.on_shutdown.append(waiting_room.close_sockets)
     app.add_routes(customer_api.routes)
     app.add_routes(partner_api.routes)
     app.add_routes(lifecycle_api.routes)

@@ -32,6 +32,7 @@ from aiohttp import web
 
 from actors import commands as c
 
+from . import admission
 from . import bookings as store
 from . import lifecycle
 from . import offers as promos
@@ -109,7 +110,7 @@ async def get_seatmap(request: web.Request) -> web.Response:
 @routes.post("/api/shows/{show_id}/holds")
 @operation("POST", "/api/shows/{show_id}/holds", summary="Hold seats (explicit or best available)",
            request=HoldRequest, response=HoldResponse, status=201,
-           errors=(404, 409, 410, 503), tags=TAGS)
+           errors=(403, 404, 409, 410, 429, 503), tags=TAGS)
 async def create_hold(request: web.Request) -> web.Response:
     """Body `{"seats": ["F11", "F12"]}` or `{"best": {"count": 2, "category": "gold",
     "accessible": false}}`. 201 with the hold id, the holder token (only returned here),
@@ -119,7 +120,11 @@ async def create_hold(request: web.Request) -> web.Response:
     409 `promo_exhausted` / `promo_limit_reached`, `email_required`. 409 `seats_unavailable` names the seats
     someone else has (`error.seats`); 409 `not_enough_seats` when best-available finds too
     few; 422 for unknown seats (`error.seats`), too many seats or a bad body; 404 for an
-    unknown or cancelled show; 410 `show_started` once the show has begun."""
+    unknown or cancelled show; 410 `show_started` once the show has begun. 409
+    `customer_limit` past the seats one customer may hold on a show at once. A show in its
+    waiting room (server/waiting_room.py) needs the visitor's admission token
+    (`X-Admission-Token` or the cookie the queue sets): 403 `admission_required` /
+    `admission_invalid`. 429 `rate_limited` / `overloaded` with `Retry-After`."""
     show_id = request.match_info["show_id"]
     body = await read_json(request, HoldRequest)
     if (body.seats is None) == (body.best is None):
@@ -148,15 +153,19 @@ async def create_hold(request: web.Request) -> web.Response:
     elif body.best.category is not None and body.best.category not in show.prices:
         raise ApiError(422, "invalid", f"no seat category {body.best.category!r} on sale")
 
+    # On-sale shows: 403 without this visitor's admission token (server/admission.py).
+    # The customer and their seat cap go to the actor, which enforces the cap in order.
+    customer, cap = await admission.hold_gate(request, show_id)
     pricing = await price_inputs(request, show, body.promo_code, body.email)
     hold_id, token = new_id(show_id), secrets.token_urlsafe(24)
     digest = store.token_hash(token)
     cmd: c.Command
     if body.seats is not None:
-        cmd = c.Hold(cmd_id(), hold_id, digest, seats)
+        cmd = c.Hold(cmd_id(), hold_id, digest, seats, customer=customer,
+                     customer_max_seats=cap)
     else:
         cmd = c.HoldBest(cmd_id(), hold_id, digest, body.best.count, body.best.category,
-                         body.best.accessible)
+                         body.best.accessible, customer=customer, customer_max_seats=cap)
     shows = services(request).shows
     result = await shows.submit(show_id, cmd)
     if isinstance(result, c.Rejected):

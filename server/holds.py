@@ -18,6 +18,7 @@ REJECTED_STATUS: dict[str, int] = {
     "invalid": 422,
     "unknown_seats": 422,
     "too_many_seats": 422,
+    "customer_limit": 409,
     "seats_unavailable": 409,
     "not_enough_seats": 409,
     "not_found": 404,

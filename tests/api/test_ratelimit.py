@@ -1,0 +1,166 @@
+"""Rate limits and load shedding through the real server (real Redis, real Ray).
+
+The server here trusts X-Forwarded-For from loopback, so each test speaks as its own
+client addresses and never shares a bucket with another test (the Redis is shared)."""
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import aiohttp
+import pytest
+
+from server.settings import Settings
+
+from .account_helpers import Client
+from .builders import PublishedShow
+from .catalog_helpers import new_partner
+
+
+@pytest.fixture
+def app_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    return Settings(seed_demo=False, secret="test-secret", admin_key="test-admin-key",
+                    passivate_after_s=30, data_dir=str(tmp_path_factory.mktemp("data")),
+                    trusted_proxies="127.0.0.1/32",
+                    rl_ip_read_per_s=0.05, rl_ip_read_burst=5,
+                    rl_ip_write_per_s=0.05, rl_ip_write_burst=10,
+                    rl_customer_write_per_s=0.05, rl_customer_write_burst=3,
+                    rl_partner_per_s=0.05, rl_partner_burst=12,
+                    hold_max_inflight=0, hold_cap_seats=0)
+
+
+def new_ip() -> str:
+    n = uuid.uuid4().int
+    return f"10.{n % 250}.{(n >> 8) % 250}.{(n >> 16) % 250 + 1}"
+
+
+def as_ip(ip: str, **more: str) -> dict[str, str]:
+    return {"X-Forwarded-For": ip, **more}
+
+
+async def status_of(api: aiohttp.ClientSession, method: str, path: str,
+                    headers: dict[str, str], body: Any = None) -> tuple[int, Any, str | None]:
+    async with api.request(method, path, json=body, headers=headers) as resp:
+        data = await resp.json() if resp.content_type == "application/json" else None
+        return resp.status, data, resp.headers.get("Retry-After")
+
+
+async def test_reads_past_the_burst_get_429_with_retry_after_per_ip(
+        api: aiohttp.ClientSession, show: PublishedShow) -> None:
+    ip, other = new_ip(), new_ip()
+    path = f"/api/shows/{show.show_id}/seatmap"
+    for _ in range(5):
+        status, _, _ = await status_of(api, "GET", path, as_ip(ip))
+        assert status == 200
+    status, body, retry_after = await status_of(api, "GET", path, as_ip(ip))
+    assert status == 429
+    assert body["error"]["code"] == "rate_limited"
+    assert retry_after is not None and int(retry_after) >= 1
+    assert body["error"]["retry_after_ms"] > 0
+    # another client is not affected; static files and health probes are never limited
+    assert (await status_of(api, "GET", path, as_ip(other)))[0] == 200
+    assert (await status_of(api, "GET", "/healthz", as_ip(ip)))[0] == 200
+    async with api.get("/static/show.html", headers=as_ip(ip)) as resp:
+        assert resp.status == 200
+
+
+async def test_concurrent_writes_from_one_ip_pass_exactly_the_burst(
+        api: aiohttp.ClientSession, show: PublishedShow) -> None:
+    """40 holds at once from one address: the script checks and charges atomically, so
+    exactly the burst (10) gets through to the hold path and the rest are refused."""
+    ip = new_ip()
+    seats = [f"{row}{n}" for row in "ABCD" for n in range(1, 11)]
+    results = await asyncio.gather(*(
+        status_of(api, "POST", f"/api/shows/{show.show_id}/holds", as_ip(ip), {"seats": [s]})
+        for s in seats))
+    codes = [r[0] for r in results]
+    assert codes.count(201) == 10, codes
+    assert codes.count(429) == 30
+    assert all(r[1]["error"]["code"] == "rate_limited" for r in results if r[0] == 429)
+    # reads have their own bucket: this address can still look at the seat map
+    assert (await status_of(api, "GET", f"/api/shows/{show.show_id}/seatmap", as_ip(ip)))[0] \
+        == 200
+
+
+async def test_a_customer_is_limited_whatever_address_they_use(
+        clients: Any, show: PublishedShow) -> None:
+    user: Client = clients()
+    await user.sign_up()  # signs in: the session carries the customer
+    statuses = []
+    for n in range(1, 6):  # a new address each time: only the customer bucket can refuse
+        status, body = await user.call("POST", f"/api/shows/{show.show_id}/holds",
+                                       {"seats": [f"E{n}"]}, headers=as_ip(new_ip()))
+        statuses.append((status, body["error"]["code"] if status >= 400 else None))
+    assert statuses[:3] == [(201, None)] * 3, statuses
+    assert statuses[3:] == [(429, "rate_limited")] * 2, statuses
+
+
+async def test_a_partner_key_is_limited_across_addresses(api: aiohttp.ClientSession) -> None:
+    partner = await new_partner(api)
+    # the sign-up call above came from 127.0.0.1; from here on every call has a fresh
+    # address, so only the key's bucket (burst 12) can refuse
+    statuses = []
+    for _ in range(15):
+        async with api.get("/partner/v1/theatres", headers={**partner.headers,
+                                                            "X-Forwarded-For": new_ip()}) as r:
+            statuses.append(r.status)
+    assert statuses.count(429) >= 3, statuses
+    assert statuses.index(429) <= 12
+    # another key of the same partner platform is unaffected
+    other = await new_partner(api)
+    async with api.get("/partner/v1/theatres",
+                       headers={**other.headers, "X-Forwarded-For": new_ip()}) as r:
+        assert r.status != 429
+
+
+async def test_forwarded_for_from_the_client_is_not_believed_past_the_proxy(
+        api: aiohttp.ClientSession, show: PublishedShow) -> None:
+    """The proxy appends the real address; what the client put in front is ignored, so a
+    client cannot dodge its bucket by inventing addresses."""
+    real = new_ip()
+    path = f"/api/shows/{show.show_id}/seatmap"
+    statuses = [(await status_of(api, "GET", path,
+                                 {"X-Forwarded-For": f"{new_ip()}, {real}"}))[0]
+                for _ in range(7)]
+    assert statuses == [200] * 5 + [429] * 2
+
+
+async def test_overload_is_shed_at_once_with_429(redis_server: Any, ray_cluster: None,
+                                                 tmp_path_factory: pytest.TempPathFactory,
+                                                 redis: Any) -> None:
+    """A server whose hold path takes at most 2 requests at a time, hit by 60 at once:
+    the excess gets 429 `overloaded` + Retry-After straight away, the rest are served."""
+    from aiohttp.test_utils import TestServer
+
+    from server.app import create_app
+
+    from .builders import publish_show
+
+    settings = Settings(seed_demo=False, secret="test-secret", admin_key="test-admin-key",
+                        data_dir=str(tmp_path_factory.mktemp("data")), rate_limits=False,
+                        hold_max_inflight=2)
+    srv = TestServer(create_app(settings, redis_server.url), host="127.0.0.1")
+    await srv.start_server()
+    pub = await publish_show(redis)
+    try:
+        async with aiohttp.ClientSession(base_url=str(srv.make_url(""))) as http:
+            seats = [f"{row}{n}" for row in "ABCDE" for n in range(1, 11)] + ["A1"] * 10
+            results = await asyncio.gather(*(
+                status_of(http, "POST", f"/api/shows/{pub.show_id}/holds", {},
+                          {"seats": [s]}) for s in seats))
+        codes = [r[0] for r in results]
+        shed = [r for r in results if r[0] == 429]
+        assert shed and codes.count(201) >= 2, codes
+        assert set(codes) <= {201, 409, 429}, codes
+        assert all(r[1]["error"]["code"] == "overloaded" and r[2] == "1" for r in shed)
+    finally:
+        await srv.close()
+        import ray
+
+        from actors.show_actor import NAMESPACE, actor_name
+        try:
+            ray.kill(ray.get_actor(actor_name(pub.show_id), namespace=NAMESPACE),
+                     no_restart=True)
+        except ValueError:
+            pass
