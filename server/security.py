@@ -42,6 +42,12 @@ def page_csp(host: str | None) -> str:
             "base-uri 'none'; form-action 'self'; object-src 'none'")
 
 
+def _is_page(request: web.Request, response: web.StreamResponse) -> bool:
+    # A static file's content type is only set when it is sent: go by the path too.
+    path = request.path
+    return response.content_type == "text/html" or path == "/" or path.endswith(".html")
+
+
 @web.middleware
 async def security_headers_middleware(request: web.Request,
                                       handler: Handler) -> web.StreamResponse:
@@ -51,7 +57,7 @@ async def security_headers_middleware(request: web.Request,
     headers = response.headers
     for name, value in COMMON_HEADERS.items():
         headers.setdefault(name, value)
-    if response.content_type == "text/html":
+    if _is_page(request, response):
         headers.setdefault("Content-Security-Policy", page_csp(request.host))
     elif request.path.startswith("/api/"):
         headers.setdefault("Content-Security-Policy", API_CSP)

@@ -105,6 +105,7 @@ export function el(tag, attrs = {}, ...children) {
     if (k === "class") node.className = v;
     else if (k === "text") node.textContent = v;
     else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else if (k === "style") setStyle(node, v);
     else node.setAttribute(k, v === true ? "" : v);
   }
   for (const c of children.flat()) {
@@ -112,6 +113,15 @@ export function el(tag, attrs = {}, ...children) {
     node.append(c instanceof Node ? c : document.createTextNode(String(c)));
   }
   return node;
+}
+
+// Styles through the CSSOM, never a style attribute: the pages' CSP (style-src 'self')
+// blocks inline style attributes but not properties set from a script file.
+function setStyle(node, css) {
+  for (const decl of String(css).split(";")) {
+    const at = decl.indexOf(":");
+    if (at > 0) node.style.setProperty(decl.slice(0, at).trim(), decl.slice(at + 1).trim());
+  }
 }
 
 export function uuid() {
