@@ -4,6 +4,10 @@
 connections over them). Redis and the Ray head are started once, by this process; the
 other N-1 web processes are `python -m server` children that join them by address, so
 every process reaches the same show actors by name.
+
+Logging (server/logs.py): BMM_LOG_FORMAT=json|text, BMM_LOG_LEVEL; written by a background
+thread. With several web processes, metrics run in prometheus-client's multiprocess mode
+over `<data_dir>/metrics` so that any process answers `/metrics` for all (server/metrics.py).
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ import ray
 from aiohttp import web
 
 from . import dev_secrets, tls
-from .app import create_app
+from . import logs
 from .runtime import Runtime
 from .settings import Settings
 
@@ -39,7 +43,7 @@ def main() -> None:
                         help="do not log every request (aiohttp's access log)")
     parser.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure()  # BMM_LOG_FORMAT, BMM_LOG_LEVEL; asynchronous (a queue and a thread)
     settings = Settings.from_env(
         host=args.host, port=args.port, redis_url=args.redis_url,
         ray_address=args.ray_address, seed_demo=False if args.no_seed else None,
@@ -52,6 +56,13 @@ def main() -> None:
     if ssl_context is not None:
         settings = msgspec.structs.replace(settings, cookie_secure=True)  # HTTPS only
     runtime = Runtime(settings).start()
+    if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # After Ray started (its processes must not inherit it), before prometheus_client
+        # is imported (by .app); our web children inherit it.
+        _metrics_dir(os.path.join(settings.data_dir, "metrics"))
+    from .app import create_app
+    from .observability import AccessLogger
+
     workers: list[subprocess.Popen[bytes]] = []
     try:
         if args.workers > 1:
@@ -64,7 +75,8 @@ def main() -> None:
         scheme = "https" if ssl_context else "http"
         print(f"Book My Movie is up: {scheme}://{settings.host}:{settings.port}/"
               + (f" ({args.workers} web processes)" if workers else ""), flush=True)
-        kwargs = {"access_log": None} if args.no_access_log else {}
+        kwargs = ({"access_log": None} if args.no_access_log
+                  else {"access_log_class": AccessLogger})
         web.run_app(app, host=settings.host, port=settings.port, print=None,
                     reuse_port=bool(workers) or args.reuse_port, ssl_context=ssl_context,
                     **kwargs)
@@ -90,6 +102,15 @@ def _start_workers(args: argparse.Namespace, settings: Settings,
     return [subprocess.Popen(cmd, env=env) for _ in range(args.workers - 1)]
 
 
+def _metrics_dir(path: str) -> None:
+    """Multiprocess metrics: one file per process in `path`, emptied of an earlier run's."""
+    os.makedirs(path, exist_ok=True)
+    for name in os.listdir(path):
+        if name.endswith(".db"):
+            os.unlink(os.path.join(path, name))
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.path.abspath(path)
+
+
 def _stop_workers(workers: list[subprocess.Popen[bytes]]) -> None:
     for proc in workers:
         if proc.poll() is None:
@@ -100,6 +121,11 @@ def _stop_workers(workers: list[subprocess.Popen[bytes]]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+    if workers:
+        from .metrics import process_exited
+
+        for proc in workers:
+            process_exited(proc.pid)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The aiohttp application: wiring only. Handlers live in modules named for what they serve."""
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -80,7 +81,9 @@ def create_app(settings: Settings, redis_url: str) -> web.Application:
         # a blocking XREAD, which must never starve (or be starved by) requests.
         hub_redis = aioredis.Redis.from_url(redis_url, max_connections=HUB_REDIS_MAX)
         shows = ShowDirectory(redis_url, ActorSettings(
-            passivate_after_s=settings.passivate_after_s, snapshot_min_interval_s=1.0))
+            passivate_after_s=settings.passivate_after_s, snapshot_min_interval_s=1.0,
+            # the actors log at this process's level (DEBUG: every batch with its rids)
+            log_level=logging.getLevelName(logging.getLogger("actors").getEffectiveLevel())))
         hub = live.Hub(hub_redis)
         show_cache = ShowCache(redis, listen_url=redis_url)
         show_cache.start()
@@ -106,6 +109,7 @@ def create_app(settings: Settings, redis_url: str) -> web.Application:
         await redis.aclose()
 
     app.cleanup_ctx.append(lifecycle)
+    observability.setup(app)  # readiness (503 from shutdown on), metrics hooks
     app.on_shutdown.append(_close_live_sockets)  # before the server waits for handlers
     app.on_shutdown.append(waiting_room.close_sockets)
     app.add_routes(customer_api.routes)

@@ -8,6 +8,8 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from actors.context import request_id
+
 log = logging.getLogger(__name__)
 
 
@@ -22,6 +24,9 @@ class ApiError(Exception):
 
 def error_response(status: int, code: str, message: str, **details: Any) -> web.Response:
     body = {"error": {"code": code, "message": message, **details}}
+    rid = request_id.get()  # set by the request-id middleware (server/observability.py)
+    if rid:
+        body["error"]["request_id"] = rid
     return web.Response(
         status=status, body=msgspec.json.encode(body), content_type="application/json"
     )

@@ -63,6 +63,7 @@ from redis.exceptions import RedisError
 from actors.commands import SeatChange, SeatStatus
 from actors.store import config_key, log_key, seq_key
 
+from . import metrics
 from .errors import ApiError
 from .security import check_origin
 from .openapi import Query, operation
@@ -566,6 +567,7 @@ async def live(request: web.Request) -> web.WebSocketResponse:
     # socket's sender waits on (the feed stops writing to it directly at the same mark).
     transport.set_write_buffer_limits(high=hub.high_water)
     hub._sockets.add(ws)
+    metrics.WATCHERS.inc()  # /metrics: bmm_live_watchers
     watcher: Watcher | None = None
     sender: asyncio.Task[None] | None = None
     try:
@@ -598,6 +600,7 @@ async def live(request: web.Request) -> web.WebSocketResponse:
         if watcher is not None:
             hub.leave(watcher)
         hub._sockets.discard(ws)
+        metrics.WATCHERS.dec()
         if not ws.closed:
             await _close(ws, WSCloseCode.OK, b"")
     return ws

@@ -45,6 +45,7 @@ STATUS_TEXT = {
 class ErrorDetail(msgspec.Struct):
     code: str
     message: str
+    request_id: str | None = None  # the request's X-Request-Id, to quote when reporting it
 
 
 class ErrorBody(msgspec.Struct):

@@ -1,0 +1,122 @@
+"""Logging for `python -m server` (issue 7): asynchronous, JSON or text, with request ids.
+
+Every logger writes into a `RequestIdQueueHandler`: it stamps the record with the current
+request id (actors/context.py), renders the message and any traceback in the caller, and
+puts the record on an in-memory queue. One `QueueListener` thread formats and writes, so
+a request never waits for log I/O (a slow terminal or a full pipe blocks only that thread).
+
+`BMM_LOG_FORMAT`: `json` (one JSON object per line: `time`, `level`, `logger`, `message`,
+`request_id` when there is one, plus any `extra=` fields) or `text`; default `text` when
+stderr is a terminal, else `json`. `BMM_LOG_LEVEL`: default `INFO`.
+"""
+from __future__ import annotations
+
+import atexit
+import copy
+import logging
+import os
+import queue
+import sys
+from datetime import UTC, datetime
+from logging.handlers import QueueHandler, QueueListener
+from typing import IO
+
+from pythonjsonlogger.json import JsonFormatter
+
+from actors.context import request_id
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"
+_exception_formatter = logging.Formatter()
+
+
+class RequestIdQueueHandler(QueueHandler):
+    """QueueHandler that keeps the record's fields (the JSON formatter needs them) and adds
+    `request_id`, read here, in the caller's context: the listener thread has none."""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        record = copy.copy(record)
+        record.message = record.getMessage()
+        record.msg, record.args = record.message, None
+        if record.exc_info:  # tracebacks are not picklable, and are best rendered now
+            record.exc_text = _exception_formatter.formatException(record.exc_info)
+            record.exc_info = None
+        if record.stack_info:
+            record.stack_info = _exception_formatter.formatStack(record.stack_info)
+        if not getattr(record, "request_id", None):
+            rid = request_id.get()
+            if rid:
+                record.request_id = rid
+        return record
+
+
+class _JsonFormatter(JsonFormatter):
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+        return datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
+
+
+def json_formatter() -> logging.Formatter:
+    """`time` is ISO 8601 UTC with milliseconds."""
+    return _JsonFormatter(
+        "%(asctime)s %(levelname)s %(name)s %(message)s",
+        rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+        json_ensure_ascii=False,
+    )
+
+
+def text_formatter() -> logging.Formatter:
+    return logging.Formatter(TEXT_FORMAT, defaults={"request_id": "-"})
+
+
+def default_format(stream: IO[str] | None = None) -> str:
+    stream = stream or sys.stderr
+    return "text" if getattr(stream, "isatty", lambda: False)() else "json"
+
+
+class Logging:
+    """What `configure` installed; `stop()` writes out what is queued and puts the root
+    logger back as it was."""
+
+    def __init__(self, handler: RequestIdQueueHandler, listener: QueueListener,
+                 replaced: list[logging.Handler], level: int) -> None:
+        self.handler = handler
+        self.listener = listener
+        self._replaced = replaced
+        self._level = level
+        self._stopped = False
+
+    def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        root = logging.getLogger()
+        root.removeHandler(self.handler)
+        self.listener.stop()  # joins the thread once it wrote out whatever is queued
+        for old in self._replaced:
+            root.addHandler(old)
+        root.setLevel(self._level)
+
+
+def configure(fmt: str | None = None, level: str | None = None,
+              stream: IO[str] | None = None) -> Logging:
+    """Route the root logger through a queue to `stream` (stderr) in `fmt` at `level`
+    (defaults: BMM_LOG_FORMAT, BMM_LOG_LEVEL, see above)."""
+    stream = stream or sys.stderr
+    fmt = (fmt or os.environ.get("BMM_LOG_FORMAT") or default_format(stream)).lower()
+    if fmt not in ("json", "text"):
+        raise ValueError(f"BMM_LOG_FORMAT must be json or text, not {fmt!r}")
+    level = (level or os.environ.get("BMM_LOG_LEVEL") or "INFO").upper()
+    out = logging.StreamHandler(stream)
+    out.setFormatter(json_formatter() if fmt == "json" else text_formatter())
+    q: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    handler = RequestIdQueueHandler(q)
+    root = logging.getLogger()
+    replaced, previous_level = list(root.handlers), root.level
+    for old in replaced:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    listener = QueueListener(q, out, respect_handler_level=True)
+    listener.start()
+    installed = Logging(handler, listener, replaced, previous_level)
+    atexit.register(installed.stop)
+    return installed
