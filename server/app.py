@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,12 +150,23 @@ async def _healthz(request: web.Request) -> web.Response:
 
 async def _stats(request: web.Request) -> web.Response:
     """This web process's group-commit counters (loadtest/bench.py reads them):
-    `{"pid", "shows", "calls", "commands"}`; commands / calls is the mean batch size."""
+    `{"pid", "shows", "calls", "commands", "fanout_lag_ms"}`; commands / calls is the mean
+    batch size; `fanout_lag_ms` lists, per live frame since the previous call, the ms from
+    its oldest event's apply to the frame written to every in-sync socket."""
     clients = request.app[SERVICES].shows.clients()
     return json_response({
         "pid": os.getpid(), "shows": len(clients),
         "calls": sum(c.calls for c in clients), "commands": sum(c.commands for c in clients),
+        "fanout_lag_ms": _drain_lags(request.app[SERVICES].hub.fanout_lag_ms),
     })
+
+
+def _drain_lags(lags: deque[float]) -> list[float]:
+    """Server-side fan-out lags (ms per frame) since the last reading; the bench merges
+    them over every web process."""
+    values = [round(v, 1) for v in lags]
+    lags.clear()
+    return values
 
 
 async def _index(request: web.Request) -> web.FileResponse:

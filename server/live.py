@@ -53,6 +53,8 @@ import logging
 import re
 import socket
 import struct
+import time
+from collections import deque
 from typing import Any, Literal
 
 import msgspec
@@ -211,13 +213,18 @@ class _Feed:
         self.stopped = asyncio.Event()
         self.entries = 0  # entries read from Redis (each fanned out once)
         self.batches = 0  # frames built (one per batch, for every socket)
+        self.oldest_ms: int | None = None  # apply time of the oldest entry not yet fanned out
         self.task = asyncio.create_task(self._run(), name=f"live-feed:{show_id}")
 
     async def _read(self, after: int, block: int | None) -> list[tuple[int, bytes]]:
         reply = await self.hub.redis.xread(
             {self.key: f"{after}-0"}, count=self.hub.read_count, block=block)
-        return [(int(entry_id.split(b"-")[0]), fields[b"e"])
-                for _key, rows in reply or () for entry_id, fields in rows]
+        rows = [row for _key, rows in reply or () for row in rows]
+        if rows and self.oldest_ms is None:
+            # When the oldest entry of the coming frame was applied (the actor's clock):
+            # the server's share of delivery latency is measured from it.
+            self.oldest_ms = int(rows[0][1].get(b"t", 0)) or None
+        return [(int(entry_id.split(b"-")[0]), fields[b"e"]) for entry_id, fields in rows]
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -265,6 +272,9 @@ class _Feed:
             if not watcher.offer(batch):
                 self.watchers.discard(watcher)
                 self.hub.dropped += 1
+        if self.oldest_ms is not None:  # applied -> written to every in-sync socket
+            self.hub.fanout_lag_ms.append(time.time() * 1000 - self.oldest_ms)
+            self.oldest_ms = None
         if not self.watchers:
             self.hub._retire(self)
 
@@ -296,6 +306,9 @@ class Hub:
         self.high_water = high_water
         self.retry_s = 0.5
         self.dropped = 0                  # watchers cut off for falling behind
+        # Per frame: ms from the oldest event's apply (actor) to its frame written to every
+        # in-sync socket -- the server's share of delivery latency (read by /api/_stats).
+        self.fanout_lag_ms: deque[float] = deque(maxlen=100_000)
         self._feeds: dict[str, _Feed] = {}
         self._sockets: set[web.WebSocketResponse] = set()
         self._closed = False

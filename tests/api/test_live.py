@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -410,3 +411,20 @@ async def test_shutdown_closes_sockets_and_stops_readers(
         await recv(ws)
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
     assert feed.stopped.is_set()
+
+
+async def test_stats_report_the_servers_fan_out_lag_per_frame_once(
+    server: TestServer, shows: ShowDirectory, new_show, api
+) -> None:
+    """`/api/_stats` lists, per frame since the last reading, ms from apply to written."""
+    show_id = await new_show()
+    await api.get("/api/_stats")  # drain what earlier tests left
+    async with connect(live_url(server, show_id)) as ws:
+        assert (await recv(ws))["type"] == "snapshot"
+        before = time.time()
+        await hold(shows, show_id, ["A1"])
+        await recv_events(ws, 1)
+        took_ms = (time.time() - before) * 1000
+    lags = (await (await api.get("/api/_stats")).json())["fanout_lag_ms"]
+    assert len(lags) >= 1 and all(0 <= lag <= took_ms + 5 for lag in lags), (lags, took_ms)
+    assert (await (await api.get("/api/_stats")).json())["fanout_lag_ms"] == []
