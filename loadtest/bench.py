@@ -94,7 +94,11 @@ class Server:
         cmd = [sys.executable, "-m", "server", "--port", str(self.port), "--no-seed", *self.extra]
         if self.workers:
             cmd += ["--workers", str(self.workers)]
-        env = dict(os.environ, BMM_DATA_DIR=str(self.dir))
+        # Every simulated customer comes from 127.0.0.1: per-IP rate limits and the hold
+        # in-flight cap would measure themselves, so both are off unless the environment
+        # says otherwise (loadtest/shed.py measures the cap).
+        env = {"BMM_RATE_LIMITS": "0", "BMM_HOLD_MAX_INFLIGHT": "0", **os.environ,
+               "BMM_DATA_DIR": str(self.dir)}
         self.log = open(self.dir / "server.log", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(cmd, cwd=self.root, env=env, stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True)

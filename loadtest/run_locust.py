@@ -31,7 +31,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def start_platform(data_dir: str) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    env = {**os.environ, "BMM_DATA_DIR": data_dir, "BMM_SEED_DEMO": "1"}
+    # All Locust users share 127.0.0.1: per-IP limits and the in-flight cap off unless set.
+    env = {"BMM_RATE_LIMITS": "0", "BMM_HOLD_MAX_INFLIGHT": "0", **os.environ,
+           "BMM_DATA_DIR": data_dir, "BMM_SEED_DEMO": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "server", "--port", str(port)], cwd=ROOT,
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     host = f"http://127.0.0.1:{port}"
