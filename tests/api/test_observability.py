@@ -261,3 +261,74 @@ async def test_access_log_is_json_lines_with_request_id_route_status_duration(
     seatmap = access[seatmap_rid]
     assert seatmap["route"] == "/api/shows/{show_id}/seatmap" and seatmap["status"] == 200
     assert "secret" not in json.dumps(seatmap)  # no query string in the log
+
+
+# --- several web processes on one port ---------------------------------------------------
+
+async def test_any_of_several_web_processes_answers_metrics_for_all(
+        redis_server: RedisServer, ray_cluster: None,
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """`python -m server --workers 2`: SO_REUSEPORT spreads connections over both
+    processes, and whichever answers /metrics reports the requests of both."""
+    import base64
+    import os
+    import secrets
+    import signal
+    import subprocess
+    import sys
+
+    import ray
+
+    from server.embedded import free_port
+
+    port = free_port()
+    data_dir = tmp_path_factory.mktemp("multi")
+    env = {**os.environ, "BMM_DATA_DIR": str(data_dir), "BMM_LOG_FORMAT": "json",
+           "BMM_RATE_LIMITS": "0",  # every request comes from 127.0.0.1
+           "BMM_SECRET": secrets.token_urlsafe(24), "BMM_ADMIN_KEY": secrets.token_urlsafe(24),
+           "BMM_DATA_KEY": base64.b64encode(secrets.token_bytes(32)).decode()}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--redis-url", redis_server.url, "--ray-address",
+         ray.get_runtime_context().gcs_address, "--no-seed", "--workers", "2",
+         "--no-access-log"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        # a fresh connection per request, so the kernel picks a process each time
+        async with aiohttp.ClientSession(
+                base_url=base, connector=aiohttp.TCPConnector(force_close=True)) as api:
+            counted: dict[int, int] = {}  # answers to /api/_stats per process
+
+            async def stats_call() -> int:
+                pid = (await stats(api))["pid"]
+                counted[pid] = counted.get(pid, 0) + 1
+                return pid
+
+            async with asyncio.timeout(90):
+                while len(counted) < 2:  # both processes up and answering
+                    try:
+                        await stats_call()
+                    except aiohttp.ClientError:
+                        assert proc.poll() is None, "python -m server exited"
+                        await asyncio.sleep(0.2)
+            for _ in range(40):
+                await stats_call()
+            assert len(counted) == 2 and min(counted.values()) > 1, counted
+            # whichever process answers a scrape reports both processes' requests
+            for _ in range(8):
+                samples = await scrape(api)
+                assert value(samples, "bmm_http_request_duration_seconds_count",
+                             route="/api/_stats", method="GET",
+                             status="2xx") == sum(counted.values())
+                await stats_call()
+        files = sorted(p.name for p in (data_dir / "metrics").iterdir())
+        assert len([f for f in files if f.startswith("histogram_")]) == 2, files
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
