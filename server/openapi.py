@@ -83,6 +83,7 @@ class Operation(msgspec.Struct, frozen=True):
     security: str | None = None   # "partnerKey" | "adminKey" | None (public)
     description: str = ""
     operation_id: str = ""
+    also: tuple[int, ...] = ()    # other success statuses with the same body (201 on upsert)
 
 
 REGISTRY: dict[tuple[str, str], Operation] = {}
@@ -101,6 +102,7 @@ def operation(
     method: str, path: str, *, summary: str, request: Any = None, response: Any = None,
     status: int = 200, errors: tuple[int, ...] = (), params: tuple[Param, ...] = (),
     tags: tuple[str, ...] = (), security: str | None = None, description: str = "",
+    also: tuple[int, ...] = (),
 ) -> Callable[[F], F]:
     """Declare one operation for the OpenAPI document (returns the handler unchanged)."""
 
@@ -108,7 +110,7 @@ def operation(
         name = getattr(handler, "__name__", "") or ""
         op = Operation(method.upper(), path, summary, request, response, status, tuple(errors),
                        tuple(params), tuple(tags), security, description or (handler.__doc__ or "").strip(),
-                       name)
+                       name, tuple(also))
         REGISTRY[(op.method, op.path)] = op
         return handler
 
@@ -169,11 +171,16 @@ def build_document(title: str = "Book My Movie API", version: str = "1") -> dict
         if op.response is not None:
             ok["content"] = {"application/json": {"schema": by_type[id(op.response)]}}
         responses: dict[str, Any] = {str(op.status): ok}
+        for status in op.also:
+            responses[str(status)] = {**ok, "description": STATUS_TEXT.get(status, "Success")}
         errors = set(op.errors)
+        if "{" in op.path:
+            errors |= {422}  # a path id that cannot be one (wrong shape) is refused as invalid
         if op.request is not None:
             errors |= {400, 422}
         if op.security:
             errors |= {401}
+        errors |= {429}  # the rate-limit middleware (ratelimit.py) may answer any request
         for status in sorted(errors):
             responses[str(status)] = {
                 "description": STATUS_TEXT.get(status, "Error"),

@@ -78,7 +78,8 @@ async def create_partner(request: web.Request) -> web.Response:
 @routes.put("/partner/v1/theatres/{theatre_id}")
 @operation("PUT", "/partner/v1/theatres/{theatre_id}", summary="Create or replace a theatre",
            request=TheatreIn, response=Theatre, errors=PUT_ERRORS, tags=PARTNER,
-           security="partnerKey", description="201 when created, 200 when replaced.")
+           security="partnerKey", also=(201,),
+           description="201 when created, 200 when replaced.")
 async def put_theatre(request: web.Request) -> web.Response:
     return _put_response(*await _upsert(request, TheatreIn, "theatre_id", catalog.put_theatre))
 
@@ -86,7 +87,7 @@ async def put_theatre(request: web.Request) -> web.Response:
 @routes.put("/partner/v1/screens/{screen_id}")
 @operation("PUT", "/partner/v1/screens/{screen_id}", summary="Create or replace a screen",
            request=ScreenIn, response=Screen, errors=PUT_ERRORS, tags=PARTNER,
-           security="partnerKey",
+           security="partnerKey", also=(201,),
            description="Seats carry id/row/number/category/x/y and flags; an aisle is a gap "
                        "in x. Shows already published keep the layout they were made with.")
 async def put_screen(request: web.Request) -> web.Response:
@@ -96,7 +97,7 @@ async def put_screen(request: web.Request) -> web.Response:
 @routes.put("/partner/v1/movies/{movie_id}")
 @operation("PUT", "/partner/v1/movies/{movie_id}", summary="Create or replace a movie",
            request=MovieIn, response=Movie, errors=PUT_ERRORS, tags=PARTNER,
-           security="partnerKey")
+           security="partnerKey", also=(201,))
 async def put_movie(request: web.Request) -> web.Response:
     return _put_response(*await _upsert(request, MovieIn, "movie_id", catalog.put_movie))
 
@@ -104,7 +105,7 @@ async def put_movie(request: web.Request) -> web.Response:
 @routes.put("/partner/v1/shows/{show_id}")
 @operation("PUT", "/partner/v1/shows/{show_id}", summary="Create or replace a show",
            request=ShowIn, response=Show, errors=PUT_ERRORS, tags=PARTNER,
-           security="partnerKey",
+           security="partnerKey", also=(201,),
            description="Validated: screen and movie exist and are yours, the language is "
                        "one of the movie's, a price for every seat category, a start in the "
                        "future, no overlap with another show on the screen.")
