@@ -312,7 +312,7 @@ def verify_webhook(secret: str, body: bytes, header: str | None,
         raise WebhookError(400, "bad_signature_header",
                            f"{WEBHOOK_HEADER} must be t=<unix>,v1=<hex>") from None
     expected = hmac.new(secret.encode(), f"{ts}.".encode() + body, hashlib.sha256).hexdigest()
-    if not hmac.compare_digest(expected, given):
+    if not hmac.compare_digest(expected.encode(), given.encode()):  # bytes: any input
         raise WebhookError(401, "bad_signature", "the webhook signature does not match")
     if abs((now if now is not None else time.time()) - ts) > WEBHOOK_TOLERANCE_S:
         raise WebhookError(401, "stale_webhook", "the webhook timestamp is too old")

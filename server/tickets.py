@@ -37,7 +37,9 @@ def booking_token(secret: str, booking_id: str) -> str:
 
 
 def check_booking_token(secret: str, booking_id: str, token: str | None) -> bool:
-    return bool(token) and hmac.compare_digest(booking_token(secret, booking_id), token or "")
+    # As bytes: compare_digest raises on non-ASCII str, and a token comes from the client.
+    return bool(token) and hmac.compare_digest(booking_token(secret, booking_id).encode(),
+                                               (token or "").encode())
 
 
 class TicketPayload(msgspec.Struct, frozen=True):

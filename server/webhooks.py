@@ -118,7 +118,7 @@ def verify(secret: str, timestamp: str, body: bytes, signature: str, *,
         return False
     if abs((now if now is not None else time.time()) - ts) > tolerance_s:
         return False
-    return hmac.compare_digest(sign(secret, timestamp, body), signature)
+    return hmac.compare_digest(sign(secret, timestamp, body).encode(), signature.encode())
 
 
 def new_secret() -> str:
