@@ -1,0 +1,220 @@
+"""Load shedding on the hold path (issue 7): one command, one table.
+
+    .venv/bin/python -m loadtest.shed [--seconds 8] [--cap 64] [--factor 10] [--uncapped]
+
+Starts the platform (`loadtest.bench.Server`: its own Redis and local Ray, no demo data)
+with per-IP rate limits off (every simulated customer is 127.0.0.1) and the hold path's
+in-flight cap at `--cap` (`BMM_HOLD_MAX_INFLIGHT`), sets up one 400-seat show through the
+partner feed, then on that one hot show:
+
+1. **capacity**: `--cap` customers in a closed loop, each holding its own seat then
+   releasing it (bench's generator). With no more holds in flight than the cap nothing is
+   shed: this is the server at capacity, and its p99 is "normal".
+2. **overload**: an open loop offering `--factor` × that hold rate (arrivals on a fixed
+   schedule, each a hold of a free seat then its release if it got one; latency from the
+   *scheduled* arrival, so a backed-up server cannot hide its queue). Admitted = answers
+   from the booking core (201 or 409); shed = 429 `overloaded`.
+
+`--uncapped` repeats (2) against a second server with the cap off, for contrast. The load
+generators share this machine's cores with the server: the table reports the rate they
+actually managed to offer.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import os
+import random
+import time
+import urllib.request
+from typing import Any
+
+import msgspec
+
+from .bench import GenResult, Server, _session, pct, run_generators
+from .scenario import publish_rush
+
+
+def _capacity(host: str, show: str, seats: list[str], customers: int, secs: float,
+              procs: int) -> GenResult:
+    t0 = time.time() + 2.0  # process start, then 1 s of warm-up
+    slots = [(show, s) for s in seats[:customers]]
+    jobs = [{"kind": "hold", "host": host, "slots": slots[i::procs], "t0": t0, "t1": t0 + secs}
+            for i in range(procs)]
+    return run_generators(jobs)[0]
+
+
+class OverResult(msgspec.Struct):
+    admitted: int = 0                 # answers from the booking core: 201 or 409
+    shed: int = 0                     # 429
+    errors: dict[str, int] = {}
+    latencies: list[float] = []       # admitted, ms from the scheduled arrival
+    from_send: list[float] = []       # admitted, ms from when the request was sent
+    send_lag: list[float] = []        # ms the generator itself was behind schedule
+
+
+async def _open_loop(host: str, show: str, seats: list[str], rate: float, t0: float,
+                     t1: float, res: OverResult) -> None:
+    """Arrivals every 1/rate s whatever happens: a hold of a free seat (any seat when none
+    is free: the server answers it all the same), then its release if it got one."""
+    free, tasks = list(seats), set()
+    async with _session(1024) as http:
+        async def arrival(at: float) -> None:
+            seat = free.pop() if free else random.choice(seats)
+            sent = time.time()
+            res.send_lag.append((sent - at) * 1000)
+            try:
+                async with http.post(f"{host}/api/shows/{show}/holds",
+                                     data=msgspec.json.encode({"seats": [seat]}),
+                                     headers={"Content-Type": "application/json"}) as r:
+                    raw = await r.read()
+                    end = time.time()
+                if r.status == 429:
+                    res.shed += 1
+                elif r.status in (201, 409):
+                    res.admitted += 1
+                    res.latencies.append((end - at) * 1000)
+                    res.from_send.append((end - sent) * 1000)
+                else:
+                    res.errors[str(r.status)] = res.errors.get(str(r.status), 0) + 1
+                if r.status == 201:
+                    hold = msgspec.json.decode(raw)
+                    async with http.delete(f"{host}/api/holds/{hold['hold_id']}",
+                                           headers={"X-Holder-Token": hold["holder_token"]}) as d:
+                        await d.read()
+            except Exception as exc:  # count, never stop the generator
+                res.errors[type(exc).__name__] = res.errors.get(type(exc).__name__, 0) + 1
+            finally:
+                if seat not in free:
+                    free.append(seat)
+
+        k = 0
+        while (at := t0 + k / rate) < t1:
+            delay = at - time.time()
+            await asyncio.sleep(max(delay, 0))  # always yield: in-flight requests progress
+            k += 1
+            task = asyncio.create_task(arrival(at))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        if tasks:
+            await asyncio.wait(tasks, timeout=30)
+
+
+def _over_main(job: dict[str, Any], out: Any) -> None:
+    res = OverResult()
+    asyncio.run(_open_loop(job["host"], job["show"], job["seats"], job["rate"], job["t0"],
+                           job["t1"], res))
+    out.put(msgspec.msgpack.encode(res))
+
+
+def _overload(host: str, show: str, seats: list[str], rate: float, secs: float,
+              procs: int) -> OverResult:
+    ctx = mp.get_context("fork")
+    out = ctx.Queue()
+    t0 = time.time() + 1.5
+    jobs = [{"host": host, "show": show, "seats": seats[i::procs], "rate": rate / procs,
+             "t0": t0, "t1": t0 + secs} for i in range(procs)]
+    workers = [ctx.Process(target=_over_main, args=(j, out), daemon=True) for j in jobs]
+    for w in workers:
+        w.start()
+    merged = OverResult()
+    for _ in workers:
+        r = msgspec.msgpack.decode(out.get(timeout=600), type=OverResult)
+        merged.admitted += r.admitted
+        merged.shed += r.shed
+        merged.latencies += r.latencies
+        merged.from_send += r.from_send
+        merged.send_lag += r.send_lag
+        for k, v in r.errors.items():
+            merged.errors[k] = merged.errors.get(k, 0) + v
+    for w in workers:
+        w.join(timeout=30)
+    return merged
+
+
+def _platform(cap: int) -> tuple[Server, str, list[str]]:
+    os.environ["BMM_RATE_LIMITS"] = "0"
+    os.environ["BMM_HOLD_MAX_INFLIGHT"] = str(cap)
+    server = Server(None, []).start()
+    setup = publish_rush(server.host, shows=1)
+    show, seats = setup["show_ids"][0], setup["seat_ids"]
+    urllib.request.urlopen(urllib.request.Request(  # wake the actor (cold start untimed)
+        f"{server.host}/api/shows/{show}/holds", data=msgspec.json.encode({"seats": [seats[0]]}),
+        headers={"Content-Type": "application/json"}, method="POST"), timeout=60).read()
+    return server, show, seats[1:]
+
+
+def _cap_row(label: str, res: GenResult, secs: float) -> list[str]:
+    other = sum(res.errors.values())
+    return [label, f"{(res.ok + res.conflicts + other) / secs:,.0f}",
+            f"{(res.ok + res.conflicts) / secs:,.0f}", "0" if not other else f"({other} errors)",
+            f"{pct(res.latencies, 50):.1f} / {pct(res.latencies, 99):.1f}", "1.00", "same",
+            "1.00", "-"]
+
+
+def _over_row(label: str, res: OverResult, secs: float, normal_p99: float) -> list[str]:
+    other = sum(res.errors.values())
+    sent = res.admitted + res.shed + other
+    p99, p99_sent = pct(res.latencies, 99), pct(res.from_send, 99)
+    return [label, f"{sent / secs:,.0f}", f"{res.admitted / secs:,.0f}",
+            f"{res.shed:,}" + (f" (+{other} errors)" if other else ""),
+            f"{pct(res.latencies, 50):.1f} / {p99:.1f}", f"{p99 / normal_p99:.2f}",
+            f"{pct(res.from_send, 50):.1f} / {p99_sent:.1f}", f"{p99_sent / normal_p99:.2f}",
+            f"{pct(res.send_lag, 99):.1f}"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seconds", type=float, default=8.0, help="length of each measured window")
+    ap.add_argument("--cap", type=int, default=64, help="BMM_HOLD_MAX_INFLIGHT for the server")
+    ap.add_argument("--factor", type=float, default=10.0, help="overload = factor × capacity")
+    ap.add_argument("--gen-procs", type=int, default=2, help="load generator processes")
+    ap.add_argument("--uncapped", action="store_true",
+                    help="also offer the overload to a server without the cap")
+    args = ap.parse_args()
+    secs, procs = args.seconds, args.gen_procs
+
+    print("starting the platform ...", flush=True)
+    server, show, seats = _platform(args.cap)
+    try:
+        cap_res = _capacity(server.host, show, seats, args.cap, secs, procs)
+        capacity = cap_res.ok / secs
+        normal = pct(cap_res.latencies, 99)
+        print(f"capacity: {capacity:,.0f} holds/s, p99 {normal:.1f} ms; offering "
+              f"{args.factor:g}× = {capacity * args.factor:,.0f} holds/s ...", flush=True)
+        over = _overload(server.host, show, seats, capacity * args.factor, secs, procs)
+    finally:
+        server.stop()
+    rows = [_cap_row(f"capacity: {args.cap} customers, closed loop", cap_res, secs),
+            _over_row(f"{args.factor:g}× offered, open loop, cap {args.cap}", over, secs,
+                      normal)]
+    if args.uncapped:
+        print("again without the cap ...", flush=True)
+        server, show, seats = _platform(0)
+        try:
+            bare = _overload(server.host, show, seats, capacity * args.factor, secs, procs)
+        finally:
+            server.stop()
+        rows.append(_over_row(f"{args.factor:g}× offered, open loop, no cap", bare, secs,
+                              normal))
+
+    head = ["run", "sent req/s", "admitted/s", "shed (429)",
+            "admitted p50 / p99 ms (from schedule)", "p99 ÷ normal",
+            "admitted p50 / p99 ms (from send)", "p99 ÷ normal", "generator lag p99 ms"]
+    print()
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+    ratio = pct(over.latencies, 99) / normal
+    ratio_sent = pct(over.from_send, 99) / normal
+    print(f"\nadmitted p99 under {args.factor:g}× = {ratio:.2f} × normal from the schedule "
+          f"({'within' if ratio <= 2 else 'NOT within'} 2×), {ratio_sent:.2f} × from the send "
+          f"({'within' if ratio_sent <= 2 else 'NOT within'} 2×); "
+          f"offered {capacity * args.factor:,.0f}/s asked, "
+          f"{(over.admitted + over.shed + sum(over.errors.values())) / secs:,.0f}/s sent")
+
+
+if __name__ == "__main__":
+    main()
