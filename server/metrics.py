@@ -9,6 +9,7 @@
 | `bmm_actor_batch_commands` | histogram | | commands per actor call (group commit) |
 | `bmm_actor_call_seconds` | histogram | | one actor call, resends to a successor included |
 | `bmm_live_watchers` | gauge | | open live seat-map WebSockets |
+| `bmm_waiting_room_waiting` | gauge | show_id | visitors waiting (hook: `observe_waiting_room`) |
 | `bmm_queue_length` | gauge | queue | outbox stream length, waiting-room queue, ... (read at scrape time) |
 | `bmm_queue_pending` | gauge | queue, group | outbox entries delivered to a consumer group and not yet acknowledged |
 | `bmm_queue_lag` | gauge | queue, group | outbox entries a consumer group has not read yet |
@@ -71,6 +72,9 @@ ACTOR_SECONDS = Histogram(
 )
 WATCHERS = Gauge("bmm_live_watchers", "Open live seat-map WebSockets",
                  multiprocess_mode="livesum")
+WAITING_ROOM = Gauge(
+    "bmm_waiting_room_waiting", "Visitors waiting in a show's waiting room, as last read",
+    ["show_id"], multiprocess_mode="mostrecent")
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _STATUS = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
@@ -114,6 +118,12 @@ def observe_batch(show_id: str, cmds: list[c.Command], results: list[c.Result],
 def install() -> None:
     """Hook the batch observer into this process's show clients (idempotent)."""
     actor_client.set_batch_observer(observe_batch)
+
+
+def observe_waiting_room(show_id: str, waiting: int) -> None:
+    """For the waiting room, wherever it reads a show's queue counters (tail - head):
+    `bmm_waiting_room_waiting{show_id}` (the newest reading wins across processes)."""
+    WAITING_ROOM.labels(show_id).set(max(0, waiting))
 
 
 # --- queues, read at scrape time ------------------------------------------------------------
