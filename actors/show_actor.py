@@ -64,7 +64,14 @@ class ShowActor:
         self._last_call = time.monotonic()
         self.calls = 0
         self.commands = 0
-        log.setLevel(settings.log_level)
+        actors_log = logging.getLogger("actors")
+        actors_log.setLevel(settings.log_level)
+        if not logging.getLogger().handlers and not actors_log.handlers:
+            # Ray leaves a worker's logging unconfigured (only WARNING and up would reach
+            # stderr): write ours to stderr, which Ray keeps as the worker's .err file.
+            to_stderr = logging.StreamHandler()
+            to_stderr.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+            actors_log.addHandler(to_stderr)
         # The timer starts with the actor, not with its first call: an actor Ray restarts
         # after a crash gets no call, yet the holds in its log must still run out.
         # (Ray runs an async actor's __init__ on its event loop.)
