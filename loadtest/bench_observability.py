@@ -26,7 +26,12 @@ from aiohttp.test_utils import make_mocked_request
 from aiohttp.web_log import AccessLogger as AiohttpAccessLogger
 
 from server import logs
-from server.observability import AccessLogger, metrics_middleware, request_id_middleware
+from server.observability import (
+    AccessLogger,
+    _echo_request_id,
+    metrics_middleware,
+    request_id_middleware,
+)
 
 BODY = b'{"hold_id": "x", "seats": ["A1"]}'
 
@@ -73,7 +78,11 @@ async def main() -> None:
     app = web.Application()
     app.router.add_post("/api/shows/{show_id}/holds", handler)
     req = await _request(app)
-    wrapped = partial(request_id_middleware, req, partial(metrics_middleware, handler=handler))
+    async def wrapped() -> web.StreamResponse:
+        response = await request_id_middleware(req, partial(metrics_middleware, handler=handler))
+        await _echo_request_id(req, response)  # the on_response_prepare hook
+        return response
+
     empty = partial(_passthrough, req, partial(_passthrough, handler=handler))
     base = min([await _time(args.n, partial(handler, req)) for _ in range(3)])
     stubs = min([await _time(args.n, empty) for _ in range(3)])

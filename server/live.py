@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import re
 import socket
@@ -214,7 +215,9 @@ class _Feed:
         self.entries = 0  # entries read from Redis (each fanned out once)
         self.batches = 0  # frames built (one per batch, for every socket)
         self.oldest_ms: int | None = None  # apply time of the oldest entry not yet fanned out
-        self.task = asyncio.create_task(self._run(), name=f"live-feed:{show_id}")
+        # Its own context: the feed serves every watcher, not the request that started it.
+        self.task = asyncio.create_task(self._run(), name=f"live-feed:{show_id}",
+                                        context=contextvars.Context())
 
     async def _read(self, after: int, block: int | None) -> list[tuple[int, bytes]]:
         reply = await self.hub.redis.xread(

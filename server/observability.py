@@ -3,7 +3,7 @@
 - `request_id_middleware` (outermost): takes a valid incoming `X-Request-Id` (1-128 of
   `A-Z a-z 0-9 . _ ~ : -`) or makes one, keeps it in `actors.context.request_id` for the
   request (logs, error bodies, and the commands sent to the show actors carry it) and
-  answers it in the `X-Request-Id` header.
+  answers it in the `X-Request-Id` header of every response, WebSocket handshakes included.
 - `metrics_middleware`: one histogram observation per request, labelled by the route's
   pattern, the method and the status class (server/metrics.py).
 - `GET /metrics`: Prometheus text format. `GET /readyz`: 200 when Redis answers, Ray is
@@ -58,19 +58,20 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
     rid = request.headers.get(REQUEST_ID_HEADER)
     if not valid_request_id(rid):
         rid = new_request_id()
-    request[REQUEST_ID_KEY] = rid
+    request[REQUEST_ID_KEY] = rid  # the header goes on in _echo_request_id
     token = request_id.set(rid)
     try:
-        try:
-            response = await handler(request)
-        except web.HTTPException as exc:  # redirects and the like: they are responses too
-            exc.headers[REQUEST_ID_HEADER] = rid
-            raise
-        if not response.prepared:  # a WebSocket or stream already sent its headers
-            response.headers[REQUEST_ID_HEADER] = rid
-        return response
+        return await handler(request)
     finally:
         request_id.reset(token)
+
+
+async def _echo_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: every response gets the header, also those a handler prepares
+    itself (WebSocket handshakes, streams) and HTTP exceptions that escape the middlewares."""
+    rid = request.get(REQUEST_ID_KEY)
+    if rid:
+        response.headers[REQUEST_ID_HEADER] = rid
 
 
 @web.middleware
@@ -177,6 +178,7 @@ def setup(app: web.Application) -> None:
         readiness.shutting_down = True
 
     app.on_shutdown.insert(0, shutting_down)
+    app.on_response_prepare.append(_echo_request_id)
     metrics.install()
 
 

@@ -121,9 +121,10 @@ async def test_watcher_gauge_follows_websocket_clients(
     base = value(await scrape(api), "bmm_live_watchers")
     sockets = []
     try:
-        for _ in range(3):
-            ws = await connect(url)
+        for i in range(3):
+            ws = await connect(url, additional_headers={"X-Request-Id": f"watcher-{i}"})
             sockets.append(ws)
+            assert ws.response.headers["X-Request-Id"] == f"watcher-{i}"  # handshake too
             # the gauge moves before the snapshot is sent: once it arrived, it counts
             assert json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))["type"] == "snapshot"
         assert value(await scrape(api), "bmm_live_watchers") == base + 3
