@@ -85,6 +85,9 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
     except web.HTTPException as exc:
         status = exc.status
         raise
+    except asyncio.CancelledError:
+        status = 499  # the client went away (nginx's code): a 4xx, not a server fault
+        raise
     finally:
         metrics.observe_request(route_label(request), request.method, status,
                                 time.perf_counter() - started)
