@@ -15,6 +15,8 @@ partner feed, then on that one hot show:
    *scheduled* arrival, so a backed-up server cannot hide its queue). Admitted = answers
    from the booking core (201 or 409); shed = 429 `overloaded`.
 
+The server's adaptive cap targets `--target-ms` (150 ms: about twice the hold path's mean
+latency at capacity here; `BMM_HOLD_LATENCY_TARGET_MS`, off by default in the server).
 `--uncapped` repeats (2) against a second server with the cap off, for contrast. The load
 generators share this machine's cores with the server: the table reports the rate they
 actually managed to offer.
@@ -32,7 +34,7 @@ from typing import Any
 
 import msgspec
 
-from .bench import GenResult, Server, _session, pct, run_generators
+from .bench import GenResult, Server, cpu_seconds, pct, run_generators
 from .scenario import publish_rush
 
 
@@ -54,51 +56,85 @@ class OverResult(msgspec.Struct):
     send_lag: list[float] = []        # ms the generator itself was behind schedule
 
 
-async def _open_loop(host: str, show: str, seats: list[str], rate: float, t0: float,
-                     t1: float, res: OverResult) -> None:
-    """Arrivals every 1/rate s whatever happens: a hold of a free seat (any seat when none
-    is free: the server answers it all the same), then its release if it got one."""
-    free, tasks = list(seats), set()
-    async with _session(1024) as http:
-        async def arrival(at: float) -> None:
-            seat = free.pop() if free else random.choice(seats)
-            sent = time.time()
-            res.send_lag.append((sent - at) * 1000)
-            try:
-                async with http.post(f"{host}/api/shows/{show}/holds",
-                                     data=msgspec.json.encode({"seats": [seat]}),
-                                     headers={"Content-Type": "application/json"}) as r:
-                    raw = await r.read()
-                    end = time.time()
-                if r.status == 429:
-                    res.shed += 1
-                elif r.status in (201, 409):
-                    res.admitted += 1
-                    res.latencies.append((end - at) * 1000)
-                    res.from_send.append((end - sent) * 1000)
-                else:
-                    res.errors[str(r.status)] = res.errors.get(str(r.status), 0) + 1
-                if r.status == 201:
-                    hold = msgspec.json.decode(raw)
-                    async with http.delete(f"{host}/api/holds/{hold['hold_id']}",
-                                           headers={"X-Holder-Token": hold["holder_token"]}) as d:
-                        await d.read()
-            except Exception as exc:  # count, never stop the generator
-                res.errors[type(exc).__name__] = res.errors.get(type(exc).__name__, 0) + 1
-            finally:
-                if seat not in free:
-                    free.append(seat)
+class _Conn:
+    """A bare keep-alive HTTP/1.1 connection: a request is bytes out, status + body in.
+    Far cheaper than a full client per request, so one generator process can offer
+    thousands of requests a second on the cores it shares with the server."""
 
-        k = 0
-        while (at := t0 + k / rate) < t1:
-            delay = at - time.time()
-            await asyncio.sleep(max(delay, 0))  # always yield: in-flight requests progress
-            k += 1
-            task = asyncio.create_task(arrival(at))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-        if tasks:
-            await asyncio.wait(tasks, timeout=30)
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    async def send(self, request: bytes) -> tuple[int, bytes]:
+        self.writer.write(request)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        i = head.lower().find(b"content-length:")
+        size = int(head[i + 15:head.index(b"\r\n", i)]) if i >= 0 else 0
+        return status, await self.reader.readexactly(size) if size else b""
+
+
+def _request(method: str, host: str, path: str, body: bytes = b"",
+             headers: str = "") -> bytes:
+    return (f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n{headers}"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+            ).encode() + body
+
+
+async def _open_loop(host: str, show: str, seats: list[str], rate: float, t0: float,
+                     t1: float, res: OverResult, conns: int = 256) -> None:
+    """Arrivals every 1/rate s whatever happens: a hold of a free seat (any seat when none
+    is free: the server answers it all the same), then its release if it got one. An
+    arrival waits for a free connection if all are busy (that wait counts: latency is
+    from the scheduled arrival)."""
+    hostport = host.split("://", 1)[1]
+    addr, port = hostport.rsplit(":", 1)
+    idle: asyncio.Queue[_Conn] = asyncio.Queue()
+    for _ in range(conns):
+        idle.put_nowait(_Conn(*await asyncio.open_connection(addr, int(port))))
+    free, tasks = list(seats), set()
+    path = f"/api/shows/{show}/holds"
+
+    async def arrival(at: float) -> None:
+        seat = free.pop() if free else random.choice(seats)
+        conn = await idle.get()
+        sent = time.time()
+        res.send_lag.append((sent - at) * 1000)
+        try:
+            status, raw = await conn.send(
+                _request("POST", hostport, path, b'{"seats":["' + seat.encode() + b'"]}'))
+            end = time.time()
+            if status == 429:
+                res.shed += 1
+            elif status in (201, 409):
+                res.admitted += 1
+                res.latencies.append((end - at) * 1000)
+                res.from_send.append((end - sent) * 1000)
+            else:
+                res.errors[str(status)] = res.errors.get(str(status), 0) + 1
+            if status == 201:
+                hold = msgspec.json.decode(raw)
+                await conn.send(_request("DELETE", hostport, f"/api/holds/{hold['hold_id']}",
+                                         headers=f"X-Holder-Token: {hold['holder_token']}\r\n"))
+            idle.put_nowait(conn)
+        except Exception as exc:  # count it; replace the connection
+            res.errors[type(exc).__name__] = res.errors.get(type(exc).__name__, 0) + 1
+            conn.writer.close()
+            idle.put_nowait(_Conn(*await asyncio.open_connection(addr, int(port))))
+        finally:
+            if seat not in free:
+                free.append(seat)
+
+    k = 0
+    while (at := t0 + k / rate) < t1:
+        await asyncio.sleep(max(at - time.time(), 0))  # always yield: requests progress
+        k += 1
+        task = asyncio.create_task(arrival(at))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    if tasks:
+        await asyncio.wait(tasks, timeout=30)
+    while not idle.empty():
+        idle.get_nowait().writer.close()
 
 
 def _over_main(job: dict[str, Any], out: Any) -> None:
@@ -133,10 +169,13 @@ def _overload(host: str, show: str, seats: list[str], rate: float, secs: float,
     return merged
 
 
-def _platform(cap: int) -> tuple[Server, str, list[str]]:
+def _platform(cap: int, target_ms: float | None, extra: list[str]
+              ) -> tuple[Server, str, list[str]]:
     os.environ["BMM_RATE_LIMITS"] = "0"
     os.environ["BMM_HOLD_MAX_INFLIGHT"] = str(cap)
-    server = Server(None, []).start()
+    if target_ms is not None:
+        os.environ["BMM_HOLD_LATENCY_TARGET_MS"] = str(target_ms)
+    server = Server(None, extra).start()
     setup = publish_rush(server.host, shows=1)
     show, seats = setup["show_ids"][0], setup["seat_ids"]
     urllib.request.urlopen(urllib.request.Request(  # wake the actor (cold start untimed)
@@ -170,20 +209,27 @@ def main() -> None:
     ap.add_argument("--cap", type=int, default=64, help="BMM_HOLD_MAX_INFLIGHT for the server")
     ap.add_argument("--factor", type=float, default=10.0, help="overload = factor × capacity")
     ap.add_argument("--gen-procs", type=int, default=2, help="load generator processes")
+    ap.add_argument("--target-ms", type=float, default=150.0,
+                    help="BMM_HOLD_LATENCY_TARGET_MS for the server (0: fixed cap)")
+    ap.add_argument("--server-arg", action="append", default=[],
+                    help="extra argument for `python -m server` (repeatable)")
     ap.add_argument("--uncapped", action="store_true",
                     help="also offer the overload to a server without the cap")
     args = ap.parse_args()
     secs, procs = args.seconds, args.gen_procs
 
     print("starting the platform ...", flush=True)
-    server, show, seats = _platform(args.cap)
+    server, show, seats = _platform(args.cap, args.target_ms, args.server_arg)
     try:
+        cpu0 = cpu_seconds(server.proc.pid)
         cap_res = _capacity(server.host, show, seats, args.cap, secs, procs)
+        cpu1 = cpu_seconds(server.proc.pid)
         capacity = cap_res.ok / secs
         normal = pct(cap_res.latencies, 99)
         print(f"capacity: {capacity:,.0f} holds/s, p99 {normal:.1f} ms; offering "
               f"{args.factor:g}× = {capacity * args.factor:,.0f} holds/s ...", flush=True)
         over = _overload(server.host, show, seats, capacity * args.factor, secs, procs)
+        cpu2 = cpu_seconds(server.proc.pid)
     finally:
         server.stop()
     rows = [_cap_row(f"capacity: {args.cap} customers, closed loop", cap_res, secs),
@@ -191,7 +237,7 @@ def main() -> None:
                       normal)]
     if args.uncapped:
         print("again without the cap ...", flush=True)
-        server, show, seats = _platform(0)
+        server, show, seats = _platform(0, None, args.server_arg)
         try:
             bare = _overload(server.host, show, seats, capacity * args.factor, secs, procs)
         finally:
@@ -207,6 +253,11 @@ def main() -> None:
     print("|" + "---|" * len(head))
     for r in rows:
         print("| " + " | ".join(r) + " |")
+    for name, a, b, wall in (("capacity", cpu0, cpu1, secs + 2), ("overload", cpu1, cpu2,
+                                                                   secs + 1.5)):
+        busy = ", ".join(f"{k} {(b[k] - a.get(k, 0.0)) / wall:.2f}" for k in b
+                         if b[k] - a.get(k, 0.0) > 0.05 * wall)
+        print(f"server cores busy, {name} phase: {busy}")
     ratio = pct(over.latencies, 99) / normal
     ratio_sent = pct(over.from_send, 99) / normal
     print(f"\nadmitted p99 under {args.factor:g}× = {ratio:.2f} × normal from the schedule "

@@ -2,10 +2,12 @@
 
 Every request but static files and health probes is checked, in this order:
 
-1. **Shedding** (hold path only, per web process, no I/O): at most
-   `settings.hold_max_inflight` hold requests are being worked on at once; one more is
-   answered 429 `overloaded` with `Retry-After` at once instead of joining a queue that
-   would make every admitted hold slow (docs/DESIGN.md, "On-sale protection").
+1. **Shedding** (hold path only, per web process, no I/O): at most `limit` hold requests
+   are being worked on at once; one more is answered 429 `overloaded` with `Retry-After`
+   at once instead of joining a queue that would make every admitted hold slow. `limit`
+   starts at `settings.hold_max_inflight` and adapts (`AdaptiveCap`): when holds take
+   longer than `settings.hold_latency_target_ms` on average it shrinks, when they are fast
+   it grows back (docs/DESIGN.md, "On-sale protection").
 2. **Rate limits** (one Lua script, one round trip): GCRA buckets per client IP (`read` or
    `write` class), per logged-in customer (writes) and per partner API key (the key's
    SHA-256, so the key itself never reaches Redis). All buckets of a request are checked and
@@ -20,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import math
+import time
 import weakref
 from dataclasses import dataclass, field
 from typing import Literal
@@ -140,12 +143,55 @@ def _trusted(addr: str, trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Net
 
 
 @dataclass
+class AdaptiveCap:
+    """The hold path's in-flight cap. A fixed cap bounds the queue, but not the latency:
+    when the shed answers themselves take most of the CPU, admitted holds complete more
+    slowly and the same number in flight waits longer (latency = in flight / rate). So
+    every `WINDOW_S` the mean latency of the holds that completed is compared with the
+    target: over it, the cap is scaled down by target/mean (at most halved); under it,
+    the cap grows by 5% (at least 1) back towards the ceiling."""
+
+    ceiling: int
+    target_ms: float
+    floor: int = 4
+    limit: float = 0.0
+    _sum: float = 0.0
+    _n: int = 0
+    _t0: float = 0.0
+
+    WINDOW_S = 0.1
+    MIN_SAMPLES = 8
+
+    def __post_init__(self) -> None:
+        self.limit = float(self.ceiling)
+        self.floor = min(self.floor, self.ceiling)
+
+    def admits(self, inflight: int) -> bool:
+        return not self.ceiling or inflight < int(self.limit)
+
+    def done(self, latency_ms: float, now: float) -> None:
+        if not self.target_ms or not self.ceiling:
+            return
+        self._sum += latency_ms
+        self._n += 1
+        if now - self._t0 < self.WINDOW_S or self._n < self.MIN_SAMPLES:
+            return
+        mean = self._sum / self._n
+        if mean > self.target_ms:
+            self.limit = max(self.floor, self.limit * max(0.5, self.target_ms / mean))
+        else:
+            self.limit = min(self.ceiling, self.limit + max(1.0, self.limit * 0.05))
+        self._sum, self._n, self._t0 = 0.0, 0, now
+
+
+@dataclass
 class Limiter:
     """Per app (per web process): the limits from settings, the script, the shed counter."""
 
     settings: Settings
     trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     limits: dict[str, Limit]
+    cap: AdaptiveCap
     inflight: int = 0
     shed: int = 0                     # requests shed since start (observability reads it)
     limited: int = 0                  # requests refused by a rate limit since start
@@ -158,7 +204,7 @@ class Limiter:
             "write": Limit(s.rl_ip_write_per_s, s.rl_ip_write_burst),
             "customer": Limit(s.rl_customer_write_per_s, s.rl_customer_write_burst),
             "partner": Limit(s.rl_partner_per_s, s.rl_partner_burst),
-        })
+        }, AdaptiveCap(s.hold_max_inflight, s.hold_latency_target_ms))
 
 
 _LIMITERS: weakref.WeakKeyDictionary[web.Application, Limiter] = weakref.WeakKeyDictionary()
@@ -189,17 +235,19 @@ async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.S
     if kind != "hold":
         refused = await _check(request, lim, kind)
         return refused or await handler(request)
-    cap = lim.settings.hold_max_inflight
-    if cap and lim.inflight >= cap:
+    if not lim.cap.admits(lim.inflight):
         lim.shed += 1
         return too_many("overloaded", "too many holds are being made right now; retry shortly",
                         1000)
     lim.inflight += 1
+    start = time.monotonic()
     try:
         refused = await _check(request, lim, kind)
         return refused or await handler(request)
     finally:
         lim.inflight -= 1
+        now = time.monotonic()
+        lim.cap.done((now - start) * 1000, now)
 
 
 async def _check(request: web.Request, lim: Limiter, kind: Kind) -> web.Response | None:

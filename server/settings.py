@@ -63,6 +63,10 @@ class Settings(msgspec.Struct, frozen=True):
     rl_partner_per_s: float = 100.0    # per partner API key
     rl_partner_burst: int = 500
     hold_max_inflight: int = 64        # hold requests in progress per web process (0 = no cap)
+    # Holds slower than this on average shrink that cap (down to 4), faster ones grow it
+    # back, so admitted holds stay near this latency when the server completes fewer of
+    # them per second (0 = fixed cap; loadtest/shed.py runs with 150).
+    hold_latency_target_ms: float = 0.0
     hold_cap_seats: int = 10           # seats one customer may hold at once on a show (0 = off)
     admission_ttl_s: int = 900         # how long a waiting-room admission stays valid
 
@@ -102,7 +106,8 @@ class Settings(msgspec.Struct, frozen=True):
 _ON_SALE = ("rate_limits", "trusted_proxies", "rl_ip_read_per_s", "rl_ip_read_burst",
             "rl_ip_write_per_s", "rl_ip_write_burst", "rl_customer_write_per_s",
             "rl_customer_write_burst", "rl_partner_per_s", "rl_partner_burst",
-            "hold_max_inflight", "hold_cap_seats", "admission_ttl_s")
+            "hold_max_inflight", "hold_latency_target_ms", "hold_cap_seats",
+            "admission_ttl_s")
 
 
 def _split(raw: str | None) -> list[str] | None:

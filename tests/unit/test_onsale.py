@@ -74,3 +74,38 @@ def test_queue_position_and_eta() -> None:
     assert st.position(11) == 1 and st.eta_s(11) == 1
     assert st.position(25) == 15 and st.eta_s(25) == 8
     assert QueueState(True, 0, 5, 0, 1).eta_s(3) == 0
+
+
+def test_adaptive_cap_shrinks_when_slow_and_grows_back() -> None:
+    from server.ratelimit import AdaptiveCap
+
+    cap = AdaptiveCap(ceiling=64, target_ms=100)
+    assert cap.admits(63) and not cap.admits(64)
+    t = 1.0
+    for _ in range(8):  # a window of holds at 400 ms: 4x the target
+        cap.done(400, t)
+    assert cap.limit == 32  # scaled down, at most halved per window
+    for _ in range(4):
+        t += 0.2
+        for _ in range(8):
+            cap.done(400, t)
+    assert cap.limit == 4 and not cap.admits(4)  # never below the floor
+    for _ in range(200):  # fast again: back up to the ceiling, never past it
+        t += 0.2
+        for _ in range(8):
+            cap.done(20, t)
+    assert cap.limit == 64
+
+
+def test_adaptive_cap_waits_for_a_full_window_and_can_be_off() -> None:
+    from server.ratelimit import AdaptiveCap
+
+    cap = AdaptiveCap(ceiling=64, target_ms=100)
+    for _ in range(7):  # too few samples to judge
+        cap.done(1000, 1.0)
+    assert cap.limit == 64
+    fixed = AdaptiveCap(ceiling=64, target_ms=0)
+    for _ in range(50):
+        fixed.done(1000, 1.0)
+    assert fixed.limit == 64
+    assert AdaptiveCap(ceiling=0, target_ms=100).admits(10_000)  # no cap at all
