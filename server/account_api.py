@@ -34,6 +34,7 @@ from .accounts import User
 from .booking_views import booking_view
 from .customer_wire import BookingResponse
 from .errors import ApiError
+from .profile_api import Profile, get_profile, profile_of, put_profile
 from .openapi import operation
 from .wire import json_response, read_json
 
@@ -121,6 +122,7 @@ class Export(msgspec.Struct):
     exported_at: datetime
     account: Me
     bookings: list[BookingResponse]
+    profile: Profile | None = None  # phone and identity numbers, decrypted for their owner
 
 
 class Deleted(msgspec.Struct):
@@ -275,10 +277,14 @@ async def export_me(request: web.Request) -> web.Response:
     hash, MFA secret or recovery codes) and every booking linked to it."""
     user = await accounts.require_user(request)
     views = await _booking_views(request, user) if user.role == "customer" else []
-    return json_response(Export(accounts.now(), me_view(user), views), headers={
+    profile = profile_of(services(request).settings, user)
+    return json_response(Export(accounts.now(), me_view(user), views, profile), headers={
         "Content-Disposition": 'attachment; filename="book-my-movie-export.json"',
         "Cache-Control": "no-store"})
 
+
+routes.get("/api/me/profile")(get_profile)  # phone and identity numbers (profile_api.py)
+routes.put("/api/me/profile")(put_profile)
 
 _ANONYMOUS = "(deleted account)"
 
@@ -329,6 +335,7 @@ async def _delete_account(redis, user: User) -> int:  # noqa: ANN001
                     if booking.customer_id != uid:
                         continue
                     booking.email, booking.name, booking.customer_id = "", _ANONYMOUS, None
+                    booking.phone = None
                     booking.payment = msgspec.structs.replace(booking.payment, last4="")
                     records.append((key, booking))
                 owner = await pipe.get(accounts.email_key(user.email))

@@ -113,6 +113,9 @@ class User(msgspec.Struct, kw_only=True):
     mfa_pending: str | None = None       # set-up started, not yet verified
     recovery_codes: list[str] = []       # HMAC digests of the unused recovery codes
     session_version: int = 1
+    # Personal data, AES-GCM sealed with the data key (server/pii.py); never plaintext here.
+    phone: str | None = None
+    id_number: str | None = None
 
     @property
     def needs_mfa_setup(self) -> bool:

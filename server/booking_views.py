@@ -11,6 +11,7 @@ from . import bookings as store
 from .bookings import BookingRecord
 from .catalog_model import Money, Movie, Screen, Show, Theatre, catalog_key
 from .customer_wire import BookingResponse, PaymentView, ShowInfo, Ticket
+from . import pii
 from .errors import ApiError
 from .holds import bearer, services
 from .tickets import TicketPayload, booking_token, check_booking_token, sign_ticket
@@ -58,6 +59,8 @@ async def booking_view(request: web.Request, booking: BookingRecord) -> BookingR
         payment=PaymentView(booking.payment.ref, booking.payment.brand, booking.payment.last4),
         email=booking.email, name=booking.name, created_at=booking.created_at, url=url,
         ticket=Ticket(code, f"{url}/ticket.svg?token={token}"),
+        phone=pii.mask(pii.unseal(services(request).settings, booking.phone,
+                                  pii.booking_phone_context(booking.booking_id))),
     )
 
 

@@ -111,6 +111,9 @@ class BookingRecord(msgspec.Struct):
     # SHA-256 of the holder token the show actor knows the booking by (actors Cancel needs
     # it); "" for records written before it was kept (the hold record has it then).
     holder_hash: str = ""
+    # The contact phone, AES-GCM sealed with the data key (server/pii.py), bound to the
+    # booking id; None when none was given.
+    phone: str | None = None
 
 
 def booking_key(show_id: str, booking_id: str) -> str:

@@ -8,7 +8,7 @@ from aiohttp import web
 from actors import commands as c
 
 from . import bookings as store
-from . import lifecycle
+from . import lifecycle, pii
 from .accounts import current_user, link_booking
 from .booking_views import booking_view
 from .bookings import BookingRecord, HoldRecord, PaymentInfo
@@ -47,6 +47,8 @@ async def pay_and_book(
     a returned (status, body) is final and remembered under the idempotency key."""
     svc = services(request)
     require_active(hold)
+    if body.phone:
+        pii.settings_cipher(svc.settings)  # 503 now, before paying, if there is no data key
 
     async def final(status: int, code: str, message: str, **details: object) -> tuple[int, bytes]:
         payload = msgspec.json.encode({"error": {"code": code, "message": message, **details}})
@@ -71,7 +73,8 @@ async def pay_and_book(
         customer = await current_user(request)
         return await lifecycle.start_pending(
             svc, hold, auth, attempt, idem, email=body.email, name=body.name,
-            customer_id=customer.user_id if customer and customer.role == "customer" else None)
+            customer_id=customer.user_id if customer and customer.role == "customer" else None,
+            phone=pii.seal_booking_phone(svc.settings, body.phone, attempt.booking_id))
 
     result = await svc.shows.submit(hold.show_id, c.Confirm(
         f"confirm:{idem}", hold.hold_id, hold.token_hash, attempt.booking_id, auth.ref))
@@ -97,7 +100,7 @@ async def pay_and_book(
         seats=result.seats, quote=hold.quote,
         payment=PaymentInfo(auth.ref, auth.card_token, auth.last4, auth.brand),
         email=body.email, name=body.name, created_at=utcnow(), customer_id=customer_id,
-        holder_hash=hold.token_hash,
+        holder_hash=hold.token_hash, phone=pii.seal_booking_phone(svc.settings, body.phone, booking_id),
     )
     await store.save_booking(svc.redis, booking)
     if customer_id is not None:
@@ -110,3 +113,4 @@ async def pay_and_book(
         attempt, state="done", booking_id=booking_id, status=201))
     await lifecycle.after_confirm(svc, booking, publish_confirmed=False)  # sold out? cancelled?
     return 201, msgspec.json.encode(await booking_view(request, booking))
+

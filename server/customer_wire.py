@@ -11,6 +11,7 @@ from actors import commands as c
 
 from .bookings import Quote
 from .catalog_model import Money
+from .pii import Phone
 
 DEFAULT_EXTEND_S = 300
 
@@ -121,6 +122,7 @@ class CheckoutRequest(msgspec.Struct, forbid_unknown_fields=True):
     card: CardIn
     email: Annotated[str, msgspec.Meta(max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    phone: Phone | None = None  # contact for the show day; stored encrypted (server/pii.py)
 
 
 class Ticket(msgspec.Struct):
@@ -148,3 +150,6 @@ class BookingResponse(msgspec.Struct):
     created_at: datetime
     url: str
     ticket: Ticket
+    # Masked (last three digits): this view is also cached for idempotent retries and
+    # sent in e-mails, so the full number never leaves the encrypted record here.
+    phone: str | None = None

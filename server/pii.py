@@ -11,14 +11,19 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import logging
 import os
 from collections.abc import Iterable
+from typing import Annotated, Any
+
+import msgspec
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .errors import ApiError
 
+log = logging.getLogger(__name__)
 PREFIX = "pii1"
 NONCE_BYTES = 12
 
@@ -82,3 +87,53 @@ def cipher(current: str, retired: tuple[str, ...] = ()) -> DataCipher:
     if found is None:
         found = _CIPHERS[(current, retired)] = DataCipher(current, retired)
     return found
+
+
+# --- what the API modules use ----------------------------------------------------------
+
+Phone = Annotated[str, msgspec.Meta(min_length=6, max_length=24, pattern=r"^\+?[0-9][0-9 ()-]{4,22}$",
+                                     description="a phone number, e.g. +91 98765 43210")]
+IdNumber = Annotated[str, msgspec.Meta(min_length=4, max_length=32, pattern=r"^[A-Za-z0-9-]+$",
+                                        description="an identity document number")]
+
+
+def normalise_phone(phone: str) -> str:
+    return "".join(ch for ch in phone if ch.isdigit() or ch == "+")
+
+
+def settings_cipher(settings: Any) -> DataCipher:
+    return cipher(settings.data_key, tuple(settings.data_keys_retired))
+
+
+def seal(settings: Any, value: str | None, context: str) -> str | None:
+    return None if value is None else settings_cipher(settings).encrypt(value, context)
+
+
+def unseal(settings: Any, stored: str | None, context: str) -> str | None:
+    """The plaintext, or None when there is none (or the key that sealed it is gone:
+    logged, never a 500 for the owner's page)."""
+    if not stored:
+        return None
+    try:
+        return settings_cipher(settings).decrypt(stored, context)
+    except (ValueError, KeyError) as exc:
+        log.warning("cannot decrypt %s: %s", context, exc)
+        return None
+
+
+def mask(value: str | None) -> str | None:
+    """Enough to recognise one's own number, not enough to use it."""
+    if not value:
+        return None
+    return "•" * max(len(value) - 3, 0) + value[-3:]
+
+
+def booking_phone_context(booking_id: str) -> str:
+    return f"booking:{booking_id}:phone"
+
+
+def seal_booking_phone(settings: Any, phone: str | None, booking_id: str) -> str | None:
+    """A checkout's contact phone, encrypted and bound to its booking."""
+    if not phone:
+        return None
+    return seal(settings, normalise_phone(phone), booking_phone_context(booking_id))

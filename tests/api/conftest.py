@@ -20,10 +20,15 @@ from .account_helpers import Client
 from .builders import PublishedShow, publish_show
 
 
+# A fixed AES-256 key for personal data at rest (server/pii.py); tests only.
+TEST_DATA_KEY = "dGVzdC1kYXRhLWtleS0zMi1ieXRlcy1sb25nLi4uLi4="
+
+
 @pytest.fixture
 def app_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     # data_dir: what the server writes (analytics export, ...) stays out of the repo.
     return Settings(seed_demo=False, secret="test-secret", admin_key="test-admin-key",
+                    data_key=TEST_DATA_KEY,
                     passivate_after_s=30, data_dir=str(tmp_path_factory.mktemp("data")))
 
 
