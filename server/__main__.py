@@ -18,7 +18,6 @@ import signal
 import subprocess
 import sys
 
-import msgspec
 import ray
 from aiohttp import web
 
@@ -50,11 +49,9 @@ def main() -> None:
     )
     try:
         settings = dev_secrets.resolve(settings)
-        ssl_context = tls.server_context(settings)
+        settings, ssl_context = tls.configure(settings)
     except (dev_secrets.MissingSecrets, ValueError, OSError) as exc:
         sys.exit(f"Book My Movie cannot start: {exc}")
-    if ssl_context is not None:
-        settings = msgspec.structs.replace(settings, cookie_secure=True)  # HTTPS only
     runtime = Runtime(settings).start()
     if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # After Ray started (its processes must not inherit it), before prometheus_client

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import ssl
 
+import msgspec
+
 from .settings import Settings
 
 
@@ -21,3 +23,12 @@ def server_context(settings: Settings) -> ssl.SSLContext | None:
 
 def enabled(settings: Settings) -> bool:
     return bool(settings.tls_cert and settings.tls_key)
+
+
+def configure(settings: Settings) -> tuple[Settings, ssl.SSLContext | None]:
+    """What `python -m server` serves with: over TLS the session cookie is Secure (HSTS
+    follows from request.secure in security.py)."""
+    context = server_context(settings)
+    if context is not None:
+        settings = msgspec.structs.replace(settings, cookie_secure=True)
+    return settings, context
