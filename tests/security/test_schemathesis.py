@@ -25,7 +25,7 @@ from server.embedded import RedisServer
 from server.settings import Settings
 
 ADMIN_KEY = "schemathesis-admin-key"
-EXAMPLES = 4  # per operation: ~100 operations on a slow 2-core machine, under ~90 s
+EXAMPLES = 20  # per operation: ~100 operations on a slow 2-core machine, under ~90 s
 
 
 class LiveServer:
