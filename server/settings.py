@@ -45,6 +45,9 @@ class Settings(msgspec.Struct, frozen=True):
     webhook_retry_max_s: float = 3600.0
     webhook_max_attempts: int = 10
     webhook_timeout_s: float = 10.0
+    # Deliver webhooks to loopback/private addresses too (development, tests); off: public
+    # addresses only, against server-side request forgery (server/ssrf.py).
+    webhook_private_targets: bool = False
     outbox_claim_idle_s: float = 60.0  # take over a dead worker's events after this
     # Pricing (server/pricing.py): platform convenience fee and tax on every ticket.
     fee_fixed: int = 0   # minor units per ticket (BMM_FEE_FIXED)
@@ -86,6 +89,7 @@ class Settings(msgspec.Struct, frozen=True):
             "allowed_origins": _split(os.environ.get("BMM_ALLOWED_ORIGINS")),
             "tls_cert": os.environ.get("BMM_TLS_CERT"),
             "tls_key": os.environ.get("BMM_TLS_KEY"),
+            "webhook_private_targets": os.environ.get("BMM_WEBHOOK_PRIVATE_TARGETS"),
             "cookie_secure": os.environ.get("BMM_COOKIE_SECURE"),
             "smtp_host": os.environ.get("BMM_SMTP_HOST"),
             "smtp_port": os.environ.get("BMM_SMTP_PORT"),

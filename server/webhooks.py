@@ -44,6 +44,7 @@ from redis.exceptions import NoScriptError, RedisError
 from .catalog_model import Show, catalog_key
 from .outbox import EVENT_TYPES, Event, GroupConsumer, cancel_and_wait
 from .settings import Settings
+from .ssrf import PublicResolver, check_delivery
 
 log = logging.getLogger(__name__)
 
@@ -261,8 +262,11 @@ class WebhookWorker:
         self._limit = asyncio.Semaphore(MAX_CONCURRENT)
 
     def start(self) -> None:
+        # Public addresses only (server/ssrf.py): partners choose these URLs.
+        allow_private = self.settings.webhook_private_targets
         self._session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=self.settings.webhook_timeout_s))
+            timeout=aiohttp.ClientTimeout(total=self.settings.webhook_timeout_s),
+            connector=aiohttp.TCPConnector(resolver=PublicResolver(allow_private)))
         self.consumer.start()
         self._task = asyncio.create_task(self._deliver_loop(), name="webhooks:deliver")
 
@@ -401,6 +405,7 @@ class WebhookWorker:
         }
         started = time.monotonic()
         try:
+            await check_delivery(endpoint.url, self.settings.webhook_private_targets)
             async with self._session.post(endpoint.url, data=body, headers=headers,
                                           allow_redirects=False) as resp:
                 await resp.read()

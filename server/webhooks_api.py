@@ -26,6 +26,7 @@ from aiohttp import web
 from . import auth
 from . import webhooks as wh
 from .errors import ApiError
+from .ssrf import TargetRefused, check_target
 from .openapi import Query, operation
 from .wire import json_response, read_json
 
@@ -153,6 +154,11 @@ async def create_webhook(request: web.Request) -> web.Response:
     partner = await _partner(request)
     body = await read_json(request, WebhookCreate)
     url = validate_url(body.url.strip())
+    if not services(request).settings.webhook_private_targets:
+        try:
+            check_target(url, allow_private=False)  # delivery checks again, names included
+        except TargetRefused as exc:
+            raise ApiError(422, "invalid_url", f"webhook url {exc}", field="url") from None
     events = list(dict.fromkeys(body.events)) if body.events is not None else list(wh.PARTNER_EVENTS)
     unknown = [e for e in events if e not in wh.PARTNER_EVENTS]
     if unknown or not events:

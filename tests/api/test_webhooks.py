@@ -23,7 +23,7 @@ def app_settings() -> Settings:
     return Settings(seed_demo=False, secret="test-secret", admin_key="test-admin-key",
                     passivate_after_s=30, webhook_retry_s=0.05, webhook_retry_max_s=0.2,
                     webhook_max_attempts=MAX_ATTEMPTS, webhook_timeout_s=2.0,
-                    notify_retry_s=0.05)
+                    notify_retry_s=0.05, webhook_private_targets=True)  # receivers on loopback
 
 
 @pytest.fixture
