@@ -55,6 +55,7 @@ async def security_headers_middleware(request: web.Request,
     if response.prepared:
         return response  # a WebSocket or stream: its headers are already on the wire
     headers = response.headers
+    headers["Server"] = "BookMyMovie"  # not aiohttp's "Python/3.x aiohttp/3.y": no versions
     for name, value in COMMON_HEADERS.items():
         headers.setdefault(name, value)
     if _is_page(request, response):

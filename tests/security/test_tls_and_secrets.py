@@ -115,9 +115,10 @@ async def test_wss_live_seat_map_over_tls(tls_server: TlsServer, show: Published
         assert json.loads(await ws.recv())["type"] == "snapshot"
 
 
-async def test_plain_http_has_no_hsts(api: aiohttp.ClientSession) -> None:
+async def test_plain_http_headers(api: aiohttp.ClientSession) -> None:
     async with api.get("/healthz") as resp:
-        assert "Strict-Transport-Security" not in resp.headers
+        assert "Strict-Transport-Security" not in resp.headers  # HSTS over TLS only
+        assert resp.headers["Server"] == "BookMyMovie"  # no software versions
         assert resp.headers["X-Content-Type-Options"] == "nosniff"
         assert resp.headers["X-Frame-Options"] == "DENY"
     async with api.get("/api/cities") as resp:
