@@ -335,7 +335,7 @@ async def _delete_account(redis, user: User) -> int:  # noqa: ANN001
                     if booking.customer_id != uid:
                         continue
                     booking.email, booking.name, booking.customer_id = "", _ANONYMOUS, None
-                    booking.phone = None
+                    booking.phone = booking.id_number = None
                     booking.payment = msgspec.structs.replace(booking.payment, last4="")
                     records.append((key, booking))
                 owner = await pipe.get(accounts.email_key(user.email))

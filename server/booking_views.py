@@ -59,8 +59,10 @@ async def booking_view(request: web.Request, booking: BookingRecord) -> BookingR
         payment=PaymentView(booking.payment.ref, booking.payment.brand, booking.payment.last4),
         email=booking.email, name=booking.name, created_at=booking.created_at, url=url,
         ticket=Ticket(code, f"{url}/ticket.svg?token={token}"),
-        phone=pii.mask(pii.unseal(services(request).settings, booking.phone,
-                                  pii.booking_phone_context(booking.booking_id))),
+        phone=pii.masked_booking_field(services(request).settings, booking.phone,
+                                       booking.booking_id, "phone"),
+        id_number=pii.masked_booking_field(services(request).settings, booking.id_number,
+                                           booking.booking_id, "id_number"),
     )
 
 

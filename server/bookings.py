@@ -114,6 +114,7 @@ class BookingRecord(msgspec.Struct):
     # The contact phone, AES-GCM sealed with the data key (server/pii.py), bound to the
     # booking id; None when none was given.
     phone: str | None = None
+    id_number: str | None = None  # an identity document number, sealed the same way
 
 
 def booking_key(show_id: str, booking_id: str) -> str:

@@ -47,7 +47,7 @@ async def pay_and_book(
     a returned (status, body) is final and remembered under the idempotency key."""
     svc = services(request)
     require_active(hold)
-    if body.phone:
+    if body.phone or body.id_number:
         pii.settings_cipher(svc.settings)  # 503 now, before paying, if there is no data key
 
     async def final(status: int, code: str, message: str, **details: object) -> tuple[int, bytes]:
@@ -74,7 +74,9 @@ async def pay_and_book(
         return await lifecycle.start_pending(
             svc, hold, auth, attempt, idem, email=body.email, name=body.name,
             customer_id=customer.user_id if customer and customer.role == "customer" else None,
-            phone=pii.seal_booking_phone(svc.settings, body.phone, attempt.booking_id))
+            phone=pii.seal_booking_phone(svc.settings, body.phone, attempt.booking_id),
+            id_number=pii.seal_booking_id_number(svc.settings, body.id_number,
+                                                 attempt.booking_id))
 
     result = await svc.shows.submit(hold.show_id, c.Confirm(
         f"confirm:{idem}", hold.hold_id, hold.token_hash, attempt.booking_id, auth.ref))
@@ -100,7 +102,9 @@ async def pay_and_book(
         seats=result.seats, quote=hold.quote,
         payment=PaymentInfo(auth.ref, auth.card_token, auth.last4, auth.brand),
         email=body.email, name=body.name, created_at=utcnow(), customer_id=customer_id,
-        holder_hash=hold.token_hash, phone=pii.seal_booking_phone(svc.settings, body.phone, booking_id),
+        holder_hash=hold.token_hash,
+        phone=pii.seal_booking_phone(svc.settings, body.phone, booking_id),
+        id_number=pii.seal_booking_id_number(svc.settings, body.id_number, booking_id),
     )
     await store.save_booking(svc.redis, booking)
     if customer_id is not None:

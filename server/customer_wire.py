@@ -11,7 +11,7 @@ from actors import commands as c
 
 from .bookings import Quote
 from .catalog_model import Money
-from .pii import Phone
+from .pii import IdNumber, Phone
 
 DEFAULT_EXTEND_S = 300
 
@@ -123,6 +123,7 @@ class CheckoutRequest(msgspec.Struct, forbid_unknown_fields=True):
     email: Annotated[str, msgspec.Meta(max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
     phone: Phone | None = None  # contact for the show day; stored encrypted (server/pii.py)
+    id_number: IdNumber | None = None  # where the venue asks for ID; stored encrypted
 
 
 class Ticket(msgspec.Struct):
@@ -153,3 +154,4 @@ class BookingResponse(msgspec.Struct):
     # Masked (last three digits): this view is also cached for idempotent retries and
     # sent in e-mails, so the full number never leaves the encrypted record here.
     phone: str | None = None
+    id_number: str | None = None  # masked the same way

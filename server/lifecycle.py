@@ -253,8 +253,8 @@ _attempt_decoder = msgspec.json.Decoder(store.CheckoutAttempt)
 
 async def start_pending(svc: Services, hold: HoldRecord, auth: Authorisation,
                         attempt: store.CheckoutAttempt, idem: str, *, email: str, name: str,
-                        customer_id: str | None = None,
-                        phone: str | None = None) -> tuple[int, bytes]:
+                        customer_id: str | None = None, phone: str | None = None,
+                        id_number: str | None = None) -> tuple[int, bytes]:
     lifetime_ms = hold.max_expires_ms - hold.created_ms
     result = await svc.shows.submit(hold.show_id, c.Extend(
         f"pending:{idem}", hold.hold_id, hold.token_hash, max(lifetime_ms, 1000)))
@@ -273,7 +273,8 @@ async def start_pending(svc: Services, hold: HoldRecord, auth: Authorisation,
         seats=hold.seats, quote=hold.quote,
         payment=PaymentInfo(auth.ref, auth.card_token, auth.last4, auth.brand),
         email=email, name=name, created_at=_now(), status="pending",
-        customer_id=customer_id, holder_hash=hold.token_hash, phone=phone)
+        customer_id=customer_id, holder_hash=hold.token_hash, phone=phone,
+        id_number=id_number)
     hold.state, hold.booking_id = "pending", booking.booking_id
     secret = svc.settings.secret
     body = msgspec.json.encode(PendingCheckout(

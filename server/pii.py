@@ -128,12 +128,23 @@ def mask(value: str | None) -> str | None:
     return "•" * max(len(value) - 3, 0) + value[-3:]
 
 
-def booking_phone_context(booking_id: str) -> str:
-    return f"booking:{booking_id}:phone"
+def booking_context(booking_id: str, field: str) -> str:
+    return f"booking:{booking_id}:{field}"
 
 
 def seal_booking_phone(settings: Any, phone: str | None, booking_id: str) -> str | None:
     """A checkout's contact phone, encrypted and bound to its booking."""
     if not phone:
         return None
-    return seal(settings, normalise_phone(phone), booking_phone_context(booking_id))
+    return seal(settings, normalise_phone(phone), booking_context(booking_id, "phone"))
+
+
+def seal_booking_id_number(settings: Any, number: str | None, booking_id: str) -> str | None:
+    if not number:
+        return None
+    return seal(settings, number.upper(), booking_context(booking_id, "id_number"))
+
+
+def masked_booking_field(settings: Any, stored: str | None, booking_id: str,
+                         field: str) -> str | None:
+    return mask(unseal(settings, stored, booking_context(booking_id, field)))

@@ -17,6 +17,7 @@ from aiohttp.test_utils import TestServer
 from server import outbox
 from server.accounts import user_key
 from server.app import create_app
+from server.bookings import booking_key
 from server.embedded import RedisServer
 from server.pii import DataCipher, key_id, mask, parse_key
 from server.settings import Settings
@@ -81,22 +82,44 @@ async def test_guest_checkout_phone_is_sealed_and_masked(
     assert status == 201, hold
     status, booking = await guest.call(
         "POST", f"/api/holds/{hold['hold_id']}/checkout",
-        {"card": GOOD_CARD, "email": "guest@example.test", "name": "Guest", "phone": PHONE},
+        {"card": GOOD_CARD, "email": "guest@example.test", "name": "Guest", "phone": PHONE,
+         "id_number": ID_NUMBER},
         headers={"Idempotency-Key": uuid.uuid4().hex, "X-Holder-Token": hold["holder_token"]})
     assert status == 201, booking
     assert booking["phone"] == mask("+" + PHONE_DIGITS) and PHONE_DIGITS not in str(booking)
-    assert booking["phone"].endswith("210")
+    assert booking["phone"].endswith("210") and booking["id_number"].endswith("34F")
+    assert ID_NUMBER not in str(booking)
 
     # Nothing stored for this show (booking, hold, idempotency answer) holds the number,
     # nor does the outbox the e-mails and webhooks are made from.
     stored = await _raw_values(redis, f"*{{{show.show_id}}}*")
     assert b"pii1." in stored and PHONE_DIGITS.encode() not in stored
+    assert ID_NUMBER.encode() not in stored
     events = await redis.xrange(outbox.STREAM, count=100_000)
     assert all(PHONE_DIGITS.encode() not in b"".join(v for v in f.values())
                for _, f in events)
     status, again = await guest.call("GET", f"/api/bookings/{booking['booking_id']}",
                                      headers={"X-Booking-Token": booking["booking_token"]})
     assert status == 200 and again["phone"] == booking["phone"]
+
+
+async def test_deleting_the_account_removes_booking_pii(
+        clients, redis: aioredis.Redis, show: PublishedShow) -> None:
+    c = clients()
+    await c.sign_up()
+    status, hold = await c.call("POST", f"/api/shows/{show.show_id}/holds", {"seats": ["C1"]})
+    assert status == 201, hold
+    status, booking = await c.call(
+        "POST", f"/api/holds/{hold['hold_id']}/checkout",
+        {"card": GOOD_CARD, "email": c.email, "name": "Asha", "phone": PHONE},
+        headers={"Idempotency-Key": uuid.uuid4().hex, "X-Holder-Token": hold["holder_token"]})
+    assert status == 201 and booking["phone"], booking
+    key = booking_key(show.show_id, booking["booking_id"])
+    assert msgspec.json.decode(await redis.get(key))["phone"].startswith("pii1.")
+    status, _ = await c.call("DELETE", "/api/me", {"password": PASSWORD})
+    assert status == 200
+    record = msgspec.json.decode(await redis.get(key))
+    assert record["phone"] is None and record["status"] == "confirmed"  # seat stays sold
 
 
 def test_keys_rotate_and_ciphertexts_stay_where_they_were_made() -> None:
