@@ -15,7 +15,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from ..api.account_helpers import Client
-from ..api.catalog_helpers import layout
+from ..api.catalog_helpers import ADMIN, layout
 from .world import World, build_world
 
 DENIED = (401, 403, 404)
@@ -278,12 +278,21 @@ async def test_extra_fields_are_refused(world: World) -> None:
          {"url": "https://hooks.example.test/x", "secret": "chosen-by-me"}),
         (w.cust_a, "PUT", f"/api/movies/{w.a.movie}/reviews/mine",
          {"rating": 5, "hidden": False, "author": "someone"}),
+        (w.cust_b, "PATCH", f"/api/holds/{w.hold_b['hold_id']}",
+         {"expires_at": "2099-01-01T00:00:00Z"}),
+        (None, "POST", "/api/partner-requests",
+         {"company": "X", "contact_name": "Y", "email": "pr@example.test",
+          "password": "a long password", "status": "approved", "partner_id": "p1"}),
+        (w.cust_a, "PUT", "/api/me/profile", {"phone": "+911234567890", "user_id": "u_x"}),
+        (None, "POST", "/admin/v1/partners", {"name": "X", "api_key": "bmm_mine"}),
     ]
     for who, method, path, body in cases:
         if who is None:
-            status, out = await w.anon(method, path, body)
+            status, out = await w.anon(method, path, body,
+                                       headers=ADMIN if path.startswith("/admin/") else None)
         elif isinstance(who, Client):
-            status, out = await who.call(method, path, body)
+            headers = {"X-Holder-Token": w.hold_b["holder_token"]} if "/holds/" in path else None
+            status, out = await who.call(method, path, body, headers=headers)
         else:
             status, out = await w.as_partner(who, method, path, body)
         assert status == 422, (method, path, status, out)
