@@ -40,7 +40,16 @@ async function showSignedIn(me) {
       ? "Required for your account: set it up to continue."
       : "Off. Add a code from your phone to every log-in.";
   $("mfa-start").hidden = me.mfa_enabled;
-  if (me.role === "customer") await loadBookings();
+  $("profile-section").hidden = me.role !== "customer";
+  if (me.role === "customer") await Promise.all([loadBookings(), loadProfile()]);
+}
+
+// Phone and ID number: encrypted at rest on the server; empty fields clear them.
+async function loadProfile() {
+  const profile = await api("/api/me/profile");
+  const form = $("profile-form");
+  form.elements.phone.value = profile.phone || "";
+  form.elements.id_number.value = profile.id_number || "";
 }
 
 async function loadBookings() {
@@ -166,6 +175,18 @@ $("mfa-verify-form").addEventListener("submit", (ev) => {
     $("recovery").hidden = false;
     await showSignedIn(res.user);
     say("Two-factor authentication is on.", "ok");
+  });
+});
+
+$("profile-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  const form = ev.currentTarget;
+  guarded(form, async () => {
+    const v = formData(form);
+    await api("/api/me/profile", { method: "PUT", body: {
+      phone: v.phone.trim() || null, id_number: v.id_number.trim() || null } });
+    await loadProfile();
+    say("Contact details saved.", "ok");
   });
 });
 
