@@ -33,17 +33,22 @@ def _generate() -> dict[str, str]:
 
 
 def _load_or_create(path: Path) -> dict[str, str]:
+    stored: dict[str, str] = {}
     if path.exists():
-        stored = json.loads(path.read_text())
-        if isinstance(stored, dict) and all(isinstance(stored.get(k), str) for k in REQUIRED):
-            return stored
+        loaded = json.loads(path.read_text())
+        if isinstance(loaded, dict):
+            stored = {k: v for k, v in loaded.items() if isinstance(v, str) and v}
+    if all(k in stored for k in REQUIRED):
+        return stored
+    # Keep what is there (data sealed with an existing key must stay readable); add the rest.
+    stored = {**_generate(), **stored}
     path.parent.mkdir(parents=True, exist_ok=True)
-    # O_EXCL-free but 0600 from the first byte: never readable by others, even briefly.
+    # Created 0600 (never readable by others, even briefly); 0600 again if it existed.
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:
-        json.dump(_generate(), out)
+        json.dump(stored, out)
     os.chmod(path, 0o600)
-    return json.loads(path.read_text())
+    return stored
 
 
 def resolve(settings: Settings) -> Settings:

@@ -146,6 +146,12 @@ def test_dev_mode_generates_secrets_once_with_mode_0600(tmp_path: Path) -> None:
     # What the environment sets wins over the file.
     chosen = dev_secrets.resolve(Settings(data_dir=str(tmp_path), admin_key="x" * 20))
     assert chosen.admin_key == "x" * 20 and chosen.secret == first.secret
+    # A file from before the data key existed keeps its secrets and gains a data key.
+    older = tmp_path / "older"
+    older.mkdir()
+    (older / "secrets.json").write_text(json.dumps({"secret": "s" * 40, "admin_key": "a" * 20}))
+    upgraded = dev_secrets.resolve(Settings(data_dir=str(older)))
+    assert (upgraded.secret, upgraded.admin_key) == ("s" * 40, "a" * 20) and upgraded.data_key
     # Another data dir, other secrets: nothing is a constant in the code.
     other = dev_secrets.resolve(Settings(data_dir=str(tmp_path / "other")))
     assert other.secret != first.secret and other.data_key != first.data_key
