@@ -7,17 +7,19 @@ with per-IP rate limits off (every simulated customer is 127.0.0.1) and the hold
 in-flight cap at `--cap` (`BMM_HOLD_MAX_INFLIGHT`), sets up one 400-seat show through the
 partner feed, then on that one hot show:
 
-1. **capacity**: `--cap` customers in a closed loop, each holding its own seat then
-   releasing it (bench's generator). With no more holds in flight than the cap nothing is
-   shed: this is the server at capacity, and its p99 is "normal".
-2. **overload**: an open loop offering `--factor` × that hold rate (arrivals on a fixed
-   schedule, each a hold of a free seat then its release if it got one; latency from the
-   *scheduled* arrival, so a backed-up server cannot hide its queue). Admitted = answers
-   from the booking core (201 or 409); shed = 429 `overloaded`.
+1. **capacity** (a server without the cap): `--customers` customers in a closed loop, each
+   holding its own seat then releasing it (bench's generator, as `loadtest.bench` measures
+   the hot show): the most holds per second this machine does.
+2. **normal** and **overload** (a fresh server with the cap): an open loop offering 1× then
+   `--factor` × that rate (arrivals on a fixed schedule, each a hold of a free seat, any
+   seat when none is free, then its release if it got one; latency from the *scheduled*
+   arrival, so a backed-up server cannot hide its queue, and from the send). Admitted =
+   answers from the booking core (201 or 409); shed = 429 `overloaded`. The ratio is the
+   overload's admitted p99 over the 1× run's.
 
-The server's adaptive cap targets `--target-ms` (150 ms: about twice the hold path's mean
-latency at capacity here; `BMM_HOLD_LATENCY_TARGET_MS`, off by default in the server).
-`--uncapped` repeats (2) against a second server with the cap off, for contrast. The load
+`--target-ms` gives the protected server a latency target (`BMM_HOLD_LATENCY_TARGET_MS`:
+the cap then adapts; default 0, a fixed cap, as the server's default).
+`--uncapped` also offers the overload to the capacity server (no cap), for contrast. The load
 generators share this machine's cores with the server: the table reports the rate they
 actually managed to offer.
 """
@@ -188,60 +190,82 @@ def _cap_row(label: str, res: GenResult, secs: float) -> list[str]:
     other = sum(res.errors.values())
     return [label, f"{(res.ok + res.conflicts + other) / secs:,.0f}",
             f"{(res.ok + res.conflicts) / secs:,.0f}", "0" if not other else f"({other} errors)",
-            f"{pct(res.latencies, 50):.1f} / {pct(res.latencies, 99):.1f}", "1.00", "same",
-            "1.00", "-"]
+            f"{pct(res.latencies, 50):.1f} / {pct(res.latencies, 99):.1f}", "-", "same", "-",
+            "-"]
 
 
-def _over_row(label: str, res: OverResult, secs: float, normal_p99: float) -> list[str]:
+def _over_row(label: str, res: OverResult, secs: float, normal: OverResult) -> list[str]:
     other = sum(res.errors.values())
     sent = res.admitted + res.shed + other
     p99, p99_sent = pct(res.latencies, 99), pct(res.from_send, 99)
     return [label, f"{sent / secs:,.0f}", f"{res.admitted / secs:,.0f}",
             f"{res.shed:,}" + (f" (+{other} errors)" if other else ""),
-            f"{pct(res.latencies, 50):.1f} / {p99:.1f}", f"{p99 / normal_p99:.2f}",
-            f"{pct(res.from_send, 50):.1f} / {p99_sent:.1f}", f"{p99_sent / normal_p99:.2f}",
-            f"{pct(res.send_lag, 99):.1f}"]
+            f"{pct(res.latencies, 50):.1f} / {p99:.1f}",
+            f"{p99 / pct(normal.latencies, 99):.2f}",
+            f"{pct(res.from_send, 50):.1f} / {p99_sent:.1f}",
+            f"{p99_sent / pct(normal.from_send, 99):.2f}", f"{pct(res.send_lag, 99):.1f}"]
+
+
+def _busy(a: dict[str, float], b: dict[str, float], wall: float) -> str:
+    return ", ".join(f"{k} {(b[k] - a.get(k, 0.0)) / wall:.2f}" for k in b
+                     if b[k] - a.get(k, 0.0) > 0.05 * wall)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=8.0, help="length of each measured window")
+    ap.add_argument("--customers", type=int, default=200,
+                    help="closed-loop customers for the capacity run (as loadtest.bench)")
     ap.add_argument("--cap", type=int, default=64, help="BMM_HOLD_MAX_INFLIGHT for the server")
     ap.add_argument("--factor", type=float, default=10.0, help="overload = factor × capacity")
     ap.add_argument("--gen-procs", type=int, default=2, help="load generator processes")
-    ap.add_argument("--target-ms", type=float, default=150.0,
-                    help="BMM_HOLD_LATENCY_TARGET_MS for the server (0: fixed cap)")
+    ap.add_argument("--target-ms", type=float, default=0.0,
+                    help="BMM_HOLD_LATENCY_TARGET_MS for the protected server (0: fixed cap)")
     ap.add_argument("--server-arg", action="append", default=[],
                     help="extra argument for `python -m server` (repeatable)")
     ap.add_argument("--uncapped", action="store_true",
-                    help="also offer the overload to a server without the cap")
+                    help="also offer the overload to the server without the cap")
     args = ap.parse_args()
     secs, procs = args.seconds, args.gen_procs
+    rows, busy = [], []
 
-    print("starting the platform ...", flush=True)
-    server, show, seats = _platform(args.cap, args.target_ms, args.server_arg)
+    print("capacity: the platform without a cap ...", flush=True)
+    server, show, seats = _platform(0, 0, args.server_arg)
     try:
         cpu0 = cpu_seconds(server.proc.pid)
-        cap_res = _capacity(server.host, show, seats, args.cap, secs, procs)
-        cpu1 = cpu_seconds(server.proc.pid)
+        cap_res = _capacity(server.host, show, seats, args.customers, secs, procs)
+        busy.append(("capacity", _busy(cpu0, cpu_seconds(server.proc.pid), secs + 2)))
         capacity = cap_res.ok / secs
-        normal = pct(cap_res.latencies, 99)
-        print(f"capacity: {capacity:,.0f} holds/s, p99 {normal:.1f} ms; offering "
-              f"{args.factor:g}× = {capacity * args.factor:,.0f} holds/s ...", flush=True)
-        over = _overload(server.host, show, seats, capacity * args.factor, secs, procs)
-        cpu2 = cpu_seconds(server.proc.pid)
+        rows.append(_cap_row(f"capacity: {args.customers} customers, closed loop, no cap",
+                             cap_res, secs))
+        print(f"capacity {capacity:,.0f} holds/s", flush=True)
+        bare = None
+        if args.uncapped:
+            cpu0 = cpu_seconds(server.proc.pid)
+            bare = _overload(server.host, show, seats, capacity * args.factor, secs, procs)
+            busy.append(("overload, no cap", _busy(cpu0, cpu_seconds(server.proc.pid),
+                                                   secs + 1.5)))
     finally:
         server.stop()
-    rows = [_cap_row(f"capacity: {args.cap} customers, closed loop", cap_res, secs),
-            _over_row(f"{args.factor:g}× offered, open loop, cap {args.cap}", over, secs,
-                      normal)]
-    if args.uncapped:
-        print("again without the cap ...", flush=True)
-        server, show, seats = _platform(0, None, args.server_arg)
-        try:
-            bare = _overload(server.host, show, seats, capacity * args.factor, secs, procs)
-        finally:
-            server.stop()
+
+    print(f"protected: cap {args.cap}, target {args.target_ms:g} ms: 1× then "
+          f"{args.factor:g}× capacity, open loop ...", flush=True)
+    server, show, seats = _platform(args.cap, args.target_ms, args.server_arg)
+    try:
+        runs = {}
+        for factor in (1.0, args.factor):
+            cpu0 = cpu_seconds(server.proc.pid)
+            runs[factor] = _overload(server.host, show, seats, capacity * factor, secs, procs)
+            busy.append((f"{factor:g}× with cap", _busy(cpu0, cpu_seconds(server.proc.pid),
+                                                        secs + 1.5)))
+    finally:
+        server.stop()
+    normal = runs[1.0]
+    label = f"cap {args.cap}" + (f", target {args.target_ms:g} ms" if args.target_ms else "")
+    rows.append(_over_row(f"1× offered (normal), open loop, {label}", runs[1.0], secs, normal))
+    over = runs[args.factor]
+    rows.append(_over_row(f"{args.factor:g}× offered, open loop, {label}", over, secs, normal))
+    if bare is not None:
         rows.append(_over_row(f"{args.factor:g}× offered, open loop, no cap", bare, secs,
                               normal))
 
@@ -253,18 +277,15 @@ def main() -> None:
     print("|" + "---|" * len(head))
     for r in rows:
         print("| " + " | ".join(r) + " |")
-    for name, a, b, wall in (("capacity", cpu0, cpu1, secs + 2), ("overload", cpu1, cpu2,
-                                                                   secs + 1.5)):
-        busy = ", ".join(f"{k} {(b[k] - a.get(k, 0.0)) / wall:.2f}" for k in b
-                         if b[k] - a.get(k, 0.0) > 0.05 * wall)
-        print(f"server cores busy, {name} phase: {busy}")
-    ratio = pct(over.latencies, 99) / normal
-    ratio_sent = pct(over.from_send, 99) / normal
+    for name, text in busy:
+        print(f"server cores busy, {name}: {text}")
+    ratio = pct(over.latencies, 99) / pct(normal.latencies, 99)
+    ratio_sent = pct(over.from_send, 99) / pct(runs[1.0].from_send, 99)
+    sent = (over.admitted + over.shed + sum(over.errors.values())) / secs
     print(f"\nadmitted p99 under {args.factor:g}× = {ratio:.2f} × normal from the schedule "
           f"({'within' if ratio <= 2 else 'NOT within'} 2×), {ratio_sent:.2f} × from the send "
           f"({'within' if ratio_sent <= 2 else 'NOT within'} 2×); "
-          f"offered {capacity * args.factor:,.0f}/s asked, "
-          f"{(over.admitted + over.shed + sum(over.errors.values())) / secs:,.0f}/s sent")
+          f"{capacity * args.factor:,.0f}/s asked, {sent:,.0f}/s sent")
 
 
 if __name__ == "__main__":
