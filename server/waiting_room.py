@@ -34,7 +34,7 @@ import msgspec
 from aiohttp import WSMsgType, web
 from aiohttp_session import Session, get_session
 
-from . import admission, auth, catalog
+from . import admission, auth, catalog, metrics
 from .errors import ApiError
 from .openapi import operation
 from .wire import json_response, read_json
@@ -125,6 +125,7 @@ async def run_queue(redis: object, show_id: str, op: str = "peek",
         script = _scripts[redis] = redis.register_script(_QUEUE)  # type: ignore[attr-defined]
     raw = await script(keys=[config_key(show_id)], args=[op, *args])
     enabled, head, tail, rate, burst, ticket = (int(x) for x in raw)
+    metrics.observe_waiting_room(show_id, tail - min(head, tail))
     return QueueState(bool(enabled), head, tail, rate, burst, ticket)
 
 
