@@ -111,6 +111,8 @@ async def test_queue_positions_move_live_and_admission_follows_the_rate(
     assert status == 200 and body["admitted"] and body["admission_token"]
     status, room = await partner.call("GET", f"/partner/v1/shows/{show_id}/waiting-room")
     assert status == 200 and room["joined"] == 3 and room["waiting"] == 0
+    async with api.get("/metrics") as resp:  # the gauge follows the counters it read
+        assert f'bmm_waiting_room_waiting{{show_id="{show_id}"}} 0.0' in await resp.text()
 
 
 async def test_the_hold_api_needs_this_visitors_admission(
