@@ -10,6 +10,8 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 from aiohttp import web
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 
 from actors.client import ShowDirectory
 from actors.show_actor import ActorSettings
@@ -56,6 +58,15 @@ RECOMMEND = web.AppKey("recommend_worker", RecommendWorker)  # outbox -> recomme
 ANALYTICS = web.AppKey("analytics", AnalyticsExporter)  # outbox -> <data_dir>/analytics
 
 
+def redis_retry() -> Retry:
+    """Reconnect and resend on a connection error, for about 2 s in all. Clients made with
+    `from_url` get no retry at all, so after a Redis restart (or failover) every pooled
+    connection was dead and each request that drew one answered 500, well after Redis was
+    back (tests/faults). Commands that may run twice are safe here: the request path's
+    writes are SETs of whole records, idempotent scripts, or keyed by an id."""
+    return Retry(ExponentialBackoff(cap=0.5, base=0.05), 6)
+
+
 def services(request: web.Request) -> Services:
     return request.app[SERVICES]
 
@@ -77,10 +88,12 @@ def create_app(settings: Settings, redis_url: str) -> web.Application:
         # Requests wait for a pooled connection rather than fail with "Too many
         # connections" (redis-py's default pool raises past 100: a 500 under a rush).
         redis = aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(
-            redis_url, max_connections=REDIS_POOL_SIZE, timeout=REDIS_POOL_WAIT_S))
+            redis_url, max_connections=REDIS_POOL_SIZE, timeout=REDIS_POOL_WAIT_S,
+            retry=redis_retry()))
         # The live hub has its own connections: each watched show's reader holds one in
         # a blocking XREAD, which must never starve (or be starved by) requests.
-        hub_redis = aioredis.Redis.from_url(redis_url, max_connections=HUB_REDIS_MAX)
+        hub_redis = aioredis.Redis.from_url(redis_url, max_connections=HUB_REDIS_MAX,
+                                            retry=redis_retry())
         shows = ShowDirectory(redis_url, ActorSettings(
             passivate_after_s=settings.passivate_after_s, snapshot_min_interval_s=1.0,
             # the actors log at this process's level (DEBUG: every batch with its rids)
