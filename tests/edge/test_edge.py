@@ -1,0 +1,226 @@
+"""nginx as the edge (server/edge.py): a real nginx process in front of the real server.
+
+Through the edge holds and the live socket work as without it; a burst of holds beyond the
+configured rate is answered 429 by nginx itself (the project's JSON error, Retry-After),
+per show; the app sees the client's address through X-Forwarded-For; nothing is lost."""
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import subprocess
+import time
+import uuid
+from typing import Any
+
+import aiohttp
+import pytest
+import ray
+import redis.asyncio as aioredis
+from aiohttp.test_utils import TestServer
+from websockets.asyncio.client import connect
+
+from actors.show_actor import NAMESPACE, actor_name
+from server.edge import SHED_MESSAGE, Edge, command, prepare_prefix, render
+from tests.api.builders import PublishedShow, publish_show
+
+from .conftest import HOLD_BURST, HOLD_RATE
+
+TIMEOUT = 10.0
+Json = dict[str, Any]
+
+
+async def post_hold(http: aiohttp.ClientSession, url: str, show_id: str, seat: str,
+                    headers: dict[str, str] | None = None
+                    ) -> tuple[int, Json, aiohttp.typedefs.LooseHeaders]:
+    async with http.post(f"{url}/api/shows/{show_id}/holds", json={"seats": [seat]},
+                         headers=headers or {}) as resp:
+        assert resp.content_type == "application/json", (resp.status, await resp.text())
+        return resp.status, await resp.json(), resp.headers
+
+
+async def seat_statuses(http: aiohttp.ClientSession, url: str, show_id: str) -> dict[str, str]:
+    async with http.get(f"{url}/api/shows/{show_id}/seatmap") as resp:
+        assert resp.status == 200
+        return {s["id"]: s["status"] for s in (await resp.json())["seats"]}
+
+
+async def test_a_hold_through_the_edge(edge: Edge, show: PublishedShow) -> None:
+    rid = f"edge-{uuid.uuid4().hex[:8]}"
+    async with aiohttp.ClientSession() as http:
+        status, body, headers = await post_hold(http, edge.url, show.show_id, "A1",
+                                                {"X-Request-Id": rid})
+        assert status == 201, body
+        assert body["seats"] == ["A1"] and body["hold_id"] and body["holder_token"]
+        assert headers["X-Request-Id"] == rid  # passed through to the app, which echoes it
+        assert headers["Server"].startswith("nginx")  # it did go through the edge
+        assert (await seat_statuses(http, edge.url, show.show_id))["A1"] == "held"
+        # an id the app would not take (a quote could break the JSON) is replaced by nginx's
+        async with http.get(f"{edge.url}/api/shows/{show.show_id}/seatmap",
+                            headers={"X-Request-Id": 'x"y'}) as resp:
+            assert resp.status == 200
+            assert len(resp.headers["X-Request-Id"]) == 32 and resp.headers["X-Request-Id"] \
+                .isalnum()
+        # releasing goes through the edge too (not the limited path)
+        async with http.delete(f"{edge.url}/api/holds/{body['hold_id']}",
+                               headers={"X-Holder-Token": body["holder_token"]}) as resp:
+            assert resp.status == 200, await resp.text()
+        assert (await seat_statuses(http, edge.url, show.show_id))["A1"] == "free"
+
+
+async def test_the_live_seat_map_through_the_edge(edge: Edge, show: PublishedShow) -> None:
+    """A real WebSocket client through nginx: the snapshot, then the event of a hold made
+    through the edge."""
+    ws_url = f"ws://127.0.0.1:{edge.port}/api/shows/{show.show_id}/live"
+    async with connect(ws_url) as ws, aiohttp.ClientSession() as http:
+        snap = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
+        assert snap["type"] == "snapshot"
+        assert snap["seats"]["B3"] == "free" and len(snap["seats"]) == 50
+        status, body, _ = await post_hold(http, edge.url, show.show_id, "B3")
+        assert status == 201, body
+        msg = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
+        assert msg["type"] == "events" and msg["seq"] == snap["seq"] + 1, msg
+        assert any("B3" in json.dumps(e) for e in msg["events"]), msg
+
+
+async def test_a_burst_over_the_rate_is_shed_by_nginx_and_nothing_is_lost(
+        edge: Edge, show: PublishedShow, redis: aioredis.Redis) -> None:
+    """40 holds at once on each of two shows, the edge letting 5/s + a burst of 5 through
+    per show: the excess is answered by nginx (429 `overloaded`, Retry-After, JSON); each
+    show has its own bucket; every 201 is a real hold in the seat map that its holder can
+    release, and every shed seat is still free. The rest of the API is not limited."""
+    seats = [f"{row}{n}" for row in "ABCD" for n in range(1, 11)]
+    other = await publish_show(redis)
+    shows = (show.show_id, other.show_id)
+    try:
+        async with aiohttp.ClientSession() as http:
+            started = time.monotonic()
+            results = await asyncio.gather(*(post_hold(http, edge.url, show_id, s)
+                                             for show_id in shows for s in seats))
+            elapsed = time.monotonic() - started
+            refill = int(elapsed * HOLD_RATE) + 1
+            for i, show_id in enumerate(shows):
+                mine = results[i * len(seats):(i + 1) * len(seats)]
+                codes = [r[0] for r in mine]
+                assert set(codes) == {201, 429}, codes
+                # nginx (nodelay) lets the first + the burst through at once per show, plus
+                # what the rate refilled meanwhile; a bucket shared by the shows would not
+                assert HOLD_BURST + 1 <= codes.count(201) <= HOLD_BURST + 1 + refill, \
+                    (show_id, codes, elapsed)
+                for status, body, headers in mine:
+                    if status != 429:
+                        continue
+                    assert headers["Retry-After"] == "1"
+                    assert headers["Content-Type"].startswith("application/json")
+                    # nginx's answer (the app here never sheds: no in-flight cap)
+                    assert body["error"] == {"code": "overloaded", "message": SHED_MESSAGE,
+                                             "retry_after_ms": 1000,
+                                             "request_id": headers["X-Request-Id"]}
+                # nothing lost, nothing invented
+                held = {s for s, r in zip(seats, mine, strict=True) if r[0] == 201}
+                statuses = await seat_statuses(http, edge.url, show_id)
+                assert {s for s in seats if statuses[s] == "held"} == held
+                assert all(statuses[s] == "free" for s in seats if s not in held)
+                # each 201 is a hold its holder can release
+                for s, (status, body, _) in zip(seats, mine, strict=True):
+                    if status == 201:
+                        assert body["seats"] == [s]
+                        async with http.delete(
+                                f"{edge.url}/api/holds/{body['hold_id']}",
+                                headers={"X-Holder-Token": body["holder_token"]}) as resp:
+                            assert resp.status == 200
+                assert set((await seat_statuses(http, edge.url, show_id)).values()) == {"free"}
+            # reads are not limited by the edge
+            reads = await asyncio.gather(*(seat_statuses(http, edge.url, show.show_id)
+                                           for _ in range(30)))
+            assert len(reads) == 30
+    finally:
+        try:
+            ray.kill(ray.get_actor(actor_name(other.show_id), namespace=NAMESPACE),
+                     no_restart=True)
+        except ValueError:
+            pass
+
+
+async def test_the_app_sees_the_client_address_through_the_edge(
+        edge: Edge, show: PublishedShow, redis: aioredis.Redis) -> None:
+    """The client connects from its own loopback address (not 127.0.0.1); nginx appends it
+    to X-Forwarded-For, the app trusts nginx (127.0.0.1/32) and charges the client's
+    address: its rate-limit bucket is named after it. An address the client wrote into
+    X-Forwarded-For itself is not believed."""
+    client = f"127.{random.randint(2, 250)}.{random.randint(0, 250)}.{random.randint(1, 250)}"
+    spoofed = f"203.0.113.{random.randint(1, 250)}"
+    connector = aiohttp.TCPConnector(local_addr=(client, 0))
+    async with aiohttp.ClientSession(connector=connector) as http:
+        status, body, _ = await post_hold(http, edge.url, show.show_id, "E5",
+                                          {"X-Forwarded-For": spoofed})
+        assert status == 201, body
+    assert await redis.keys(f"rl:ip:write:*:{client}"), "the app did not charge the client"
+    assert not await redis.keys(f"rl:ip:write:*:{spoofed}")
+
+
+async def test_the_apps_own_429_passes_through_unchanged(
+        redis_server: Any, ray_cluster: None, tmp_path_factory: pytest.TempPathFactory,
+        redis: aioredis.Redis) -> None:
+    """nginx rewrites only its own 429s: the app's `rate_limited` answer (a tight per-IP
+    write limit here) reaches the client as the app made it."""
+    from server.app import create_app
+    from server.settings import Settings
+    from tests.api.conftest import TEST_DATA_KEY
+
+    from .conftest import free_port
+
+    settings = Settings(seed_demo=False, secret="test-secret", admin_key="test-admin-key",
+                        data_key=TEST_DATA_KEY, data_dir=str(tmp_path_factory.mktemp("data")),
+                        trusted_proxies="127.0.0.1/32", rl_ip_write_per_s=0.05,
+                        rl_ip_write_burst=2, hold_max_inflight=0, hold_cap_seats=0)
+    srv = TestServer(create_app(settings, redis_server.url), host="127.0.0.1")
+    await srv.start_server()
+    pub = await publish_show(redis)
+    proxy = Edge(free_port(), [f"127.0.0.1:{srv.port}"], 100, 100).start()
+    client = f"127.{random.randint(2, 250)}.{random.randint(0, 250)}.{random.randint(1, 250)}"
+    try:
+        async with aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(local_addr=(client, 0))) as http:
+            codes = []
+            for seat in ("A1", "A2", "A3"):
+                status, body, headers = await post_hold(http, proxy.url, pub.show_id, seat)
+                codes.append(status)
+            assert codes == [201, 201, 429], codes
+            assert body["error"]["code"] == "rate_limited"
+            assert int(headers["Retry-After"]) >= 1
+    finally:
+        proxy.stop()
+        await srv.close()
+        try:
+            ray.kill(ray.get_actor(actor_name(pub.show_id), namespace=NAMESPACE),
+                     no_restart=True)
+        except ValueError:
+            pass
+
+
+@pytest.mark.parametrize("options", [
+    {}, {"conn_per_client": 20, "workers": 2, "access_log": True},
+])
+def test_rendered_configs_pass_nginx_t(tmp_path: Any, options: dict[str, Any]) -> None:
+    text = render(18080, ["127.0.0.1:8080", "8081", "[::1]:8082"], 0.5, 3, prefix=tmp_path,
+                  **options)
+    assert "rate=30r/m;" in text  # below 1/s nginx needs requests per minute
+    assert ("limit_conn bmm_conn 20;" in text) == bool(options)
+    assert "server 127.0.0.1:8081;" in text and "server [::1]:8082;" in text
+    prepare_prefix(tmp_path)
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(text)
+    test = subprocess.run([*command(tmp_path, conf)[:-2], "-t"], capture_output=True, text=True)
+    assert test.returncode == 0, test.stderr
+
+
+def test_render_refuses_what_nginx_would_misread(tmp_path: Any) -> None:
+    with pytest.raises(ValueError):
+        render(18080, [], 10, 1, prefix=tmp_path)
+    with pytest.raises(ValueError):
+        render(18080, ["localhost"], 10, 1, prefix=tmp_path)
+    with pytest.raises(ValueError):
+        render(18080, ["127.0.0.1:1"], 0, 1, prefix=tmp_path)
+    with pytest.raises(ValueError):
+        render(18080, ["127.0.0.1:1"], 10, 1, prefix=tmp_path / "a;b")
