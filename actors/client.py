@@ -132,11 +132,12 @@ class ShowDirectory:
             namespace=NAMESPACE,
             get_if_exists=True,
             lifetime="detached",  # shared by every web process; passivates itself
-            # Show actors ask for no CPU (num_cpus=0), so they never count as load: Ray's
-            # default (hybrid) policy would put every show on the node of whichever web
-            # process created it first - in a cluster, all on one node. SPREAD places each
-            # new actor on the least-used node, so the shows share the cluster's memory and
-            # cores (tests/cluster/test_scale_out.py checks it on two nodes).
+            # Show actors ask for no resources (num_cpus=0), so no node ever looks busier
+            # than another to the scheduler, and resource-based balancing cannot see them.
+            # SPREAD says what we want - shows distributed over the cluster's nodes, so
+            # they share its memory and cores - rather than relying on how the default
+            # policy happens to place resource-less actors (random in Ray 2.60).
+            # tests/cluster/test_scale_out.py checks the spread on two nodes.
             scheduling_strategy="SPREAD",
         ).remote(show_id, self.redis_url, self.settings)
 
