@@ -19,7 +19,13 @@ partner feed, then on that one hot show:
 
 `--target-ms` gives the protected server a latency target (`BMM_HOLD_LATENCY_TARGET_MS`:
 the cap then adapts; default 0, a fixed cap, as the server's default).
-`--uncapped` also offers the overload to the capacity server (no cap), for contrast. The load
+`--uncapped` also offers the overload to the capacity server (no cap), for contrast.
+
+`--edge` puts nginx in front of the protected server (`server.edge.Edge`: a real nginx on
+its own port, shedding the hold path per show with `limit_req` at `--edge-rate` × the
+measured capacity, burst `--edge-burst`, default 0.1 s worth) and offers 1× and `--factor`
+× through it; the table then also reports nginx's CPU. `--also-direct` runs the direct
+(cap only) measurement in the same run too, for a like-for-like comparison. The load
 generators share this machine's cores with the server: the table reports the rate they
 actually managed to offer.
 """
@@ -36,7 +42,9 @@ from typing import Any
 
 import msgspec
 
-from .bench import GenResult, Server, cpu_seconds, pct, run_generators
+from server.edge import Edge
+
+from .bench import GenResult, Server, cpu_seconds, free_port, pct, run_generators
 from .scenario import publish_rush
 
 
@@ -56,6 +64,7 @@ class OverResult(msgspec.Struct):
     latencies: list[float] = []       # admitted, ms from the scheduled arrival
     from_send: list[float] = []       # admitted, ms from when the request was sent
     send_lag: list[float] = []        # ms the generator itself was behind schedule
+    cpu_s: float = 0.0                # CPU seconds the generator process(es) used
 
 
 class _Conn:
@@ -141,8 +150,10 @@ async def _open_loop(host: str, show: str, seats: list[str], rate: float, t0: fl
 
 def _over_main(job: dict[str, Any], out: Any) -> None:
     res = OverResult()
+    cpu0 = time.process_time()
     asyncio.run(_open_loop(job["host"], job["show"], job["seats"], job["rate"], job["t0"],
                            job["t1"], res))
+    res.cpu_s = time.process_time() - cpu0
     out.put(msgspec.msgpack.encode(res))
 
 
@@ -164,6 +175,7 @@ def _overload(host: str, show: str, seats: list[str], rate: float, secs: float,
         merged.latencies += r.latencies
         merged.from_send += r.from_send
         merged.send_lag += r.send_lag
+        merged.cpu_s += r.cpu_s
         for k, v in r.errors.items():
             merged.errors[k] = merged.errors.get(k, 0) + v
     for w in workers:
@@ -206,6 +218,79 @@ def _over_row(label: str, res: OverResult, secs: float, normal: OverResult) -> l
             f"{p99_sent / pct(normal.from_send, 99):.2f}", f"{pct(res.send_lag, 99):.1f}"]
 
 
+def _cpu(server: Server, edge: Edge | None) -> dict[str, float]:
+    """CPU seconds so far by role: the server's tree (web, actors, ray, redis) and nginx
+    (master and workers) when there is an edge."""
+    out = cpu_seconds(server.proc.pid if server.proc else None)
+    if edge is not None and edge.proc is not None:
+        import psutil
+
+        total = 0.0
+        try:
+            root = psutil.Process(edge.proc.pid)
+            for p in (root, *root.children(recursive=True)):
+                t = p.cpu_times()
+                total += t.user + t.system
+        except psutil.Error:
+            pass
+        out["nginx"] = total
+    return out
+
+
+def _protected(args: argparse.Namespace, capacity: float, edge: bool
+               ) -> tuple[dict[float, OverResult], list[tuple[str, str]], str]:
+    """A fresh server with the cap (and nginx in front when `edge`): 1× then factor ×."""
+    server, show, seats = _platform(args.cap, args.target_ms, args.server_arg)
+    proxy, busy, runs = None, [], {}
+    label = f"cap {args.cap}" + (f", target {args.target_ms:g} ms" if args.target_ms else "")
+    try:
+        host = server.host
+        if edge:
+            rate = args.edge_rate * capacity
+            burst = args.edge_burst if args.edge_burst >= 0 else max(1, round(rate / 10))
+            proxy = Edge(free_port(), [server.host.split("://", 1)[1]], rate, burst,
+                         hold_timing_log=True).start()
+            host = proxy.url
+            label = f"through nginx ({rate:,.0f} holds/s per show, burst {burst}), " + label
+        print(f"protected: {label}: 1× then {args.factor:g}× capacity, open loop ...",
+              flush=True)
+        windows = {}
+        for factor in (1.0, args.factor):
+            cpu0 = _cpu(server, proxy)
+            started = time.time()
+            runs[factor] = _overload(host, show, seats, capacity * factor, args.seconds,
+                                     args.gen_procs)
+            busy.append((f"{factor:g}×, {label}", _busy(cpu0, _cpu(server, proxy),
+                                                        args.seconds + 1.5)
+                         + f"; load generators {runs[factor].cpu_s / (args.seconds + 1.5):.2f}"))
+            windows[factor] = (started, time.time())
+    finally:
+        if proxy is not None:
+            proxy.stop(keep_files=True)  # flushes its buffered logs
+        server.stop()
+    if proxy is not None:
+        busy.append(("as nginx timed the admitted holds (request_time, without the load "
+                     "generators)", _nginx_timing(proxy, windows)))
+        proxy.remove()
+    return runs, busy, label
+
+
+def _nginx_timing(edge: Edge, windows: dict[float, tuple[float, float]]) -> str:
+    """p50 / p99 of nginx's `$request_time` for the holds it let through, per run (from the
+    edge's holds.log: `$msec $status $request_time $upstream_response_time`)."""
+    times: dict[float, list[float]] = {f: [] for f in windows}
+    for line in (edge.prefix / "logs/holds.log").read_text().splitlines():
+        at, status, took = line.split()[:3]
+        if status not in ("201", "409"):
+            continue
+        for factor, (start, end) in windows.items():
+            if start <= float(at) <= end:
+                times[factor].append(float(took) * 1000)
+    base = pct(times[1.0], 99) if times.get(1.0) else float("nan")
+    return "; ".join(f"{f:g}×: {pct(t, 50):.1f} / {pct(t, 99):.1f} ms (p99 {pct(t, 99) / base:.2f}"
+                     f" × normal)" for f, t in times.items() if t)
+
+
 def _busy(a: dict[str, float], b: dict[str, float], wall: float) -> str:
     return ", ".join(f"{k} {(b[k] - a.get(k, 0.0)) / wall:.2f}" for k in b
                      if b[k] - a.get(k, 0.0) > 0.05 * wall)
@@ -225,6 +310,14 @@ def main() -> None:
                     help="extra argument for `python -m server` (repeatable)")
     ap.add_argument("--uncapped", action="store_true",
                     help="also offer the overload to the server without the cap")
+    ap.add_argument("--edge", action="store_true",
+                    help="offer the load through nginx in front of the protected server")
+    ap.add_argument("--edge-rate", type=float, default=0.8,
+                    help="the edge's holds/s per show, as a fraction of the capacity (0.8)")
+    ap.add_argument("--edge-burst", type=int, default=-1,
+                    help="the edge's burst (default: 0.1 s worth of its rate)")
+    ap.add_argument("--also-direct", action="store_true",
+                    help="with --edge: also measure the cap alone (no nginx) in this run")
     args = ap.parse_args()
     secs, procs = args.seconds, args.gen_procs
     rows, busy = [], []
@@ -248,20 +341,16 @@ def main() -> None:
     finally:
         server.stop()
 
-    print(f"protected: cap {args.cap}, target {args.target_ms:g} ms: 1× then "
-          f"{args.factor:g}× capacity, open loop ...", flush=True)
-    server, show, seats = _platform(args.cap, args.target_ms, args.server_arg)
-    try:
-        runs = {}
-        for factor in (1.0, args.factor):
-            cpu0 = cpu_seconds(server.proc.pid)
-            runs[factor] = _overload(server.host, show, seats, capacity * factor, secs, procs)
-            busy.append((f"{factor:g}× with cap", _busy(cpu0, cpu_seconds(server.proc.pid),
-                                                        secs + 1.5)))
-    finally:
-        server.stop()
+    if args.also_direct and args.edge:
+        direct, more, label = _protected(args, capacity, edge=False)
+        busy += more
+        rows.append(_over_row(f"1× offered (normal), open loop, {label}", direct[1.0], secs,
+                              direct[1.0]))
+        rows.append(_over_row(f"{args.factor:g}× offered, open loop, {label}",
+                              direct[args.factor], secs, direct[1.0]))
+    runs, more, label = _protected(args, capacity, edge=args.edge)
+    busy += more
     normal = runs[1.0]
-    label = f"cap {args.cap}" + (f", target {args.target_ms:g} ms" if args.target_ms else "")
     rows.append(_over_row(f"1× offered (normal), open loop, {label}", runs[1.0], secs, normal))
     over = runs[args.factor]
     rows.append(_over_row(f"{args.factor:g}× offered, open loop, {label}", over, secs, normal))
@@ -278,7 +367,7 @@ def main() -> None:
     for r in rows:
         print("| " + " | ".join(r) + " |")
     for name, text in busy:
-        print(f"server cores busy, {name}: {text}")
+        print(f"cores busy, {name}: {text}")
     ratio = pct(over.latencies, 99) / pct(normal.latencies, 99)
     ratio_sent = pct(over.from_send, 99) / pct(runs[1.0].from_send, 99)
     sent = (over.admitted + over.shed + sum(over.errors.values())) / secs

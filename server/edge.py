@@ -91,7 +91,7 @@ http {{
         default '';
     }}
 
-    limit_req_zone $bmm_hold_key zone=bmm_holds:{zone_size} rate={hold_rate};
+{timing_format}    limit_req_zone $bmm_hold_key zone=bmm_holds:{zone_size} rate={hold_rate};
     limit_req_status 429;
     limit_req_log_level {shed_log_level};
 {conn_zone}
@@ -113,7 +113,7 @@ http {{
 
         location ~ ^/api/shows/(?<bmm_show>[^/]+)/holds$ {{
             limit_req zone=bmm_holds burst={hold_burst} nodelay;
-            proxy_pass http://bmm_web;
+{timing_log}            proxy_pass http://bmm_web;
         }}
 
         # The live sockets (seat map, waiting-room position) stay open for hours.
@@ -156,13 +156,16 @@ def render(listen_port: int, upstreams: Sequence[str], hold_rate_per_s: float,
            conn_per_client: int = 0, retry_after_s: int = 1, workers: int = 1,
            worker_connections: int = 4096, upstream_keepalive: int = 128,
            read_timeout_s: int = 60, ws_timeout_s: int = 3600, max_body: str = "1m",
-           access_log: bool = False, shed_log_level: str = "info",
-           error_level: str = "warn") -> str:
+           access_log: bool = False, hold_timing_log: bool = False,
+           shed_log_level: str = "info", error_level: str = "warn") -> str:
     """The nginx config for an edge listening on `listen_host:listen_port`, proxying to
     `upstreams` (`host:port` of each web process) and shedding holds beyond
     `hold_rate_per_s` per show (+ `hold_burst`). Every path it writes is under `prefix`.
     `shed_log_level` is the level of nginx's line per shed request: below `error_level`
-    (the default) keeps thousands a second out of the error log."""
+    (the default) keeps thousands a second out of the error log. `hold_timing_log`
+    writes `logs/holds.log`: `$msec $status $request_time $upstream_response_time` of
+    every hold the edge let through (shed ones are answered elsewhere and not logged), so
+    a benchmark can read the admitted holds' latency as nginx saw it."""
     if not upstreams:
         raise ValueError("at least one upstream")
     if hold_rate_per_s <= 0 or hold_burst < 0:
@@ -187,6 +190,10 @@ def render(listen_port: int, upstreams: Sequence[str], hold_rate_per_s: float,
                    "    limit_conn_status 429;\n" if conn_per_client else ""),
         conn_limit=(f"        limit_conn bmm_conn {conn_per_client};\n"
                     if conn_per_client else ""),
+        timing_format=("    log_format bmm_timing '$msec $status $request_time "
+                       "$upstream_response_time';\n" if hold_timing_log else ""),
+        timing_log=(f"            access_log {prefix}/logs/holds.log bmm_timing buffer=64k "
+                    "flush=1s;\n" if hold_timing_log else ""),
         listen=listen, read_timeout_s=read_timeout_s, ws_timeout_s=ws_timeout_s,
         hold_burst=hold_burst, retry_after_s=retry_after_s,
         retry_after_ms=retry_after_s * 1000, message=SHED_MESSAGE)
@@ -241,8 +248,9 @@ class Edge:
                 return self
             except OSError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError("nginx did not start: " + self.errors()) from None
+                    self.stop(keep_files=True)
+                    raise RuntimeError(f"nginx did not start ({self.prefix}): "
+                                       + self.errors()) from None
                 time.sleep(0.05)
 
     def errors(self) -> str:
@@ -253,19 +261,25 @@ class Edge:
                 out.append(path.read_text(errors="replace"))
         return "\n".join(out).strip()
 
-    def stop(self) -> None:
-        """Fast shutdown of our nginx (SIGTERM to its master, which stops its workers);
-        SIGKILL to its own process group if it does not go."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-        finally:
+    def stop(self, keep_files: bool = False) -> None:
+        """Fast shutdown of our nginx (SIGTERM to its master, which stops its workers and
+        flushes buffered logs); SIGKILL to its own process group if it does not go. Then the
+        prefix dir is removed unless `keep_files` (the caller reads the logs, then calls
+        `remove()`)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        if self.proc is not None:
             self.log.close()
+        if not keep_files:
+            self.remove()
+
+    def remove(self) -> None:
+        shutil.rmtree(self.prefix, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> None:

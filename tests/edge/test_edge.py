@@ -200,7 +200,7 @@ async def test_the_apps_own_429_passes_through_unchanged(
 
 
 @pytest.mark.parametrize("options", [
-    {}, {"conn_per_client": 20, "workers": 2, "access_log": True},
+    {}, {"conn_per_client": 20, "workers": 2, "access_log": True, "hold_timing_log": True},
 ])
 def test_rendered_configs_pass_nginx_t(tmp_path: Any, options: dict[str, Any]) -> None:
     text = render(18080, ["127.0.0.1:8080", "8081", "[::1]:8082"], 0.5, 3, prefix=tmp_path,
