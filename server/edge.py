@@ -15,7 +15,9 @@ in C, before a request reaches Python:
   `X-Forwarded-For` (appended: the web tier believes it only from `BMM_TRUSTED_PROXIES`, read
   from the right), `X-Forwarded-Proto`, and `X-Request-Id` (the client's when valid, else
   nginx's own, so the edge's and the app's logs share it).
-- Optionally `limit_conn` per client address (`conn_per_client`).
+- Optionally a ceiling on all holds together (`total_hold_rate_per_s`: a second bucket,
+  shared by every show, for when several shows are on sale at once: the web tier's
+  capacity is not per show) and `limit_conn` per client address (`conn_per_client`).
 
 nginx runs unprivileged from a prefix directory (config, pid, logs, temp files all in it):
 
@@ -90,9 +92,13 @@ http {{
         POST    $bmm_show;
         default '';
     }}
+    map $request_method $bmm_hold_all {{
+        POST    all;
+        default '';
+    }}
 
 {timing_format}    limit_req_zone $bmm_hold_key zone=bmm_holds:{zone_size} rate={hold_rate};
-    limit_req_status 429;
+{total_zone}    limit_req_status 429;
     limit_req_log_level {shed_log_level};
 {conn_zone}
     server {{
@@ -113,7 +119,7 @@ http {{
 
         location ~ ^/api/shows/(?<bmm_show>[^/]+)/holds$ {{
             limit_req zone=bmm_holds burst={hold_burst} nodelay;
-{timing_log}            proxy_pass http://bmm_web;
+{total_limit}{timing_log}            proxy_pass http://bmm_web;
         }}
 
         # The live sockets (seat map, waiting-room position) stay open for hours.
@@ -151,8 +157,14 @@ def _hostport(addr: str) -> str:
     raise ValueError(f"not host:port: {addr!r}")
 
 
+def _rate(per_s: float) -> str:
+    """nginx takes whole requests per second, or per minute below 1/s."""
+    return f"{round(per_s)}r/s" if per_s >= 1 else f"{max(1, round(per_s * 60))}r/m"
+
+
 def render(listen_port: int, upstreams: Sequence[str], hold_rate_per_s: float,
            hold_burst: int, *, prefix: str | Path, listen_host: str = "127.0.0.1",
+           total_hold_rate_per_s: float = 0, total_hold_burst: int | None = None,
            conn_per_client: int = 0, retry_after_s: int = 1, workers: int = 1,
            worker_connections: int = 4096, upstream_keepalive: int = 128,
            read_timeout_s: int = 60, ws_timeout_s: int = 3600, max_body: str = "1m",
@@ -160,7 +172,9 @@ def render(listen_port: int, upstreams: Sequence[str], hold_rate_per_s: float,
            shed_log_level: str = "info", error_level: str = "warn") -> str:
     """The nginx config for an edge listening on `listen_host:listen_port`, proxying to
     `upstreams` (`host:port` of each web process) and shedding holds beyond
-    `hold_rate_per_s` per show (+ `hold_burst`). Every path it writes is under `prefix`.
+    `hold_rate_per_s` per show (+ `hold_burst`) and, when `total_hold_rate_per_s` is set,
+    beyond that many for all shows together (+ `total_hold_burst`, default `hold_burst`).
+    Every path it writes is under `prefix`.
     `shed_log_level` is the level of nginx's line per shed request: below `error_level`
     (the default) keeps thousands a second out of the error log. `hold_timing_log`
     writes `logs/holds.log`: `$msec $status $request_time $upstream_response_time` of
@@ -174,8 +188,8 @@ def render(listen_port: int, upstreams: Sequence[str], hold_rate_per_s: float,
     if any(c in prefix for c in " ;{}'\"\\"):
         raise ValueError(f"unsafe prefix for nginx: {prefix!r}")
     # nginx takes whole requests per second (or per minute): below 1/s use r/m
-    rate = (f"{round(hold_rate_per_s)}r/s" if hold_rate_per_s >= 1
-            else f"{max(1, round(hold_rate_per_s * 60))}r/m")
+    if total_hold_rate_per_s < 0:
+        raise ValueError("total hold rate must be >= 0 (0: none)")
     listen = f"[{listen_host}]:{listen_port}" if ":" in listen_host else \
         f"{listen_host}:{listen_port}"
     return _TEMPLATE.format(
@@ -185,7 +199,12 @@ def render(listen_port: int, upstreams: Sequence[str], hold_rate_per_s: float,
         max_body=max_body,
         upstream_servers="\n".join(f"        server {_hostport(u)};" for u in upstreams),
         upstream_keepalive=upstream_keepalive, valid_request_id=_VALID_REQUEST_ID,
-        zone_size="10m", hold_rate=rate, shed_log_level=shed_log_level,
+        zone_size="10m", hold_rate=_rate(hold_rate_per_s),
+        total_zone=(f"    limit_req_zone $bmm_hold_all zone=bmm_holds_all:1m "
+                    f"rate={_rate(total_hold_rate_per_s)};\n" if total_hold_rate_per_s else ""),
+        total_limit=("            limit_req zone=bmm_holds_all burst="
+                     f"{hold_burst if total_hold_burst is None else total_hold_burst} nodelay;\n"
+                     if total_hold_rate_per_s else ""), shed_log_level=shed_log_level,
         conn_zone=("    limit_conn_zone $binary_remote_addr zone=bmm_conn:10m;\n"
                    "    limit_conn_status 429;\n" if conn_per_client else ""),
         conn_limit=(f"        limit_conn bmm_conn {conn_per_client};\n"
@@ -295,6 +314,13 @@ def main(argv: list[str] | None = None) -> None:
                     help="holds per second per show let through (BMM_EDGE_HOLD_RATE; 400)")
     ap.add_argument("--hold-burst", type=int, default=int(env("BMM_EDGE_HOLD_BURST", "50")),
                     help="holds over the rate let through at once (BMM_EDGE_HOLD_BURST; 50)")
+    ap.add_argument("--total-hold-rate", type=float,
+                    default=float(env("BMM_EDGE_TOTAL_HOLD_RATE", "0")),
+                    help="holds per second for all shows together (BMM_EDGE_TOTAL_HOLD_RATE; "
+                         "0: no such ceiling)")
+    ap.add_argument("--total-hold-burst", type=int,
+                    default=int(env("BMM_EDGE_TOTAL_HOLD_BURST", "0")) or None,
+                    help="burst of that ceiling (default: --hold-burst)")
     ap.add_argument("--conn-per-client", type=int,
                     default=int(env("BMM_EDGE_CONN_PER_CLIENT", "0")),
                     help="concurrent requests per client address (0: no limit)")
@@ -311,6 +337,8 @@ def main(argv: list[str] | None = None) -> None:
     prefix = Path(args.prefix).resolve()
     text = render(int(port), upstreams, args.hold_rate, args.hold_burst, prefix=prefix,
                   listen_host=(host or "0.0.0.0").strip("[]"),
+                  total_hold_rate_per_s=args.total_hold_rate,
+                  total_hold_burst=args.total_hold_burst,
                   conn_per_client=args.conn_per_client, workers=args.workers,
                   access_log=args.access_log)
     if args.print:

@@ -142,6 +142,42 @@ async def test_a_burst_over_the_rate_is_shed_by_nginx_and_nothing_is_lost(
             pass
 
 
+async def test_a_ceiling_for_all_shows_together(
+        server: TestServer, show: PublishedShow, redis: aioredis.Redis) -> None:
+    """With `total_hold_rate_per_s` the shows also share one bucket: 20 holds at once on
+    each of two shows, a generous per-show limit, 5/s + 5 for all: only the shared burst
+    (+ the refill) gets through, over both shows together."""
+    from .conftest import free_port
+
+    other = await publish_show(redis)
+    proxy = Edge(free_port(), [f"127.0.0.1:{server.port}"], 100, 100,
+                 total_hold_rate_per_s=HOLD_RATE, total_hold_burst=HOLD_BURST).start()
+    seats = [f"{row}{n}" for row in "AB" for n in range(1, 11)]
+    try:
+        async with aiohttp.ClientSession() as http:
+            started = time.monotonic()
+            results = await asyncio.gather(*(post_hold(http, proxy.url, show_id, s)
+                                             for show_id in (show.show_id, other.show_id)
+                                             for s in seats))
+            elapsed = time.monotonic() - started
+            codes = [r[0] for r in results]
+            assert set(codes) == {201, 429}, codes
+            assert HOLD_BURST + 1 <= codes.count(201) \
+                <= HOLD_BURST + 2 + int(elapsed * HOLD_RATE), (codes, elapsed)
+            assert all(r[1]["error"]["code"] == "overloaded" for r in results if r[0] == 429)
+            for show_id, mine in ((show.show_id, results[:20]), (other.show_id, results[20:])):
+                held = {s for s, r in zip(seats, mine, strict=True) if r[0] == 201}
+                statuses = await seat_statuses(http, proxy.url, show_id)
+                assert {s for s in seats if statuses[s] == "held"} == held
+    finally:
+        proxy.stop()
+        try:
+            ray.kill(ray.get_actor(actor_name(other.show_id), namespace=NAMESPACE),
+                     no_restart=True)
+        except ValueError:
+            pass
+
+
 async def test_the_app_sees_the_client_address_through_the_edge(
         edge: Edge, show: PublishedShow, redis: aioredis.Redis) -> None:
     """The client connects from its own loopback address (not 127.0.0.1); nginx appends it
@@ -200,12 +236,14 @@ async def test_the_apps_own_429_passes_through_unchanged(
 
 
 @pytest.mark.parametrize("options", [
-    {}, {"conn_per_client": 20, "workers": 2, "access_log": True, "hold_timing_log": True},
+    {}, {"conn_per_client": 20, "workers": 2, "access_log": True, "hold_timing_log": True,
+     "total_hold_rate_per_s": 0.5, "total_hold_burst": 9},
 ])
 def test_rendered_configs_pass_nginx_t(tmp_path: Any, options: dict[str, Any]) -> None:
     text = render(18080, ["127.0.0.1:8080", "8081", "[::1]:8082"], 0.5, 3, prefix=tmp_path,
                   **options)
     assert "rate=30r/m;" in text  # below 1/s nginx needs requests per minute
+    assert ("zone=bmm_holds_all burst=9 nodelay;" in text) == bool(options)
     assert ("limit_conn bmm_conn 20;" in text) == bool(options)
     assert "server 127.0.0.1:8081;" in text and "server [::1]:8082;" in text
     prepare_prefix(tmp_path)
