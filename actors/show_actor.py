@@ -13,10 +13,10 @@ import time
 
 import msgspec
 import ray
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from . import commands as c
+from . import redis_conn
 from .seatmap import SeatMap
 from .store import Event, Fenced, LogEntry, ShowStore, UnknownShow, event_encoder
 
@@ -53,7 +53,8 @@ class ShowActor:
         self.show_id = show_id
         self.settings = settings
         # A hung (not crashed) Redis must surface as an error the batch loop retries.
-        self._redis = aioredis.Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=5)
+        self._redis = redis_conn.async_client(redis_url, socket_timeout=10,
+                                              socket_connect_timeout=5)
         self._store = ShowStore(self._redis, show_id)
         self._map: SeatMap | None = None
         self._last_snapshot = 0

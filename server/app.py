@@ -13,6 +13,7 @@ from aiohttp import web
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
+from actors import redis_conn
 from actors.client import ShowDirectory
 from actors.show_actor import ActorSettings
 
@@ -87,12 +88,11 @@ def create_app(settings: Settings, redis_url: str) -> web.Application:
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         # Requests wait for a pooled connection rather than fail with "Too many
         # connections" (redis-py's default pool raises past 100: a 500 under a rush).
-        redis = aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(
-            redis_url, max_connections=REDIS_POOL_SIZE, timeout=REDIS_POOL_WAIT_S,
-            retry=redis_retry()))
+        redis = redis_conn.async_client(redis_url, blocking=True, max_connections=REDIS_POOL_SIZE,
+                                        timeout=REDIS_POOL_WAIT_S, retry=redis_retry())
         # The live hub has its own connections: each watched show's reader holds one in
         # a blocking XREAD, which must never starve (or be starved by) requests.
-        hub_redis = aioredis.Redis.from_url(redis_url, max_connections=HUB_REDIS_MAX,
+        hub_redis = redis_conn.async_client(redis_url, max_connections=HUB_REDIS_MAX,
                                             retry=redis_retry())
         shows = ShowDirectory(redis_url, ActorSettings(
             passivate_after_s=settings.passivate_after_s, snapshot_min_interval_s=1.0,
@@ -107,7 +107,7 @@ def create_app(settings: Settings, redis_url: str) -> web.Application:
             workers.start()
             app[RECOMMEND] = RecommendWorker(redis_url)
             app[RECOMMEND].start()
-            analytics_redis = aioredis.Redis.from_url(redis_url)
+            analytics_redis = redis_conn.async_client(redis_url)
             app[ANALYTICS] = AnalyticsExporter(analytics_redis,
                                                Path(settings.data_dir) / "analytics")
             app[ANALYTICS].start()

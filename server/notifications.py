@@ -36,6 +36,8 @@ from zoneinfo import ZoneInfo
 import msgspec
 import redis.asyncio as aioredis
 
+from actors import redis_conn
+
 from .catalog_model import Movie, Show, Theatre, catalog_key
 from .mailer import Mailer, mailer_from
 from .outbox import Event, GroupConsumer
@@ -266,7 +268,7 @@ class OutboxWorkers:
     def __init__(self, settings: Settings, redis_url: str) -> None:
         from .webhooks import WebhookWorker  # noqa: PLC0415 (webhooks imports nothing of ours)
 
-        self.redis = aioredis.Redis.from_url(redis_url)
+        self.redis = redis_conn.async_client(redis_url)
         self.notifier = Notifier(self.redis, settings)
         self.webhooks = WebhookWorker(self.redis, settings)
 

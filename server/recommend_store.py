@@ -28,6 +28,8 @@ from collections.abc import Iterable
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from actors import redis_conn
+
 from . import recommend
 from .bookings import load_booking
 from .catalog import city_slug, load
@@ -195,7 +197,7 @@ class RecommendWorker:
 
     def __init__(self, redis_url: str, *, refresh_s: float = 600.0,
                  half_life_s: float = recommend.HALF_LIFE_S) -> None:
-        self.redis = aioredis.Redis.from_url(redis_url)
+        self.redis = redis_conn.async_client(redis_url)
         self.store = RecommendStore(self.redis, half_life_s)
         self.consumer = GroupConsumer(self.redis, GROUP, self.handle)
         self.refresh_s = refresh_s

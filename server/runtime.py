@@ -7,8 +7,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import ray
-import redis
 
+from actors import redis_conn
 from actors.show_actor import NAMESPACE
 
 from .embedded import RedisServer
@@ -31,7 +31,7 @@ class Runtime:
             log.info("embedded Redis (AOF, fsync always) at %s, data in %s", self.redis_url, data)
         else:
             # Started side by side (Procfile): wait for Redis rather than fail.
-            _retry(lambda: redis.Redis.from_url(self.redis_url).ping(), "Redis")
+            _retry(lambda: redis_conn.sync_client(self.redis_url).ping(), "Redis")
         if not ray.is_initialized():
             if self.settings.ray_address:
                 _retry(lambda: ray.init(address=self.settings.ray_address, namespace=NAMESPACE),

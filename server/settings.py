@@ -5,6 +5,8 @@ import os
 
 import msgspec
 
+from actors.redis_conn import sentinel_url
+
 
 class Settings(msgspec.Struct, frozen=True):
     host: str = "127.0.0.1"
@@ -102,6 +104,13 @@ class Settings(msgspec.Struct, frozen=True):
             "tax_bp": os.environ.get("BMM_TAX_BP"),
         }
         env.update({name: os.environ.get("BMM_" + name.upper()) for name in _ON_SALE})
+        sentinels = os.environ.get("BMM_REDIS_SENTINELS")
+        if sentinels and not env["redis_url"]:
+            # Redis behind Sentinel: one URL naming the Sentinels and the master, which
+            # every client (web, show actors, workers) resolves (actors/redis_conn.py).
+            env["redis_url"] = sentinel_url(sentinels, os.environ.get("BMM_REDIS_MASTER", "mymaster"),
+                                            int(os.environ.get("BMM_REDIS_DB", "0")),
+                                            os.environ.get("BMM_REDIS_PASSWORD"))
         values = {k: v for k, v in env.items() if v is not None}
         values.update({k: v for k, v in overrides.items() if v is not None})
         return msgspec.convert(values, cls, strict=False)

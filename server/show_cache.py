@@ -26,6 +26,7 @@ import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from actors import redis_conn
 from actors.layout import ShowConfig
 from actors.store import config_key
 
@@ -100,7 +101,7 @@ class ShowCache:
         self.listening = False
 
     async def _listen(self) -> None:
-        client = aioredis.Redis.from_url(self.listen_url)
+        client = redis_conn.async_client(self.listen_url)
         try:
             while True:
                 try:
