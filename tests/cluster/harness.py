@@ -275,16 +275,9 @@ class Cluster:
     def start(self) -> Cluster:
         try:
             self.redis = RedisServer(self.base / "redis").start(timeout=30)
-            head = RayNode(self.base, "head", self.head_port, head=True,
-                           num_cpus=self.cpus_per_node).start()
-            self.nodes.append(head)
-            _wait(head.ready, RAY_START_TIMEOUT_S, "the Ray head")
+            self._start_node("head")
             for i in range(1, self.n_ray):
-                node = RayNode(self.base, f"worker{i}", self.head_port, head=False,
-                               num_cpus=self.cpus_per_node).start()
-                self.nodes.append(node)
-            for node in self.nodes[1:]:
-                _wait(node.ready, RAY_START_TIMEOUT_S, f"Ray node {node.name}")
+                self._start_node(f"worker{i}")
             _wait(lambda: len(self.probe.nodes()) >= self.n_ray, RAY_START_TIMEOUT_S,
                   f"{self.n_ray} alive Ray nodes")
             for i in range(self.n_web):
@@ -296,6 +289,26 @@ class Cluster:
             self.close()
             raise
         return self
+
+    def _start_node(self, name: str, attempts: int = 3) -> None:
+        """Start one Ray node; on a machine shared with other work a port picked as free
+        can be taken before Ray binds it, so a node that exits at start is tried again
+        with fresh ports (a new head port for the head)."""
+        for attempt in range(attempts):
+            if name == "head" and attempt:
+                self.head_port = free_port()
+            node = RayNode(self.base / f"try{attempt}", name, self.head_port,
+                           head=name == "head", num_cpus=self.cpus_per_node).start()
+            self.nodes.append(node)
+            try:
+                _wait(node.ready, RAY_START_TIMEOUT_S, f"Ray node {name}")
+                return
+            except RuntimeError as exc:  # it exited
+                node.stop()
+                self.nodes.remove(node)
+                if attempt == attempts - 1:
+                    raise
+                print(f"harness: Ray node {name} exited at start, retrying: {exc}")
 
     def restart_redis(self) -> None:
         """After a crash: the same data dir (its AOF) and the same port."""
