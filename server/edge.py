@@ -41,6 +41,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 SHED_MESSAGE = "too many holds on this show right now; retry shortly"
+CONN_MESSAGE = "too many requests from your address at once; retry shortly"
 
 # A client's X-Request-Id is passed on (and quoted in the shed answer's JSON) only when it
 # is what the app itself accepts (server/observability.py): no quotes or backslashes can
@@ -92,6 +93,17 @@ http {{
         POST    $bmm_show;
         default '';
     }}
+    # nginx's 429s: `overloaded` when the hold path sheds, `rate_limited` (as the app's
+    # per-client limits) when a client has too many requests open (limit_conn).
+    map $limit_conn_status $bmm_shed_code {{
+        REJECTED rate_limited;
+        default  overloaded;
+    }}
+    map $limit_conn_status $bmm_shed_message {{
+        REJECTED "{conn_message}";
+        default  "{message}";
+    }}
+
     map $request_method $bmm_hold_all {{
         POST    all;
         default '';
@@ -139,7 +151,7 @@ http {{
             add_header Retry-After {retry_after_s} always;
             add_header X-Request-Id $bmm_request_id always;
             add_header Cache-Control no-store always;
-            return 429 '{{"error":{{"code":"overloaded","message":"{message}",\
+            return 429 '{{"error":{{"code":"$bmm_shed_code","message":"$bmm_shed_message",\
 "retry_after_ms":{retry_after_ms},"request_id":"$bmm_request_id"}}}}';
         }}
     }}
@@ -215,7 +227,8 @@ def render(listen_port: int, upstreams: Sequence[str], hold_rate_per_s: float,
                     "flush=1s;\n" if hold_timing_log else ""),
         listen=listen, read_timeout_s=read_timeout_s, ws_timeout_s=ws_timeout_s,
         hold_burst=hold_burst, retry_after_s=retry_after_s,
-        retry_after_ms=retry_after_s * 1000, message=SHED_MESSAGE)
+        retry_after_ms=retry_after_s * 1000, message=SHED_MESSAGE,
+        conn_message=CONN_MESSAGE)
     return text
 
 

@@ -178,6 +178,44 @@ async def test_a_ceiling_for_all_shows_together(
             pass
 
 
+async def test_too_many_open_requests_from_one_client_get_429(
+        server: TestServer, show: PublishedShow) -> None:
+    """`conn_per_client=2`: two live sockets from one address stay open; a third is refused
+    by nginx (429 `rate_limited`, the JSON error); once one closes, a new one gets in."""
+    from websockets.exceptions import InvalidStatus
+
+    from .conftest import free_port
+
+    proxy = Edge(free_port(), [f"127.0.0.1:{server.port}"], 100, 100,
+                 conn_per_client=2).start()
+    ws_url = f"ws://127.0.0.1:{proxy.port}/api/shows/{show.show_id}/live"
+    try:
+        async with connect(ws_url) as first, connect(ws_url) as second:
+            for ws in (first, second):
+                assert json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))["type"] \
+                    == "snapshot"
+            with pytest.raises(InvalidStatus) as refused:
+                async with connect(ws_url):
+                    pass
+            response = refused.value.response
+            assert response.status_code == 429
+            assert response.headers["Retry-After"] == "1"
+            assert json.loads(response.body)["error"]["code"] == "rate_limited"
+        # both closed: nginx forgets them as it sees the close; poll until a socket gets in
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            try:
+                async with connect(ws_url) as again:
+                    assert json.loads(await asyncio.wait_for(again.recv(), TIMEOUT))["type"] \
+                        == "snapshot"
+                break
+            except InvalidStatus:
+                assert time.monotonic() < deadline, "the closed sockets were never released"
+                await asyncio.sleep(0.05)
+    finally:
+        proxy.stop()
+
+
 async def test_the_app_sees_the_client_address_through_the_edge(
         edge: Edge, show: PublishedShow, redis: aioredis.Redis) -> None:
     """The client connects from its own loopback address (not 127.0.0.1); nginx appends it
