@@ -150,6 +150,8 @@ async def _open_loop(host: str, show: str, seats: list[str], rate: float, t0: fl
 
 def _over_main(job: dict[str, Any], out: Any) -> None:
     res = OverResult()
+    if job.get("nice"):
+        os.nice(job["nice"])
     cpu0 = time.process_time()
     asyncio.run(_open_loop(job["host"], job["show"], job["seats"], job["rate"], job["t0"],
                            job["t1"], res))
@@ -158,12 +160,12 @@ def _over_main(job: dict[str, Any], out: Any) -> None:
 
 
 def _overload(host: str, show: str, seats: list[str], rate: float, secs: float,
-              procs: int) -> OverResult:
+              procs: int, nice: int = 0) -> OverResult:
     ctx = mp.get_context("fork")
     out = ctx.Queue()
     t0 = time.time() + 1.5
     jobs = [{"host": host, "show": show, "seats": seats[i::procs], "rate": rate / procs,
-             "t0": t0, "t1": t0 + secs} for i in range(procs)]
+             "t0": t0, "t1": t0 + secs, "nice": nice} for i in range(procs)]
     workers = [ctx.Process(target=_over_main, args=(j, out), daemon=True) for j in jobs]
     for w in workers:
         w.start()
@@ -259,7 +261,7 @@ def _protected(args: argparse.Namespace, capacity: float, edge: bool
             cpu0 = _cpu(server, proxy)
             started = time.time()
             runs[factor] = _overload(host, show, seats, capacity * factor, args.seconds,
-                                     args.gen_procs)
+                                     args.gen_procs, args.gen_nice)
             busy.append((f"{factor:g}×, {label}", _busy(cpu0, _cpu(server, proxy),
                                                         args.seconds + 1.5)
                          + f"; load generators {runs[factor].cpu_s / (args.seconds + 1.5):.2f}"))
@@ -269,9 +271,11 @@ def _protected(args: argparse.Namespace, capacity: float, edge: bool
             proxy.stop(keep_files=True)  # flushes its buffered logs
         server.stop()
     if proxy is not None:
-        busy.append(("as nginx timed the admitted holds (request_time, without the load "
-                     "generators)", _nginx_timing(proxy, windows)))
-        proxy.remove()
+        try:
+            busy.append(("admitted holds as nginx timed them ($request_time: without the "
+                         "load generators' delays)", _nginx_timing(proxy, windows)))
+        finally:
+            proxy.remove()
     return runs, busy, label
 
 
@@ -316,6 +320,10 @@ def main() -> None:
                     help="the edge's holds/s per show, as a fraction of the capacity (0.8)")
     ap.add_argument("--edge-burst", type=int, default=-1,
                     help="the edge's burst (default: 0.1 s worth of its rate)")
+    ap.add_argument("--gen-nice", type=int, default=0,
+                    help="run the open-loop generators at this nice level (e.g. 10: the "
+                         "server's processes get the CPU first, as if the crowd were "
+                         "elsewhere; default 0)")
     ap.add_argument("--also-direct", action="store_true",
                     help="with --edge: also measure the cap alone (no nginx) in this run")
     args = ap.parse_args()
@@ -367,7 +375,8 @@ def main() -> None:
     for r in rows:
         print("| " + " | ".join(r) + " |")
     for name, text in busy:
-        print(f"cores busy, {name}: {text}")
+        print(f"{name}: {text}" if name.startswith("admitted") else
+              f"cores busy, {name}: {text}")
     ratio = pct(over.latencies, 99) / pct(normal.latencies, 99)
     ratio_sent = pct(over.from_send, 99) / pct(runs[1.0].from_send, 99)
     sent = (over.admitted + over.shed + sum(over.errors.values())) / secs
