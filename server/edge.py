@@ -199,7 +199,6 @@ def render(listen_port: int, upstreams: Sequence[str], hold_rate_per_s: float,
     prefix = str(Path(prefix).resolve())
     if any(c in prefix for c in " ;{}'\"\\"):
         raise ValueError(f"unsafe prefix for nginx: {prefix!r}")
-    # nginx takes whole requests per second (or per minute): below 1/s use r/m
     if total_hold_rate_per_s < 0:
         raise ValueError("total hold rate must be >= 0 (0: none)")
     listen = f"[{listen_host}]:{listen_port}" if ":" in listen_host else \
@@ -229,7 +228,6 @@ def render(listen_port: int, upstreams: Sequence[str], hold_rate_per_s: float,
         hold_burst=hold_burst, retry_after_s=retry_after_s,
         retry_after_ms=retry_after_s * 1000, message=SHED_MESSAGE,
         conn_message=CONN_MESSAGE)
-    return text
 
 
 def nginx_binary() -> str:
