@@ -223,7 +223,10 @@ async def test_readyz_is_503_while_redis_is_down_and_says_so(
                 assert resp.status == 503
                 body = await resp.json()
             assert body["ready"] is False
-            assert body["checks"]["redis"] != "ok" and "Connect" in body["checks"]["redis"]
+            # A connection error, or (as the pool retries a lost Redis with backoff) no
+            # answer within the probe's deadline: either way not ready, and it says why.
+            problem = body["checks"]["redis"]
+            assert "Connect" in problem or problem.startswith("no answer within"), problem
             assert body["checks"]["ray"] == "ok" and body["checks"]["shutdown"] == "ok"
             async with api.get("/healthz") as resp:  # liveness does not depend on Redis
                 assert resp.status == 200
