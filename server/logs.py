@@ -2,8 +2,11 @@
 
 Every logger writes into a `RequestIdQueueHandler`: it stamps the record with the current
 request id (actors/context.py), renders the message and any traceback in the caller, and
-puts the record on an in-memory queue. One `QueueListener` thread formats and writes, so
-a request never waits for log I/O (a slow terminal or a full pipe blocks only that thread).
+puts the record on an in-memory queue. One listener thread formats and writes, so a
+request never waits for log I/O (a slow terminal or a full pipe blocks only that thread).
+The thread wakes at most every `BATCH_S` and writes everything queued in one call: waking
+per record (the stock `QueueListener`) made it fight the event loop for the GIL on every
+access-log line, which halved the no-op request rate (`loadtest/RESULTS.md`).
 
 `BMM_LOG_FORMAT`: `json` (one JSON object per line: `time`, `level`, `logger`, `message`,
 `request_id` when there is one, plus any `extra=` fields) or `text`; default `text` when
@@ -17,13 +20,16 @@ import logging
 import os
 import queue
 import sys
+import time
 from datetime import UTC, datetime
 from logging.handlers import QueueHandler, QueueListener
 from typing import IO
 
-from pythonjsonlogger.json import JsonFormatter
+from pythonjsonlogger.msgspec import MsgspecFormatter
 
 from actors.context import request_id
+
+BATCH_S = 0.05  # the writer thread's longest nap: log lines appear at most this late
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"
 _exception_formatter = logging.Formatter()
@@ -49,7 +55,7 @@ class RequestIdQueueHandler(QueueHandler):
         return record
 
 
-class _JsonFormatter(JsonFormatter):
+class _JsonFormatter(MsgspecFormatter):  # msgspec encodes in C: half the stdlib json's cost
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
         return datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
 
@@ -59,7 +65,6 @@ def json_formatter() -> logging.Formatter:
     return _JsonFormatter(
         "%(asctime)s %(levelname)s %(name)s %(message)s",
         rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
-        json_ensure_ascii=False,
     )
 
 
@@ -72,11 +77,49 @@ def default_format(stream: IO[str] | None = None) -> str:
     return "text" if getattr(stream, "isatty", lambda: False)() else "json"
 
 
+class BatchingListener(QueueListener):
+    """A QueueListener that writes in batches: after a record arrives it naps `BATCH_S`,
+    then formats whatever is queued and writes it with one `write` + `flush`."""
+
+    def __init__(self, q: queue.SimpleQueue[logging.LogRecord], out: logging.StreamHandler,
+                 batch_s: float = BATCH_S) -> None:
+        super().__init__(q, out, respect_handler_level=True)
+        self.out = out
+        self.batch_s = batch_s
+
+    def _monitor(self) -> None:
+        q = self.queue
+        done = False
+        while not done:
+            batch = [q.get()]
+            time.sleep(self.batch_s)  # let the rest of this burst queue up
+            while True:
+                try:
+                    batch.append(q.get_nowait())
+                except queue.Empty:
+                    break
+            lines = []
+            for record in batch:
+                if record is self._sentinel:
+                    done = True
+                elif record.levelno >= self.out.level and self.out.filter(record):
+                    try:
+                        lines.append(self.out.format(record) + self.out.terminator)
+                    except Exception:
+                        self.out.handleError(record)
+            if lines:
+                try:
+                    self.out.stream.write("".join(lines))
+                    self.out.flush()
+                except Exception:
+                    self.out.handleError(next(r for r in batch if r is not self._sentinel))
+
+
 class Logging:
     """What `configure` installed; `stop()` writes out what is queued and puts the root
     logger back as it was."""
 
-    def __init__(self, handler: RequestIdQueueHandler, listener: QueueListener,
+    def __init__(self, handler: RequestIdQueueHandler, listener: BatchingListener,
                  replaced: list[logging.Handler], level: int) -> None:
         self.handler = handler
         self.listener = listener
@@ -115,7 +158,7 @@ def configure(fmt: str | None = None, level: str | None = None,
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
-    listener = QueueListener(q, out, respect_handler_level=True)
+    listener = BatchingListener(q, out)
     listener.start()
     installed = Logging(handler, listener, replaced, previous_level)
     atexit.register(installed.stop)
