@@ -32,7 +32,7 @@ from .errors import Handler
 routes = web.RouteTableDef()
 
 REQUEST_ID_HEADER = "X-Request-Id"
-REQUEST_ID_KEY = "request_id"  # request[REQUEST_ID_KEY]: this request's id
+REQUEST_ID_KEY = web.RequestKey("request_id", str)  # request[REQUEST_ID_KEY]: its id
 _VALID_ID = re.compile(r"[A-Za-z0-9._~:-]{1,128}")
 READY_TIMEOUT_S = 2.0
 
