@@ -57,6 +57,7 @@ def main() -> None:
         # After Ray started (its processes must not inherit it), before prometheus_client
         # is imported (by .app); our web children inherit it.
         _metrics_dir(os.path.join(settings.data_dir, "metrics"))
+    from . import gc_pauses
     from .app import create_app
     from .observability import AccessLogger
 
@@ -74,6 +75,8 @@ def main() -> None:
               + (f" ({args.workers} web processes)" if workers else ""), flush=True)
         kwargs = ({"access_log": None} if args.no_access_log
                   else {"access_log_class": AccessLogger})
+        gc_pauses.calm()  # full collections over live sockets paused the loop
+        gc_pauses.watch()
         web.run_app(app, host=settings.host, port=settings.port, print=None,
                     reuse_port=bool(workers) or args.reuse_port, ssl_context=ssl_context,
                     **kwargs)

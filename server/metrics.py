@@ -70,6 +70,10 @@ ACTOR_SECONDS = Histogram(
     "bmm_actor_call_seconds", "Show actor call latency (one batch, resends included)",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0),
 )
+GC_PAUSE = Histogram(
+    "bmm_gc_pause_seconds", "Garbage-collector pauses of the web process (server/gc_pauses.py)",
+    ["generation"], buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+)
 WATCHERS = Gauge("bmm_live_watchers", "Open live seat-map WebSockets",
                  multiprocess_mode="livesum")
 WAITING_ROOM = Gauge(

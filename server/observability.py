@@ -26,7 +26,7 @@ from aiohttp.abc import AbstractAccessLogger
 
 from actors.context import request_id
 
-from . import metrics
+from . import gc_pauses, metrics
 from .errors import Handler
 
 routes = web.RouteTableDef()
@@ -105,6 +105,7 @@ def _services(request: web.Request):  # noqa: ANN202 (app.py imports this module
 
 @routes.get("/metrics")
 async def metrics_endpoint(request: web.Request) -> web.Response:
+    gc_pauses.flush()
     body = await metrics.exposition(_services(request).redis)
     response = web.Response(body=body)
     response.headers["Content-Type"] = metrics.CONTENT_TYPE

@@ -255,3 +255,25 @@ def test_logging_never_waits_for_a_slow_stream(restore_root_logger) -> None:
 def test_bad_log_format_is_refused() -> None:
     with pytest.raises(ValueError, match="json or text"):
         logs.configure("xml", "INFO", io.StringIO())
+
+
+def test_gc_pauses_reach_the_histogram_at_scrape_time() -> None:
+    """Every collection after watch() is one observation of bmm_gc_pause_seconds, moved
+    there by flush() (the gc callback itself never touches a metrics lock)."""
+    import gc
+
+    from server import gc_pauses, metrics
+
+    def count(generation: str) -> float:
+        return sum(s.value for m in metrics.GC_PAUSE.collect() for s in m.samples
+                   if s.name.endswith("_count") and s.labels.get("generation") == generation)
+
+    gc_pauses.watch()
+    gc_pauses.watch()  # idempotent: one callback
+    gc_pauses.flush()
+    before = count("2")
+    gc.collect()
+    gc.collect()
+    assert count("2") == before  # not yet: only flush() observes
+    gc_pauses.flush()
+    assert count("2") == before + 2
