@@ -7,14 +7,13 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
-import ray
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestServer
 
-from actors.show_actor import NAMESPACE, actor_name
 from server.app import create_app
 from server.embedded import RedisServer
 from server.settings import Settings
+from tests.show_actors import kill_actor_for_good
 
 from .account_helpers import Client
 from .builders import PublishedShow, publish_show
@@ -64,7 +63,4 @@ async def clients(server: TestServer) -> AsyncIterator:
 async def show(redis: aioredis.Redis) -> AsyncIterator[PublishedShow]:
     pub = await publish_show(redis)
     yield pub
-    try:
-        ray.kill(ray.get_actor(actor_name(pub.show_id), namespace=NAMESPACE), no_restart=True)
-    except ValueError:
-        pass
+    kill_actor_for_good(pub.show_id)

@@ -26,6 +26,7 @@ from actors.store import log_key, put_config
 from server.app import SERVICES
 from server.embedded import RedisServer
 from server.live import Hub, events_payload
+from tests.show_actors import kill_actor_for_good
 
 TIMEOUT = 10.0
 
@@ -55,10 +56,7 @@ async def new_show(redis: aioredis.Redis) -> AsyncIterator[Callable[..., Awaitab
 
     yield make
     for show_id in made:
-        try:
-            ray.kill(ray.get_actor(actor_name(show_id), namespace=NAMESPACE), no_restart=True)
-        except ValueError:
-            pass
+        kill_actor_for_good(show_id)
 
 
 def live_url(server: TestServer, show_id: str, since: int | None = None) -> str:

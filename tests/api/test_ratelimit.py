@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 
 from server.settings import Settings
+from tests.show_actors import kill_actor_for_good
 
 from .account_helpers import Client
 from .builders import PublishedShow
@@ -156,11 +157,4 @@ async def test_overload_is_shed_at_once_with_429(redis_server: Any, ray_cluster:
         assert all(r[1]["error"]["code"] == "overloaded" and r[2] == "1" for r in shed)
     finally:
         await srv.close()
-        import ray
-
-        from actors.show_actor import NAMESPACE, actor_name
-        try:
-            ray.kill(ray.get_actor(actor_name(pub.show_id), namespace=NAMESPACE),
-                     no_restart=True)
-        except ValueError:
-            pass
+        kill_actor_for_good(pub.show_id)

@@ -15,13 +15,12 @@ from typing import Any
 
 import aiohttp
 import pytest
-import ray
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestServer
 from websockets.asyncio.client import connect
 
-from actors.show_actor import NAMESPACE, actor_name
 from server.edge import SHED_MESSAGE, Edge, command, prepare_prefix, render
+from tests.show_actors import kill_actor_for_good
 from tests.api.builders import PublishedShow, publish_show
 
 from .conftest import HOLD_BURST, HOLD_RATE
@@ -135,11 +134,7 @@ async def test_a_burst_over_the_rate_is_shed_by_nginx_and_nothing_is_lost(
                                            for _ in range(30)))
             assert len(reads) == 30
     finally:
-        try:
-            ray.kill(ray.get_actor(actor_name(other.show_id), namespace=NAMESPACE),
-                     no_restart=True)
-        except ValueError:
-            pass
+        kill_actor_for_good(other.show_id)
 
 
 async def test_a_ceiling_for_all_shows_together(
@@ -171,11 +166,7 @@ async def test_a_ceiling_for_all_shows_together(
                 assert {s for s in seats if statuses[s] == "held"} == held
     finally:
         proxy.stop()
-        try:
-            ray.kill(ray.get_actor(actor_name(other.show_id), namespace=NAMESPACE),
-                     no_restart=True)
-        except ValueError:
-            pass
+        kill_actor_for_good(other.show_id)
 
 
 async def test_too_many_open_requests_from_one_client_get_429(
@@ -266,11 +257,7 @@ async def test_the_apps_own_429_passes_through_unchanged(
     finally:
         proxy.stop()
         await srv.close()
-        try:
-            ray.kill(ray.get_actor(actor_name(pub.show_id), namespace=NAMESPACE),
-                     no_restart=True)
-        except ValueError:
-            pass
+        kill_actor_for_good(pub.show_id)
 
 
 @pytest.mark.parametrize("options", [

@@ -14,20 +14,14 @@ from typing import Any
 
 import msgspec
 import pytest
-import ray
 import redis.asyncio as aioredis
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actors import commands as c
 from actors.layout import Layout, Rules
-from actors.show_actor import NAMESPACE, actor_name
 from actors.store import Event, LogEntry, ShowStore, event_decoder, event_encoder, log_key
 from server.embedded import RedisServer
-
-
-def get_actor(show_id: str) -> ray.actor.ActorHandle:
-    """The show's live actor; raises ValueError if there is none (never creates one)."""
-    return ray.get_actor(actor_name(show_id), namespace=NAMESPACE)
+from tests.show_actors import get_actor, kill_actor_for_good  # noqa: F401 (re-exported)
 
 
 def actor_exists(show_id: str) -> bool:
@@ -36,13 +30,6 @@ def actor_exists(show_id: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def kill_actor_for_good(show_id: str) -> None:
-    try:
-        ray.kill(get_actor(show_id), no_restart=True)
-    except ValueError:
-        pass
 
 
 async def wait_until(

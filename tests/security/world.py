@@ -10,10 +10,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-import ray
 from aiohttp.test_utils import TestServer
 
-from actors.show_actor import NAMESPACE, actor_name
+from tests.show_actors import kill_actor_for_good
 
 from ..api.account_helpers import Client, hold_and_checkout
 from ..api.catalog_helpers import Partner, new_partner, uid
@@ -51,11 +50,7 @@ class World:
 
     def kill_actors(self) -> None:
         for show_id in (self.show_a, self.show_b):
-            try:
-                ray.kill(ray.get_actor(actor_name(show_id), namespace=NAMESPACE),
-                         no_restart=True)
-            except ValueError:
-                pass
+            kill_actor_for_good(show_id)
 
 
 async def build_world(api: aiohttp.ClientSession, server: TestServer, clients) -> World:
