@@ -1,19 +1,3 @@
-"""The cluster under test: real processes (tests/cluster/harness.py), one per module.
-
-Nothing here uses the session's in-process Ray (tests/conftest.py `ray_cluster`): the
-cluster's Ray runs in its own processes and is only reached over HTTP/WebSocket (the web
-processes), Redis, and the `ray_probe` child process.
-"""
-from __future__ import annotations
-
-from collections.abc import Iterator
-
-import pytest
-
-from tests.cluster.harness import Cluster
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
-    with Cluster(web=2, ray_nodes=2) as cl:
-        yield cl
+"""The fault suite runs on the same real multi-process cluster as tests/cluster (one per
+module); see tests/cluster/conftest.py."""
+from tests.cluster.conftest import cluster  # noqa: F401 (the fixture, shared)
