@@ -68,14 +68,25 @@ def verify(secret: str, token: str, show_id: str, visitor: str | None,
     return None
 
 
+async def session_customer(request: web.Request) -> tuple[str, str | None]:
+    """(customer, visitor id) from the session, without a Redis read: the customer is
+    `u:<user id>` when logged in, else `v:<visitor id>` when the session has one (the
+    waiting room gives one), else "" (anonymous). The cookie is decrypted only when one
+    came (that is not free). Both the per-customer rate limit and seat cap count this."""
+    if SESSION_COOKIE not in request.cookies:
+        return "", None
+    session = await get_session(request)
+    uid, vid = session.get("uid"), session.get("vid")
+    vid = vid if isinstance(vid, str) else None
+    if isinstance(uid, str):
+        return "u:" + uid, vid
+    return ("v:" + vid if vid else ""), vid
+
+
 async def hold_customer(request: web.Request, show_id: str, on_sale: bool) -> str:
-    """Who is holding (for the per-customer cap): `u:<user id>` when logged in, else
-    `v:<visitor id>` when the session has one, else "" (anonymous: no cap). For a show in
-    its waiting room, 403 unless the request carries an admission token for this visitor."""
-    uid = vid = None
-    if SESSION_COOKIE in request.cookies:
-        session = await get_session(request)
-        uid, vid = session.get("uid"), session.get("vid")
+    """Who is holding (for the per-customer cap; `session_customer`). For a show in its
+    waiting room, 403 unless the request carries an admission token for this visitor."""
+    customer, vid = await session_customer(request)
     if on_sale:
         token = request.headers.get(HEADER) or request.cookies.get(COOKIE)
         if not token:
@@ -84,17 +95,12 @@ async def hold_customer(request: web.Request, show_id: str, on_sale: bool) -> st
                            queue=f"/api/shows/{show_id}/queue")
         from .app import services
 
-        why = verify(services(request).settings.secret, token.strip(), show_id,
-                     vid if isinstance(vid, str) else None)
+        why = verify(services(request).settings.secret, token.strip(), show_id, vid)
         if why is not None:
             raise ApiError(403, "admission_invalid",
                            f"this admission token is not valid here ({why.replace('_', ' ')})",
                            reason=why, queue=f"/api/shows/{show_id}/queue")
-    if isinstance(uid, str):
-        return "u:" + uid
-    if isinstance(vid, str):
-        return "v:" + vid
-    return ""
+    return customer
 
 
 async def hold_gate(request: web.Request, show_id: str) -> tuple[str, int]:

@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from aiohttp import web
-from aiohttp_session import get_session
 
+from .admission import session_customer
 from .errors import Handler, error_response
 from .settings import Settings
 
@@ -267,7 +267,7 @@ async def _check(request: web.Request, lim: Limiter, kind: Kind) -> web.Response
                 digest = hashlib.sha256(auth[7:].strip().encode()).hexdigest()[:32]
                 keys.append(f"rl:key:{lim.limits['partner'].tag}:{digest}")
                 args.extend(lim.limits["partner"].args())
-        elif kind != "read" and (who := await _customer(request)):
+        elif kind != "read" and (who := (await session_customer(request))[0]):
             keys.append(f"rl:cust:{lim.limits['customer'].tag}:{who}")
             args.extend(lim.limits["customer"].args())
     n = len(keys)
@@ -287,18 +287,3 @@ async def _check(request: web.Request, lim: Limiter, kind: Kind) -> web.Response
         return too_many("rate_limited", "too many requests; slow down", int(retry_ms))
     return None
 
-
-async def _customer(request: web.Request) -> str | None:
-    """The logged-in customer (or queued visitor) from the session, without a Redis read;
-    only when a session cookie came (decrypting one is not free)."""
-    from .accounts import SESSION_COOKIE
-
-    if SESSION_COOKIE not in request.cookies:
-        return None
-    session = await get_session(request)
-    uid, vid = session.get("uid"), session.get("vid")
-    if isinstance(uid, str):
-        return "u:" + uid
-    if isinstance(vid, str):
-        return "v:" + vid
-    return None
