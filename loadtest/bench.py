@@ -48,7 +48,8 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -56,6 +57,7 @@ from .scenario import publish_rush
 
 ROOT = Path(__file__).resolve().parent.parent
 _json = msgspec.json.Decoder()
+R = TypeVar("R", bound=msgspec.Struct)
 
 
 # --- small helpers -----------------------------------------------------------------------
@@ -358,16 +360,25 @@ def _gen_main(job: dict[str, Any], out: Any) -> None:
     out.put(msgspec.msgpack.encode(res))
 
 
-def run_generators(jobs: list[dict[str, Any]]) -> tuple[GenResult, float]:
-    """Run the jobs in parallel processes; merge their results. Returns (merged, CPU s)."""
+def run_jobs(target: Callable[[dict[str, Any], Any], None], jobs: list[dict[str, Any]],
+             result: type[R]) -> list[R]:
+    """`target(job, out)` in a forked process per job; each puts one msgpack `result` on
+    `out`. Returns them, decoded, once every process is done."""
     ctx = mp.get_context("fork")
     out = ctx.Queue()
-    procs = [ctx.Process(target=_gen_main, args=(job, out), daemon=True) for job in jobs]
+    procs = [ctx.Process(target=target, args=(job, out), daemon=True) for job in jobs]
     for p in procs:
         p.start()
+    results = [msgspec.msgpack.decode(out.get(timeout=600), type=result) for _ in procs]
+    for p in procs:
+        p.join(timeout=30)
+    return results
+
+
+def run_generators(jobs: list[dict[str, Any]]) -> tuple[GenResult, float]:
+    """Run the jobs in parallel processes; merge their results. Returns (merged, CPU s)."""
     merged, cpu = GenResult(), 0.0
-    for _ in procs:
-        r = msgspec.msgpack.decode(out.get(timeout=600), type=GenResult)
+    for r in run_jobs(_gen_main, jobs, GenResult):
         merged.ok += r.ok
         merged.released += r.released
         merged.conflicts += r.conflicts
@@ -376,8 +387,6 @@ def run_generators(jobs: list[dict[str, Any]]) -> tuple[GenResult, float]:
         for k, v in r.errors.items():
             merged.errors[k] = merged.errors.get(k, 0) + v
         cpu += r.cpu
-    for p in procs:
-        p.join(timeout=30)
     return merged, cpu
 
 

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import multiprocessing as mp
 import os
 import random
 import time
@@ -44,7 +43,7 @@ import msgspec
 
 from server.edge import Edge
 
-from .bench import GenResult, Server, cpu_seconds, free_port, pct, run_generators
+from .bench import GenResult, Server, cpu_seconds, free_port, pct, run_generators, run_jobs
 from .scenario import publish_rush
 
 
@@ -161,17 +160,11 @@ def _over_main(job: dict[str, Any], out: Any) -> None:
 
 def _overload(host: str, show: str, seats: list[str], rate: float, secs: float,
               procs: int, nice: int = 0) -> OverResult:
-    ctx = mp.get_context("fork")
-    out = ctx.Queue()
     t0 = time.time() + 1.5
     jobs = [{"host": host, "show": show, "seats": seats[i::procs], "rate": rate / procs,
              "t0": t0, "t1": t0 + secs, "nice": nice} for i in range(procs)]
-    workers = [ctx.Process(target=_over_main, args=(j, out), daemon=True) for j in jobs]
-    for w in workers:
-        w.start()
     merged = OverResult()
-    for _ in workers:
-        r = msgspec.msgpack.decode(out.get(timeout=600), type=OverResult)
+    for r in run_jobs(_over_main, jobs, OverResult):
         merged.admitted += r.admitted
         merged.shed += r.shed
         merged.latencies += r.latencies
@@ -180,8 +173,6 @@ def _overload(host: str, show: str, seats: list[str], rate: float, secs: float,
         merged.cpu_s += r.cpu_s
         for k, v in r.errors.items():
             merged.errors[k] = merged.errors.get(k, 0) + v
-    for w in workers:
-        w.join(timeout=30)
     return merged
 
 
