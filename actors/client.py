@@ -1,14 +1,18 @@
-"""The web tier's way into the show actors: group commit per show.
+"""The web tier's way into the shows: group commit per host.
 
-Per show and per process at most one actor call is in flight; commands that arrive
-meanwhile wait and go together as the next call. An idle show pays no extra latency, a
-rushed one sends hundreds of commands per call (a Ray call costs ~1 ms whatever it
-carries). If the actor died or passivated, the same batch goes to its successor: the
-command ids make that retry safe.
+Each show lives in one host of a small pool (actors/host.py), chosen by rendezvous
+hashing over the pool's hosts (actors/placement.py). Per host and per process at most one
+Ray call is in flight; commands that arrive meanwhile, for any of that host's shows, wait
+and go together as the next call. An idle show pays no extra latency; under a rush one
+call carries hundreds of commands for many shows (a Ray call costs ~1 ms whatever it
+carries). If the host died, the same call goes to its successor (Ray restarts it under
+its name): the command ids make that retry safe. A show that moved to another host (the
+pool changed) is routed again.
 
 Each command is stamped with the caller's request id (actors/context.py) unless it has
 one, and an optional batch observer (`set_batch_observer`; server/metrics.py installs one)
-sees every batch sent: its size, its results and how long the actor call took.
+sees every show's share of every call: its commands, its results and how long the call
+took.
 """
 from __future__ import annotations
 
@@ -17,21 +21,27 @@ import contextvars
 import logging
 import time
 from collections.abc import Callable
+from hashlib import blake2b
 
 import msgspec
 import ray
+import redis.asyncio as aioredis
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from . import commands as c
+from . import placement, redis_conn
 from .context import request_id
-from .show_actor import NAMESPACE, ActorSettings, ShowActor, actor_name
+from .host import ActorSettings, ShowHost
+from .pool import NAMESPACE, Pool, create_pool, plan_hosts, read_pool, replace_pool
 
 log = logging.getLogger(__name__)
 
-MAX_BATCH = 512
-RETRY_FOR_S = 30.0
+MAX_BATCH = 512      # commands per host call
+RETRY_FOR_S = 30.0   # how long a call is resent to a host that died before giving up
+MAX_HOPS = 4         # routings of one command (a show that moved) before giving up
 
-# (show_id, commands, results, seconds the actor call took) for every batch sent.
+# (show_id, commands, results, seconds the host call took) for every show of every call.
 BatchObserver = Callable[[str, list[c.Command], list[c.Result], float], None]
 _observer: BatchObserver | None = None
 
@@ -43,103 +53,300 @@ def set_batch_observer(observer: BatchObserver | None) -> BatchObserver | None:
     return previous
 
 
-class ShowClient:
-    def __init__(self, show_id: str, connect: Callable[[str], ray.actor.ActorHandle]) -> None:
-        self.show_id = show_id
-        self._connect = connect
+_Pending = tuple[c.Command, "asyncio.Future[c.Result]", int]  # command, answer, hops
+
+
+class HostClient:
+    """This process's queue to one host."""
+
+    def __init__(self, directory: ShowDirectory, name: str) -> None:
+        self.name = name
+        self._directory = directory
         self._handle: ray.actor.ActorHandle | None = None
-        self._pending: list[tuple[c.Command, asyncio.Future[c.Result]]] = []
+        self._pending: dict[str, list[_Pending]] = {}
         self._flusher: asyncio.Task[None] | None = None
         self.calls = 0
         self.commands = 0
 
-    async def submit(self, cmd: c.Command) -> c.Result:
-        if not cmd.rid and (rid := request_id.get()):
-            cmd = msgspec.structs.replace(cmd, rid=rid)
-        fut: asyncio.Future[c.Result] = asyncio.get_running_loop().create_future()
-        self._pending.append((cmd, fut))
+    def enqueue(self, show_id: str, item: _Pending) -> None:
+        self._pending.setdefault(show_id, []).append(item)
         if self._flusher is None:
             # A context of its own: the flusher serves many requests, it must not log
             # (nor stamp) the request id of the one that happened to start it.
             self._flusher = asyncio.create_task(self._flush(), context=contextvars.Context())
-        return await fut
+
+    def _take(self) -> list[tuple[str, list[_Pending]]]:
+        taken: list[tuple[str, list[_Pending]]] = []
+        room = MAX_BATCH
+        for show_id in list(self._pending):
+            items = self._pending[show_id]
+            if len(items) <= room:
+                del self._pending[show_id]
+                taken.append((show_id, items))
+                room -= len(items)
+            else:
+                taken.append((show_id, items[:room]))
+                self._pending[show_id] = items[room:]
+                room = 0
+            if room == 0:
+                break
+        return taken
 
     async def _flush(self) -> None:
         try:
             while self._pending:
-                batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
-                cmds = [cmd for cmd, _ in batch]
+                groups = self._take()
+                call = c.Call(self._directory.epoch, [
+                    c.Group(show_id, [cmd for cmd, _, _ in items]) for show_id, items in groups])
                 started = time.perf_counter()
                 try:
-                    results = await self._call(cmds)
+                    reply = await self._call(c.command_encoder.encode(call))
                 except Exception as exc:  # never leave a caller hanging
-                    log.exception("show %s: batch failed", self.show_id)
-                    results = [c.Rejected("unavailable", f"show unavailable: {exc}")] * len(batch)
-                if _observer is not None:
-                    try:
-                        _observer(self.show_id, cmds, results, time.perf_counter() - started)
-                    except Exception:  # metrics must never fail a booking
-                        log.exception("show %s: batch observer failed", self.show_id)
-                for (_, fut), result in zip(batch, results, strict=True):
-                    if not fut.done():
-                        fut.set_result(result)
+                    log.exception("host %s: call failed", self.name)
+                    reply = c.Reply(call.epoch, [
+                        [c.Rejected("unavailable", f"show unavailable: {exc}")] * len(g.commands)
+                        for g in call.groups])
+                took = time.perf_counter() - started
+                moved: list[tuple[str, list[_Pending]]] = []
+                for (show_id, items), results in zip(groups, reply.results, strict=True):
+                    if results is None:
+                        moved.append((show_id, items))
+                        continue
+                    if _observer is not None:
+                        try:
+                            _observer(show_id, [cmd for cmd, _, _ in items], results, took)
+                        except Exception:  # metrics must never fail a booking
+                            log.exception("show %s: batch observer failed", show_id)
+                    for (_, fut, _), result in zip(items, results, strict=True):
+                        if not fut.done():
+                            fut.set_result(result)
+                if moved:
+                    await self._directory.reroute(moved, reply.epoch)
         finally:
             self._flusher = None
 
-    async def _call(self, cmds: list[c.Command]) -> list[c.Result]:
-        blob = c.command_encoder.encode(cmds)
+    async def _call(self, blob: bytes) -> c.Reply:
         self.calls += 1
-        self.commands += len(cmds)
         deadline = time.monotonic() + RETRY_FOR_S
         delay = 0.02
         while True:
             try:
                 if self._handle is None:
-                    self._handle = await asyncio.to_thread(self._connect, self.show_id)
-                return c.results_decoder.decode(await self._handle.apply.remote(blob))
+                    self._handle = await self._directory.host_handle(self.name)
+                reply = c.reply_decoder.decode(await self._handle.apply.remote(blob))
+                self.commands += sum(len(r) for r in reply.results if r is not None)
+                return reply
             except (RayActorError, ActorDiedError, ActorUnavailableError) as exc:
                 if time.monotonic() > deadline:
                     raise
-                log.warning("show %s: actor lost (%s); retrying", self.show_id, type(exc).__name__)
+                log.warning("host %s: lost (%s); retrying", self.name, type(exc).__name__)
                 self._handle = None
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.5)
 
 
 class ShowDirectory:
-    """One ShowClient per show in this process; actors found or created by name."""
+    """Every show of one host pool, as this process reaches them.
 
-    def __init__(self, redis_url: str, settings: ActorSettings | None = None) -> None:
+    The pool is named for what it serves (`pool`), the Redis it writes to and the
+    settings its hosts run with: directories that differ in either get hosts of their
+    own (tests use that for short passivation times and private Redis servers)."""
+
+    def __init__(self, redis_url: str, settings: ActorSettings | None = None, *,
+                 pool: str = "shows", hosts_per_node: int = 0) -> None:
         self.redis_url = redis_url
         self.settings = settings or ActorSettings()
-        self._clients: dict[str, ShowClient] = {}
+        digest = blake2b(redis_url.encode() + msgspec.msgpack.encode(self.settings),
+                         digest_size=4).hexdigest()
+        self.pool = f"{pool}.{digest}"
+        self.hosts_per_node = hosts_per_node  # 0: one host per CPU of each node
+        self._hosts: dict[str, HostClient] = {}
+        self._handles: dict[str, ray.actor.ActorHandle] = {}
+        self._view: Pool | None = None
+        self._redis: aioredis.Redis | None = None
+        self._ready: asyncio.Lock | None = None
+        self.shows_seen: set[str] = set()
 
-    def client(self, show_id: str) -> ShowClient:
-        client = self._clients.get(show_id)
-        if client is None:
-            client = self._clients[show_id] = ShowClient(show_id, self._connect)
-        return client
+    # --- routing ---------------------------------------------------------------------
 
-    def clients(self) -> list[ShowClient]:
-        return list(self._clients.values())
+    @property
+    def epoch(self) -> int:
+        return self._view.epoch if self._view else 0
+
+    @property
+    def hosts(self) -> list[str]:
+        return list(self._view.hosts) if self._view else []
+
+    def owner(self, show_id: str) -> str:
+        assert self._view is not None, "start() the directory first"
+        return placement.owner(show_id, self._view.hosts)
 
     async def submit(self, show_id: str, cmd: c.Command) -> c.Result:
-        return await self.client(show_id).submit(cmd)
+        if self._view is None:
+            await self.start()
+        if not cmd.rid and (rid := request_id.get()):
+            cmd = msgspec.structs.replace(cmd, rid=rid)
+        fut: asyncio.Future[c.Result] = asyncio.get_running_loop().create_future()
+        self.shows_seen.add(show_id)
+        self._host(self.owner(show_id)).enqueue(show_id, (cmd, fut, 0))
+        return await fut
 
-    def _connect(self, show_id: str) -> ray.actor.ActorHandle:
-        return ShowActor.options(
-            name=actor_name(show_id),
-            namespace=NAMESPACE,
-            get_if_exists=True,
-            lifetime="detached",  # shared by every web process; passivates itself
-            # Show actors ask for no resources (num_cpus=0), so no node ever looks busier
-            # than another to the scheduler, and resource-based balancing cannot see them.
-            # SPREAD says what we want - shows distributed over the cluster's nodes, so
-            # they share its memory and cores - rather than relying on how the default
-            # policy happens to place resource-less actors (random in Ray 2.60).
-            # tests/cluster/test_scale_out.py checks the spread on two nodes.
-            scheduling_strategy="SPREAD",
-        ).remote(show_id, self.redis_url, self.settings)
+    def client(self, show_id: str) -> ShowClient:
+        return ShowClient(self, show_id)
 
-    def handle(self, show_id: str) -> ray.actor.ActorHandle:
-        return self._connect(show_id)
+    def clients(self) -> list[HostClient]:
+        return list(self._hosts.values())
+
+    async def reroute(self, moved: list[tuple[str, list[_Pending]]], host_epoch: int) -> None:
+        """Shows a host said are not its own: read the pool again, send them on."""
+        if host_epoch >= self.epoch:
+            await self._reload_view()
+        for show_id, items in moved:
+            target = self._host(self.owner(show_id))
+            for cmd, fut, hops in items:
+                if hops + 1 >= MAX_HOPS:
+                    if not fut.done():
+                        fut.set_result(c.Rejected("unavailable", "the show is moving; try again"))
+                else:
+                    target.enqueue(show_id, (cmd, fut, hops + 1))
+
+    def _host(self, name: str) -> HostClient:
+        client = self._hosts.get(name)
+        if client is None:
+            client = self._hosts[name] = HostClient(self, name)
+        return client
+
+    # --- the pool --------------------------------------------------------------------
+
+    async def start(self) -> ShowDirectory:
+        """Read (or, first in the cluster, record) the pool and make sure its hosts run."""
+        if self._ready is None:
+            self._ready = asyncio.Lock()
+        async with self._ready:
+            if self._view is not None:
+                return self
+            redis = self._client()
+            view = await read_pool(redis, self.pool)
+            if view is None:
+                nodes = await asyncio.to_thread(_alive_nodes)
+                plan = plan_hosts(self.pool, [
+                    (node, self.hosts_per_node or cpus) for node, cpus in nodes])
+                view = await create_pool(redis, self.pool, plan)
+            await self._start_hosts(view)
+            self._view = view
+        return self
+
+    async def _reload_view(self) -> None:
+        view = await read_pool(self._client(), self.pool)
+        if view is not None and view.epoch > self.epoch:
+            await self._start_hosts(view)
+            self._view = view
+
+    async def add_hosts(self, count: int, node_id: str | None = None) -> list[str]:
+        """Grow the pool by `count` hosts (on `node_id`, or on the first node), and wait
+        until they run. Shows move to them by the hash; existing hosts let them go."""
+        await self.start()
+        assert self._view is not None
+        node = node_id or (await asyncio.to_thread(_alive_nodes))[0][0]
+        while True:
+            view = await read_pool(self._client(), self.pool)
+            assert view is not None
+            added = plan_hosts(self.pool, [(node, count)], start=len(view.hosts))
+            grown = dict(view.nodes, **added)
+            await self._start_hosts(Pool(view.epoch, list(grown), grown))
+            try:
+                new = await replace_pool(self._client(), self.pool, view.epoch, grown)
+            except Exception as exc:  # someone else changed it: plan again
+                if "EPOCH" not in str(exc):
+                    raise
+                continue
+            self._view = new
+            return list(added)
+
+    async def host_handle(self, name: str) -> ray.actor.ActorHandle:
+        handle = self._handles.get(name)
+        if handle is None:
+            node = self._view.nodes.get(name) if self._view else None
+            handle = await asyncio.to_thread(self._create_host, name, node)
+            self._handles[name] = handle
+        return handle
+
+    async def _start_hosts(self, view: Pool) -> None:
+        missing = [h for h in view.hosts if h not in self._handles]
+        handles = await asyncio.gather(*(
+            asyncio.to_thread(self._create_host, h, view.nodes.get(h)) for h in missing))
+        self._handles.update(zip(missing, handles, strict=True))
+        # Wait until each answers: the first command must not pay for a process start.
+        await asyncio.gather(*(self._handles[h].pid.remote() for h in missing))
+
+    def _create_host(self, name: str, node: str | None) -> ray.actor.ActorHandle:
+        options: dict = dict(name=name, namespace=NAMESPACE, get_if_exists=True,
+                             lifetime="detached")  # shared by every web process
+        if node:
+            # Placed on its node, not by Ray's choice: hosts ask for no CPU, so the
+            # scheduler could not balance them, and a deterministic spread is testable.
+            # Soft: if that node is gone, Ray restarts the host elsewhere.
+            options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=True)
+        return ShowHost.options(**options).remote(self.pool, name, self.redis_url, self.settings)
+
+    def _client(self) -> aioredis.Redis:
+        if self._redis is None:
+            self._redis = redis_conn.async_client(self.redis_url)
+        return self._redis
+
+    # --- looking inside (tests, admin tools, the benchmark) --------------------------
+
+    async def inspect(self, show_id: str) -> dict:
+        """The show as its owner has it in memory."""
+        await self.start()
+        return await (await self.host_handle(self.owner(show_id))).inspect.remote(show_id)
+
+    async def is_loaded(self, show_id: str) -> bool:
+        await self.start()
+        return show_id in await (await self.host_handle(self.owner(show_id))).loaded.remote()
+
+    async def host_pid(self, show_id: str) -> int:
+        await self.start()
+        return await (await self.host_handle(self.owner(show_id))).pid.remote()
+
+    async def host_stats(self) -> list[dict]:
+        await self.start()
+        handles = [await self.host_handle(h) for h in self.hosts]
+        return list(await asyncio.gather(*(h.stats.remote() for h in handles)))
+
+    async def forget(self, show_id: str) -> None:
+        """Drop the show from its host's memory (its state is in Redis)."""
+        await self.start()
+        await (await self.host_handle(self.owner(show_id))).forget.remote(show_id)
+
+    def kill_hosts(self) -> None:
+        """Stop this pool's hosts for good (tests and benchmarks clean up with it)."""
+        for handle in self._handles.values():
+            try:
+                ray.kill(handle, no_restart=True)
+            except Exception:
+                pass
+        self._handles.clear()
+
+    async def close(self) -> None:
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis = None
+
+
+class ShowClient:
+    """One show's view of the directory (the command stream of that show)."""
+
+    def __init__(self, directory: ShowDirectory, show_id: str) -> None:
+        self.directory = directory
+        self.show_id = show_id
+
+    async def submit(self, cmd: c.Command) -> c.Result:
+        return await self.directory.submit(self.show_id, cmd)
+
+
+def _alive_nodes() -> list[tuple[str, int]]:
+    """(node id, CPUs) of every live Ray node, in node-id order (the same for everyone)."""
+    nodes = [(n["NodeID"], max(1, int(n["Resources"].get("CPU", 1))))
+             for n in ray.nodes() if n["Alive"]]
+    return sorted(nodes)

@@ -183,3 +183,25 @@ command_encoder = msgspec.msgpack.Encoder()
 commands_decoder = msgspec.msgpack.Decoder(list[Command])
 command_decoder = msgspec.msgpack.Decoder(Command)
 results_decoder = msgspec.msgpack.Decoder(list[Result])
+
+
+# --- the host call: commands for many shows in one Ray call ------------------------
+
+class Group(msgspec.Struct, frozen=True, array_like=True):
+    show_id: str
+    commands: list[Command]
+
+
+class Call(msgspec.Struct, frozen=True, array_like=True):
+    epoch: int            # the pool epoch the caller routed by
+    groups: list[Group]
+
+
+class Reply(msgspec.Struct, frozen=True, array_like=True):
+    epoch: int            # the pool epoch the host decided by
+    # per group: its results, or None when the show is not this host's (route again)
+    results: list[list[Result] | None]
+
+
+call_decoder = msgspec.msgpack.Decoder(Call)
+reply_decoder = msgspec.msgpack.Decoder(Reply)

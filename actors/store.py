@@ -8,14 +8,17 @@ stale actor instance: a write computed from an old state can never land.
 from __future__ import annotations
 
 import struct
+import weakref
+from hashlib import blake2b, sha1
 
 import msgspec
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 
 from . import commands as c
-from .layout import ShowConfig
-from .seatmap import SeatMap, Snapshot
+from .layout import Layout, ShowConfig
+from .seatmap import SeatMap, SeatPlan, Snapshot
 
 
 def config_key(show_id: str) -> str:
@@ -54,6 +57,7 @@ event_decoder = msgspec.json.Decoder(Event)
 _snapshot_encoder = msgspec.msgpack.Encoder()
 _snapshot_decoder = msgspec.msgpack.Decoder(Snapshot)
 _config_decoder = msgspec.json.Decoder(ShowConfig)
+_layout_encoder = msgspec.msgpack.Encoder()
 _LEN = struct.Struct(">I")
 
 _APPEND = """
@@ -79,6 +83,27 @@ if ARGV[2] ~= '' then redis.call('SET', KEYS[3], ARGV[2]) end
 if ARGV[3] ~= '' then redis.call('XTRIM', KEYS[2], 'MINID', ARGV[3]) end
 return seq
 """
+
+
+# Shows whose log may hold live holds, per host pool: a sorted set, member the show id,
+# score a time at or before the earliest expiry of any of its durable holds. A host writes
+# it (only ever lowering a score) in the same pipeline as, and before, the append that
+# logs a hold, and removes a show only when it has no holds, checked against the show's
+# sequence in the same script. So every durable hold is found by whichever host owns its
+# show after a crash or a change of the host set, even if nobody touches that show again.
+def due_key(pool: str) -> str:
+    return f"pool:{{{pool}}}:due"
+
+
+_UNINDEX = """
+if tonumber(redis.call('GET', KEYS[1]) or '0') == tonumber(ARGV[1]) then
+  return redis.call('ZREM', KEYS[2], ARGV[2])
+end
+return -1
+"""
+
+
+_APPEND_SHA = sha1(_APPEND.encode()).hexdigest()
 
 
 class Fenced(Exception):
@@ -108,28 +133,35 @@ class ShowStore:
         self, expected_seq: int, entries: list[LogEntry], snapshot: Snapshot | None,
         trim_below: int | None,
     ) -> int:
-        # The entries travel as one length-prefixed argument the script splits (Redis's
-        # Lua has `struct`, and its cmsgpack cannot read msgpack bin): packing three
-        # protocol arguments per entry was ~12% of the actor's time under a rush.
-        flat = bytearray()
-        for e in entries:
-            for field in (str(e.at).encode(), e.command, e.event):
-                flat += _LEN.pack(len(field))
-                flat += field
-        args: list[bytes | int | str] = [
-            expected_seq,
-            _snapshot_encoder.encode(snapshot) if snapshot else b"",
-            f"{trim_below}-0" if trim_below else "",
-            bytes(flat),
-        ]
         try:
-            return int(await self._append(keys=self._keys, args=args))
+            return int(await self._append(keys=self._keys, args=append_args(
+                expected_seq, entries, snapshot, trim_below)))
         except ResponseError as exc:
-            if str(exc).startswith("FENCED"):
-                raise Fenced(str(exc)) from exc
-            raise
+            raise append_error(exc) from exc
+    def queue_append(
+        self, pipe: Pipeline, expected_seq: int, entries: list[LogEntry],
+        snapshot: Snapshot | None, trim_below: int | None,
+    ) -> None:
+        """The same append, queued on a pipeline (a host writes many shows' appends in
+        one round trip); its reply is the new sequence or a ResponseError for
+        `append_error` (NoScriptError after a Redis restart: `load_script`, retry).
+        EVALSHA by hand: redis-py's pipelined scripts cost a SCRIPT EXISTS round trip
+        on every execute."""
+        pipe.evalsha(_APPEND_SHA, len(self._keys), *self._keys,
+                     *append_args(expected_seq, entries, snapshot, trim_below))
 
-    async def load(self) -> SeatMap:
+    @staticmethod
+    async def load_script(redis: aioredis.Redis) -> None:
+        await redis.script_load(_APPEND)
+
+    async def unindex(self, pool: str, expected_seq: int) -> bool:
+        """Take the show off its pool's due index if its log is still at `expected_seq`
+        (the state in which the caller saw it without holds)."""
+        script = self.redis.register_script(_UNINDEX)
+        return int(await script(keys=[seq_key(self.show_id), due_key(pool)],
+                                args=[expected_seq, self.show_id])) == 1
+
+    async def load(self, plans: PlanCache | None = None) -> SeatMap:
         """Snapshot plus the log after it; raises UnknownShow if the show has no config.
 
         Safe while the show's actor writes: it replays up to the sequence read together
@@ -137,19 +169,21 @@ class ShowStore:
         it needed meanwhile it starts over."""
         for _ in range(_LOAD_ATTEMPTS - 1):
             try:
-                return await self._load_once()
+                return await self._load_once(plans)
             except _TornRead:
                 continue
-        return await self._load_once()
+        return await self._load_once(plans)
 
-    async def _load_once(self) -> SeatMap:
+    async def _load_once(self, plans: PlanCache | None) -> SeatMap:
         raw_snap, raw_config, raw_seq = await self.redis.mget(
             snap_key(self.show_id), config_key(self.show_id), seq_key(self.show_id)
         )
         if raw_snap:
-            seatmap = SeatMap.from_snapshot(_snapshot_decoder.decode(raw_snap))
+            snap = _snapshot_decoder.decode(raw_snap)
+            seatmap = SeatMap.from_snapshot(snap, plans.plan(snap.config.layout) if plans else None)
         elif raw_config:
-            seatmap = SeatMap(_config_decoder.decode(raw_config))
+            config = _config_decoder.decode(raw_config)
+            seatmap = SeatMap(config, plans.plan(config.layout) if plans else None)
         else:
             raise UnknownShow(self.show_id)
         seq = int(raw_seq or 0)
@@ -178,6 +212,49 @@ class ShowStore:
         """Public events with sequence > seq (the live page's catch-up)."""
         rows = await self.redis.xrange(log_key(self.show_id), f"{seq + 1}-0", "+", count=limit)
         return [(int(i.split(b"-")[0]), f[b"e"]) for i, f in rows]
+
+
+def append_args(expected_seq: int, entries: list[LogEntry], snapshot: Snapshot | None,
+                trim_below: int | None) -> list[bytes | int | str]:
+    # The entries travel as one length-prefixed argument the script splits (Redis's Lua
+    # has `struct`, and its cmsgpack cannot read msgpack bin): packing three protocol
+    # arguments per entry was ~12% of the actor's time under a rush.
+    flat = bytearray()
+    for e in entries:
+        for field in (str(e.at).encode(), e.command, e.event):
+            flat += _LEN.pack(len(field))
+            flat += field
+    return [
+        expected_seq,
+        _snapshot_encoder.encode(snapshot) if snapshot else b"",
+        f"{trim_below}-0" if trim_below else "",
+        bytes(flat),
+    ]
+
+
+def append_error(exc: Exception) -> Exception:
+    """What an append's error reply means: Fenced when the log moved on, else itself."""
+    if isinstance(exc, ResponseError) and str(exc).startswith("FENCED"):
+        return Fenced(str(exc))
+    return exc
+
+
+class PlanCache:
+    """One SeatPlan per distinct layout among the shows a host has loaded. Weak: a plan
+    goes when the last show on its layout does."""
+
+    def __init__(self) -> None:
+        self._plans: weakref.WeakValueDictionary[bytes, SeatPlan] = weakref.WeakValueDictionary()
+
+    def plan(self, layout: Layout) -> SeatPlan:
+        key = blake2b(_layout_encoder.encode(layout), digest_size=16).digest()
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = SeatPlan(layout)
+        return plan
+
+    def __len__(self) -> int:
+        return len(self._plans)
 
 
 async def put_config(redis: aioredis.Redis, config: ShowConfig) -> None:
