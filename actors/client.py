@@ -165,7 +165,6 @@ class ShowDirectory:
         self._view: Pool | None = None
         self._redis: aioredis.Redis | None = None
         self._ready: asyncio.Lock | None = None
-        self.shows_seen: set[str] = set()
 
     # --- routing ---------------------------------------------------------------------
 
@@ -187,7 +186,6 @@ class ShowDirectory:
         if not cmd.rid and (rid := request_id.get()):
             cmd = msgspec.structs.replace(cmd, rid=rid)
         fut: asyncio.Future[c.Result] = asyncio.get_running_loop().create_future()
-        self.shows_seen.add(show_id)
         self._host(self.owner(show_id)).enqueue(show_id, (cmd, fut, 0))
         return await fut
 

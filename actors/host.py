@@ -70,8 +70,8 @@ class Slot:
     it away) and what the host keeps about it."""
 
     __slots__ = ("show_id", "store", "lock", "map", "users", "dead", "missing",
-                 "last_snapshot", "last_snapshot_at", "last_call", "batches", "indexed_due",
-                 "timer_due")
+                 "last_snapshot", "last_snapshot_at", "last_call", "batches", "commands",
+                 "indexed_due", "timer_due")
 
     def __init__(self, show_id: str, store: ShowStore) -> None:
         self.show_id = show_id
@@ -85,6 +85,7 @@ class Slot:
         self.last_snapshot_at = 0.0
         self.last_call = time.monotonic()
         self.batches = 0          # calls that carried commands for this show
+        self.commands = 0         # commands for this show
         self.indexed_due: int | None = None  # what this host last wrote to the due index
         self.timer_due: int | None = None    # the earliest entry of this show in the heap
 
@@ -169,6 +170,7 @@ class ShowHost:
                 "holds": {k: msgspec.to_builtins(v) for k, v in seatmap.holds.items()},
                 "bookings": {k: msgspec.to_builtins(v) for k, v in seatmap.bookings.items()},
                 "calls": slot.batches,
+                "commands": slot.commands,
             }
         finally:
             self._leave([slot])
@@ -281,6 +283,7 @@ class ShowHost:
             if cmds:
                 slot.last_call = mono
                 slot.batches += 1
+                slot.commands += len(cmds)
             self._schedule(slot)
         return out
 

@@ -15,7 +15,7 @@ from redis.backoff import ExponentialBackoff
 
 from actors import redis_conn
 from actors.client import ShowDirectory
-from actors.show_actor import ActorSettings
+from actors.host import ActorSettings
 
 from . import browse_api, customer_api, lifecycle_api, live, openapi, partner_api
 from . import webhooks_api
@@ -45,7 +45,7 @@ HUB_REDIS_MAX = 10_000    # live hub: one blocking reader per watched show, plus
 class Services:
     settings: Settings
     redis: aioredis.Redis
-    shows: ShowDirectory   # the show actors, through the coalescing clients
+    shows: ShowDirectory   # the shows on their hosts, through the coalescing clients
     hub: live.Hub          # live seat-map fan-out for this process
     payments: PaymentGateway = field(default_factory=SandboxGateway)  # checkout's gateway
     # timeout + circuit breaker around `payments`, per process (server/payments.py)
@@ -96,8 +96,10 @@ def create_app(settings: Settings, redis_url: str) -> web.Application:
                                             retry=redis_retry())
         shows = ShowDirectory(redis_url, ActorSettings(
             passivate_after_s=settings.passivate_after_s, snapshot_min_interval_s=1.0,
-            # the actors log at this process's level (DEBUG: every batch with its rids)
-            log_level=logging.getLevelName(logging.getLogger("actors").getEffectiveLevel())))
+            # the hosts log at this process's level (DEBUG: every batch with its rids)
+            log_level=logging.getLevelName(logging.getLogger("actors").getEffectiveLevel())),
+            hosts_per_node=settings.hosts_per_node)
+        await shows.start()  # the pool's hosts run before the first request
         hub = live.Hub(hub_redis)
         show_cache = ShowCache(redis, listen_url=redis_url)
         show_cache.start()
@@ -118,6 +120,7 @@ def create_app(settings: Settings, redis_url: str) -> web.Application:
             await app[ANALYTICS].stop()
             await app[ANALYTICS].redis.aclose()
         await show_cache.close()
+        await shows.close()
         await hub.close()
         await hub_redis.aclose()
         await redis.aclose()
@@ -163,12 +166,14 @@ async def _healthz(request: web.Request) -> web.Response:
 
 async def _stats(request: web.Request) -> web.Response:
     """This web process's group-commit counters (loadtest/bench.py reads them):
-    `{"pid", "shows", "calls", "commands", "fanout_lag_ms"}`; commands / calls is the mean
-    batch size; `fanout_lag_ms` lists, per live frame since the previous call, the ms from
-    its oldest event's apply to the frame written to every in-sync socket."""
-    clients = request.app[SERVICES].shows.clients()
+    `{"pid", "hosts", "calls", "commands", "fanout_lag_ms"}`; calls are host
+    calls, so commands / calls is the mean batch size across shows; `fanout_lag_ms` lists,
+    per live frame since the previous call, the ms from its oldest event's apply to the
+    frame written to every in-sync socket."""
+    shows = request.app[SERVICES].shows
+    clients = shows.clients()
     return json_response({
-        "pid": os.getpid(), "shows": len(clients),
+        "pid": os.getpid(), "hosts": len(clients),
         "calls": sum(c.calls for c in clients), "commands": sum(c.commands for c in clients),
         "fanout_lag_ms": _drain_lags(request.app[SERVICES].hub.fanout_lag_ms),
     })

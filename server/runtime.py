@@ -9,7 +9,7 @@ from pathlib import Path
 import ray
 
 from actors import redis_conn
-from actors.show_actor import NAMESPACE
+from actors.pool import NAMESPACE
 
 from .embedded import RedisServer
 from .settings import Settings

@@ -31,7 +31,8 @@ class Settings(msgspec.Struct, frozen=True):
     tls_key: str | None = None
     # Mark the session cookie Secure (sent over HTTPS only): on behind TLS in production.
     cookie_secure: bool = False
-    passivate_after_s: float = 60.0
+    passivate_after_s: float = 60.0    # an idle show with no holds leaves its host's memory
+    hosts_per_node: int = 0            # show hosts per Ray node (BMM_HOSTS_PER_NODE; 0 = its CPUs)
     # Notifications and partner webhooks (server/notifications.py, server/webhooks.py).
     workers: bool = True               # run the outbox workers in this web process
     smtp_host: str | None = None       # None: e-mails are logged, not sent
@@ -102,6 +103,7 @@ class Settings(msgspec.Struct, frozen=True):
             "fee_fixed": os.environ.get("BMM_FEE_FIXED"),
             "fee_bp": os.environ.get("BMM_FEE_BP"),
             "tax_bp": os.environ.get("BMM_TAX_BP"),
+            "hosts_per_node": os.environ.get("BMM_HOSTS_PER_NODE"),
         }
         env.update({name: os.environ.get("BMM_" + name.upper()) for name in _ON_SALE})
         sentinels = os.environ.get("BMM_REDIS_SENTINELS")

@@ -14,7 +14,8 @@ import redis.asyncio as aioredis
 
 from actors.client import ShowDirectory
 from actors.layout import Layout, Rules, ShowConfig, grid_layout
-from actors.show_actor import NAMESPACE, ActorSettings
+from actors.host import ActorSettings
+from actors.pool import NAMESPACE
 from actors.store import put_config
 from server.embedded import RedisServer
 
@@ -47,8 +48,13 @@ def settings() -> ActorSettings:
 
 
 @pytest.fixture
-def directory(redis_server: RedisServer, ray_cluster: None, settings: ActorSettings) -> ShowDirectory:
-    return ShowDirectory(redis_server.url, settings)
+async def directory(redis_server: RedisServer, ray_cluster: None,
+                    settings: ActorSettings) -> AsyncIterator[ShowDirectory]:
+    """The session Redis's show hosts for these settings (started once, shared by every
+    test that asks for the same settings)."""
+    shows = await ShowDirectory(redis_server.url, settings).start()
+    yield shows
+    await shows.close()
 
 
 @pytest.fixture

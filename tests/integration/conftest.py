@@ -1,7 +1,7 @@
 """Helpers for the booking core's integration tests (real Redis, real Ray).
 
-`shows` makes a fresh show and kills its (detached) actor when the test ends, so a test
-never leaves an ~80 MB process behind for the rest of the session.
+`shows` makes a fresh show (its host keeps it in memory until it passivates: a show
+costs kilobytes there, not a process).
 """
 from __future__ import annotations
 
@@ -21,15 +21,7 @@ from actors import commands as c
 from actors.layout import Layout, Rules
 from actors.store import Event, LogEntry, ShowStore, event_decoder, event_encoder, log_key
 from server.embedded import RedisServer
-from tests.show_actors import get_actor, kill_actor_for_good  # noqa: F401 (re-exported)
-
-
-def actor_exists(show_id: str) -> bool:
-    try:
-        get_actor(show_id)
-    except ValueError:
-        return False
-    return True
+from tests.show_actors import gone, host_of, kill9, raw_apply, restarted  # noqa: F401
 
 
 async def wait_until(
@@ -49,7 +41,7 @@ async def wait_until(
 
 
 def state_of(seatmap) -> dict:
-    """The comparable part of a SeatMap, in the same shape as ShowActor.inspect()."""
+    """The comparable part of a SeatMap, in the same shape as ShowHost.inspect()."""
     return {
         "version": seatmap.version,
         "status": dict(seatmap.status),
@@ -97,19 +89,9 @@ def assert_one_owner_per_seat(state: dict) -> None:
 
 
 @pytest.fixture
-def shows(make_show) -> Iterator[Callable[..., Awaitable[str]]]:
-    """Like make_show, but the actors of the shows made are killed at teardown."""
-    made: list[str] = []
-
-    async def make(layout: Layout | None = None, rules: Rules | None = None) -> str:
-        show_id = await make_show(layout, rules)
-        made.append(show_id)
-        return show_id
-
-    make.made = made  # type: ignore[attr-defined]  (tests register extra ids here)
-    yield make
-    for show_id in made:
-        kill_actor_for_good(show_id)
+def shows(make_show) -> Callable[..., Awaitable[str]]:
+    """make_show, under the name the booking-core tests use."""
+    return make_show
 
 
 @pytest.fixture
@@ -130,8 +112,8 @@ async def private_redis_client(private_redis: RedisServer) -> AsyncIterator[aior
 async def append_behind_the_actors_back(
     redis: aioredis.Redis, show_id: str, cmds: list[c.Command], at: int
 ) -> tuple[int, list[c.Result]]:
-    """Write commands to the show's log the way an actor would (load, apply, append at the
-    loaded sequence), without going through the show's actor. Returns (new seq, results)."""
+    """Write commands to the show's log the way a host would (load, apply, append at the
+    loaded sequence), without going through the show's host. Returns (new seq, results)."""
     store = ShowStore(redis, show_id)
     seatmap = await store.load()
     base = seatmap.version

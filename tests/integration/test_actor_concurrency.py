@@ -14,10 +14,10 @@ import redis.asyncio as aioredis
 from actors import commands as c
 from actors.client import ShowDirectory
 from actors.layout import Rules, grid_layout
-from actors.show_actor import ActorSettings
+from actors.host import ActorSettings
 from actors.store import ShowStore
 
-from .conftest import assert_one_owner_per_seat, comparable, get_actor, replayed_state, state_of
+from .conftest import assert_one_owner_per_seat, comparable, replayed_state, state_of
 
 
 class Job(msgspec.Struct, frozen=True):
@@ -46,7 +46,7 @@ def other_web_process(show_id: str, redis_url: str, settings: ActorSettings,
 
     async def main() -> bytes:
         r = aioredis.Redis.from_url(redis_url)
-        directory = ShowDirectory(redis_url, settings)
+        directory = await ShowDirectory(redis_url, settings).start()
         go = asyncio.Event()
         tasks = [asyncio.create_task(run_job(directory, show_id, job, go))
                  for job in msgspec.msgpack.decode(jobs, type=list[Job])]
@@ -55,8 +55,10 @@ def other_web_process(show_id: str, redis_url: str, settings: ActorSettings,
         go.set()
         results = await asyncio.gather(*tasks)
         await r.aclose()
-        client = directory.client(show_id)
-        return c.command_encoder.encode([results, client.calls, client.commands])
+        await directory.close()
+        hosts = directory.clients()
+        return c.command_encoder.encode([results, sum(h.calls for h in hosts),
+                                         sum(h.commands for h in hosts)])
 
     return asyncio.run(main())
 
@@ -76,10 +78,10 @@ async def test_200_clients_race_for_50_seats(shows, directory, redis, redis_serv
     local_jobs = [make_jobs(rng, seat_ids, 70, "a"), make_jobs(rng, seat_ids, 70, "b")]
     remote_jobs = make_jobs(rng, seat_ids, 60, "r")
     web1 = directory
-    web2 = ShowDirectory(redis_server.url, settings)  # a second web process's client
+    web2 = await ShowDirectory(redis_server.url, settings).start()  # a second web process's
 
-    # Start the actor and every process before the race, so the race is the race.
-    await get_actor_via(web1, show_id)
+    # Load the show and start every process before the race, so the race is the race.
+    before = await web1.inspect(show_id)
     barrier = f"barrier-{uuid.uuid4().hex}"
     remote = other_web_process.remote(show_id, redis_server.url, settings,
                                       msgspec.msgpack.encode(remote_jobs), barrier)
@@ -98,8 +100,7 @@ async def test_200_clients_race_for_50_seats(shows, directory, redis, redis_serv
     results = local_results + remote_results
     assert len(jobs) == len(results) == 200
 
-    actor = get_actor(show_id)
-    inspected = await actor.inspect.remote()
+    inspected = await web1.inspect(show_id)
     state = comparable(inspected)
     assert state == await replayed_state(redis, show_id)
     assert_one_owner_per_seat(state)
@@ -134,22 +135,18 @@ async def test_200_clients_race_for_50_seats(shows, directory, redis, redis_serv
         assert any(seat in told for seat in job.seats), job
     assert expect_holds and expect_bookings and rejected  # it was a race with winners
 
-    # Group commit: far fewer actor calls than commands, in every process.
-    clients = [web1.client(show_id), web2.client(show_id)]
+    # Group commit: far fewer host calls than commands, in every process.
+    clients = web1.clients() + web2.clients()
     local_calls = sum(cl.calls for cl in clients)
     local_commands = sum(cl.commands for cl in clients)
     assert local_commands == 140 + sum(
         1 for job, res in zip(jobs[:140], local_results) if len(res) == 2)
     assert local_calls * 5 <= local_commands, (local_calls, local_commands)
     assert remote_calls * 5 <= remote_commands, (remote_calls, remote_commands)
-    assert inspected["commands"] == local_commands + remote_commands
-    assert inspected["calls"] * 5 <= inspected["commands"], inspected["calls"]
-
-
-async def get_actor_via(directory: ShowDirectory, show_id: str) -> None:
-    """Create the show's actor (by name, as the directory does) and wait until it serves."""
-    handle = await asyncio.to_thread(directory.handle, show_id)
-    await handle.inspect.remote()
+    assert inspected["commands"] - before["commands"] == local_commands + remote_commands
+    calls = inspected["calls"] - before["calls"]
+    assert calls * 5 <= local_commands + remote_commands, calls
+    await web2.close()
 
 
 async def test_rebuilding_from_redis_while_the_actor_writes(shows, directory, redis, settings):
@@ -180,5 +177,5 @@ async def test_rebuilding_from_redis_while_the_actor_writes(shows, directory, re
     await asyncio.gather(writers, *(reader() for _ in range(4)))
     final = await replayed_state(redis, show_id)
     assert final["version"] == 600 and final["version"] >= 10 * settings.snapshot_every
-    assert final == comparable(await get_actor(show_id).inspect.remote())
+    assert final == comparable(await directory.inspect(show_id))
     assert len(set(loads)) > 5  # the reads really interleaved with the writes

@@ -1,10 +1,9 @@
-"""Holds run out: the actor frees them on its own timer (no command needed, also after a
-restart) and sweeps before every batch; the freed seats are ordinary log events."""
+"""Holds run out: the show's host frees them on its own timer (no command needed, also
+after the host restarts) and sweeps before every batch; the freed seats are ordinary log
+events."""
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 
 from actors import commands as c
 from actors.layout import Rules, grid_layout
@@ -12,7 +11,8 @@ from actors.layout import Rules, grid_layout
 from .conftest import (
     append_behind_the_actors_back,
     comparable,
-    get_actor,
+    host_of,
+    kill9,
     next_log_entry,
     now_ms,
     read_log,
@@ -34,21 +34,21 @@ async def test_timer_frees_seats_without_another_command(shows, directory, redis
     assert isinstance(expired["command"], c.Expire)
     assert expired["event"].changes == [c.SeatChange("A1", "free"), c.SeatChange("A2", "free")]
     assert held.expires_at_ms <= expired["at"] < held.expires_at_ms + 5000
-    state = await get_actor(show_id).inspect.remote()
+    state = await directory.inspect(show_id)
     assert state["holds"] == {} and state["status"]["A1"] == "free"
-    assert state["calls"] == client.calls == 1  # nobody sent anything after the hold
+    assert state["calls"] == 1  # nobody sent anything after the hold
     assert comparable(state) == await replayed_state(redis, show_id)
 
 
-async def test_timer_expires_holds_after_the_actor_restarts(shows, directory, redis):
-    """A restarted actor has holds in its log that will run out; nobody writes to the
-    show. Their seats must still be freed, or they stay held forever."""
+async def test_timer_expires_holds_after_the_host_restarts(shows, directory, redis):
+    """A restarted host owns a show with holds in its log that will run out; nobody
+    writes to the show. Their seats must still be freed, or they stay held forever."""
     show_id = await shows(grid_layout(5, 10), SHORT)
     held = await directory.submit(show_id, c.Hold("c1", "h1", "tok", ["B3"]))
     assert isinstance(held, c.Held)
     [entry] = await read_log(redis, show_id)
-    handle = get_actor(show_id)
-    os.kill(await handle.pid.remote(), signal.SIGKILL)  # Ray restarts it; no call follows
+    handle = await host_of(directory, show_id)
+    kill9(await handle.pid.remote())  # Ray restarts it; no call follows
 
     expired = await next_log_entry(redis, show_id, entry["seq"], timeout_s=15)
     assert isinstance(expired["command"], c.Expire)
@@ -71,7 +71,7 @@ async def test_sweep_runs_before_every_batch(shows, directory, redis):
     assert isinstance(sweep["command"], c.Expire) and isinstance(hold["command"], c.Hold)
     assert sweep["at"] == hold["at"]  # one batch: the sweep, then the commands
     assert sweep["event"].changes == [c.SeatChange("C1", "free"), c.SeatChange("C2", "free")]
-    state = comparable(await get_actor(show_id).inspect.remote())
+    state = comparable(await directory.inspect(show_id))
     assert set(state["holds"]) == {"h1"}
     assert state == await replayed_state(redis, show_id)
 
@@ -88,4 +88,4 @@ async def test_extended_hold_expires_later(shows, directory, redis):
     expired = await next_log_entry(redis, show_id, log[-1]["seq"], timeout_s=10)
     assert isinstance(expired["command"], c.Expire)
     assert expired["at"] >= ext.expires_at_ms  # not at the original expiry
-    assert await asyncio.wait_for(get_actor(show_id).inspect.remote(), 10) is not None
+    assert await asyncio.wait_for(directory.inspect(show_id), 10) is not None

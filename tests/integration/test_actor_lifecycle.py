@@ -1,6 +1,6 @@
-"""An actor's life: it passivates when idle with no holds (and only then), comes back
-transparently on the next command, and rejects bad input with typed results while it
-keeps serving."""
+"""A show's life in its host: it leaves memory when idle with no holds (and only then),
+comes back transparently on the next command, and rejects bad input with typed results
+while its host keeps serving."""
 from __future__ import annotations
 
 import asyncio
@@ -12,13 +12,12 @@ import ray
 
 from actors import commands as c
 from actors.client import ShowDirectory
+from actors.host import ActorSettings
 from actors.layout import Rules, grid_layout
-from actors.show_actor import ActorSettings
 
 from .conftest import (
-    actor_exists,
     comparable,
-    get_actor,
+    host_of,
     next_log_entry,
     now_ms,
     read_log,
@@ -30,42 +29,49 @@ PASSIVATE_S = 1.0
 
 
 @pytest.fixture
-def quick(redis_server, ray_cluster) -> ShowDirectory:
-    return ShowDirectory(redis_server.url, ActorSettings(
-        snapshot_every=50, keep_log=100, passivate_after_s=PASSIVATE_S))
+async def quick(redis_server, ray_cluster):
+    shows = await ShowDirectory(redis_server.url, ActorSettings(
+        snapshot_every=50, keep_log=100, passivate_after_s=PASSIVATE_S)).start()
+    yield shows
+    await shows.close()
 
 
-async def test_idle_actor_passivates_and_comes_back(shows, quick, redis):
+async def test_idle_show_passivates_and_comes_back(shows, quick, redis):
     idle = await shows(grid_layout(5, 10))
     busy = await shows(grid_layout(5, 10))
     # The busy show has a hold that will outlive the test; the idle one has a booking
     # but no holds.
     assert isinstance(await quick.submit(busy, c.Hold("c1", "h1", "t1", ["A1"])), c.Held)
     busy_last_call = time.monotonic()
-    busy_pid = await get_actor(busy).pid.remote()
+    busy_pid = await quick.host_pid(busy)
     client = quick.client(idle)
     assert isinstance(await client.submit(c.Hold("c1", "h1", "t1", ["A1", "A2"])), c.Held)
     assert isinstance(await client.submit(c.Confirm("c2", "h1", "t1", "b1", "p")), c.Confirmed)
     assert isinstance(await client.submit(c.Block("c3", ["E1"])), c.BlockedSeats)
-    before = await replayed_state(redis, idle)  # (its actor may be gone any moment now)
+    before = await replayed_state(redis, idle)  # (it may leave memory any moment now)
     assert set(before["bookings"]) == {"b1"} and before["holds"] == {}
 
-    await wait_until(lambda: not actor_exists(idle), timeout=PASSIVATE_S + 10,
-                     what="the idle show's actor to passivate")
+    async def idle_gone() -> bool:
+        return not await quick.is_loaded(idle)
 
-    # The busy show's actor has been idle as long (plus a full timer round): it stays.
+    await wait_until(idle_gone, timeout=PASSIVATE_S + 10,
+                     what="the idle show to leave its host's memory")
+
+    # The busy show has been idle as long (plus a full timer round): it stays.
     await wait_until(lambda: time.monotonic() > busy_last_call + PASSIVATE_S + 1.5,
                      timeout=10)
-    assert actor_exists(busy)
-    assert await get_actor(busy).pid.remote() == busy_pid
+    assert await quick.is_loaded(busy)
+    assert await quick.host_pid(busy) == busy_pid
 
-    # The next commands (through a client whose handle is the dead actor) recreate it.
+    # The next commands load it again, in the same host process.
+    idle_pid = await quick.host_pid(idle)
     results = await asyncio.gather(*(
         client.submit(c.Hold(f"n{i}", f"nh{i}", "t2", [f"B{i}"])) for i in range(1, 11)))
     assert all(isinstance(r, c.Held) for r in results), results
     again = await client.submit(c.Confirm("c2", "h1", "t1", "b1", "p"))  # a retry
     assert isinstance(again, c.Confirmed) and again.seats == ["A1", "A2"]
-    after = comparable(await get_actor(idle).inspect.remote())
+    assert await quick.host_pid(idle) == idle_pid  # a Redis read, not a process start
+    after = comparable(await quick.inspect(idle))
     assert after["bookings"] == before["bookings"]
     assert after["status"]["E1"] == "blocked"
     assert after["version"] == before["version"] + 10
@@ -80,7 +86,7 @@ async def test_bad_input_gets_typed_rejections_and_the_actor_keeps_serving(
     async def rejected(cmd: c.Command, code: str, seats: list[str] | None = None) -> None:
         res = await client.submit(cmd)
         if not isinstance(res, c.Rejected):  # say what the actor had, to diagnose it
-            state = await get_actor(show_id).inspect.remote()
+            state = await directory.inspect(show_id)
             raise AssertionError(f"{cmd} -> {res}; at {now_ms()} the actor had {state}, "
                                  f"the log {await read_log(redis, show_id)}")
         assert res.code == code, res
@@ -114,31 +120,33 @@ async def test_bad_input_gets_typed_rejections_and_the_actor_keeps_serving(
     await rejected(c.Confirm("r15", "h1", "owner", "b1", "p"), "not_found")
     await rejected(c.Extend("r16", "h1", "owner", 100), "not_found")
 
-    # A batch that is not even a list of commands fails that call, nothing else.
-    handle = get_actor(show_id)
+    # A call that is not even a list of commands fails that call, nothing else.
+    handle = await host_of(directory, show_id)
     pid = await handle.pid.remote()
     with pytest.raises(ray.exceptions.RayTaskError):
         await handle.apply.remote(b"\x93not msgpack commands")
     with pytest.raises(ray.exceptions.RayTaskError):
-        await handle.apply.remote(c.command_encoder.encode([{"type": "steal", "cmd_id": "x"}]))
+        await handle.apply.remote(c.command_encoder.encode(
+            [directory.epoch, [[show_id, [{"type": "steal", "cmd_id": "x"}]]]]))
 
-    # The actor still serves, in the same process, and its state is exactly the log.
+    # The host still serves, in the same process, and the show's state is exactly the log.
     res = await client.submit(c.Hold("ok2", "h2", "owner", ["A1", "A2", "A3", "A4"]))
     assert isinstance(res, c.Held)
     assert await handle.pid.remote() == pid
-    state = comparable(await handle.inspect.remote())
+    state = comparable(await handle.inspect.remote(show_id))
     assert set(state["holds"]) == {"h2"} and state["bookings"] == {}
     assert state == await replayed_state(redis, show_id)
 
 
-async def test_unknown_show_is_rejected_and_leaves_no_actor(shows, directory):
+async def test_unknown_show_is_rejected_and_activates_nothing(directory):
     show_id = f"no-such-show-{uuid.uuid4().hex[:8]}"
-    shows.made.append(show_id)  # clean up if the test fails
+    before = await directory.host_stats()
     res = await directory.submit(show_id, c.Hold("c1", "h1", "t", ["A1"]))
     assert isinstance(res, c.Rejected) and res.code == "not_found", res
     results = await asyncio.gather(*(
         directory.submit(show_id, c.Block(f"b{i}", ["A1"])) for i in range(5)))
     assert all(isinstance(r, c.Rejected) and r.code == "not_found" for r in results)
-    # An 80 MB process per mistyped id would be a cheap way to exhaust the cluster.
-    await wait_until(lambda: not actor_exists(show_id), timeout=10,
-                     what="the unknown show's actor to exit")
+    # Nothing is kept for it: a flood of made-up ids costs a Redis read each, no memory.
+    assert not await directory.is_loaded(show_id)
+    after = await directory.host_stats()
+    assert [h["pid"] for h in after] == [h["pid"] for h in before]

@@ -1,6 +1,6 @@
-"""Crashes in the middle of a stream of bookings: the show actor (ray.kill, kill -9 of its
+"""Crashes in the middle of a stream of bookings: the show's host (ray.kill, kill -9 of its
 process) and Redis (kill -9, restart on the same port and data). Acknowledged means
-durable; the clients ride through; the recreated actor's state is exactly the log."""
+durable; the clients ride through; the restarted host's state is exactly the log."""
 from __future__ import annotations
 
 import asyncio
@@ -23,9 +23,11 @@ from .conftest import (
     Stream,
     append_behind_the_actors_back,
     comparable,
-    get_actor,
+    gone,
+    host_of,
+    raw_apply,
     replayed_state,
-    wait_until,
+    restarted,
 )
 
 LAYOUT = grid_layout(20, 20)
@@ -40,11 +42,11 @@ def kill(handle: ray.actor.ActorHandle, pid: int, how: str) -> None:
 
 
 @pytest.mark.parametrize("how", ["ray.kill", "kill -9"])
-async def test_actor_killed_mid_stream(how, shows, directory, redis):
+async def test_host_killed_mid_stream(how, shows, directory, redis):
     show_id = await shows(LAYOUT)
     client = directory.client(show_id)
     stream = Stream(client.submit, SEATS, workers=8, steps=25)
-    handle = await _started(directory, show_id)
+    handle = await host_of(directory, show_id)
     old_pid = await handle.pid.remote()
 
     running = asyncio.create_task(stream.run())
@@ -54,16 +56,16 @@ async def test_actor_killed_mid_stream(how, shows, directory, redis):
     # ray.kill lands, and nothing would have met the crash.
     stream.gate.clear()
     kill(handle, old_pid, how)
-    await _gone(old_pid)
+    await gone(old_pid)
     acked_at_kill = stream.acked
     stream.gate.set()
-    await _restarted(handle, old_pid)
+    await restarted(handle, old_pid)
     await running
 
     assert stream.acked > acked_at_kill, "the kill did not land mid-stream"
     assert stream.acked > 8 * 25  # holds plus their releases / confirms
     assert stream.rejections() == []  # retried until answered; never twice-applied
-    state = comparable(await handle.inspect.remote())
+    state = comparable(await handle.inspect.remote(show_id))
     assert state == await replayed_state(redis, show_id)
     stream.assert_reflected_exactly(state)
 
@@ -73,10 +75,10 @@ async def test_redis_kill9_mid_stream(shows, private_redis, private_redis_client
     redis = private_redis_client
     show_id = await shows(LAYOUT)  # (in the session Redis) registers the id for clean-up
     await put_config(redis, ShowConfig(show_id, LAYOUT))
-    directory = ShowDirectory(private_redis.url, settings)
+    directory = await ShowDirectory(private_redis.url, settings, hosts_per_node=1).start()
     client = directory.client(show_id)
     stream = Stream(client.submit, SEATS, workers=8, steps=20)
-    handle = await _started(directory, show_id)
+    handle = await host_of(directory, show_id)
     pid = await handle.pid.remote()
 
     running = asyncio.create_task(stream.run())
@@ -89,8 +91,8 @@ async def test_redis_kill9_mid_stream(shows, private_redis, private_redis_client
     await running
 
     assert stream.rejections() == []
-    assert await handle.pid.remote() == pid  # the actor rode it out, it did not die
-    state = comparable(await handle.inspect.remote())
+    assert await handle.pid.remote() == pid  # the host rode it out, it did not die
+    state = comparable(await handle.inspect.remote(show_id))
     assert state == await _replayed_fresh(private_redis.url, show_id)
     stream.assert_reflected_exactly(state)
 
@@ -99,18 +101,20 @@ async def test_redis_kill9_mid_stream(shows, private_redis, private_redis_client
     await asyncio.to_thread(private_redis.start)
     assert await _replayed_fresh(private_redis.url, show_id) == state
 
-    # And the actor keeps serving against the restarted Redis (it reloads as needed).
+    # And the host keeps serving against the restarted Redis (it reloads as needed).
     free = [s for s, st in state["status"].items() if st == "free"][:2]
     res = await client.submit(c.Hold("after", "after", "tok", free))
     assert isinstance(res, c.Held)
-    after = comparable(await handle.inspect.remote())
+    after = comparable(await handle.inspect.remote(show_id))
     assert after == await _replayed_fresh(private_redis.url, show_id)
     assert after["version"] == state["version"] + 1
+    directory.kill_hosts()  # their Redis goes with this test
+    await directory.close()
 
 
 async def test_resend_after_kill_is_answered_not_applied(shows, directory, redis, settings):
     show_id = await shows(LAYOUT)
-    handle = await _started(directory, show_id)
+    handle = await host_of(directory, show_id)
     batch = c.command_encoder.encode([
         c.Hold("i1", "h1", "tok1", ["A1", "A2"]),
         c.Hold("i2", "h2", "tok2", ["A2", "A3"]),          # rejected: A2 is taken
@@ -119,7 +123,7 @@ async def test_resend_after_kill_is_answered_not_applied(shows, directory, redis
         c.Block("i5", ["T1", "T2"]),
         c.Hold("i6", "h6", "tok6", ["ZZ99"]),              # rejected: no such seat
     ])
-    first = c.results_decoder.decode(await handle.apply.remote(batch))
+    first = await raw_apply(handle, directory, show_id, batch)
     assert [type(r).__name__ for r in first] == [
         "Held", "Rejected", "Held", "Confirmed", "BlockedSeats", "Rejected"]
 
@@ -127,8 +131,8 @@ async def test_resend_after_kill_is_answered_not_applied(shows, directory, redis
     # must come back from the snapshot, not only from replaying the log.
     filler = [c.Block(f"f{i}", ["S1"]) if i % 2 == 0 else c.Unblock(f"f{i}", ["S1"])
               for i in range(60)]
-    await handle.apply.remote(c.command_encoder.encode(filler))
-    state = comparable(await handle.inspect.remote())
+    await raw_apply(handle, directory, show_id, filler)
+    state = comparable(await handle.inspect.remote(show_id))
     assert state["version"] >= settings.snapshot_every
     assert await redis.exists(f"show:{{{show_id}}}:snap")
     seq = int(await redis.get(f"show:{{{show_id}}}:seq"))
@@ -136,10 +140,10 @@ async def test_resend_after_kill_is_answered_not_applied(shows, directory, redis
     for how in ("kill -9", "ray.kill"):
         old_pid = await handle.pid.remote()
         kill(handle, old_pid, how)
-        await _restarted(handle, old_pid)
-        again = c.results_decoder.decode(await handle.apply.remote(batch))
+        await restarted(handle, old_pid)
+        again = await raw_apply(handle, directory, show_id, batch)
         assert again == first, how
-        assert comparable(await handle.inspect.remote()) == state, how
+        assert comparable(await handle.inspect.remote(show_id)) == state, how
         assert int(await redis.get(f"show:{{{show_id}}}:seq")) == seq, how
 
     # Through the coalescing client too, on a fresh restart (answers rebuilt by replay).
@@ -147,17 +151,18 @@ async def test_resend_after_kill_is_answered_not_applied(shows, directory, redis
     results = await asyncio.gather(*(
         directory.submit(show_id, cmd) for cmd in c.commands_decoder.decode(batch)))
     assert results == first
-    assert comparable(await handle.inspect.remote()) == state
+    assert comparable(await handle.inspect.remote(show_id)) == state
     assert state == await replayed_state(redis, show_id)
 
 
 async def test_stale_state_cannot_write(shows, directory, redis):
-    """Fencing: a write computed from an old state never lands; the actor, finding the
-    log moved on behind its back, reloads and applies its batch on top: both writes stay."""
+    """Fencing: a write computed from an old state never lands; the host, finding the
+    show's log moved on behind its back, reloads it and applies its batch on top: both
+    writes stay."""
     show_id = await shows(LAYOUT)
     client = directory.client(show_id)
     assert isinstance(await client.submit(c.Hold("a", "ha", "tok-a", ["A1", "A2"])), c.Held)
-    before = comparable(await get_actor(show_id).inspect.remote())
+    before = comparable(await directory.inspect(show_id))
 
     # Someone else (a twin instance) writes to the log at the right sequence.
     seq, (ext,) = await append_behind_the_actors_back(
@@ -175,7 +180,7 @@ async def test_stale_state_cannot_write(shows, directory, redis):
     assert isinstance(results[1], c.Confirmed) and results[1].seats == ["B1", "B2"]
     assert isinstance(results[2], c.Held)
 
-    state = comparable(await get_actor(show_id).inspect.remote())
+    state = comparable(await directory.inspect(show_id))
     assert state == await replayed_state(redis, show_id)
     assert set(state["holds"]) == {"ha", "hw"} and set(state["bookings"]) == {"bx"}
     assert state["version"] == seq + 2
@@ -199,45 +204,13 @@ async def _replayed_fresh(url: str, show_id: str) -> dict:
         await fresh.aclose()
 
 
-async def _started(directory: ShowDirectory, show_id: str) -> ray.actor.ActorHandle:
-    handle = await asyncio.to_thread(directory.handle, show_id)
-    await handle.inspect.remote()
-    return handle
-
-
-async def _gone(pid: int) -> None:
-    """Wait until the process has exited (ray.kill only asks Ray to kill it)."""
-
-    async def exited() -> bool:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        return False
-
-    await wait_until(exited, timeout=30, what=f"process {pid} to exit")
-
-
-async def _restarted(handle: ray.actor.ActorHandle, old_pid: int) -> None:
-    """Wait until Ray has replaced the killed actor (ray.kill only asks for it, so the
-    old process may still answer a call or two)."""
-    from ray.exceptions import RayActorError
-
-    async def replaced() -> bool:
-        try:
-            return await handle.pid.remote() != old_pid
-        except RayActorError:
-            return False
-
-    await wait_until(replaced, timeout=30, what="the actor to restart")
-
-
 async def test_snapshots_keep_coming_across_restarts(shows, directory, redis, settings):
-    """An actor restarted (or passivated) every fewer than `snapshot_every` changes must
-    still snapshot and trim: otherwise the log grows forever and so does every load."""
+    """A show reloaded (host restarted, or passivated) every fewer than `snapshot_every`
+    changes must still snapshot and trim: otherwise the log grows forever and so does
+    every load."""
     show_id = await shows(LAYOUT)
     client = directory.client(show_id)
-    handle = await _started(directory, show_id)
+    handle = await host_of(directory, show_id)
     half = settings.snapshot_every // 2 + 5
     for round_ in range(3):
         cmds = [(c.Block if i % 2 == 0 else c.Unblock)(f"{round_}-{i}", ["S1"])
@@ -246,9 +219,9 @@ async def test_snapshots_keep_coming_across_restarts(shows, directory, redis, se
                        for r in await asyncio.gather(*map(client.submit, cmds)))
         old_pid = await handle.pid.remote()
         kill(handle, old_pid, "kill -9")
-        await _restarted(handle, old_pid)
+        await restarted(handle, old_pid)
 
     snap = await redis.get(f"show:{{{show_id}}}:snap")
     assert snap is not None, "no snapshot after 3 x snapshot_every/2 changes"
     assert msgspec.msgpack.decode(snap, type=Snapshot).version >= settings.snapshot_every
-    assert comparable(await handle.inspect.remote()) == await replayed_state(redis, show_id)
+    assert comparable(await handle.inspect.remote(show_id)) == await replayed_state(redis, show_id)
