@@ -1,6 +1,6 @@
 """A real server on a loopback port (aiohttp TestServer), backed by the session's real
 Redis and Ray. `api` is an aiohttp client session pointed at it; `clients()` makes account
-clients that are closed afterwards; `show` is a published show whose actor is killed afterwards."""
+clients that are closed afterwards; `show` is a published show."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
@@ -13,7 +13,6 @@ from aiohttp.test_utils import TestServer
 from server.app import create_app
 from server.embedded import RedisServer
 from server.settings import Settings
-from tests.show_actors import kill_actor_for_good
 
 from .account_helpers import Client
 from .builders import PublishedShow, publish_show
@@ -61,6 +60,4 @@ async def clients(server: TestServer) -> AsyncIterator:
 
 @pytest.fixture
 async def show(redis: aioredis.Redis) -> AsyncIterator[PublishedShow]:
-    pub = await publish_show(redis)
-    yield pub
-    kill_actor_for_good(pub.show_id)
+    yield await publish_show(redis)

@@ -6,13 +6,12 @@ from datetime import UTC, datetime, timedelta
 
 import aiohttp
 import pytest
-import ray
 import redis.asyncio as aioredis
 
 from actors import commands as c
 from actors.client import ShowDirectory
 from actors.layout import Rules
-from actors.show_actor import NAMESPACE, actor_name
+from server.app import SERVICES
 from server.seat_status import read_seat_statuses
 
 from .builders import publish_show, publish_show_via_feed, wait_for_status
@@ -58,11 +57,14 @@ async def test_seatmap_layout_prices_show_and_statuses(api, redis):
     assert view["counts"] == {"free": 50, "held": 0, "booked": 0, "blocked": 0}
 
 
-async def test_seatmap_reads_do_not_wake_the_actor(api, redis):
+async def test_seatmap_reads_do_not_activate_the_show(api, server, redis):
     pub = await publish_show(redis)
     await seatmap(api, pub.show_id)
-    with pytest.raises(ValueError):
-        ray.get_actor(actor_name(pub.show_id), namespace=NAMESPACE)
+    shows = server.app[SERVICES].shows
+    assert not await shows.is_loaded(pub.show_id)
+    status, body = await hold(api, pub.show_id, {"seats": ["C3"]})  # a write does
+    assert status == 201, body
+    assert await shows.is_loaded(pub.show_id)
 
 
 async def test_seatmap_follows_holds_with_seq(api, redis):
@@ -98,7 +100,7 @@ async def test_seat_status_from_snapshot_plus_log_matches_the_actor(redis, direc
     snap = await redis.get(f"show:{{{sid}}}:snap")
     assert snap, "expected the actor to have written a snapshot"
     view = await read_seat_statuses(redis, sid)
-    inside = await directory.handle(sid).inspect.remote()
+    inside = await directory.inspect(sid)
     assert view.seq == inside["version"] == 58
     assert view.status == inside["status"]
     assert view.status[seats[0]] == "booked" and view.status[seats[20]] == "blocked"

@@ -12,7 +12,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-import ray
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestServer
 from websockets.asyncio.client import ClientConnection, connect
@@ -21,12 +20,11 @@ from websockets.exceptions import ConnectionClosed
 from actors import commands as c
 from actors.client import ShowDirectory
 from actors.layout import Layout, Rules, ShowConfig, grid_layout
-from actors.show_actor import NAMESPACE, ActorSettings, actor_name
+from actors.host import ActorSettings
 from actors.store import log_key, put_config
 from server.app import SERVICES
 from server.embedded import RedisServer
 from server.live import Hub, events_payload
-from tests.show_actors import kill_actor_for_good
 
 TIMEOUT = 10.0
 
@@ -45,18 +43,14 @@ def shows(server: TestServer) -> ShowDirectory:
 
 @pytest.fixture
 async def new_show(redis: aioredis.Redis) -> AsyncIterator[Callable[..., Awaitable[str]]]:
-    """Make fresh shows; kill their detached actors afterwards (~80 MB each)."""
-    made: list[str] = []
+    """Make fresh shows."""
 
     async def make(layout: Layout | None = None, rules: Rules | None = None) -> str:
         show_id = f"t-{uuid.uuid4().hex[:12]}"
         await put_config(redis, ShowConfig(show_id, layout or grid_layout(5, 8), rules or Rules()))
-        made.append(show_id)
         return show_id
 
     yield make
-    for show_id in made:
-        kill_actor_for_good(show_id)
 
 
 def live_url(server: TestServer, show_id: str, since: int | None = None) -> str:
@@ -214,8 +208,9 @@ async def test_too_old_since_gets_a_fresh_snapshot(
     server: TestServer, redis_server: RedisServer, new_show, redis: aioredis.Redis
 ) -> None:
     show_id = await new_show()
-    # This show's actor snapshots every 5 entries and keeps only 5 before the snapshot.
-    small = ShowDirectory(redis_server.url, ActorSettings(snapshot_every=5, keep_log=5))
+    # Hosts of their own that snapshot every 5 entries and keep only 5 before the snapshot.
+    small = await ShowDirectory(redis_server.url, ActorSettings(snapshot_every=5, keep_log=5),
+                                hosts_per_node=1).start()
     held = []
     for n in range(1, 9):
         held.append(await hold(small, show_id, [f"A{n}"]))
@@ -226,7 +221,7 @@ async def test_too_old_since_gets_a_fresh_snapshot(
     async with connect(live_url(server, show_id, since=2)) as ws:
         snap = await recv(ws)
         assert snap["type"] == "snapshot" and snap["seq"] == 14
-        truth = await ray.get_actor(actor_name(show_id), namespace=NAMESPACE).inspect.remote()
+        truth = await small.inspect(show_id)
         assert snap["seats"] == truth["status"]
         assert [s for s, st in snap["seats"].items() if st == "held"] == ["A7", "A8"]
         await release(small, show_id, held[6])
@@ -365,7 +360,7 @@ async def test_clients_joining_mid_stream_never_miss_or_repeat_a_seq(
                 watchers.append(asyncio.create_task(watch(join_at[at])))
         await release(shows, show_id, await hold(shows, show_id, [seats[i % 40]]))
     views = await asyncio.wait_for(asyncio.gather(*watchers), TIMEOUT * 3)
-    truth = await ray.get_actor(actor_name(show_id), namespace=NAMESPACE).inspect.remote()
+    truth = await shows.inspect(show_id)
     for view in views[:2] + views[3:4]:
         assert view == truth["status"]
 

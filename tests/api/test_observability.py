@@ -340,19 +340,20 @@ async def test_any_of_several_web_processes_answers_metrics_for_all(
 
 # --- the actor's side of the request id ----------------------------------------------------
 
-async def test_show_actor_logs_its_batches_with_the_request_ids(
+async def test_show_host_logs_its_batches_with_the_request_ids(
         redis_server: RedisServer, ray_cluster: None, show: PublishedShow) -> None:
-    """At DEBUG (ActorSettings.log_level: the web process's level) the actor logs each
-    batch with its commands' rids, to its Ray worker's stderr log file."""
+    """At DEBUG (ActorSettings.log_level: the web process's level) the show's host logs
+    each batch with its commands' rids, to its Ray worker's stderr log file."""
     from pathlib import Path
 
     import ray
 
     from actors.client import ShowDirectory
     from actors.context import request_id
-    from actors.show_actor import NAMESPACE, ActorSettings, actor_name
+    from actors.host import ActorSettings
 
-    directory = ShowDirectory(redis_server.url, ActorSettings(log_level="DEBUG"))
+    directory = await ShowDirectory(redis_server.url, ActorSettings(log_level="DEBUG"),
+                                    hosts_per_node=1).start()
     rid = f"actor-{uuid.uuid4().hex[:12]}"
     token = request_id.set(rid)
     try:
@@ -360,9 +361,11 @@ async def test_show_actor_logs_its_batches_with_the_request_ids(
     finally:
         request_id.reset(token)
     assert isinstance(result, c.Held)
-    pid = await ray.get_actor(actor_name(show.show_id), namespace=NAMESPACE).pid.remote()
+    pid = await directory.host_pid(show.show_id)
     session = Path(ray._private.worker._global_node.get_session_dir_path())
     [err] = (session / "logs").glob(f"worker-*-{pid}.err")
     lines = [x for x in err.read_text().splitlines() if rid in x]
     assert len(lines) == 1
-    assert f"DEBUG actors.show_actor: show {show.show_id}: batch of 1 commands" in lines[0]
+    assert f"DEBUG actors.host: show {show.show_id}: batch of 1 commands" in lines[0]
+    directory.kill_hosts()  # a pool of its own, for this test only
+    await directory.close()

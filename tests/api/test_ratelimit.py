@@ -12,7 +12,6 @@ import aiohttp
 import pytest
 
 from server.settings import Settings
-from tests.show_actors import kill_actor_for_good
 
 from .account_helpers import Client
 from .builders import PublishedShow
@@ -157,4 +156,3 @@ async def test_overload_is_shed_at_once_with_429(redis_server: Any, ray_cluster:
         assert all(r[1]["error"]["code"] == "overloaded" and r[2] == "1" for r in shed)
     finally:
         await srv.close()
-        kill_actor_for_good(pub.show_id)

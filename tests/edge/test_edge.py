@@ -20,7 +20,6 @@ from aiohttp.test_utils import TestServer
 from websockets.asyncio.client import connect
 
 from server.edge import SHED_MESSAGE, Edge, command, prepare_prefix, render
-from tests.show_actors import kill_actor_for_good
 from tests.api.builders import PublishedShow, publish_show
 
 from .conftest import HOLD_BURST, HOLD_RATE
@@ -91,50 +90,47 @@ async def test_a_burst_over_the_rate_is_shed_by_nginx_and_nothing_is_lost(
     seats = [f"{row}{n}" for row in "ABCD" for n in range(1, 11)]
     other = await publish_show(redis)
     shows = (show.show_id, other.show_id)
-    try:
-        async with aiohttp.ClientSession() as http:
-            started = time.monotonic()
-            results = await asyncio.gather(*(post_hold(http, edge.url, show_id, s)
-                                             for show_id in shows for s in seats))
-            elapsed = time.monotonic() - started
-            refill = int(elapsed * HOLD_RATE) + 1
-            for i, show_id in enumerate(shows):
-                mine = results[i * len(seats):(i + 1) * len(seats)]
-                codes = [r[0] for r in mine]
-                assert set(codes) == {201, 429}, codes
-                # nginx (nodelay) lets the first + the burst through at once per show, plus
-                # what the rate refilled meanwhile; a bucket shared by the shows would not
-                assert HOLD_BURST + 1 <= codes.count(201) <= HOLD_BURST + 1 + refill, \
-                    (show_id, codes, elapsed)
-                for status, body, headers in mine:
-                    if status != 429:
-                        continue
-                    assert headers["Retry-After"] == "1"
-                    assert headers["Content-Type"].startswith("application/json")
-                    # nginx's answer (the app here never sheds: no in-flight cap)
-                    assert body["error"] == {"code": "overloaded", "message": SHED_MESSAGE,
-                                             "retry_after_ms": 1000,
-                                             "request_id": headers["X-Request-Id"]}
-                # nothing lost, nothing invented
-                held = {s for s, r in zip(seats, mine, strict=True) if r[0] == 201}
-                statuses = await seat_statuses(http, edge.url, show_id)
-                assert {s for s in seats if statuses[s] == "held"} == held
-                assert all(statuses[s] == "free" for s in seats if s not in held)
-                # each 201 is a hold its holder can release
-                for s, (status, body, _) in zip(seats, mine, strict=True):
-                    if status == 201:
-                        assert body["seats"] == [s]
-                        async with http.delete(
-                                f"{edge.url}/api/holds/{body['hold_id']}",
-                                headers={"X-Holder-Token": body["holder_token"]}) as resp:
-                            assert resp.status == 200
-                assert set((await seat_statuses(http, edge.url, show_id)).values()) == {"free"}
-            # reads are not limited by the edge
-            reads = await asyncio.gather(*(seat_statuses(http, edge.url, show.show_id)
-                                           for _ in range(30)))
-            assert len(reads) == 30
-    finally:
-        kill_actor_for_good(other.show_id)
+    async with aiohttp.ClientSession() as http:
+        started = time.monotonic()
+        results = await asyncio.gather(*(post_hold(http, edge.url, show_id, s)
+                                         for show_id in shows for s in seats))
+        elapsed = time.monotonic() - started
+        refill = int(elapsed * HOLD_RATE) + 1
+        for i, show_id in enumerate(shows):
+            mine = results[i * len(seats):(i + 1) * len(seats)]
+            codes = [r[0] for r in mine]
+            assert set(codes) == {201, 429}, codes
+            # nginx (nodelay) lets the first + the burst through at once per show, plus
+            # what the rate refilled meanwhile; a bucket shared by the shows would not
+            assert HOLD_BURST + 1 <= codes.count(201) <= HOLD_BURST + 1 + refill, \
+                (show_id, codes, elapsed)
+            for status, body, headers in mine:
+                if status != 429:
+                    continue
+                assert headers["Retry-After"] == "1"
+                assert headers["Content-Type"].startswith("application/json")
+                # nginx's answer (the app here never sheds: no in-flight cap)
+                assert body["error"] == {"code": "overloaded", "message": SHED_MESSAGE,
+                                         "retry_after_ms": 1000,
+                                         "request_id": headers["X-Request-Id"]}
+            # nothing lost, nothing invented
+            held = {s for s, r in zip(seats, mine, strict=True) if r[0] == 201}
+            statuses = await seat_statuses(http, edge.url, show_id)
+            assert {s for s in seats if statuses[s] == "held"} == held
+            assert all(statuses[s] == "free" for s in seats if s not in held)
+            # each 201 is a hold its holder can release
+            for s, (status, body, _) in zip(seats, mine, strict=True):
+                if status == 201:
+                    assert body["seats"] == [s]
+                    async with http.delete(
+                            f"{edge.url}/api/holds/{body['hold_id']}",
+                            headers={"X-Holder-Token": body["holder_token"]}) as resp:
+                        assert resp.status == 200
+            assert set((await seat_statuses(http, edge.url, show_id)).values()) == {"free"}
+        # reads are not limited by the edge
+        reads = await asyncio.gather(*(seat_statuses(http, edge.url, show.show_id)
+                                       for _ in range(30)))
+        assert len(reads) == 30
 
 
 async def test_a_ceiling_for_all_shows_together(
@@ -166,7 +162,6 @@ async def test_a_ceiling_for_all_shows_together(
                 assert {s for s in seats if statuses[s] == "held"} == held
     finally:
         proxy.stop()
-        kill_actor_for_good(other.show_id)
 
 
 async def test_too_many_open_requests_from_one_client_get_429(
@@ -257,7 +252,6 @@ async def test_the_apps_own_429_passes_through_unchanged(
     finally:
         proxy.stop()
         await srv.close()
-        kill_actor_for_good(pub.show_id)
 
 
 @pytest.mark.parametrize("options", [

@@ -24,9 +24,7 @@ DENIED = (401, 403, 404)
 @pytest.fixture
 async def world(api: aiohttp.ClientSession, server: TestServer, clients
                 ) -> AsyncIterator[World]:
-    w = await build_world(api, server, clients)
-    yield w
-    w.kill_actors()
+    yield await build_world(api, server, clients)
 
 
 # --- API1: object level -------------------------------------------------------------------

@@ -12,7 +12,6 @@ from typing import Any
 import aiohttp
 from aiohttp.test_utils import TestServer
 
-from tests.show_actors import kill_actor_for_good
 
 from ..api.account_helpers import Client, hold_and_checkout
 from ..api.catalog_helpers import Partner, new_partner, uid
@@ -47,10 +46,6 @@ class World:
             out = await resp.json() if resp.content_type == "application/json" \
                 else await resp.text()
             return resp.status, out
-
-    def kill_actors(self) -> None:
-        for show_id in (self.show_a, self.show_b):
-            kill_actor_for_good(show_id)
 
 
 async def build_world(api: aiohttp.ClientSession, server: TestServer, clients) -> World:

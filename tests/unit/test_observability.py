@@ -13,7 +13,6 @@ import msgspec
 import pytest
 from prometheus_client import REGISTRY
 
-from actors import client as actor_client
 from actors import commands as c
 from actors.context import request_id
 from actors.layout import Rules, ShowConfig, grid_layout
@@ -66,52 +65,6 @@ def test_the_seat_map_ignores_the_rid() -> None:
 
 
 # --- ShowClient: stamping and the batch observer (a fake actor, no Ray) ----------------------
-
-class _FakeActor:
-    def __init__(self) -> None:
-        self.batches: list[list[c.Command]] = []
-        self.apply = self
-
-    def remote(self, blob: bytes):  # noqa: ANN201 (an awaitable, like an ObjectRef)
-        cmds = c.commands_decoder.decode(blob)
-        self.batches.append(cmds)
-
-        async def answer() -> bytes:
-            await asyncio.sleep(0)
-            results = [c.Held(x.hold_id, ["A1"], 1) if isinstance(x, c.Hold)
-                       else c.Rejected("invalid", "no") for x in cmds]
-            return c.command_encoder.encode(results)
-
-        return answer()
-
-
-async def test_show_client_stamps_the_request_id_and_reports_batches() -> None:
-    actor = _FakeActor()
-    client = actor_client.ShowClient("s1", lambda _show: actor)
-    seen: list[tuple[str, int, int, float]] = []
-    previous = actor_client.set_batch_observer(
-        lambda show, cmds, results, secs: seen.append((show, len(cmds), len(results), secs)))
-    try:
-        async def request(rid: str, cmd: c.Command) -> c.Result:
-            request_id.set(rid)  # each task has its own context, like each request
-            return await client.submit(cmd)
-
-        results = await asyncio.gather(
-            request("req-a", c.Hold("c1", "h1", "t", ["A1"])),
-            request("req-b", c.Hold("c2", "h2", "t", ["A2"])),
-            request("", c.Release("c3", "h3", "t")),
-            request("req-d", c.Hold("c4", "h4", "t", ["A4"], rid="explicit")),
-        )
-    finally:
-        actor_client.set_batch_observer(previous)
-    sent = [cmd for batch in actor.batches for cmd in batch]
-    assert [cmd.rid for cmd in sent] == ["req-a", "req-b", "", "explicit"]
-    assert isinstance(results[0], c.Held) and isinstance(results[2], c.Rejected)
-    # group commit: all four were queued before the flusher ran: one call
-    assert [len(b) for b in actor.batches] == [4]
-    assert [(s, n, r) for s, n, r, _ in seen] == [("s1", 4, 4)]
-    assert all(secs >= 0 for *_, secs in seen)
-
 
 # --- metric labels -------------------------------------------------------------------------
 
