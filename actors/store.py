@@ -180,10 +180,12 @@ class ShowStore:
         )
         if raw_snap:
             snap = _snapshot_decoder.decode(raw_snap)
-            seatmap = SeatMap.from_snapshot(snap, plans.plan(snap.config.layout) if plans else None)
+            plan = plans.plan(snap.config.layout) if plans is not None else None
+            seatmap = SeatMap.from_snapshot(snap, plan)
         elif raw_config:
             config = _config_decoder.decode(raw_config)
-            seatmap = SeatMap(config, plans.plan(config.layout) if plans else None)
+            plan = plans.plan(config.layout) if plans is not None else None
+            seatmap = SeatMap(config, plan)
         else:
             raise UnknownShow(self.show_id)
         seq = int(raw_seq or 0)
