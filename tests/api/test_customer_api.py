@@ -62,7 +62,13 @@ async def test_seatmap_reads_do_not_activate_the_show(api, server, redis):
     await seatmap(api, pub.show_id)
     shows = server.app[SERVICES].shows
     assert not await shows.is_loaded(pub.show_id)
-    status, body = await hold(api, pub.show_id, {"seats": ["C3"]})  # a write does
+    # Nor does a write the web tier turns down before it reaches the show.
+    status, body = await hold(api, pub.show_id, {"seats": ["C3", "Z99"]})
+    assert status == 422 and body["error"]["code"] == "unknown_seats", body
+    status, body = await hold(api, pub.show_id, {"best": {"count": 1, "category": "nope"}})
+    assert status == 422, body
+    assert not await shows.is_loaded(pub.show_id)
+    status, body = await hold(api, pub.show_id, {"seats": ["C3"]})  # a valid write does
     assert status == 201, body
     assert await shows.is_loaded(pub.show_id)
 
