@@ -227,9 +227,10 @@ class ShowDirectory:
             view = await read_pool(redis, self.pool)
             if view is None:
                 nodes = await asyncio.to_thread(_alive_nodes)
-                plan = plan_hosts(self.pool, [
-                    (node, self.hosts_per_node or cpus) for node, cpus in nodes])
-                view = await create_pool(redis, self.pool, plan)
+                counts = [(node, self.hosts_per_node or cpus) for node, cpus in nodes]
+                if not any(n for _, n in counts):  # no node offers a CPU: one host each
+                    counts = [(node, 1) for node, _ in nodes]
+                view = await create_pool(redis, self.pool, plan_hosts(self.pool, counts))
             await self._start_hosts(view)
             self._view = view
         return self
@@ -246,6 +247,8 @@ class ShowDirectory:
         await self.start()
         assert self._view is not None
         node = node_id or (await asyncio.to_thread(_alive_nodes))[0][0]
+        if count < 1:
+            raise ValueError("add at least one host")
         while True:
             view = await read_pool(self._client(), self.pool)
             assert view is not None
@@ -344,7 +347,8 @@ class ShowClient:
 
 
 def _alive_nodes() -> list[tuple[str, int]]:
-    """(node id, CPUs) of every live Ray node, in node-id order (the same for everyone)."""
-    nodes = [(n["NodeID"], max(1, int(n["Resources"].get("CPU", 1))))
+    """(node id, CPUs) of every live Ray node, in node-id order (the same for everyone). A
+    node started with no CPUs (a head kept for the GCS) gets no hosts."""
+    nodes = [(n["NodeID"], int(n["Resources"].get("CPU", 0)))
              for n in ray.nodes() if n["Alive"]]
     return sorted(nodes)
