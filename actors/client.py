@@ -32,8 +32,8 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from . import commands as c
 from . import placement, redis_conn
 from .context import request_id
-from .host import ActorSettings, ShowHost
-from .pool import NAMESPACE, Pool, create_pool, plan_hosts, read_pool, replace_pool
+from .host import ShowHost
+from .pool import NAMESPACE, ActorSettings, Pool, create_pool, plan_hosts, read_pool, replace_pool
 
 log = logging.getLogger(__name__)
 
@@ -148,16 +148,17 @@ class HostClient:
 class ShowDirectory:
     """Every show of one host pool, as this process reaches them.
 
-    The pool is named for what it serves (`pool`), the Redis it writes to and the
-    settings its hosts run with: directories that differ in either get hosts of their
-    own (tests use that for short passivation times and private Redis servers)."""
+    The pool's name is `pool` plus a digest of the Redis URL, so that one Ray cluster
+    never sends a show to hosts writing to another Redis. Its hosts run with the settings
+    recorded by whoever created the pool (`settings` here only when this directory is the
+    first); directories that want other settings (tests: short passivation, small
+    snapshots) name a pool of their own."""
 
     def __init__(self, redis_url: str, settings: ActorSettings | None = None, *,
                  pool: str = "shows", hosts_per_node: int = 0) -> None:
         self.redis_url = redis_url
         self.settings = settings or ActorSettings()
-        digest = blake2b(redis_url.encode() + msgspec.msgpack.encode(self.settings),
-                         digest_size=4).hexdigest()
+        digest = blake2b(redis_url.encode(), digest_size=4).hexdigest()
         self.pool = f"{pool}.{digest}"
         self.hosts_per_node = hosts_per_node  # 0: one host per CPU of each node
         self._hosts: dict[str, HostClient] = {}
@@ -216,8 +217,9 @@ class ShowDirectory:
 
     # --- the pool --------------------------------------------------------------------
 
-    async def start(self) -> ShowDirectory:
-        """Read (or, first in the cluster, record) the pool and make sure its hosts run."""
+    async def start(self, create: bool = True) -> ShowDirectory:
+        """Read (or, first in the cluster, record) the pool and make sure its hosts run.
+        With `create=False` a pool that is not recorded yet is a LookupError."""
         if self._ready is None:
             self._ready = asyncio.Lock()
         async with self._ready:
@@ -225,12 +227,15 @@ class ShowDirectory:
                 return self
             redis = self._client()
             view = await read_pool(redis, self.pool)
+            if view is None and not create:
+                raise LookupError(f"no pool {self.pool!r} is recorded in this Redis yet")
             if view is None:
                 nodes = await asyncio.to_thread(_alive_nodes)
                 counts = [(node, self.hosts_per_node or cpus) for node, cpus in nodes]
                 if not any(n for _, n in counts):  # no node offers a CPU: one host each
                     counts = [(node, 1) for node, _ in nodes]
-                view = await create_pool(redis, self.pool, plan_hosts(self.pool, counts))
+                view = await create_pool(redis, self.pool, plan_hosts(self.pool, counts),
+                                         self.settings)
             await self._start_hosts(view)
             self._view = view
         return self
@@ -254,9 +259,9 @@ class ShowDirectory:
             assert view is not None
             added = plan_hosts(self.pool, [(node, count)], start=len(view.hosts))
             grown = dict(view.nodes, **added)
-            await self._start_hosts(Pool(view.epoch, list(grown), grown))
+            await self._start_hosts(Pool(view.epoch, list(grown), grown, view.settings))
             try:
-                new = await replace_pool(self._client(), self.pool, view.epoch, grown)
+                new = await replace_pool(self._client(), self.pool, view, grown)
             except Exception as exc:  # someone else changed it: plan again
                 if "EPOCH" not in str(exc):
                     raise
@@ -268,19 +273,22 @@ class ShowDirectory:
         handle = self._handles.get(name)
         if handle is None:
             node = self._view.nodes.get(name) if self._view else None
-            handle = await asyncio.to_thread(self._create_host, name, node)
+            settings = self._view.settings if self._view else self.settings
+            handle = await asyncio.to_thread(self._create_host, name, node, settings)
             self._handles[name] = handle
         return handle
 
     async def _start_hosts(self, view: Pool) -> None:
         missing = [h for h in view.hosts if h not in self._handles]
         handles = await asyncio.gather(*(
-            asyncio.to_thread(self._create_host, h, view.nodes.get(h)) for h in missing))
+            asyncio.to_thread(self._create_host, h, view.nodes.get(h), view.settings)
+            for h in missing))
         self._handles.update(zip(missing, handles, strict=True))
         # Wait until each answers: the first command must not pay for a process start.
         await asyncio.gather(*(self._handles[h].pid.remote() for h in missing))
 
-    def _create_host(self, name: str, node: str | None) -> ray.actor.ActorHandle:
+    def _create_host(self, name: str, node: str | None,
+                     settings: ActorSettings) -> ray.actor.ActorHandle:
         options: dict = dict(name=name, namespace=NAMESPACE, get_if_exists=True,
                              lifetime="detached")  # shared by every web process
         if node:
@@ -288,7 +296,7 @@ class ShowDirectory:
             # scheduler could not balance them, and a deterministic spread is testable.
             # Soft: if that node is gone, Ray restarts the host elsewhere.
             options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=True)
-        return ShowHost.options(**options).remote(self.pool, name, self.redis_url, self.settings)
+        return ShowHost.options(**options).remote(self.pool, name, self.redis_url, settings)
 
     def _client(self) -> aioredis.Redis:
         if self._redis is None:

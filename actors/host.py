@@ -28,7 +28,7 @@ from redis.exceptions import NoScriptError, RedisError
 
 from . import commands as c
 from . import placement, redis_conn
-from .pool import read_pool
+from .pool import ActorSettings, read_pool
 from .seatmap import SeatMap, Snapshot
 from .store import (
     Event,
@@ -43,18 +43,6 @@ from .store import (
 )
 
 log = logging.getLogger(__name__)
-
-
-class ActorSettings(msgspec.Struct, frozen=True):
-    snapshot_every: int = 500        # log entries between a show's snapshots
-    # ...and at least this long between them: under a rush (~20k entries/s) a snapshot
-    # per 500 entries would rewrite ~300 KB to the AOF 40 times a second.
-    snapshot_min_interval_s: float = 0.0
-    keep_log: int = 5_000            # entries kept before the snapshot, for `since` resumes
-    passivate_after_s: float = 60.0  # idle time (with no holds) before a show leaves memory
-    persist_attempts: int = 20       # reload-and-retry rounds before answering "unavailable"
-    # The hosts' log level; at DEBUG they log every batch with its commands' request ids.
-    log_level: str = "INFO"
 
 
 _SWEEP = c.Expire("expire")

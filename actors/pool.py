@@ -1,5 +1,5 @@
 """A pool of show hosts as it is recorded in Redis: which hosts exist, on which Ray node
-each was placed, and an epoch that grows with every change.
+each was placed, the settings they run with, and an epoch that grows with every change.
 
 Web processes route by it (actors/placement.py over `hosts`), hosts decide by it which
 shows are theirs. It lives in Redis rather than in Ray's actor table because a host that
@@ -15,11 +15,26 @@ import redis.asyncio as aioredis
 NAMESPACE = "bookmymovie"  # Ray namespace of the hosts (and of the web tier's driver)
 
 
+class ActorSettings(msgspec.Struct, frozen=True):
+    snapshot_every: int = 500        # log entries between a show's snapshots
+    # ...and at least this long between them: under a rush (~20k entries/s) a snapshot
+    # per 500 entries would rewrite ~300 KB to the AOF 40 times a second.
+    snapshot_min_interval_s: float = 0.0
+    keep_log: int = 5_000            # entries kept before the snapshot, for `since` resumes
+    passivate_after_s: float = 60.0  # idle time (with no holds) before a show leaves memory
+    persist_attempts: int = 20       # reload-and-retry rounds before answering "unavailable"
+    # The hosts' log level; at DEBUG they log every batch with its commands' request ids.
+    log_level: str = "INFO"
+
+
 class Pool(msgspec.Struct, frozen=True):
     epoch: int
     hosts: list[str]
     # host -> the Ray node it was placed on (soft affinity: Ray moves it if that node goes)
     nodes: dict[str, str] = {}
+    # What every host of the pool runs with: recorded by whoever created the pool, so a
+    # host added later (or by an admin tool) runs like the others.
+    settings: ActorSettings = ActorSettings()
 
 
 _encoder = msgspec.json.Encoder()
@@ -51,10 +66,12 @@ async def read_pool(redis: aioredis.Redis, pool: str) -> Pool | None:
     return _decoder.decode(raw) if raw else None
 
 
-async def create_pool(redis: aioredis.Redis, pool: str, nodes: dict[str, str]) -> Pool:
+async def create_pool(redis: aioredis.Redis, pool: str, nodes: dict[str, str],
+                      settings: ActorSettings) -> Pool:
     """Record the pool unless one is recorded already (several web processes start at
     once: the first one's plan wins); returns the recorded one."""
-    await redis.set(pool_key(pool), _encoder.encode(Pool(1, list(nodes), nodes)), nx=True)
+    await redis.set(pool_key(pool), _encoder.encode(Pool(1, list(nodes), nodes, settings)),
+                    nx=True)
     recorded = await read_pool(redis, pool)
     assert recorded is not None
     return recorded
@@ -70,11 +87,12 @@ return 1
 """
 
 
-async def replace_pool(redis: aioredis.Redis, pool: str, expected_epoch: int,
+async def replace_pool(redis: aioredis.Redis, pool: str, current: Pool,
                        nodes: dict[str, str]) -> Pool:
-    """Move the pool to a new host set, if nobody changed it since `expected_epoch`
-    (raises redis ResponseError EPOCH otherwise)."""
-    new = Pool(expected_epoch + 1, list(nodes), nodes)
+    """Move the pool to a new host set, if nobody changed it since `current` (raises
+    redis ResponseError EPOCH otherwise)."""
+    expected_epoch = current.epoch
+    new = Pool(expected_epoch + 1, list(nodes), nodes, current.settings)
     await redis.register_script(_ADD)(keys=[pool_key(pool)],
                                       args=[expected_epoch, _encoder.encode(new)])
     return new

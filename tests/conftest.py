@@ -42,6 +42,9 @@ async def redis(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
     await client.aclose()
 
 
+CORE_POOL = "core-tests"  # the `settings` below; the web tier's pool has its own
+
+
 @pytest.fixture
 def settings() -> ActorSettings:
     return ActorSettings(snapshot_every=50, keep_log=100, passivate_after_s=30)
@@ -52,7 +55,7 @@ async def directory(redis_server: RedisServer, ray_cluster: None,
                     settings: ActorSettings) -> AsyncIterator[ShowDirectory]:
     """The session Redis's show hosts for these settings (started once, shared by every
     test that asks for the same settings)."""
-    shows = await ShowDirectory(redis_server.url, settings).start()
+    shows = await ShowDirectory(redis_server.url, settings, pool=CORE_POOL).start()
     yield shows
     await shows.close()
 

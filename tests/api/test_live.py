@@ -210,7 +210,7 @@ async def test_too_old_since_gets_a_fresh_snapshot(
     show_id = await new_show()
     # Hosts of their own that snapshot every 5 entries and keep only 5 before the snapshot.
     small = await ShowDirectory(redis_server.url, ActorSettings(snapshot_every=5, keep_log=5),
-                                hosts_per_node=1).start()
+                                pool="small-snapshots", hosts_per_node=1).start()
     held = []
     for n in range(1, 9):
         held.append(await hold(small, show_id, [f"A{n}"]))

@@ -353,7 +353,7 @@ async def test_show_host_logs_its_batches_with_the_request_ids(
     from actors.host import ActorSettings
 
     directory = await ShowDirectory(redis_server.url, ActorSettings(log_level="DEBUG"),
-                                    hosts_per_node=1).start()
+                                    pool="debug-log", hosts_per_node=1).start()
     rid = f"actor-{uuid.uuid4().hex[:12]}"
     token = request_id.set(rid)
     try:

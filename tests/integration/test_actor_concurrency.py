@@ -16,6 +16,7 @@ from actors.client import ShowDirectory
 from actors.layout import Rules, grid_layout
 from actors.host import ActorSettings
 from actors.store import ShowStore
+from tests.conftest import CORE_POOL
 
 from .conftest import assert_one_owner_per_seat, comparable, replayed_state, state_of
 
@@ -46,7 +47,7 @@ def other_web_process(show_id: str, redis_url: str, settings: ActorSettings,
 
     async def main() -> bytes:
         r = aioredis.Redis.from_url(redis_url)
-        directory = await ShowDirectory(redis_url, settings).start()
+        directory = await ShowDirectory(redis_url, settings, pool=CORE_POOL).start()
         go = asyncio.Event()
         tasks = [asyncio.create_task(run_job(directory, show_id, job, go))
                  for job in msgspec.msgpack.decode(jobs, type=list[Job])]
@@ -78,7 +79,7 @@ async def test_200_clients_race_for_50_seats(shows, directory, redis, redis_serv
     local_jobs = [make_jobs(rng, seat_ids, 70, "a"), make_jobs(rng, seat_ids, 70, "b")]
     remote_jobs = make_jobs(rng, seat_ids, 60, "r")
     web1 = directory
-    web2 = await ShowDirectory(redis_server.url, settings).start()  # a second web process's
+    web2 = await ShowDirectory(redis_server.url, settings, pool=CORE_POOL).start()  # web 2
 
     # Load the show and start every process before the race, so the race is the race.
     before = await web1.inspect(show_id)

@@ -31,7 +31,7 @@ PASSIVATE_S = 1.0
 @pytest.fixture
 async def quick(redis_server, ray_cluster):
     shows = await ShowDirectory(redis_server.url, ActorSettings(
-        snapshot_every=50, keep_log=100, passivate_after_s=PASSIVATE_S)).start()
+        snapshot_every=50, keep_log=100, passivate_after_s=PASSIVATE_S), pool="quick").start()
     yield shows
     await shows.close()
 

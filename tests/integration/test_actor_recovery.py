@@ -75,7 +75,8 @@ async def test_redis_kill9_mid_stream(shows, private_redis, private_redis_client
     redis = private_redis_client
     show_id = await shows(LAYOUT)  # (in the session Redis) registers the id for clean-up
     await put_config(redis, ShowConfig(show_id, LAYOUT))
-    directory = await ShowDirectory(private_redis.url, settings, hosts_per_node=1).start()
+    directory = await ShowDirectory(private_redis.url, settings, pool="private-redis",
+                                    hosts_per_node=1).start()
     client = directory.client(show_id)
     stream = Stream(client.submit, SEATS, workers=8, steps=20)
     handle = await host_of(directory, show_id)
