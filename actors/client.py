@@ -141,6 +141,10 @@ class HostClient:
                     raise
                 log.warning("host %s: lost (%s); retrying", self.name, type(exc).__name__)
                 self._handle = None
+                if isinstance(exc, ActorDiedError):
+                    # Dead for good (not restarting): look it up again, or start it anew,
+                    # by name; a host restarting under its name keeps its handle.
+                    self._directory.drop_handle(self.name)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.5)
 
@@ -268,6 +272,9 @@ class ShowDirectory:
                 continue
             self._view = new
             return list(added)
+
+    def drop_handle(self, name: str) -> None:
+        self._handles.pop(name, None)
 
     async def host_handle(self, name: str) -> ray.actor.ActorHandle:
         handle = self._handles.get(name)

@@ -3,7 +3,7 @@
 `--workers N` runs N web processes on the same port (SO_REUSEPORT: the kernel spreads
 connections over them). Redis and the Ray head are started once, by this process; the
 other N-1 web processes are `python -m server` children that join them by address, so
-every process reaches the same show actors by name.
+every process reaches the same show hosts (the pool recorded in Redis).
 
 Logging (server/logs.py): BMM_LOG_FORMAT=json|text, BMM_LOG_LEVEL; written by a background
 thread. With several web processes, metrics run in prometheus-client's multiprocess mode

@@ -63,11 +63,11 @@ BOOKINGS = Counter("bmm_bookings", "Bookings confirmed by the show actors", ["sh
 REJECTED = Counter("bmm_seat_commands_rejected", "Seat commands the booking core refused",
                    ["code"])
 BATCH_COMMANDS = Histogram(
-    "bmm_actor_batch_commands", "Commands per show actor call (group commit batch size)",
+    "bmm_actor_batch_commands", "Commands for one show in one host call (group commit batch size)",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
 )
 ACTOR_SECONDS = Histogram(
-    "bmm_actor_call_seconds", "Show actor call latency (one batch, resends included)",
+    "bmm_actor_call_seconds", "Host call latency, per show in the call (resends included)",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0),
 )
 GC_PAUSE = Histogram(
