@@ -442,7 +442,15 @@ class ShowHost:
         if due:
             # One commit for all of them: the sweep runs first in every batch, so empty
             # batches are sweeps, and their writes share one pipeline.
-            await self._locked_commit({show_id: [] for show_id in due})
+            try:
+                await self._locked_commit({show_id: [] for show_id in due})
+            except BaseException:
+                # Whatever went wrong, these shows must come round again: their holds
+                # still have to run out.
+                for show_id in due:
+                    if (slot := self._slots.get(show_id)) is not None:
+                        self._push(slot, now_ms() + 1000)
+                raise
 
     async def _passivate_idle(self) -> None:
         cutoff = time.monotonic() - self.settings.passivate_after_s
