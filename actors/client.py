@@ -170,8 +170,13 @@ class ShowDirectory:
         self._view: Pool | None = None
         self._redis: aioredis.Redis | None = None
         self._ready: asyncio.Lock | None = None
+        self._starting: asyncio.Lock | None = None
 
     # --- routing ---------------------------------------------------------------------
+
+    @property
+    def started(self) -> bool:
+        return self._view is not None
 
     @property
     def epoch(self) -> int:
@@ -286,13 +291,51 @@ class ShowDirectory:
         return handle
 
     async def _start_hosts(self, view: Pool) -> None:
+        if self._starting is None:
+            self._starting = asyncio.Lock()
+        async with self._starting:  # one placement at a time in this process
+            await self._start_missing(view)
+
+    async def _start_missing(self, view: Pool) -> None:
         missing = [h for h in view.hosts if h not in self._handles]
+        if not missing:
+            return
+        await asyncio.to_thread(_wait_schedulable, {view.nodes[h] for h in missing
+                                                   if view.nodes.get(h)})
         handles = await asyncio.gather(*(
             asyncio.to_thread(self._create_host, h, view.nodes.get(h), view.settings)
             for h in missing))
         self._handles.update(zip(missing, handles, strict=True))
-        # Wait until each answers: the first command must not pay for a process start.
-        await asyncio.gather(*(self._handles[h].pid.remote() for h in missing))
+        # Wait until each answers (the first command must not pay for a process start),
+        # on its node.
+        await asyncio.gather(*(self._on_its_node(h, view) for h in missing))
+
+    async def _on_its_node(self, name: str, view: Pool, attempts: int = 5) -> None:
+        """Soft node affinity places an actor elsewhere when its node counts as infeasible
+        (`_wait_schedulable` waits out the usual case, a node that has only just joined):
+        a host found on the wrong node while its own is alive is stopped and started
+        again, so the spread is the one the pool records."""
+        want = view.nodes.get(name)
+        for attempt in range(attempts):
+            try:
+                on = await self._handles[name].node.remote()
+            except RayActorError:  # another process is placing it again: find the new one
+                await asyncio.sleep(0.2 * (attempt + 1))
+                self._handles[name] = await asyncio.to_thread(
+                    self._create_host, name, want, view.settings)
+                continue
+            if want is None or on == want or attempt == attempts - 1:
+                return
+            if want not in {n for n, _ in await asyncio.to_thread(_alive_nodes)}:
+                return  # its node is gone: where Ray put it is where it lives now
+            log.warning("host %s: on node %s, not %s; placing it again", name, on, want)
+            try:
+                ray.kill(self._handles[name], no_restart=True)
+            except Exception:
+                pass
+            await asyncio.sleep(0.2 * (attempt + 1))
+            self._handles[name] = await asyncio.to_thread(
+                self._create_host, name, want, view.settings)
 
     def _create_host(self, name: str, node: str | None,
                      settings: ActorSettings) -> ray.actor.ActorHandle:
@@ -359,6 +402,21 @@ class ShowClient:
 
     async def submit(self, cmd: c.Command) -> c.Result:
         return await self.directory.submit(self.show_id, cmd)
+
+
+def _wait_schedulable(nodes: set[str], timeout: float = 30.0) -> None:
+    """Wait until the scheduler has each live node's resources. A node that has just
+    joined is alive before the control store has its resource report, and until then an
+    actor with soft affinity to it is placed on some other node."""
+    from ray._private import state  # the per-node view; the public API only sums it
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = {n for n, _ in _alive_nodes()}
+        known = set(state.available_resources_per_node())
+        if (nodes & alive) <= known:
+            return
+        time.sleep(0.1)
 
 
 def _alive_nodes() -> list[tuple[str, int]]:

@@ -178,6 +178,10 @@ class ShowHost:
     async def pid(self) -> int:
         return os.getpid()
 
+    async def node(self) -> str:
+        """The Ray node this host runs on."""
+        return ray.get_runtime_context().get_node_id()
+
     async def forget(self, show_id: str) -> None:
         """Drop a show from memory now (its state is in Redis); tests clean up with it."""
         slot = self._slots.get(show_id)

@@ -1,6 +1,7 @@
 """The aiohttp application: wiring only. Handlers live in modules named for what they serve."""
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections import deque
@@ -99,7 +100,10 @@ def create_app(settings: Settings, redis_url: str) -> web.Application:
             # the hosts log at this process's level (DEBUG: every batch with its rids)
             log_level=logging.getLevelName(logging.getLogger("actors").getEffectiveLevel())),
             hosts_per_node=settings.hosts_per_node)
-        await shows.start()  # the pool's hosts run before the first request
+        # Warm the pool up now (its hosts start or are found), without making the web
+        # process's start depend on Ray: reads work meanwhile, /readyz reports Ray, and
+        # the first command waits for (or retries) the same start.
+        warm_up = asyncio.create_task(_warm_up(shows))
         hub = live.Hub(hub_redis)
         show_cache = ShowCache(redis, listen_url=redis_url)
         show_cache.start()
@@ -119,6 +123,7 @@ def create_app(settings: Settings, redis_url: str) -> web.Application:
             await app[RECOMMEND].stop()
             await app[ANALYTICS].stop()
             await app[ANALYTICS].redis.aclose()
+        warm_up.cancel()
         await show_cache.close()
         await shows.close()
         await hub.close()
@@ -150,6 +155,13 @@ def create_app(settings: Settings, redis_url: str) -> web.Application:
     app.router.add_get("/api/_stats", _stats)
     app.router.add_static("/static/", WEB_DIR, name="static")
     return app
+
+
+async def _warm_up(shows: ShowDirectory) -> None:
+    try:
+        await shows.start()
+    except Exception:  # Ray not there yet: the first command starts the pool instead
+        logging.getLogger(__name__).warning("show hosts not started yet", exc_info=True)
 
 
 async def _close_live_sockets(app: web.Application) -> None:

@@ -161,7 +161,8 @@ async def _ray_problem(readiness: Readiness) -> str | None:
 
 @routes.get("/readyz")
 async def readyz(request: web.Request) -> web.Response:
-    """`{"ready": true, "checks": {"redis": "ok", "ray": "ok", "shutdown": "ok"}}`, or 503
+    """`{"ready": true, "checks": {"redis": "ok", "ray": "ok", "hosts": "ok",
+    "shutdown": "ok"}}`, or 503
     with `"ready": false` and each failing check's reason in place of "ok"."""
     readiness = request.app[READINESS]
     redis_problem, ray_problem = await asyncio.gather(
@@ -169,6 +170,8 @@ async def readyz(request: web.Request) -> web.Response:
     checks = {
         "redis": redis_problem or "ok",
         "ray": ray_problem or "ok",
+        # the show-host pool found (or started) and its hosts answering
+        "hosts": "ok" if _services(request).shows.started else "starting",
         "shutdown": "shutting down" if readiness.shutting_down else "ok",
     }
     ready = all(v == "ok" for v in checks.values())

@@ -22,7 +22,7 @@ from websockets.asyncio.client import connect
 from actors import commands as c
 from actors.store import log_key
 from server import logs
-from server.app import create_app
+from server.app import SERVICES, create_app
 from server.embedded import RedisServer
 from server.observability import AccessLogger
 from server.settings import Settings
@@ -181,22 +181,25 @@ async def test_each_request_gets_its_own_id_and_errors_quote_it(
 
 # --- /healthz and /readyz ------------------------------------------------------------------
 
-async def test_healthz_and_readyz_when_all_is_well(api: aiohttp.ClientSession) -> None:
+async def test_healthz_and_readyz_when_all_is_well(api: aiohttp.ClientSession,
+                                                  server: TestServer) -> None:
     async with api.get("/healthz") as resp:
         assert resp.status == 200 and await resp.json() == {"ok": True}
+    await server.app[SERVICES].shows.start()  # the warm-up started at start-up, finished
     async with api.get("/readyz") as resp:
         assert resp.status == 200
         assert await resp.json() == {"ready": True, "checks": {
-            "redis": "ok", "ray": "ok", "shutdown": "ok"}}
+            "redis": "ok", "ray": "ok", "hosts": "ok", "shutdown": "ok"}}
 
 
 async def test_readyz_is_503_once_shutdown_starts(api: aiohttp.ClientSession,
                                                   server: TestServer) -> None:
+    await server.app[SERVICES].shows.start()
     await server.app.shutdown()  # what a SIGTERM starts: the on_shutdown hooks
     async with api.get("/readyz") as resp:
         assert resp.status == 503
         body = await resp.json()
-    assert body == {"ready": False, "checks": {"redis": "ok", "ray": "ok",
+    assert body == {"ready": False, "checks": {"redis": "ok", "ray": "ok", "hosts": "ok",
                                                "shutdown": "shutting down"}}
     async with api.get("/healthz") as resp:  # still alive: in-flight work finishes
         assert resp.status == 200
@@ -214,7 +217,9 @@ async def test_readyz_is_503_while_redis_is_down_and_says_so(
     settings = msgspec.structs.replace(app_settings, workers=False)
     srv = TestServer(create_app(settings, lonely_redis.url), host="127.0.0.1")
     await srv.start_server()
+    shows = srv.app[SERVICES].shows
     try:
+        await shows.start()
         async with aiohttp.ClientSession(base_url=str(srv.make_url(""))) as api:
             async with api.get("/readyz") as resp:
                 assert resp.status == 200, await resp.text()
@@ -231,6 +236,7 @@ async def test_readyz_is_503_while_redis_is_down_and_says_so(
             async with api.get("/healthz") as resp:  # liveness does not depend on Redis
                 assert resp.status == 200
     finally:
+        shows.kill_hosts()  # a pool of their own, for this Redis only
         await srv.close()
 
 

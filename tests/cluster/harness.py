@@ -4,7 +4,7 @@
         cl.web[0].url                             # http://127.0.0.1:<port>
         cl.redis.kill9(); cl.restart_redis()      # same AOF dir, same port
         cl.web[1].kill9(); cl.web[1].start()      # same port
-        cl.probe.actors()                         # Ray's actor table, from a helper process
+        cl.probe.actors("shows.")                 # Ray's actor table, from a helper process
 
 Every process is a real one started here: `redis-server` (AOF, fsync always) through
 `server.embedded.RedisServer`; the Ray nodes with the real CLI (`ray start --head ...
@@ -31,11 +31,16 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import psutil
+import redis
 
+from actors.client import ShowDirectory
+from actors.pool import Pool, pool_key
 from loadtest.scenario import ADMIN_KEY as SCENARIO_ADMIN_KEY
 from server.embedded import RedisServer, free_port
 
@@ -310,6 +315,30 @@ class Cluster:
                     raise
                 print(f"harness: Ray node {name} exited at start, retrying: {exc}")
 
+    def add_node(self, name: str) -> str:
+        """Start one more Ray worker node; returns its node id."""
+        before = {n["node_id"] for n in self.probe.nodes()}
+        self._start_node(name)
+        _wait(lambda: len(self.probe.nodes()) > len(before), RAY_START_TIMEOUT_S,
+              f"Ray node {name} to join")
+        [node_id] = [n["node_id"] for n in self.probe.nodes() if n["node_id"] not in before]
+        return node_id
+
+    @property
+    def pool_name(self) -> str:
+        """The show-host pool the web processes use (actors/client.py names it)."""
+        return ShowDirectory(self.redis_url).pool
+
+    def pool(self) -> Pool:
+        """The pool as recorded in Redis (by the first web process to start)."""
+        client = redis.Redis.from_url(self.redis_url)
+        try:
+            raw = client.get(pool_key(self.pool_name))
+        finally:
+            client.close()
+        assert raw, "no pool recorded yet"
+        return msgspec.json.decode(raw, type=Pool)
+
     def restart_redis(self) -> None:
         """After a crash: the same data dir (its AOF) and the same port."""
         assert self.redis is not None
@@ -328,10 +357,12 @@ class Cluster:
     def close(self) -> None:
         if self._probe is not None:
             self._probe.close()
-        for w in self.web:
-            w.stop()
-        for node in reversed(self.nodes):  # workers first, then the head
-            node.stop()
+        # All at once: each `ray start --block` takes its whole grace period (10 s) to
+        # go on SIGTERM, and one after the other that was most of a module's teardown.
+        with ThreadPoolExecutor(max_workers=8) as stopping:
+            list(stopping.map(lambda w: w.stop(), self.web))
+        with ThreadPoolExecutor(max_workers=8) as stopping:
+            list(stopping.map(lambda n: n.stop(), self.nodes))
         if self.redis is not None:
             self.redis.stop()
         if self._own_base and not os.environ.get("BMM_KEEP_CLUSTER_DIR"):
@@ -399,14 +430,22 @@ class RayProbe:
         """Alive nodes: [{"node_id", "resources"}]."""
         return self.ask("nodes")
 
-    def actors(self, prefix: str = "show:") -> list[dict[str, Any]]:
+    def actors(self, prefix: str) -> list[dict[str, Any]]:
         """Alive actors named `prefix...`: [{"name", "pid", "node_id", "actor_id", "state"}]."""
         return self.ask("actors", prefix=prefix)
 
-    def place(self, show_ids: list[str]) -> dict[str, dict[str, Any]]:
-        """Each show's actor as Ray reports it from inside: {"pid", "node_id"} (the call
-        also makes sure the actor is up)."""
-        return self.ask("place", show_ids=show_ids, timeout=120.0)
+    def loaded(self, hosts: list[str]) -> dict[str, dict[str, Any]]:
+        """Each show host's own answer: {"shows": [ids in its memory], "pid"}."""
+        return self.ask("loaded", hosts=hosts, timeout=120.0)
+
+    def inspect(self, host: str, show_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """Each show as `host` has it in memory (loading it if need be)."""
+        return self.ask("inspect", host=host, show_ids=show_ids, timeout=120.0)
+
+    def add_hosts(self, redis_url: str, count: int, node_id: str) -> list[str]:
+        """Grow the platform's host pool by `count` hosts pinned to `node_id`."""
+        return self.ask("add_hosts", redis_url=redis_url, count=count, node_id=node_id,
+                        timeout=120.0)
 
     def close(self) -> None:
         with contextlib.suppress(OSError, ValueError):
@@ -416,6 +455,23 @@ class RayProbe:
             self.proc.wait(timeout=10)
         self._owned.kill_tree(grace_s=1.0)
         self._log.close()
+
+
+def node_of_pid(pid: int) -> str | None:
+    """The Ray node a worker process runs on, from the OS alone: the `--node_id` of the
+    raylet it descends from (a worker is its raylet's child). None if there is none."""
+    try:
+        proc: psutil.Process | None = psutil.Process(pid)
+        while proc is not None:
+            cmd = proc.cmdline()
+            if cmd and cmd[0].endswith("/raylet"):
+                for arg in cmd:
+                    if arg.startswith("--node_id="):
+                        return arg.split("=", 1)[1]
+            proc = proc.parent()
+    except psutil.Error:
+        return None
+    return None
 
 
 def _free_range(n: int) -> int:

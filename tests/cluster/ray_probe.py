@@ -5,15 +5,21 @@ test (it may run its own in-process Ray for the other test folders). One JSON re
 stdin line, one JSON answer per stdout line; the first line out is `{"ready": true}`.
 
     {"op": "nodes"}                       alive nodes
-    {"op": "actors", "prefix": "show:"}   alive actors by name, with pid and node id
-    {"op": "place", "show_ids": [...]}    for each show: its actor's pid (asked of the
-                                          actor itself) and node (Ray's actor table)
+    {"op": "actors", "prefix": "shows."}  alive actors by name, with pid and node id
+    {"op": "loaded", "hosts": [...]}      for each show host: the shows in its memory and
+                                          its pid (asked of the host itself)
+    {"op": "inspect", "host": ..., "show_ids": [...]}
+                                          each show as that host has it in memory
+    {"op": "add_hosts", "redis_url": ..., "count": N, "node_id": ...}
+                                          grow the platform's host pool (what
+                                          `python -m server.hosts add` does)
 
 Ray's actor table is read from the GCS (`ray._private.state`), which works without the
 dashboard (the cluster runs without one to save memory; `ray.util.state` needs it).
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 import traceback
@@ -22,7 +28,8 @@ from typing import Any
 import ray
 from ray._private import state as ray_state
 
-from actors.show_actor import NAMESPACE, actor_name
+from actors.client import ShowDirectory
+from actors.pool import NAMESPACE
 
 
 def nodes() -> list[dict[str, Any]]:
@@ -44,15 +51,29 @@ def actors(prefix: str) -> list[dict[str, Any]]:
     return out
 
 
-def place(show_ids: list[str]) -> dict[str, dict[str, Any]]:
-    table = {a["name"]: a for a in actors("show:")}
+def loaded(hosts: list[str]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
-    for show_id in show_ids:
-        handle = ray.get_actor(actor_name(show_id), namespace=NAMESPACE)
-        pid = ray.get(handle.pid.remote(), timeout=60)
-        row = table.get(actor_name(show_id)) or {}
-        out[show_id] = {"pid": pid, "node_id": row.get("node_id"), "table_pid": row.get("pid")}
+    for name in hosts:
+        handle = ray.get_actor(name, namespace=NAMESPACE)
+        out[name] = {"shows": ray.get(handle.loaded.remote(), timeout=60),
+                     "pid": ray.get(handle.pid.remote(), timeout=60)}
     return out
+
+
+def inspect(host: str, show_ids: list[str]) -> dict[str, dict[str, Any]]:
+    handle = ray.get_actor(host, namespace=NAMESPACE)
+    return {show_id: ray.get(handle.inspect.remote(show_id), timeout=60) for show_id in show_ids}
+
+
+def add_hosts(redis_url: str, count: int, node_id: str) -> list[str]:
+    async def run() -> list[str]:
+        directory = await ShowDirectory(redis_url).start(create=False)
+        try:
+            return await directory.add_hosts(count, node_id)
+        finally:
+            await directory.close()
+
+    return asyncio.run(run())
 
 
 def main() -> None:
@@ -65,7 +86,8 @@ def main() -> None:
         req = json.loads(line)
         try:
             op = req.pop("op")
-            result = {"nodes": nodes, "actors": actors, "place": place}[op](**req)
+            result = {"nodes": nodes, "actors": actors, "loaded": loaded,
+                      "inspect": inspect, "add_hosts": add_hosts}[op](**req)
             print(json.dumps({"result": result}), flush=True)
         except Exception:
             print(json.dumps({"error": traceback.format_exc()}), flush=True)

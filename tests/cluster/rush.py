@@ -25,8 +25,10 @@ import redis.asyncio as aioredis
 import websockets
 from websockets.asyncio.client import connect as ws_connect
 
+from actors import commands as c
 from actors.layout import Rules, ShowConfig
-from actors.store import ShowStore, config_key
+from actors.seatmap import SeatMap
+from actors.store import ShowStore, config_key, event_decoder, log_key, seq_key, snap_key
 from loadtest.run_locust import check_end_state
 from loadtest.scenario import publish_rush
 from server.show_cache import SHOWS_CHANNEL
@@ -359,6 +361,55 @@ async def check_store(redis_url: str, rush: Rush, show_ids: list[str]) -> None:
                 assert sorted(records[b["booking_id"]]) == sorted(b["seats"])
     finally:
         await client.aclose()
+
+
+async def check_history(redis_url: str, show_ids: list[str]) -> dict[str, dict[str, list[str]]]:
+    """Replay each show's whole log from its config, entry by entry: each entry must
+    replay to the event that was logged with it, and the logged events alone must never
+    give a seat two holders (a seat becomes held only from free, booked only from held).
+    Returns, per show, the seats each logged hold got ({hold id: sorted seats})."""
+    allowed = {"held": {"free"}, "booked": {"held"}, "free": {"held", "booked"}}
+    client = aioredis.Redis.from_url(redis_url)
+    out: dict[str, dict[str, list[str]]] = {}
+    try:
+        for show_id in show_ids:
+            assert not await client.exists(snap_key(show_id)), \
+                f"{show_id}: snapshotted, the check needs the whole log"
+            config = msgspec.json.decode(await client.get(config_key(show_id)), type=ShowConfig)
+            seatmap = SeatMap(config)
+            seen = dict(seatmap.status)  # as the logged events tell it
+            held: dict[str, list[str]] = out.setdefault(show_id, {})
+            rows = await client.xrange(log_key(show_id), "-", "+")
+            assert len(rows) == int(await client.get(seq_key(show_id)) or 0), show_id
+            for n, (entry_id, fields) in enumerate(rows, start=1):
+                assert entry_id == f"{n}-0".encode(), f"{show_id}: entry {entry_id!r} at {n}"
+                cmd = c.command_decoder.decode(fields[b"c"])
+                event = event_decoder.decode(fields[b"e"])
+                outcome = seatmap.apply(cmd, int(fields[b"t"]))
+                assert outcome.changed and event.seq == n == seatmap.version, (show_id, n, cmd)
+                assert outcome.changes == event.changes, f"{show_id}: entry {n} replays otherwise"
+                for change in event.changes:
+                    before = seen[change.seat]
+                    assert before in allowed.get(change.status, {before}), (
+                        f"{show_id}: seat {change.seat} went {before} -> {change.status} at {n}")
+                    seen[change.seat] = change.status
+                if isinstance(cmd, c.Hold | c.HoldBest) and isinstance(outcome.result, c.Held):
+                    assert cmd.hold_id not in held, f"{show_id}: hold {cmd.hold_id} logged twice"
+                    held[cmd.hold_id] = sorted(outcome.result.seats)
+            assert seen == seatmap.status, show_id
+    finally:
+        await client.aclose()
+    return out
+
+
+def acknowledged_holds(rush: Rush) -> dict[str, dict[str, list[str]]]:
+    """The holds the rush's clients got a 201 for, from its ledger: {show: {hold id: seats}}."""
+    out: dict[str, dict[str, list[str]]] = {}
+    for line in rush.ledger_path.read_text().splitlines():
+        rec = json.loads(line)
+        if rec["kind"] == "hold":
+            out.setdefault(rec["show"], {})[rec["hold_id"]] = sorted(rec["seats"])
+    return out
 
 
 def check_ledger(url: str, rush: Rush) -> list[str]:

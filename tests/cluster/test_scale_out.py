@@ -1,8 +1,9 @@
 """Scale-out on real processes: two web processes and a two-node Ray cluster started with
 the Ray CLI on loopback (tests/cluster/harness.py).
 
-- show actors spread over both nodes (actors/client.py creates them with the SPREAD
-  strategy; Ray's actor table says where each one runs, and each actor's own pid agrees);
+- show hosts on both nodes, each where the pool record says (Ray's actor table, the
+  host's own pid and the OS's process tree agree), and every show in the host the hash
+  says and in no other: a deterministic spread (growing the pool: test_grow.py);
 - a live seat-map watcher (a `websockets` client) on web process 1 sees holds made
   through web process 2;
 - under concurrent holds on the same seats through both processes, no seat is held or
@@ -18,7 +19,9 @@ from typing import Any
 
 import aiohttp
 
-from .harness import Cluster
+from actors.placement import owner
+
+from .harness import Cluster, node_of_pid
 from .rush import CARD, Rush, Watcher, check_store, poll, publish, watchers_converge
 
 
@@ -28,26 +31,51 @@ async def _hold(session: aiohttp.ClientSession, url: str, show_id: str, body: di
         return resp.status, await resp.json()
 
 
-async def test_show_actors_spread_over_both_nodes(cluster: Cluster):
-    rush = await publish(cluster.web[0].url, cluster.redis_url, shows=12, rows=4, per_row=10)
-    shows = rush["show_ids"]
+async def _publish_spread(cluster: Cluster, hosts: list[str], nodes: dict[str, str],
+                          at_least: int) -> list[str]:
+    """Shows until every node's hosts own `at_least` of them (placement is a pure
+    function of the ids, so this is chosen, not hoped for)."""
+    shows: list[str] = []
+    for _ in range(25):  # 2 hosts, 4 shows a round: ~3 rounds; 25 would be absurd
+        per_node = Counter(nodes[owner(s, hosts)] for s in shows)
+        if len(per_node) == len(set(nodes.values())) and min(per_node.values()) >= at_least:
+            return shows
+        rush = await publish(cluster.web[0].url, cluster.redis_url, shows=4, rows=4, per_row=10)
+        shows += rush["show_ids"]
+    raise AssertionError(f"placement puts 100 shows on one node only: {per_node}")
+
+
+async def test_show_hosts_and_shows_spread_over_both_nodes(cluster: Cluster):
+    pool = cluster.pool()
+    nodes = {n["node_id"] for n in await asyncio.to_thread(cluster.probe.nodes)}
+    assert len(nodes) == 2
+    # One host per CPU of each node (1 each here), pinned there.
+    assert sorted(Counter(pool.nodes.values()).values()) == [1, 1]
+    assert set(pool.nodes.values()) == nodes
+    table = {a["name"]: a for a in await asyncio.to_thread(cluster.probe.actors,
+                                                           cluster.pool_name)}
+    for host in pool.hosts:
+        assert table[host]["node_id"] == pool.nodes[host], (host, table[host])
+        # ...and the OS agrees: its process descends from that node's raylet.
+        assert node_of_pid(table[host]["pid"]) == pool.nodes[host], (host, table[host])
+
+    shows = await _publish_spread(cluster, pool.hosts, pool.nodes, at_least=3)
     async with aiohttp.ClientSession() as session:
-        # Activate every show (its first hold creates its actor), all through one web
-        # process (one Ray driver, attached to one of the two nodes).
+        # Activate every show (its first hold loads it into its host), all through one
+        # web process (one Ray driver, attached to one of the two nodes).
         for show_id in shows:
             status, _ = await _hold(session, cluster.web[0].url, show_id,
                                     {"best": {"count": 1}})
             assert status == 201
-    placed = await asyncio.to_thread(cluster.probe.place, shows)
-    nodes = {n["node_id"] for n in await asyncio.to_thread(cluster.probe.nodes)}
-    assert len(nodes) == 2
-    for show_id, where in placed.items():
-        assert where["node_id"] in nodes, where
-        assert where["pid"] == where["table_pid"], where  # the table and the actor agree
-    per_node = Counter(where["node_id"] for where in placed.values())
-    print(f"show actors per node: {dict(per_node)}")
-    assert len(per_node) == 2, f"every show actor on one node: {per_node}"
-    assert min(per_node.values()) >= 3, per_node  # several shows on each node
+    loaded = await asyncio.to_thread(cluster.probe.loaded, pool.hosts)
+    for host, where in loaded.items():
+        assert where["pid"] == table[host]["pid"]  # the table and the host agree
+    for show_id in shows:
+        holders = [h for h, where in loaded.items() if show_id in where["shows"]]
+        assert holders == [owner(show_id, pool.hosts)], (show_id, holders)
+    per_node = Counter(pool.nodes[owner(s, pool.hosts)] for s in shows)
+    print(f"shows per node: {dict(per_node)}")
+    assert set(per_node) == nodes and min(per_node.values()) >= 3, per_node
 
 
 async def test_watcher_on_one_process_sees_holds_made_through_the_other(cluster: Cluster):

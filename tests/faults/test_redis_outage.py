@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from server.app import create_app
+from server.app import SERVICES, create_app
 from server.embedded import RedisServer
 from server.settings import Settings
 
@@ -36,6 +36,7 @@ async def crashable(tmp_path: Path) -> AsyncIterator[tuple[RedisServer, aiohttp.
             await asyncio.wait_for(session.close(), 20)
             await asyncio.wait_for(server.close(), 30)
         finally:
+            server.app[SERVICES].shows.kill_hosts()  # if Ray was up, hosts for this Redis
             redis.stop()
 
 
