@@ -341,11 +341,13 @@ class ShowDirectory:
                      settings: ActorSettings) -> ray.actor.ActorHandle:
         options: dict = dict(name=name, namespace=NAMESPACE, get_if_exists=True,
                              lifetime="detached")  # shared by every web process
-        if node:
+        if node and node in {n for n, _ in _alive_nodes()}:
             # Placed on its node, not by Ray's choice: hosts ask for no CPU, so the
             # scheduler could not balance them, and a deterministic spread is testable.
-            # Soft: if that node is gone, Ray restarts the host elsewhere.
-            options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=True)
+            # Hard: soft affinity put hosts on another node in most cluster start-ups
+            # here. A host whose node is gone is started again wherever Ray likes (the
+            # branch below) by the first web process that needs it.
+            options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=False)
         return ShowHost.options(**options).remote(self.pool, name, self.redis_url, settings)
 
     def _client(self) -> aioredis.Redis:

@@ -1,9 +1,11 @@
 """Seat commands per second through the booking core, measured three ways in one run.
 
-1. coalesced   - the real show actor behind ShowClient's group commit (the production path);
-2. one call    - the real actor, one Ray call per command: one at a time, and with many
-                 calls in flight but no batching (the fair comparison);
-3. domain      - SeatMap.apply in a loop in this process: the ceiling for any actor path.
+1. coalesced   - the real show host (actors/host.py) behind ShowDirectory's group commit
+                 (the production path: one call in flight per host, batches of commands);
+2. one call    - the same host, one Ray call per command (a `Call` of one group of one
+                 command): one at a time, and with many calls in flight but no batching
+                 (the fair comparison);
+3. domain      - SeatMap.apply in a loop in this process: the ceiling for any host path.
 
 The machine is small and shared, so absolute figures are noisy; the ratios from one run
 (same machine, same minute, same workload) are what to compare over time.
@@ -39,9 +41,10 @@ import redis.asyncio as aioredis
 
 from actors import commands as c
 from actors.client import ShowDirectory
+from actors.host import ActorSettings
 from actors.layout import Layout, ShowConfig, grid_layout
+from actors.pool import NAMESPACE
 from actors.seatmap import SeatMap
-from actors.show_actor import NAMESPACE, ActorSettings
 from actors.store import put_config
 from server.embedded import RedisServer
 
@@ -143,7 +146,7 @@ class Row:
     seconds: float = 0.0
     commands: int = 0
     ok: int = 0
-    calls: int = 0  # actor calls that carried `commands` (coalesced mode only)
+    calls: int = 0  # host calls that carried `commands` (coalesced mode only)
     call_commands: int = 0
     leaked: int = 0
     latencies: list[float] = field(default_factory=list)
@@ -203,7 +206,7 @@ async def customer(pool: asyncio.Queue[Lot | None], submit: Submit, tally: Tally
 
 
 class ActorMode:
-    """One show on a real actor, driven by `submitters` concurrent customers in slices.
+    """One show on a real show host, driven by `submitters` concurrent customers in slices.
     Between slices every session has finished, so the free lots carry over."""
 
     def __init__(self, row: Row, show_id: str, submit: Submit, submitters: int,
@@ -302,11 +305,16 @@ async def new_show(redis: aioredis.Redis, layout: Layout, tag: str) -> ShowConfi
     return config
 
 
-def raw_submit(handle: ray.actor.ActorHandle) -> Submit:
-    """One Ray call per command: what the web tier would do without group commit."""
+def raw_submit(handle: ray.actor.ActorHandle, show_id: str, epoch: int) -> Submit:
+    """One Ray call per command (a host call carrying one group of one command): what the
+    web tier would do without group commit."""
     async def submit(cmd: c.Command) -> c.Result:
-        blob = await handle.apply.remote(c.command_encoder.encode([cmd]))
-        return c.results_decoder.decode(blob)[0]
+        blob = await handle.apply.remote(c.command_encoder.encode(
+            c.Call(epoch, [c.Group(show_id, [cmd])])))
+        results = c.reply_decoder.decode(blob).results[0]
+        if results is None:  # the pool does not change during the bench
+            return c.Rejected("unavailable", f"show {show_id} is not on this host")
+        return results[0]
     return submit
 
 
@@ -318,19 +326,27 @@ async def coalesced_mode(directory: ShowDirectory, redis: aioredis.Redis, layout
                          lots: list[Lot], args: argparse.Namespace) -> ActorMode:
     config = await new_show(redis, layout, "coalesced")
     client = directory.client(config.show_id)
-    await client.submit(c.Expire("warm"))  # start the actor and load the show first
-    row = Row("actor, coalesced (ShowClient)", active_label(args.submitters, lots))
+    await client.submit(c.Expire("warm"))  # activate the show in its host first
+    row = Row("host, coalesced (ShowDirectory)", active_label(args.submitters, lots))
+
+    def counters() -> tuple[int, int]:
+        # Only this mode goes through the directory's host clients (the one-call modes
+        # call the host handle directly), so their counters are this mode's.
+        clients = directory.clients()
+        return sum(h.calls for h in clients), sum(h.commands for h in clients)
+
     return ActorMode(row, config.show_id, client.submit, args.submitters, lots, args,
-                     counters=lambda: (client.calls, client.commands))
+                     counters=counters)
 
 
 async def one_call_mode(directory: ShowDirectory, redis: aioredis.Redis, layout: Layout,
                         lots: list[Lot], args: argparse.Namespace, in_flight: int) -> ActorMode:
     config = await new_show(redis, layout, f"single{in_flight}")
-    submit = raw_submit(directory.handle(config.show_id))
+    handle = await directory.host_handle(directory.owner(config.show_id))
+    submit = raw_submit(handle, config.show_id, directory.epoch)
     await submit(c.Expire("warm"))
     kind = "sequential" if in_flight == 1 else "concurrent"
-    row = Row(f"actor, 1 call/cmd, {kind}", active_label(in_flight, lots))
+    row = Row(f"host, 1 call/cmd, {kind}", active_label(in_flight, lots))
     return ActorMode(row, config.show_id, submit, in_flight, lots, args)
 
 
@@ -339,10 +355,13 @@ async def run_all(redis_url: str, layout: Layout, lots: list[Lot],
     """Interleave the modes in short slices, rotating the order each round, so a noisy
     neighbour slows all of them alike and the ratios stay meaningful."""
     redis = aioredis.Redis.from_url(redis_url)
-    # Snapshot cadence as the server runs it (server/app.py): at most one a second.
-    directory = ShowDirectory(redis_url, ActorSettings(snapshot_min_interval_s=1.0))
+    # Snapshot cadence as the server runs it (server/app.py): at most one a second. The
+    # pool's hosts (one per CPU, as the server runs them) start here, before any timing.
+    directory = ShowDirectory(redis_url, ActorSettings(snapshot_min_interval_s=1.0),
+                              pool="bench-core", hosts_per_node=args.hosts_per_node)
     modes: list[Mode] = []
     try:
+        await directory.start()
         modes.append(await coalesced_mode(directory, redis, layout, lots, args))
         modes.append(await one_call_mode(directory, redis, layout, lots, args, 1))
         modes.append(await one_call_mode(directory, redis, layout, lots, args,
@@ -359,9 +378,8 @@ async def run_all(redis_url: str, layout: Layout, lots: list[Lot],
                 await mode.run_slice(warmup, slice_s)
         return [m.row for m in modes]
     finally:
-        for mode in modes:  # the actors are detached: stop them explicitly
-            if isinstance(mode, ActorMode):
-                ray.kill(directory.handle(mode.show_id))
+        directory.kill_hosts()  # the hosts are detached: stop them explicitly
+        await directory.close()
         await redis.aclose()
 
 
@@ -425,7 +443,7 @@ def print_ratios(coalesced: Row, sequential: Row, concurrent: Row, domain: Row,
         print(f"coalesced / one call per command ({name}): {x:7.1f}x  "
               f"({verdict} the {goal:.0f}x goal)")
     print(f"coalesced / domain ceiling:                 {ratio(coalesced, domain):7.3f}  "
-          f"(share of the in-process ceiling the actor path reaches)")
+          f"(share of the in-process ceiling the host path reaches)")
 
 
 # --- main ------------------------------------------------------------------------------
@@ -450,6 +468,8 @@ def parse_args() -> argparse.Namespace:
                    help="sessions that confirm (then cancel) instead of releasing")
     p.add_argument("--goal", type=float, default=50.0, help="coalesced / one-call ratio to meet")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--hosts-per-node", type=int, default=0,
+                   help="show hosts in the pool (default 0: one per CPU, as the server)")
     return p.parse_args()
 
 
