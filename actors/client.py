@@ -133,10 +133,14 @@ class HostClient:
             try:
                 if self._handle is None:
                     self._handle = await self._directory.host_handle(self.name)
-                reply = c.reply_decoder.decode(await self._handle.apply.remote(blob))
+                # Bounded: Ray queues calls to a host that is restarting rather than
+                # failing them, and one that never comes back must not hang a request.
+                left = max(0.1, deadline - time.monotonic())
+                reply = c.reply_decoder.decode(
+                    await asyncio.wait_for(self._handle.apply.remote(blob), left))
                 self.commands += sum(len(r) for r in reply.results if r is not None)
                 return reply
-            except (RayActorError, ActorDiedError, ActorUnavailableError) as exc:
+            except (RayActorError, ActorDiedError, ActorUnavailableError, TimeoutError) as exc:
                 if time.monotonic() > deadline:
                     raise
                 log.warning("host %s: lost (%s); retrying", self.name, type(exc).__name__)
