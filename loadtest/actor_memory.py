@@ -1,191 +1,254 @@
-"""How many active shows fit on a node: memory per show actor, and what passivation frees.
+"""How many active shows fit on a node: the show hosts' memory with N shows loaded, and
+what passivation gives back.
 
-    .venv/bin/python -m loadtest.actor_memory                    # 10, 50, 100 shows
-    .venv/bin/python -m loadtest.actor_memory --levels 10,50 --seats 400
+    .venv/bin/python -m loadtest.actor_memory                        # 1,000 then 10,000 shows
+    .venv/bin/python -m loadtest.actor_memory --levels 100,1000 --booked 0 --no-passivation
+    .venv/bin/python -m loadtest.actor_memory --levels 10000 --json /tmp/mem.json
 
-Starts its own Redis (AOF, fsync always) and a one-node Ray cluster with the Ray CLI
-(tests/cluster/harness.py: own ports and temp dir, everything it started is stopped at the
-end), then for each level N: writes N shows (a rows x per_row screen), activates each one
-through the same client the web tier uses (actors/client.py ShowDirectory, group commit):
-holds and bookings on 10 % of the seats, so each actor has a loaded seat map, bookings and
-a log; measures every show actor process (RSS, and USS/PSS: RSS counts the pages shared
-with other Ray workers - the Python runtime, Ray's libraries - once per process, USS is what
-the process alone holds, what one more show costs); then waits for idle passivation
-(`passivate_after_s`, 60 s as in production) - polled against Ray's actor table, with a deadline -
-and measures again.
+Starts its own Redis (AOF, fsync always; `server.embedded.RedisServer` in a temp dir) and
+its own local Ray (`address="local"`: never a Ray head that happens to run here), and a pool
+of show hosts as the web tier runs them (actors/host.py; one host per CPU unless
+`--hosts-per-node`). For each level N (cumulative: each level adds shows to the ones
+already loaded) it writes the new shows' configs (`actors.store.put_config`, a rows x
+per_row screen, 400 seats by default), activates each through the client the web tier
+uses (actors/client.py `ShowDirectory`, group commit per host, `--concurrency` shows at a
+time): `--booked` of the seats (default 10 %) held in pairs, half of the pairs confirmed
+(bookings) and the rest released, so every show has a seat map, bookings and a log, and
+no live hold (it may passivate); `--booked 0` does one hold + release per show instead.
+Then it measures every host: shows in memory and RSS from the host itself (`stats()`), USS
+and PSS with psutil (RSS counts the pages shared with other Ray workers - the Python
+runtime, Ray's libraries; USS is what the process alone holds), the Ray worker processes
+(the hosts, and idle pooled workers), and the node's MemAvailable drop. Unless
+`--no-passivation`, it then waits for idle passivation (`--passivate-after`, 60 s as in
+production; polled against the hosts' stats with a deadline) and measures again: the
+shows leave memory but the host processes stay, so how much RSS the allocator gives
+back is what that row shows.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
-import sys
+import json
+import os
+import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import psutil
 import ray
 import redis.asyncio as aioredis
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from actors import commands as c  # noqa: E402
-from actors.client import ShowDirectory  # noqa: E402
-from actors.layout import Rules, ShowConfig, grid_layout  # noqa: E402
-from actors.show_actor import NAMESPACE, ActorSettings, actor_name  # noqa: E402
-from actors.store import put_config  # noqa: E402
-from tests.cluster.harness import Cluster  # noqa: E402
+from actors import commands as c
+from actors.client import ShowDirectory
+from actors.host import ActorSettings
+from actors.layout import Rules, ShowConfig, grid_layout
+from actors.pool import NAMESPACE
+from actors.store import put_config
+from server.embedded import RedisServer
 
 MB = 1024 * 1024
 
 
-def actor_pids(names: set[str]) -> dict[str, int]:
-    from ray._private import state as ray_state
-
-    return {info["Name"]: info["Pid"] for info in ray_state.actors().values()
-            if info.get("State") == "ALIVE" and info.get("Name") in names}
-
-
-def measure(pids: list[int]) -> dict[str, float]:
-    rss, uss, pss = [], [], []
-    for pid in pids:
+def ray_workers() -> dict[str, list[int]]:
+    """This driver's Ray worker processes by what they run: "ShowHost", "IDLE", ..."""
+    kinds: dict[str, list[int]] = {}
+    for p in psutil.Process(os.getpid()).children(recursive=True):
         try:
-            info = psutil.Process(pid).memory_full_info()
+            cmd = " ".join(p.cmdline())
         except psutil.Error:
             continue
-        rss.append(info.rss / MB)
-        uss.append(info.uss / MB)
-        pss.append(info.pss / MB)
-    return {"n": len(rss), "rss_total": sum(rss), "uss_total": sum(uss), "pss_total": sum(pss),
-            "rss_mean": statistics.fmean(rss) if rss else 0.0,
-            "uss_mean": statistics.fmean(uss) if uss else 0.0,
-            "pss_mean": statistics.fmean(pss) if pss else 0.0}
+        if cmd.startswith("ray::"):
+            kind = cmd[5:].split(".")[0].split()[0] or "?"
+            kinds.setdefault(kind, []).append(p.pid)
+    return kinds
 
 
-async def activate(directory: ShowDirectory, redis: aioredis.Redis, n: int, rows: int,
-                   per_row: int) -> list[str]:
-    layout = grid_layout(rows, per_row)
-    tag = uuid.uuid4().hex[:6]
-    shows = [f"mem-{tag}-{i}" for i in range(n)]
-    for show_id in shows:
-        await put_config(redis, ShowConfig(show_id, layout, Rules()))
-    seats = [s.id for s in layout.seats]
-    busy = max(2, len(seats) // 10)
+async def measure(directory: ShowDirectory) -> dict[str, Any]:
+    stats = await directory.host_stats()
+    uss = pss = 0
+    for s in stats:
+        try:
+            info = psutil.Process(s["pid"]).memory_full_info()
+        except psutil.Error:
+            continue
+        uss += info.uss
+        pss += info.pss
+    workers = ray_workers()
+    return {
+        "hosts": len(stats), "shows": sum(s["shows"] for s in stats),
+        "shows_per_host": [s["shows"] for s in stats],
+        "layouts": sum(s["layouts"] for s in stats),
+        "rss_mb": sum(s["rss"] for s in stats) / MB,
+        "rss_per_host_mb": [round(s["rss"] / MB, 1) for s in stats],
+        "uss_mb": uss / MB, "pss_mb": pss / MB,
+        "host_procs": len(workers.get("ShowHost", [])),
+        "ray_workers": sum(len(v) for v in workers.values()),
+        "avail_mb": psutil.virtual_memory().available / MB,
+    }
+
+
+async def write_configs(redis: aioredis.Redis, shows: list[str], config: ShowConfig) -> None:
+    for i in range(0, len(shows), 500):
+        async with redis.pipeline(transaction=False) as pipe:
+            for show_id in shows[i:i + 500]:
+                await put_config(pipe, ShowConfig(show_id, config.layout, config.rules))
+            await pipe.execute()
+
+
+async def activate(directory: ShowDirectory, shows: list[str], seats: list[str],
+                   booked: float, concurrency: int) -> dict[str, int]:
+    """Bring every show into memory with some state; returns result type -> count."""
+    pairs = max(1, round(len(seats) * booked / 2)) if booked > 0 else 0
+    outcome: dict[str, int] = {}
+
+    def count(results: list[c.Result]) -> None:
+        for r in results:
+            kind = type(r).__name__ if not isinstance(r, c.Rejected) else f"Rejected:{r.code}"
+            outcome[kind] = outcome.get(kind, 0) + 1
 
     async def one(show_id: str) -> None:
-        client = directory.client(show_id)
-        cmds: list[c.Command] = []
-        for k in range(0, busy, 2):
-            hold_id = f"{show_id}-h{k}"
-            cmds.append(c.Hold(f"{hold_id}:hold", hold_id, "tok", seats[k:k + 2]))
-        results = await asyncio.gather(*map(client.submit, cmds))
-        assert all(isinstance(r, c.Held) for r in results), results[:3]
-        # Book half of them, release the rest: no live hold, so the actor may passivate.
-        follow = [c.Confirm(f"{h.hold_id}:c", h.hold_id, "tok", f"{h.hold_id}-b", "pay")
-                  if i % 2 == 0 else c.Release(f"{h.hold_id}:r", h.hold_id, "tok")
-                  for i, h in enumerate(cmds)]
-        results = await asyncio.gather(*map(client.submit, follow))
-        assert not any(isinstance(r, c.Rejected) for r in results), results[:3]
+        if pairs == 0:
+            held = await directory.submit(show_id, c.Hold(f"{show_id}:h", "h", "tok", [seats[0]]))
+            done = await directory.submit(show_id, c.Release(f"{show_id}:r", "h", "tok"))
+            count([held, done])
+            return
+        holds = [c.Hold(f"{show_id}:h{k}", f"h{k}", "tok", seats[2 * k:2 * k + 2])
+                 for k in range(pairs)]
+        results = await asyncio.gather(*(directory.submit(show_id, h) for h in holds))
+        count(results)
+        # Book half of them, release the rest: no live hold, so the show may passivate.
+        follow = [c.Confirm(f"{h.hold_id}:c", h.hold_id, "tok", f"{show_id}-b{k}", "pay")
+                  if k % 2 == 0 else c.Release(f"{h.hold_id}:r", h.hold_id, "tok")
+                  for k, h in enumerate(holds)]
+        count(await asyncio.gather(*(directory.submit(show_id, f) for f in follow)))
 
-    # A few at a time: each new actor is a new worker process (~1-2 s of CPU to start).
-    sem = asyncio.Semaphore(8)
+    sem = asyncio.Semaphore(concurrency)
 
     async def bounded(show_id: str) -> None:
         async with sem:
             await one(show_id)
 
     await asyncio.gather(*map(bounded, shows))
-    return shows
+    return outcome
 
 
-async def wait_passivated(names: set[str], timeout: float) -> float:
+async def wait_passivated(directory: ShowDirectory, timeout: float) -> float:
     start = time.monotonic()
-    while actor_pids(names):
+    while True:
+        loaded = sum(s["shows"] for s in await directory.host_stats())
+        if loaded == 0:
+            return time.monotonic() - start
         if time.monotonic() - start > timeout:
-            raise SystemExit(f"{len(actor_pids(names))} actors still alive after {timeout:.0f}s")
-        await asyncio.sleep(0.5)
-    return time.monotonic() - start
+            raise SystemExit(f"{loaded} shows still in memory after {timeout:.0f}s")
+        await asyncio.sleep(1.0)
 
 
-async def run(args: argparse.Namespace, cluster: Cluster) -> list[dict[str, float]]:
-    settings = ActorSettings(passivate_after_s=args.passivate_after, snapshot_every=200)
-    directory = ShowDirectory(cluster.redis_url, settings)
-    redis = aioredis.Redis.from_url(cluster.redis_url)
-    rows_out = []
+async def run(args: argparse.Namespace, redis_url: str) -> dict[str, Any]:
+    settings = ActorSettings(passivate_after_s=args.passivate_after, snapshot_min_interval_s=1.0)
+    directory = ShowDirectory(redis_url, settings, pool="memory",
+                              hosts_per_node=args.hosts_per_node)
+    redis = aioredis.Redis.from_url(redis_url)
+    layout = grid_layout(args.rows, args.per_row)
+    config = ShowConfig("template", layout, Rules())
+    seats = [s.id for s in layout.seats]
+    tag = uuid.uuid4().hex[:6]
+    out: dict[str, Any] = {"seats_per_show": len(seats), "levels": []}
     try:
+        await directory.start()
+        await asyncio.sleep(1.0)  # the hosts' first housekeeping round
+        empty = await measure(directory)
+        out["empty"] = empty
+        print_row("empty hosts", None, empty, None)
+        loaded = 0
         for n in args.levels:
-            avail_before = psutil.virtual_memory().available / MB
+            new = [f"mem-{tag}-{i}" for i in range(loaded, n)]
             t0 = time.monotonic()
-            shows = await activate(directory, redis, n, args.rows, args.per_row)
-            took = time.monotonic() - t0
-            names = {actor_name(s) for s in shows}
-            # Touch every show (a command that changes nothing still counts as activity):
-            # one that passivated while the later ones were being started is reloaded.
-            for rnd in range(5):
-                await asyncio.gather(*(directory.submit(s, c.Release(f"touch{rnd}-{s}", "x", "t"))
-                                       for s in shows))
-                pids = actor_pids(names)
-                if len(pids) == n:
-                    break
-            active = measure(list(pids.values()))
-            avail_active = psutil.virtual_memory().available / MB
-            waited = await wait_passivated(names, args.passivate_after + 120)
-            gone = sum(1 for pid in pids.values() if not psutil.pid_exists(pid))
-            await asyncio.sleep(3)  # let the kernel account for the freed pages (a reading)
-            avail_after = psutil.virtual_memory().available / MB
-            rows_out.append({"shows": n, "activate_s": took, **active, "passivated_in_s": waited,
-                             "exited": gone, "avail_drop": avail_before - avail_active,
-                             "avail_back": avail_after - avail_active})
-            print_row(rows_out[-1], args.rows * args.per_row)
-            directory = ShowDirectory(cluster.redis_url, settings)  # forget old handles
+            await write_configs(redis, new, config)
+            t1 = time.monotonic()
+            outcome = await activate(directory, new, seats, args.booked, args.concurrency)
+            t2 = time.monotonic()
+            loaded = max(loaded, n)
+            row = await measure(directory)
+            row.update({"level": n, "configs_s": t1 - t0, "activate_s": t2 - t1,
+                        "outcome": outcome,
+                        "avail_drop_mb": empty["avail_mb"] - row["avail_mb"],
+                        "rss_growth_per_show_kb": (row["rss_mb"] - empty["rss_mb"]) * 1024 / max(n, 1)})
+            out["levels"].append(row)
+            print_row(f"{n:,} shows loaded", t2 - t1, row, empty)
+            rejected = {k: v for k, v in outcome.items() if k.startswith("Rejected")}
+            if rejected:
+                print(f"  note: rejected commands while activating: {rejected}")
+        if not args.no_passivation and args.levels:
+            waited = await wait_passivated(directory, args.passivate_after + 120)
+            await asyncio.sleep(3)  # let the kernel account for freed pages (one reading)
+            after = await measure(directory)
+            after["passivated_in_s"] = waited
+            out["passivated"] = after
+            print_row(f"after passivation ({waited:.0f} s)", None, after, empty)
     finally:
+        directory.kill_hosts()
+        await directory.close()
         await redis.aclose()
-    return rows_out
+    return out
 
 
-HEADER = ("| active shows | seats/show | activated in s | actor procs | RSS/actor MB | USS/actor MB | PSS/actor MB "
-          "| USS total MB | RSS total MB | node MemAvailable drop MB | passivated after s "
-          "| processes exited | MemAvailable back MB |")
+HEADER = ("| state | activated in s | shows in memory (per host) | host procs / Ray workers "
+          "| hosts RSS MB (per host) | hosts USS MB | hosts PSS MB | RSS growth per show KB "
+          "| node MemAvailable drop MB |")
 
 
-def print_row(r: dict[str, float], seats: int) -> None:
-    print(f"| {r['shows']} | {seats} | {r['activate_s']:.0f} | {r['n']} | {r['rss_mean']:.0f} | {r['uss_mean']:.1f} "
-          f"| {r['pss_mean']:.1f} | {r['uss_total']:.0f} | {r['rss_total']:.0f} "
-          f"| {r['avail_drop']:.0f} | {r['passivated_in_s']:.1f} | {r['exited']}/{r['n']} "
-          f"| {r['avail_back']:.0f} |", flush=True)
+def print_row(label: str, took: float | None, r: dict[str, Any], empty: dict[str, Any] | None) -> None:
+    per_show = drop = "-"
+    if empty is not None:
+        if r["shows"]:
+            per_show = f"{(r['rss_mb'] - empty['rss_mb']) * 1024 / r['shows']:.1f}"
+        drop = f"{empty['avail_mb'] - r['avail_mb']:,.0f}"
+    per_host = " + ".join(f"{x:,.0f}" for x in r["rss_per_host_mb"])
+    print(f"| {label} | {'-' if took is None else f'{took:.1f}'} "
+          f"| {r['shows']:,} ({' + '.join(f'{x:,}' for x in r['shows_per_host'])}) "
+          f"| {r['host_procs']} / {r['ray_workers']} | {r['rss_mb']:,.0f} ({per_host}) "
+          f"| {r['uss_mb']:,.0f} | {r['pss_mb']:,.0f} | {per_show} | {drop} |", flush=True)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--levels", default="10,50,100",
-                    help="active shows to measure, comma-separated (default 10,50,100)")
+    ap.add_argument("--levels", default="1000,10000",
+                    help="shows loaded, comma-separated, cumulative (default 1000,10000)")
     ap.add_argument("--rows", type=int, default=20)
     ap.add_argument("--per-row", type=int, default=20)
+    ap.add_argument("--booked", type=float, default=0.1,
+                    help="share of each show's seats held in pairs, half of them then booked "
+                         "(default 0.1; 0: one hold + release per show)")
+    ap.add_argument("--concurrency", type=int, default=500, help="shows activated at a time")
+    ap.add_argument("--hosts-per-node", type=int, default=0,
+                    help="show hosts (default 0: one per CPU, as the server)")
     ap.add_argument("--passivate-after", type=float, default=60.0,
-                    help="idle seconds before a show actor passivates (default 60, as in "
-                         "production)")
+                    help="idle seconds before a show leaves its host (default 60, as in production)")
+    ap.add_argument("--no-passivation", action="store_true", help="do not wait for passivation")
+    ap.add_argument("--json", help="also write the figures to this file")
     args = ap.parse_args()
-    args.levels = [int(x) for x in args.levels.split(",") if x.strip()]
-    total_mb = psutil.virtual_memory().total / MB
-    print(f"machine: {psutil.cpu_count()} cores, {total_mb / 1024:.1f} GiB RAM; "
-          f"Ray {ray.__version__}; one Ray node (ray start), Redis AOF fsync always")
-    with Cluster(web=0, ray_nodes=1, cpus_per_node=2) as cluster:
-        ray.init(address=cluster.ray_address, namespace=NAMESPACE, log_to_driver=False,
-                 configure_logging=False)
+    args.levels = sorted(int(x) for x in args.levels.split(",") if x.strip())
+    vm = psutil.virtual_memory()
+    print(f"machine: {psutil.cpu_count()} cores, {vm.total / 2**30:.1f} GiB RAM "
+          f"({vm.available / 2**30:.1f} available); Ray {ray.__version__} (local); Redis AOF "
+          f"fsync always; shows of {args.rows * args.per_row} seats, "
+          f"{args.booked:.0%} of seats held in pairs, half of them booked", flush=True)
+    with tempfile.TemporaryDirectory(prefix="bmm-memory-") as tmp:
+        redis_server = RedisServer(Path(tmp)).start()
         try:
+            ray.init(address="local", namespace=NAMESPACE, include_dashboard=False,
+                     configure_logging=False, log_to_driver=False)
             print(HEADER)
             print("|" + " --- |" * (HEADER.count("|") - 1))
-            rows = asyncio.run(run(args, cluster))
+            out = asyncio.run(run(args, redis_server.url))
         finally:
             ray.shutdown()
-    if rows:
-        per_show = statistics.fmean(r["uss_mean"] for r in rows)
-        print(f"\nper active show: ~{per_show:.0f} MB unique (USS) per actor process; "
-              f"passivation ended {sum(r['exited'] for r in rows)}/"
-              f"{sum(r['n'] for r in rows)} actor processes")
+            redis_server.stop()
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":
