@@ -46,9 +46,9 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any, TypeVar
 
 import msgspec
@@ -241,13 +241,44 @@ def _session(limit: int):  # noqa: ANN202
     )
 
 
+async def hold_release(http: Any, host: str, show_id: str, body: bytes,
+                       headers: dict[str, str], now: float, t0: float, t1: float,
+                       res: Any) -> None:
+    """One customer cycle: hold (`body`) on the show, then release it; counts (in `res`:
+    ok, conflicts, released, latencies, errors) what ends in [t0, t1]."""
+    async with http.post(f"{host}/api/shows/{show_id}/holds", data=body,
+                         headers=headers) as r:
+        raw = await r.read()
+        end = time.time()
+        counted = t0 <= end <= t1
+        if r.status != 201:
+            if counted:
+                if r.status == 409:
+                    res.conflicts += 1
+                else:
+                    _err(res, f"hold {r.status}")
+            await asyncio.sleep(0.01)
+            return
+        if counted:
+            res.ok += 1
+            res.latencies.append((end - now) * 1000)
+    hold = _json.decode(raw)
+    async with http.delete(f"{host}/api/holds/{hold['hold_id']}",
+                           headers={"X-Holder-Token": hold["holder_token"]}) as r:
+        await r.read()
+        if t0 <= time.time() <= t1:
+            if r.status == 200:
+                res.released += 1
+            else:
+                _err(res, f"release {r.status}")
+
+
 async def _closed_loop(kind: str, host: str, slots: list[tuple[str, str]], t0: float,
                        t1: float, res: GenResult) -> None:
     """`len(slots)` concurrent customers, each looping until t1; counts what ends in [t0, t1].
     kind "noop": GET /healthz. kind "hold": hold its (show, seat), then release it."""
     async with _session(len(slots) + 8) as http:
         async def customer(show_id: str, seat: str) -> None:
-            hold_url = f"{host}/api/shows/{show_id}/holds"
             body = msgspec.json.encode({"seats": [seat]})
             headers = {"Content-Type": "application/json"}
             while (now := time.time()) < t1:
@@ -263,30 +294,7 @@ async def _closed_loop(kind: str, host: str, slots: list[tuple[str, str]], t0: f
                                 else:
                                     _err(res, str(r.status))
                         continue
-                    async with http.post(hold_url, data=body, headers=headers) as r:
-                        raw = await r.read()
-                        end = time.time()
-                        counted = t0 <= end <= t1
-                        if r.status != 201:
-                            if counted:
-                                if r.status == 409:
-                                    res.conflicts += 1
-                                else:
-                                    _err(res, f"hold {r.status}")
-                            await asyncio.sleep(0.01)
-                            continue
-                        if counted:
-                            res.ok += 1
-                            res.latencies.append((end - now) * 1000)
-                    hold = _json.decode(raw)
-                    async with http.delete(f"{host}/api/holds/{hold['hold_id']}",
-                                           headers={"X-Holder-Token": hold["holder_token"]}) as r:
-                        await r.read()
-                        if t0 <= time.time() <= t1:
-                            if r.status == 200:
-                                res.released += 1
-                            else:
-                                _err(res, f"release {r.status}")
+                    await hold_release(http, host, show_id, body, headers, now, t0, t1, res)
                 except Exception as exc:  # count, never stop the customer
                     if t0 <= time.time() <= t1:
                         _err(res, type(exc).__name__)

@@ -65,6 +65,7 @@ from .bench import (
     batch_delta,
     batching,
     cpu_seconds,
+    hold_release,
     http_json,
     pct,
     run_jobs,
@@ -120,31 +121,7 @@ async def _spread_loop(host: str, customers: list[int], n_clients: int, shows: l
                 show_id = shows[(i + k * n_clients) % len(shows)]
                 k += 1
                 try:
-                    async with http.post(f"{host}/api/shows/{show_id}/holds", data=body,
-                                         headers=headers) as r:
-                        raw = await r.read()
-                        end = time.time()
-                        counted = t0 <= end <= t1
-                        if r.status != 201:
-                            if counted:
-                                if r.status == 409:
-                                    res.conflicts += 1
-                                else:
-                                    _err(res, f"hold {r.status}")
-                            await asyncio.sleep(0.01)
-                            continue
-                        if counted:
-                            res.ok += 1
-                            res.latencies.append((end - now) * 1000)
-                    hold = _json.decode(raw)
-                    async with http.delete(f"{host}/api/holds/{hold['hold_id']}",
-                                           headers={"X-Holder-Token": hold["holder_token"]}) as r:
-                        await r.read()
-                        if t0 <= time.time() <= t1:
-                            if r.status == 200:
-                                res.released += 1
-                            else:
-                                _err(res, f"release {r.status}")
+                    await hold_release(http, host, show_id, body, headers, now, t0, t1, res)
                 except Exception as exc:  # count, never stop the customer
                     if t0 <= time.time() <= t1:
                         _err(res, type(exc).__name__)
