@@ -142,23 +142,8 @@ async def _cold_loop(host: str, shows: list[str], seat: str, rate: float, t0: fl
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as http:
         async def arrival(at: float, show_id: str) -> None:
             try:
-                async with http.post(f"{host}/api/shows/{show_id}/holds", data=body,
-                                     headers={"Content-Type": "application/json"}) as r:
-                    raw = await r.read()
-                    end = time.time()
-                    if r.status != 201:
-                        _err(res, f"hold {r.status}")
-                        return
-                    res.ok += 1
-                    res.latencies.append((end - at) * 1000)
-                hold = _json.decode(raw)
-                async with http.delete(f"{host}/api/holds/{hold['hold_id']}",
-                                       headers={"X-Holder-Token": hold["holder_token"]}) as r:
-                    await r.read()
-                    if r.status == 200:
-                        res.released += 1
-                    else:
-                        _err(res, f"release {r.status}")
+                await hold_release(http, host, show_id, body,
+                                   {"Content-Type": "application/json"}, at, 0.0, math.inf, res)
             except Exception as exc:
                 _err(res, type(exc).__name__)
 
