@@ -383,19 +383,25 @@ def run_jobs(target: Callable[[dict[str, Any], Any], None], jobs: list[dict[str,
     return results
 
 
+def merge_counts(into: Any, results: list[Any]) -> Any:
+    """Add generator results field by field into `into` (a dataclass or msgspec Struct):
+    numbers are summed, lists joined, dicts of counts added; other fields are left."""
+    names = getattr(into, "__struct_fields__", None) or list(into.__dataclass_fields__)
+    for r in results:
+        for name in names:
+            mine, theirs = getattr(into, name), getattr(r, name)
+            if isinstance(mine, dict):
+                for k, v in theirs.items():
+                    mine[k] = mine.get(k, 0) + v
+            elif isinstance(mine, int | float | list) and not isinstance(mine, bool):
+                setattr(into, name, mine + theirs)
+    return into
+
+
 def run_generators(jobs: list[dict[str, Any]]) -> tuple[GenResult, float]:
     """Run the jobs in parallel processes; merge their results. Returns (merged, CPU s)."""
-    merged, cpu = GenResult(), 0.0
-    for r in run_jobs(_gen_main, jobs, GenResult):
-        merged.ok += r.ok
-        merged.released += r.released
-        merged.conflicts += r.conflicts
-        merged.late += r.late
-        merged.latencies += r.latencies
-        for k, v in r.errors.items():
-            merged.errors[k] = merged.errors.get(k, 0) + v
-        cpu += r.cpu
-    return merged, cpu
+    merged = merge_counts(GenResult(), run_jobs(_gen_main, jobs, GenResult))
+    return merged, merged.cpu
 
 
 # --- live fan-out ----------------------------------------------------------------------------

@@ -67,6 +67,7 @@ from .bench import (
     cpu_seconds,
     hold_release,
     http_json,
+    merge_counts,
     pct,
     run_jobs,
     server_processes,
@@ -93,17 +94,7 @@ class Res(msgspec.Struct):
 
 
 def merge(results: list[Res]) -> Res:
-    out = Res()
-    for r in results:
-        out.ok += r.ok
-        out.released += r.released
-        out.conflicts += r.conflicts
-        out.late += r.late
-        out.latencies += r.latencies
-        out.cpu += r.cpu
-        for k, v in r.errors.items():
-            out.errors[k] = out.errors.get(k, 0) + v
-    return out
+    return merge_counts(Res(), results)
 
 
 # --- load generators ---------------------------------------------------------------------

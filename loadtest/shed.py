@@ -43,7 +43,16 @@ import msgspec
 
 from server.edge import Edge
 
-from .bench import GenResult, Server, cpu_seconds, free_port, pct, run_generators, run_jobs
+from .bench import (
+    GenResult,
+    Server,
+    cpu_seconds,
+    free_port,
+    merge_counts,
+    pct,
+    run_generators,
+    run_jobs,
+)
 from .scenario import publish_rush
 
 
@@ -163,17 +172,7 @@ def _overload(host: str, show: str, seats: list[str], rate: float, secs: float,
     t0 = time.time() + 1.5
     jobs = [{"host": host, "show": show, "seats": seats[i::procs], "rate": rate / procs,
              "t0": t0, "t1": t0 + secs, "nice": nice} for i in range(procs)]
-    merged = OverResult()
-    for r in run_jobs(_over_main, jobs, OverResult):
-        merged.admitted += r.admitted
-        merged.shed += r.shed
-        merged.latencies += r.latencies
-        merged.from_send += r.from_send
-        merged.send_lag += r.send_lag
-        merged.cpu_s += r.cpu_s
-        for k, v in r.errors.items():
-            merged.errors[k] = merged.errors.get(k, 0) + v
-    return merged
+    return merge_counts(OverResult(), run_jobs(_over_main, jobs, OverResult))
 
 
 def _platform(cap: int, target_ms: float | None, extra: list[str]
