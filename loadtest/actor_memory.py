@@ -46,7 +46,7 @@ from actors.host import ActorSettings
 from actors.layout import Rules, ShowConfig, grid_layout
 from actors.pool import NAMESPACE
 from actors.store import put_config
-from server.embedded import RedisServer
+from server.core.embedded import RedisServer
 
 MB = 1024 * 1024
 

@@ -46,7 +46,7 @@ from actors.layout import Layout, ShowConfig, grid_layout
 from actors.pool import NAMESPACE
 from actors.seatmap import SeatMap
 from actors.store import put_config
-from server.embedded import RedisServer
+from server.core.embedded import RedisServer
 
 GROUP_SIZES = (2, 3, 1, 4, 2, 2, 1, 3)  # party sizes, cycled when cutting rows into lots
 STANDARD, PREMIUM = "standard", "premium"

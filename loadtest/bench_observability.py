@@ -25,8 +25,8 @@ from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 from aiohttp.web_log import AccessLogger as AiohttpAccessLogger
 
-from server import logs
-from server.observability import (
+from server.ops import logs
+from server.ops.observability import (
     AccessLogger,
     _echo_request_id,
     metrics_middleware,

@@ -32,7 +32,7 @@ from actors.layout import ShowConfig, grid_layout
 from actors.placement import owner
 from actors.pool import NAMESPACE
 from actors.store import put_config
-from server.embedded import RedisServer
+from server.core.embedded import RedisServer
 
 LAYOUT = grid_layout(20, 20)
 SEATS = [s.id for s in LAYOUT.seats]

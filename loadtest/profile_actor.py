@@ -23,7 +23,7 @@ from actors.host import ActorSettings
 from actors.layout import ShowConfig, grid_layout
 from actors.pool import NAMESPACE
 from actors.store import put_config
-from server.embedded import RedisServer
+from server.core.embedded import RedisServer
 
 
 async def main() -> None:

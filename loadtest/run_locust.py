@@ -22,7 +22,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from server.embedded import free_port
+from server.core.embedded import free_port
 
 from .scenario import call, publish_rush
 

@@ -21,10 +21,11 @@ import sys
 import ray
 from aiohttp import web
 
-from . import dev_secrets, tls
-from . import logs
-from .runtime import Runtime
-from .settings import Settings
+from server.core import dev_secrets
+from server.core import tls
+from server.ops import logs
+from server.core.runtime import Runtime
+from server.core.settings import Settings
 
 log = logging.getLogger("server")
 
@@ -57,9 +58,9 @@ def main() -> None:
         # After Ray started (its processes must not inherit it), before prometheus_client
         # is imported (by .app); our web children inherit it.
         _metrics_dir(os.path.join(settings.data_dir, "metrics"))
-    from . import gc_pauses
-    from .app import create_app
-    from .observability import AccessLogger
+    from server.ops import gc_pauses
+    from server.app import create_app
+    from server.ops.observability import AccessLogger
 
     workers: list[subprocess.Popen[bytes]] = []
     try:
@@ -67,7 +68,7 @@ def main() -> None:
             workers = _start_workers(args, settings, runtime)
         app = create_app(settings, runtime.redis_url)
         if settings.seed_demo:
-            from .demo import seed_on_startup
+            from server.demo import seed_on_startup
 
             app.on_startup.append(seed_on_startup)
         scheme = "https" if ssl_context else "http"
@@ -122,7 +123,7 @@ def _stop_workers(workers: list[subprocess.Popen[bytes]]) -> None:
             proc.kill()
             proc.wait()
     if workers:
-        from .metrics import process_exited
+        from server.ops.metrics import process_exited
 
         for proc in workers:
             process_exited(proc.pid)

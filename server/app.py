@@ -18,23 +18,33 @@ from actors import redis_conn
 from actors.client import ShowDirectory
 from actors.host import ActorSettings
 
-from . import browse_api, customer_api, lifecycle_api, live, openapi, partner_api
-from . import webhooks_api
-from . import offers_api
-from . import account_api, accounts, partner_portal_api
-from . import recommend_api
-from .recommend_store import RecommendWorker
-from . import reviews_api
-from . import reports_api
-from .analytics import AnalyticsExporter
-from . import search_api
-from . import observability, ratelimit, security, waiting_room
-from .errors import error_middleware
-from .notifications import OutboxWorkers
-from .payments import GatewayGuard, PaymentGateway, SandboxGateway
-from .settings import Settings
-from .show_cache import ShowCache
-from .wire import json_response
+from server.discovery import browse_api
+from server.booking import api as customer_api
+from server.booking import lifecycle_api
+from server.live import hub as live
+from server.core import openapi
+from server.partner import feed_api as partner_api
+from server.partner import webhooks_api
+from server.commerce import api as offers_api
+from server.accounts import api as account_api
+from server.accounts import users as accounts
+from server.partner import portal_api as partner_portal_api
+from server.discovery import recommend_api
+from server.discovery.recommend_store import RecommendWorker
+from server.discovery import reviews_api
+from server.partner import reports_api
+from server.partner.analytics import AnalyticsExporter
+from server.discovery import search_api
+from server.ops import observability
+from server.onsale import ratelimit
+from server.ops import security
+from server.onsale import waiting_room
+from server.core.errors import error_middleware
+from server.notify.notifications import OutboxWorkers
+from server.commerce.payments import GatewayGuard, PaymentGateway, SandboxGateway
+from server.core.settings import Settings
+from server.catalog.show_cache import ShowCache
+from server.core.wire import json_response
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 REDIS_POOL_SIZE = 64      # request-path connections per web process

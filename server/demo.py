@@ -26,9 +26,10 @@ from aiohttp import web
 
 from actors.layout import Seat, grid_layout
 
-from . import auth, catalog
-from .catalog_model import Money, MovieIn, ScreenIn, ScreenLayout, ShowIn, TheatreIn
-from .errors import ApiError
+from server.accounts import api_keys as auth
+from server.catalog import service as catalog
+from server.catalog.model import Money, MovieIn, ScreenIn, ScreenLayout, ShowIn, TheatreIn
+from server.core.errors import ApiError
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +161,7 @@ async def seed(redis: aioredis.Redis, now: dt.datetime | None = None) -> dict[st
 
 
 async def seed_on_startup(app: web.Application) -> None:
-    from .app import SERVICES
+    from server.app import SERVICES
 
     svc = app[SERVICES]
     started = time.perf_counter()

@@ -20,7 +20,7 @@ import ray
 from actors.client import ShowDirectory
 from actors.pool import NAMESPACE
 
-from .settings import Settings
+from server.core.settings import Settings
 
 
 async def _run(args: argparse.Namespace, redis_url: str) -> int:

@@ -17,7 +17,7 @@ from actors.layout import Layout, Rules, ShowConfig, grid_layout
 from actors.host import ActorSettings
 from actors.pool import NAMESPACE
 from actors.store import put_config
-from server.embedded import RedisServer
+from server.core.embedded import RedisServer
 
 
 @pytest.fixture(scope="session")

@@ -11,8 +11,8 @@ import redis.asyncio as aioredis
 from aiohttp.test_utils import TestServer
 
 from server.app import create_app
-from server.embedded import RedisServer
-from server.settings import Settings
+from server.core.embedded import RedisServer
+from server.core.settings import Settings
 
 from .account_helpers import Client
 from .builders import PublishedShow, publish_show

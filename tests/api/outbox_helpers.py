@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from aiosmtpd.controller import Controller
 
-from server.outbox import STREAM
+from server.core.outbox import STREAM
 
 
 def free_port() -> int:

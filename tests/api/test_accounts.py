@@ -11,11 +11,11 @@ import aiohttp
 import msgspec
 from aiohttp.test_utils import TestServer
 
-from server import accounts
+from server.accounts import users as accounts
 from server.app import create_app
-from server.embedded import RedisServer
-from server.settings import Settings
-from server.bookings import load_booking
+from server.core.embedded import RedisServer
+from server.core.settings import Settings
+from server.booking.records import load_booking
 
 from .account_helpers import PASSWORD, hold_and_checkout, new_email
 

@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 import pyarrow.parquet as pq
 import pytest
 
-from server import outbox
-from server.analytics import SCHEMA, AnalyticsExporter, read_jsonl
+from server.core import outbox
+from server.partner.analytics import SCHEMA, AnalyticsExporter, read_jsonl
 
 from .builders import PublishedShow
 from .test_lifecycle import book, cancel

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from server.tickets import TicketPayload, sign_ticket
+from server.booking.tickets import TicketPayload, sign_ticket
 
 from .builders import publish_show_via_feed
 from .catalog_helpers import new_partner

@@ -12,8 +12,8 @@ from aiohttp.test_utils import TestServer
 
 from actors.layout import Rules
 from server.app import SERVICES
-from server.payments import Authorisation, CardDetails, SandboxGateway
-from server.tickets import booking_token, verify_ticket
+from server.commerce.payments import Authorisation, CardDetails, SandboxGateway
+from server.booking.tickets import booking_token, verify_ticket
 
 from .builders import DECLINED_CARD, GOOD_CARD, publish_show, wait_for_status
 

@@ -12,7 +12,7 @@ from actors import commands as c
 from actors.client import ShowDirectory
 from actors.layout import Rules
 from server.app import SERVICES
-from server.seat_status import read_seat_statuses
+from server.booking.seat_status import read_seat_statuses
 
 from .builders import publish_show, publish_show_via_feed, wait_for_status
 

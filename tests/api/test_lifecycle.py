@@ -9,9 +9,9 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from actors.layout import grid_layout
-from server import outbox
+from server.core import outbox
 from server.app import SERVICES
-from server.payments import SandboxGateway
+from server.commerce.payments import SandboxGateway
 
 from .builders import publish_show, publish_show_via_feed
 from .catalog_helpers import new_partner

@@ -23,8 +23,8 @@ from actors.layout import Layout, Rules, ShowConfig, grid_layout
 from actors.host import ActorSettings
 from actors.store import log_key, put_config
 from server.app import SERVICES
-from server.embedded import RedisServer
-from server.live import Hub, events_payload
+from server.core.embedded import RedisServer
+from server.live.hub import Hub, events_payload
 
 TIMEOUT = 10.0
 

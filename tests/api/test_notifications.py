@@ -7,9 +7,9 @@ import uuid
 import pytest
 
 from server.app import WORKERS
-from server.notifications import render
-from server.outbox import STREAM, GroupConsumer, publish
-from server.settings import Settings
+from server.notify.notifications import render
+from server.core.outbox import STREAM, GroupConsumer, publish
+from server.core.settings import Settings
 
 from .builders import GOOD_CARD, publish_show
 from .outbox_helpers import SmtpSink, acked, entry_of, until

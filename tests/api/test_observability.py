@@ -21,11 +21,11 @@ from websockets.asyncio.client import connect
 
 from actors import commands as c
 from actors.store import log_key
-from server import logs
+from server.ops import logs
 from server.app import SERVICES, create_app
-from server.embedded import RedisServer
-from server.observability import AccessLogger
-from server.settings import Settings
+from server.core.embedded import RedisServer
+from server.ops.observability import AccessLogger
+from server.core.settings import Settings
 
 from .builders import GOOD_CARD, PublishedShow
 
@@ -289,7 +289,7 @@ async def test_any_of_several_web_processes_answers_metrics_for_all(
 
     import ray
 
-    from server.embedded import free_port
+    from server.core.embedded import free_port
 
     port = free_port()
     data_dir = tmp_path_factory.mktemp("multi")

@@ -12,8 +12,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from actors.layout import Rules
-from server import offers as offers_store
-from server.settings import Settings
+from server.commerce import offers as offers_store
+from server.core.settings import Settings
 
 from .builders import GOOD_CARD, publish_show, wait_for_status
 from .catalog_helpers import ADMIN, PRICES, Partner, new_partner

@@ -12,8 +12,8 @@ import redis.asyncio as aioredis
 
 from actors.layout import ShowConfig
 from actors.store import config_key
-from server.auth import hash_key
-from server.catalog import screen_shows_key
+from server.accounts.api_keys import hash_key
+from server.catalog.service import screen_shows_key
 
 from .catalog_helpers import ADMIN, Partner, layout, new_partner, uid
 

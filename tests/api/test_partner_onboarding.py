@@ -3,7 +3,7 @@ approval -> portal log-in that needs MFA -> API keys with a name, a scope and an
 allow-list, enforced on the partner feed; revocation; least privilege between roles."""
 from __future__ import annotations
 
-from server import accounts
+from server.accounts import users as accounts
 
 from .account_helpers import PASSWORD, Client, new_email
 from .catalog_helpers import ADMIN, new_partner, uid

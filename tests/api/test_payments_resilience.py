@@ -12,9 +12,9 @@ import msgspec
 from aiohttp.test_utils import TestServer
 
 from actors.layout import Rules
-from server import outbox
+from server.core import outbox
 from server.app import SERVICES
-from server.payments import (
+from server.commerce.payments import (
     PENDING,
     TIMES_OUT,
     WEBHOOK_HEADER,

@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from server.settings import Settings
+from server.core.settings import Settings
 
 from .account_helpers import Client
 from .builders import PublishedShow

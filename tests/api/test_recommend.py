@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from server.recommend_store import GROUP, RecommendStore
+from server.discovery.recommend_store import GROUP, RecommendStore
 
 from .account_helpers import hold_and_checkout
 from .catalog_helpers import Partner, layout, new_partner, uid

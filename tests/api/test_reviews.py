@@ -11,8 +11,9 @@ from datetime import datetime
 import pytest
 import redis.asyncio as aioredis
 
-from server import accounts, reviews
-from server.reviews import ReviewIn
+from server.accounts import users as accounts
+from server.discovery import reviews
+from server.discovery.reviews import ReviewIn
 
 from .account_helpers import Client, hold_and_checkout
 from .builders import PublishedShow, publish_show_via_feed

@@ -9,7 +9,8 @@ from zoneinfo import ZoneInfo
 import aiohttp
 import redis.asyncio as aioredis
 
-from server import catalog, search as search_module
+from server.catalog import service as catalog
+from server.discovery import search as search_module
 
 from .catalog_helpers import Partner, layout, new_partner, uid
 
@@ -208,7 +209,7 @@ async def test_rating_sort_through_the_rating_hook(api: aiohttp.ClientSession) -
 async def test_rating_sort_uses_customer_reviews(api: aiohttp.ClientSession,
                                                 redis: aioredis.Redis) -> None:
     """The reviews module's averages are wired in (reviews keep them in their stats hash)."""
-    from server import reviews
+    from server.discovery import reviews
 
     p = await (await new_partner(api)).setup(title="Rated Low")
     low = p.movie

@@ -12,7 +12,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 from websockets.asyncio.client import ClientConnection, connect
 
-from server.settings import Settings
+from server.core.settings import Settings
 
 from .account_helpers import Client
 from .builders import PublishedShow, publish_show_via_feed

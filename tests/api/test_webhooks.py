@@ -7,10 +7,10 @@ import uuid
 import msgspec
 import pytest
 
-from server.catalog_model import catalog_key
-from server.outbox import publish
-from server.settings import Settings
-from server.webhooks import load_delivery, verify
+from server.catalog.model import catalog_key
+from server.core.outbox import publish
+from server.core.settings import Settings
+from server.partner.webhooks import load_delivery, verify
 
 from .builders import GOOD_CARD, publish_show
 from .outbox_helpers import Receiver, until

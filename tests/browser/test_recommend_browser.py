@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from aiohttp.test_utils import TestServer
 
-from server.recommend_store import GROUP
+from server.discovery.recommend_store import GROUP
 from tests.api.account_helpers import Client, hold_and_checkout
 from tests.api.catalog_helpers import new_partner
 from tests.api.outbox_helpers import acked, until

@@ -42,7 +42,7 @@ import redis
 from actors.client import ShowDirectory
 from actors.pool import Pool, pool_key
 from loadtest.scenario import ADMIN_KEY as SCENARIO_ADMIN_KEY
-from server.embedded import RedisServer, free_port
+from server.core.embedded import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable

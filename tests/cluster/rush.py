@@ -31,7 +31,7 @@ from actors.seatmap import SeatMap
 from actors.store import ShowStore, config_key, event_decoder, log_key, seq_key, snap_key
 from loadtest.run_locust import check_end_state
 from loadtest.scenario import publish_rush
-from server.show_cache import SHOWS_CHANNEL
+from server.catalog.show_cache import SHOWS_CHANNEL
 
 CARD = {"number": "4242424242424242", "exp_month": 12, "exp_year": 2030, "cvc": "123"}
 

@@ -9,7 +9,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from server.edge import Edge
-from server.settings import Settings
+from server.core.settings import Settings
 from tests.api.conftest import TEST_DATA_KEY, api, server, show  # noqa: F401 (fixtures)
 
 # The edge's limit on the hold path in these tests: 5 holds/s per show, 5 more at once.

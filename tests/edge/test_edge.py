@@ -225,7 +225,7 @@ async def test_the_apps_own_429_passes_through_unchanged(
     """nginx rewrites only its own 429s: the app's `rate_limited` answer (a tight per-IP
     write limit here) reaches the client as the app made it."""
     from server.app import create_app
-    from server.settings import Settings
+    from server.core.settings import Settings
     from tests.api.conftest import TEST_DATA_KEY
 
     from .conftest import free_port

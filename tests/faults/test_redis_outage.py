@@ -17,8 +17,8 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from server.app import SERVICES, create_app
-from server.embedded import RedisServer
-from server.settings import Settings
+from server.core.embedded import RedisServer
+from server.core.settings import Settings
 
 
 @pytest.fixture

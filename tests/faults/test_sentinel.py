@@ -19,8 +19,8 @@ from actors import commands as c
 from actors import redis_conn
 from actors.layout import ShowConfig, grid_layout
 from actors.store import Event, LogEntry, ShowStore, event_encoder, put_config
-from server.embedded import RedisServer, free_port
-from server.settings import Settings
+from server.core.embedded import RedisServer, free_port
+from server.core.settings import Settings
 
 MASTER = "bmm"
 

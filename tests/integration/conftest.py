@@ -19,7 +19,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actors import commands as c
 from actors.store import Event, LogEntry, ShowStore, event_decoder, event_encoder, log_key
-from server.embedded import RedisServer
+from server.core.embedded import RedisServer
 from tests.show_actors import gone, host_of, kill9, raw_apply, restarted  # noqa: F401
 
 

@@ -7,7 +7,7 @@ import re
 
 import aiohttp
 
-from server.openapi import build_document
+from server.core.openapi import build_document
 
 # Customer-side operations that take a per-object token rather than a login (booking
 # token, holder token) are documented without `security`; test_owasp_api covers those.

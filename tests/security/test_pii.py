@@ -14,13 +14,13 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestServer
 
-from server import outbox
-from server.accounts import user_key
+from server.core import outbox
+from server.accounts.users import user_key
 from server.app import create_app
-from server.bookings import booking_key
-from server.embedded import RedisServer
-from server.pii import DataCipher, key_id, mask, parse_key
-from server.settings import Settings
+from server.booking.records import booking_key
+from server.core.embedded import RedisServer
+from server.core.pii import DataCipher, key_id, mask, parse_key
+from server.core.settings import Settings
 
 from ..api.account_helpers import PASSWORD, Client
 from ..api.builders import GOOD_CARD, PublishedShow

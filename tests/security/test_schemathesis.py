@@ -20,9 +20,9 @@ from aiohttp import web
 from hypothesis import HealthCheck, Phase, settings
 
 from server.app import create_app
-from server.openapi import build_document
-from server.embedded import RedisServer
-from server.settings import Settings
+from server.core.openapi import build_document
+from server.core.embedded import RedisServer
+from server.core.settings import Settings
 
 ADMIN_KEY = "schemathesis-admin-key"
 EXAMPLES = 20  # per operation: ~100 operations on a slow 2-core machine, under ~90 s

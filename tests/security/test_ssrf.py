@@ -12,8 +12,8 @@ import msgspec
 import pytest
 import redis.asyncio as aioredis
 
-from server.catalog_model import catalog_key
-from server.ssrf import check_target, is_public
+from server.catalog.model import catalog_key
+from server.partner.ssrf import check_target, is_public
 
 from ..api.builders import GOOD_CARD, publish_show
 from ..api.catalog_helpers import new_partner

@@ -27,10 +27,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from websockets.asyncio.client import connect
 
-from server import dev_secrets, tls
+from server.core import dev_secrets
+from server.core import tls
 from server.app import create_app
-from server.embedded import RedisServer
-from server.settings import Settings
+from server.core.embedded import RedisServer
+from server.core.settings import Settings
 
 from ..api.builders import PublishedShow
 from ..api.conftest import TEST_DATA_KEY

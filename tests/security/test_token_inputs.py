@@ -6,9 +6,9 @@ import time
 
 import aiohttp
 
-from server.payments import WebhookError, verify_webhook
-from server.tickets import booking_token, check_booking_token
-from server.webhooks import verify
+from server.commerce.payments import WebhookError, verify_webhook
+from server.booking.tickets import booking_token, check_booking_token
+from server.partner.webhooks import verify
 
 
 def test_booking_token_check_takes_any_string() -> None:

@@ -9,7 +9,7 @@ from aiohttp.test_utils import TestServer
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from server.security import origin_allowed
+from server.ops.security import origin_allowed
 
 from ..api.builders import PublishedShow
 

@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from server.circuit_breaker import CircuitBreaker, CircuitOpen
-from server.lifecycle import DEFAULT_POLICY, refund_percent
+from server.core.circuit_breaker import CircuitBreaker, CircuitOpen
+from server.booking.lifecycle import DEFAULT_POLICY, refund_percent
 
 
 class Clock:

@@ -17,8 +17,9 @@ from actors import commands as c
 from actors.context import request_id
 from actors.layout import Rules, ShowConfig, grid_layout
 from actors.seatmap import SeatMap
-from server import logs, metrics
-from server.observability import new_request_id, valid_request_id
+from server.ops import logs
+from server.ops import metrics
+from server.ops.observability import new_request_id, valid_request_id
 
 # --- request ids ---------------------------------------------------------------------------
 
@@ -215,7 +216,8 @@ def test_gc_pauses_reach_the_histogram_at_scrape_time() -> None:
     there by flush() (the gc callback itself never touches a metrics lock)."""
     import gc
 
-    from server import gc_pauses, metrics
+    from server.ops import gc_pauses
+    from server.ops import metrics
 
     def count(generation: str) -> float:
         return sum(s.value for m in metrics.GC_PAUSE.collect() for s in m.samples

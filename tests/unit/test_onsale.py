@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from server import admission
-from server.ratelimit import Limit, classify, client_ip, parse_networks
-from server.waiting_room import QueueState
+from server.onsale import admission
+from server.onsale.ratelimit import Limit, classify, client_ip, parse_networks
+from server.onsale.waiting_room import QueueState
 
 PROXIES = parse_networks("127.0.0.1, 10.0.0.0/8")
 
@@ -77,7 +77,7 @@ def test_queue_position_and_eta() -> None:
 
 
 def test_adaptive_cap_shrinks_when_slow_and_grows_back() -> None:
-    from server.ratelimit import AdaptiveCap
+    from server.onsale.ratelimit import AdaptiveCap
 
     cap = AdaptiveCap(ceiling=64, target_ms=100)
     assert cap.admits(63) and not cap.admits(64)
@@ -98,7 +98,7 @@ def test_adaptive_cap_shrinks_when_slow_and_grows_back() -> None:
 
 
 def test_adaptive_cap_waits_for_a_full_window_and_can_be_off() -> None:
-    from server.ratelimit import AdaptiveCap
+    from server.onsale.ratelimit import AdaptiveCap
 
     cap = AdaptiveCap(ceiling=64, target_ms=100)
     for _ in range(7):  # too few samples to judge

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from server.pricing import (
+from server.commerce.pricing import (
     NthTicket, Offer, PricingConfig, PromoCode, Scope, SeatPrice, ShowFacts, TimeWindow,
     in_window, make_quote, percent_of, promo_problem,
 )

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from server import recommend as r
+from server.discovery import recommend as r
 
 H = r.HALF_LIFE_S
 

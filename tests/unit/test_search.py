@@ -5,8 +5,8 @@ import datetime as dt
 
 import pytest
 
-from server.errors import ApiError
-from server.search import (
+from server.core.errors import ApiError
+from server.discovery.search import (
     Candidate,
     SearchParams,
     fold,

@@ -1,0 +1,460 @@
+"""Customer accounts over HTTP: sign-up, log-in (with TOTP when turned on), log-out, MFA
+set-up, my bookings, export my data, delete my account.
+
+    POST   /api/accounts               {email, password, name} -> 201, logged in
+    POST   /api/login                  {email, password} -> {status: "ok" | "mfa_required"}
+    POST   /api/login/mfa              {code} or {recovery_code} -> {status: "ok"}
+    POST   /api/logout                 ends this session
+    GET    /api/me                     the account
+    DELETE /api/me                     {password, code?} -> bookings kept, anonymised
+    GET    /api/me/bookings            my bookings (with their e-tickets)
+    GET    /api/me/bookings/{id}       one of them (404 for anyone else's)
+    GET    /api/me/export              everything we hold about me, as JSON
+    POST   /api/me/mfa                 start TOTP set-up: otpauth URI + QR code (SVG)
+    POST   /api/me/mfa/verify          {code} -> MFA on; the one-time recovery codes
+    POST   /api/me/mfa/recovery-codes  {code} -> a fresh set (the old ones stop working)
+    DELETE /api/me/mfa                 {code} -> MFA off (customers only)
+
+The session is an encrypted cookie (see accounts.py). Guest checkout (no account) stays.
+"""
+from __future__ import annotations
+
+import io
+from datetime import datetime
+from typing import Annotated
+
+import msgspec
+import segno
+from aiohttp import web
+from redis.exceptions import WatchError
+
+from server.accounts import users as accounts
+from server.booking import records as booking_store
+from server.accounts.users import User
+from server.booking.views import booking_view
+from server.booking.wire import BookingResponse
+from server.core.errors import ApiError
+from server.accounts.profile_api import Profile, get_profile, profile_of, put_profile
+from server.core.openapi import operation
+from server.core.wire import json_response, read_json
+
+routes = web.RouteTableDef()
+TAGS = ("account",)
+SESSION = "sessionCookie"
+
+Email = Annotated[str, msgspec.Meta(max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]
+Password = Annotated[str, msgspec.Meta(min_length=8, max_length=256)]
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+Code = Annotated[str, msgspec.Meta(min_length=6, max_length=8, pattern=r"^[0-9 ]+$")]
+RecoveryCode = Annotated[str, msgspec.Meta(min_length=8, max_length=32)]
+
+
+# --- wire -------------------------------------------------------------------------------
+
+class SignUp(msgspec.Struct, forbid_unknown_fields=True):
+    email: Email
+    password: Password
+    name: Name
+
+
+class Login(msgspec.Struct, forbid_unknown_fields=True):
+    email: Email
+    password: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+
+
+class MfaLogin(msgspec.Struct, forbid_unknown_fields=True):
+    """Exactly one of `code` (from the authenticator app) or `recovery_code`."""
+
+    code: Code | None = None
+    recovery_code: RecoveryCode | None = None
+
+
+class CodeIn(msgspec.Struct, forbid_unknown_fields=True):
+    code: Code
+
+
+class DeleteAccount(msgspec.Struct, forbid_unknown_fields=True):
+    password: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+    code: Code | None = None  # needed when MFA is on
+
+
+class Me(msgspec.Struct):
+    user_id: str
+    email: str
+    name: str
+    role: str
+    mfa_enabled: bool
+    mfa_setup_required: bool  # partners and admins: set up MFA before anything else works
+    created_at: datetime
+    partner_id: str | None = None
+    recovery_codes_left: int = 0
+
+
+class LoginResult(msgspec.Struct):
+    status: str  # "ok" | "mfa_required"
+    user: Me | None = None
+
+
+class LoggedOut(msgspec.Struct):
+    logged_out: bool = True
+
+
+class MfaSetup(msgspec.Struct):
+    otpauth_uri: str  # for the authenticator app (the QR code encodes it)
+    secret: str       # the same secret, to type in by hand
+    qr_svg: str       # an SVG image of the QR code
+
+
+class RecoveryCodes(msgspec.Struct):
+    recovery_codes: list[str]  # shown once; each works once
+    user: Me
+
+
+class MfaOff(msgspec.Struct):
+    mfa_enabled: bool = False
+
+
+class MyBookings(msgspec.Struct):
+    bookings: list[BookingResponse]
+
+
+class Export(msgspec.Struct):
+    exported_at: datetime
+    account: Me
+    bookings: list[BookingResponse]
+    profile: Profile | None = None  # phone and identity numbers, decrypted for their owner
+
+
+class Deleted(msgspec.Struct):
+    deleted: bool
+    bookings_anonymised: int
+
+
+def me_view(user: User) -> Me:
+    return Me(user.user_id, user.email, user.name, user.role, user.mfa_enabled,
+              user.needs_mfa_setup, user.created_at, user.partner_id,
+              len(user.recovery_codes))
+
+
+def services(request: web.Request):  # noqa: ANN201
+    from server.app import services as get
+
+    return get(request)
+
+
+def _secret(request: web.Request) -> str:
+    return services(request).settings.secret
+
+
+# --- sign-up, log-in, log-out ------------------------------------------------------------
+
+@routes.post("/api/accounts")
+@operation("POST", "/api/accounts", summary="Sign up (customer) and log in",
+           request=SignUp, response=Me, status=201, errors=(403, 409), tags=TAGS)
+async def sign_up(request: web.Request) -> web.Response:
+    """409 `email_taken` if the address has an account. The password (8+ characters) is
+    stored as an argon2id hash. Sets the session cookie."""
+    accounts.same_origin(request)
+    body = await read_json(request, SignUp)
+    user = await accounts.new_user(body.email, body.name, "customer", body.password)
+    await accounts.create_user(services(request).redis, user)
+    await accounts.start_session(request, user)
+    return json_response(me_view(user), status=201)
+
+
+@routes.post("/api/login")
+@operation("POST", "/api/login", summary="Log in with e-mail and password",
+           request=Login, response=LoginResult, errors=(401, 403, 429), tags=TAGS)
+async def log_in(request: web.Request) -> web.Response:
+    """`status: "ok"`: logged in. `status: "mfa_required"`: the password was right and the
+    account has MFA: send the code to `POST /api/login/mfa` within 5 minutes. 401
+    `invalid_credentials` for a wrong address or password (the same answer for both);
+    429 `too_many_attempts` after 5 failures for an address within 15 minutes."""
+    accounts.same_origin(request)
+    body = await read_json(request, Login)
+    redis = services(request).redis
+    await accounts.check_throttle(redis, body.email)
+    user = await accounts.user_by_email(redis, body.email)
+    ok = await accounts.verify_password(user.password_hash if user else None, body.password)
+    if not ok or user is None:
+        await accounts.record_failure(redis, body.email)
+        raise ApiError(401, "invalid_credentials", "wrong e-mail address or password")
+    if user.mfa_enabled:
+        await accounts.start_mfa_challenge(request, user)
+        return json_response(LoginResult("mfa_required"))
+    await accounts.clear_failures(redis, body.email)
+    await accounts.start_session(request, user)
+    return json_response(LoginResult("ok", me_view(user)))
+
+
+@routes.post("/api/login/mfa")
+@operation("POST", "/api/login/mfa", summary="Finish a log-in with a TOTP or recovery code",
+           request=MfaLogin, response=LoginResult, errors=(401, 403, 429), tags=TAGS)
+async def log_in_mfa(request: web.Request) -> web.Response:
+    """After `POST /api/login` answered `mfa_required`. A code works once; a recovery code
+    is used up. Wrong codes count towards the same 5-per-15-minutes limit as passwords."""
+    accounts.same_origin(request)
+    body = await read_json(request, MfaLogin)
+    if (body.code is None) == (body.recovery_code is None):
+        raise ApiError(422, "invalid", 'give exactly one of "code" or "recovery_code"')
+    redis = services(request).redis
+    user_id = await accounts.mfa_challenge(request)
+    user = await accounts.load_user(redis, user_id) if user_id else None
+    if user is None or not user.mfa_enabled or \
+            await accounts.mfa_challenge_version(request) != user.session_version:
+        raise ApiError(401, "login_required", "log in with your password first")
+    await accounts.check_throttle(redis, user.email)
+    if body.code is not None:
+        ok = await accounts.use_totp(redis, _secret(request), user, body.code)
+    else:
+        ok = await accounts.use_recovery_code(redis, _secret(request), user.user_id,
+                                              body.recovery_code)
+    if not ok:
+        await accounts.record_failure(redis, user.email)
+        raise ApiError(401, "invalid_code", "that code is not valid")
+    await accounts.clear_failures(redis, user.email)
+    user = await accounts.load_user(redis, user.user_id) or user
+    await accounts.start_session(request, user)
+    return json_response(LoginResult("ok", me_view(user)))
+
+
+@routes.post("/api/logout")
+@operation("POST", "/api/logout", summary="Log out (end this session)", response=LoggedOut,
+           tags=TAGS)
+async def log_out(request: web.Request) -> web.Response:
+    accounts.same_origin(request)
+    await accounts.end_session(request)
+    return json_response(LoggedOut())
+
+
+# --- me --------------------------------------------------------------------------------
+
+@routes.get("/api/me")
+@operation("GET", "/api/me", summary="My account", response=Me, tags=TAGS, security=SESSION)
+async def get_me(request: web.Request) -> web.Response:
+    return json_response(me_view(await accounts.require_user(request)))
+
+
+async def _booking_views(request: web.Request, user: User) -> list[BookingResponse]:
+    redis = services(request).redis
+    views = []
+    for booking_id in await accounts.booking_ids(redis, user.user_id):
+        booking = await booking_store.load_booking(redis, booking_id)
+        if booking is None or booking.customer_id != user.user_id:
+            continue
+        views.append(await booking_view(request, booking))
+    return views
+
+
+@routes.get("/api/me/bookings")
+@operation("GET", "/api/me/bookings", summary="My bookings, newest first",
+           response=MyBookings, errors=(403,), tags=TAGS, security=SESSION)
+async def my_bookings(request: web.Request) -> web.Response:
+    """Bookings made while logged in (guest checkouts are not linked to an account). Each
+    is the same object `GET /api/bookings/{id}` returns, with its booking token."""
+    user = await accounts.require_role(request, "customer")
+    return json_response(MyBookings(await _booking_views(request, user)))
+
+
+@routes.get("/api/me/bookings/{booking_id}")
+@operation("GET", "/api/me/bookings/{booking_id}", summary="One of my bookings",
+           response=BookingResponse, errors=(403, 404), tags=TAGS, security=SESSION)
+async def my_booking(request: web.Request) -> web.Response:
+    """404 for a booking that is not mine (whether or not it exists)."""
+    user = await accounts.require_role(request, "customer")
+    booking_id = request.match_info["booking_id"]
+    booking = await booking_store.load_booking(services(request).redis, booking_id)
+    if booking is None or booking.customer_id != user.user_id:
+        raise ApiError(404, "not_found", f"you have no booking {booking_id!r}")
+    return json_response(await booking_view(request, booking))
+
+
+@routes.get("/api/me/export")
+@operation("GET", "/api/me/export", summary="Export my data (JSON)", response=Export,
+           tags=TAGS, security=SESSION)
+async def export_me(request: web.Request) -> web.Response:
+    """`{"exported_at", "account", "bookings": [...]}`: the account (never the password
+    hash, MFA secret or recovery codes) and every booking linked to it."""
+    user = await accounts.require_user(request)
+    views = await _booking_views(request, user) if user.role == "customer" else []
+    profile = profile_of(services(request).settings, user)
+    return json_response(Export(accounts.now(), me_view(user), views, profile), headers={
+        "Content-Disposition": 'attachment; filename="book-my-movie-export.json"',
+        "Cache-Control": "no-store"})
+
+
+routes.get("/api/me/profile")(get_profile)  # phone and identity numbers (profile_api.py)
+routes.put("/api/me/profile")(put_profile)
+
+_ANONYMOUS = "(deleted account)"
+
+
+@routes.delete("/api/me")
+@operation("DELETE", "/api/me", summary="Delete my account (bookings kept, anonymised)",
+           request=DeleteAccount, response=Deleted, errors=(401, 403), tags=TAGS,
+           security=SESSION)
+async def delete_me(request: web.Request) -> web.Response:
+    """Needs the password again (and a TOTP code when MFA is on). The account, its log-in
+    and its links are deleted; its bookings stay (seats stay sold, tickets stay valid)
+    with name, e-mail, card digits and the account link removed. One transaction."""
+    user = await accounts.require_role(request, "customer")
+    body = await read_json(request, DeleteAccount)
+    redis = services(request).redis
+    await accounts.check_throttle(redis, user.email)
+    if not await accounts.verify_password(user.password_hash, body.password):
+        await accounts.record_failure(redis, user.email)
+        raise ApiError(401, "invalid_credentials", "wrong password")
+    if user.mfa_enabled and not (body.code and await accounts.use_totp(
+            redis, _secret(request), user, body.code)):
+        await accounts.record_failure(redis, user.email)
+        raise ApiError(401, "invalid_code", "a valid authenticator code is needed")
+    count = await _delete_account(redis, user)
+    await accounts.end_session(request)
+    return json_response(Deleted(True, count))
+
+
+async def _delete_account(redis, user: User) -> int:  # noqa: ANN001
+    uid = user.user_id
+    keys = [accounts.user_key(uid), accounts.user_bookings_key(uid), accounts.email_key(user.email)]
+    async with redis.pipeline(transaction=True) as pipe:
+        while True:
+            try:
+                await pipe.watch(*keys)
+                ids = [b.decode() for b in await pipe.zrange(accounts.user_bookings_key(uid), 0, -1)]
+                records = []
+                for booking_id in ids:
+                    show_id = booking_store.show_of(booking_id)
+                    if show_id is None:
+                        continue
+                    key = booking_store.booking_key(show_id, booking_id)
+                    await pipe.watch(key)
+                    raw = await pipe.get(key)
+                    if raw is None:
+                        continue
+                    booking = msgspec.json.decode(raw, type=booking_store.BookingRecord)
+                    if booking.customer_id != uid:
+                        continue
+                    booking.email, booking.name, booking.customer_id = "", _ANONYMOUS, None
+                    booking.phone = booking.id_number = None
+                    booking.payment = msgspec.structs.replace(booking.payment, last4="")
+                    records.append((key, booking))
+                owner = await pipe.get(accounts.email_key(user.email))
+                pipe.multi()
+                for key, booking in records:
+                    pipe.set(key, msgspec.json.encode(booking), keepttl=True)
+                pipe.delete(accounts.user_key(uid), accounts.user_bookings_key(uid),
+                            accounts.fail_key(user.email))
+                if owner is not None and owner.decode() == uid:
+                    pipe.delete(accounts.email_key(user.email))
+                await pipe.execute()
+                return len(records)
+            except WatchError:
+                continue
+
+
+# --- MFA set-up ---------------------------------------------------------------------------
+
+def qr_svg(data: str) -> str:
+    out = io.BytesIO()
+    segno.make(data, error="m").save(out, kind="svg", scale=4, border=2, xmldecl=False,
+                                     svgns=True, title="Scan with your authenticator app")
+    return out.getvalue().decode()
+
+
+@routes.post("/api/me/mfa")
+@operation("POST", "/api/me/mfa", summary="Start TOTP set-up (QR code)", response=MfaSetup,
+           errors=(409,), tags=TAGS, security=SESSION)
+async def mfa_setup(request: web.Request) -> web.Response:
+    """A new TOTP secret (pending until verified): scan the QR code, then send a code to
+    `POST /api/me/mfa/verify`. 409 if MFA is on already."""
+    user = await accounts.require_user(request)
+    secret = _secret(request)
+    totp_secret = accounts.new_totp_secret()
+
+    def start(u: User) -> None:
+        if u.mfa_enabled:
+            raise ApiError(409, "mfa_enabled", "two-factor authentication is on already")
+        u.mfa_pending = accounts.seal(secret, totp_secret)
+
+    await accounts.update_user(services(request).redis, user.user_id, start)
+    uri = accounts.otpauth_uri(totp_secret, user.email)
+    return json_response(MfaSetup(uri, totp_secret, qr_svg(uri)))
+
+
+@routes.post("/api/me/mfa/verify")
+@operation("POST", "/api/me/mfa/verify", summary="Turn MFA on with a first code",
+           request=CodeIn, response=RecoveryCodes, errors=(401, 409), tags=TAGS,
+           security=SESSION)
+async def mfa_verify(request: web.Request) -> web.Response:
+    """A code from the app proves the secret was stored; MFA is then on and the response
+    carries 10 one-time recovery codes (shown only here; stored as HMAC digests). Other
+    sessions of this account end."""
+    user = await accounts.require_user(request)
+    body = await read_json(request, CodeIn)
+    redis, secret = services(request).redis, _secret(request)
+    if user.mfa_enabled:
+        raise ApiError(409, "mfa_enabled", "two-factor authentication is on already")
+    if not user.mfa_pending:
+        raise ApiError(409, "mfa_not_started", "start with POST /api/me/mfa")
+    if not await accounts.use_totp(redis, secret, user, body.code, pending=True):
+        raise ApiError(401, "invalid_code", "that code is not valid; check the device's clock")
+    codes = accounts.new_recovery_codes()
+    pending = user.mfa_pending
+
+    def turn_on(u: User) -> None:
+        if u.mfa_pending != pending:
+            raise ApiError(409, "mfa_changed", "the set-up was restarted; scan the new code")
+        u.mfa_secret, u.mfa_pending, u.mfa_enabled = u.mfa_pending, None, True
+        u.recovery_codes = [accounts.recovery_digest(secret, c) for c in codes]
+        u.session_version += 1
+
+    user = await accounts.update_user(redis, user.user_id, turn_on)
+    await accounts.start_session(request, user)
+    return json_response(RecoveryCodes(codes, me_view(user)))
+
+
+@routes.post("/api/me/mfa/recovery-codes")
+@operation("POST", "/api/me/mfa/recovery-codes", summary="New recovery codes",
+           request=CodeIn, response=RecoveryCodes, errors=(401, 409), tags=TAGS,
+           security=SESSION)
+async def new_recovery_codes(request: web.Request) -> web.Response:
+    """Needs a current TOTP code; the previous recovery codes stop working."""
+    user = await accounts.require_user(request)
+    body = await read_json(request, CodeIn)
+    redis, secret = services(request).redis, _secret(request)
+    if not user.mfa_enabled:
+        raise ApiError(409, "mfa_not_enabled", "two-factor authentication is off")
+    if not await accounts.use_totp(redis, secret, user, body.code):
+        raise ApiError(401, "invalid_code", "that code is not valid")
+    codes = accounts.new_recovery_codes()
+
+    def replace(u: User) -> None:
+        u.recovery_codes = [accounts.recovery_digest(secret, c) for c in codes]
+
+    user = await accounts.update_user(redis, user.user_id, replace)
+    return json_response(RecoveryCodes(codes, me_view(user)))
+
+
+@routes.delete("/api/me/mfa")
+@operation("DELETE", "/api/me/mfa", summary="Turn MFA off (customers)", request=CodeIn,
+           response=MfaOff, errors=(401, 403, 409), tags=TAGS, security=SESSION)
+async def mfa_off(request: web.Request) -> web.Response:
+    """Needs a current TOTP code. Partners and admins cannot turn it off (403)."""
+    user = await accounts.require_user(request)
+    body = await read_json(request, CodeIn)
+    redis, secret = services(request).redis, _secret(request)
+    if user.role != "customer":
+        raise ApiError(403, "mfa_required", "partner and admin accounts must keep MFA on")
+    if not user.mfa_enabled:
+        raise ApiError(409, "mfa_not_enabled", "two-factor authentication is off")
+    if not await accounts.use_totp(redis, secret, user, body.code):
+        raise ApiError(401, "invalid_code", "that code is not valid")
+
+    def turn_off(u: User) -> None:
+        u.mfa_enabled, u.mfa_secret, u.mfa_pending, u.recovery_codes = False, None, None, []
+        u.session_version += 1
+
+    user = await accounts.update_user(redis, user.user_id, turn_off)
+    await accounts.start_session(request, user)
+    return json_response(MfaOff())
+

@@ -1,0 +1,455 @@
+"""Accounts: customers, partner users and platform admins; login sessions; TOTP MFA.
+
+Other modules use three things from here:
+
+    user = await current_user(request)            # the logged-in User, or None
+    user = await require_role(request, "customer") # 401 not logged in, 403 wrong role
+    await link_booking(redis, user.user_id, booking_id, created_ms)  # "my bookings"
+
+Storage (Redis):
+
+- `user:<user_id>` -> a `User` record (msgspec JSON). Passwords are argon2id hashes; the TOTP
+  secret is encrypted at rest (Fernet, key derived from `settings.secret`); recovery codes
+  are kept as HMAC-SHA256 digests only (each works once).
+- `useremail:<normalised email>` -> user id (one account per e-mail address).
+- `user:<user_id>:bookings` -> sorted set of booking ids by creation time.
+- `loginfail:<sha256(email)>` -> failed attempts in the current 15-minute window.
+
+Sessions live in an encrypted, authenticated cookie (aiohttp-session's
+EncryptedCookieStorage = Fernet: AES-CBC + HMAC-SHA256, keyed from `settings.secret`
+through HKDF). A tampered cookie fails to decrypt and the request is anonymous. The
+cookie carries the user id and the user's `session_version`; logging out everywhere,
+deleting the account or changing MFA bumps the version and so ends every old session.
+
+Roles: `customer`, `partner` (acts for one partner id: its own theatres only) and `admin`
+(the platform). Partner and admin users must have MFA turned on before any role-guarded
+endpoint answers them (403 `mfa_required`); they may log in to set it up.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import secrets
+import time
+from datetime import UTC, datetime
+from typing import Literal
+
+import msgspec
+import pyotp
+import redis.asyncio as aioredis
+from aiohttp import web
+from aiohttp_session import Session, get_session, new_session, session_middleware
+from aiohttp_session.cookie_storage import EncryptedCookieStorage
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from cryptography.fernet import Fernet, InvalidToken
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from redis.exceptions import WatchError
+
+from server.core.errors import ApiError
+
+Role = Literal["customer", "partner", "admin"]
+ROLES: tuple[str, ...] = ("customer", "partner", "admin")
+MFA_REQUIRED_ROLES = frozenset({"partner", "admin"})
+
+SESSION_COOKIE = "bmm_session"
+SESSION_MAX_AGE_S = 14 * 24 * 3600
+MFA_PENDING_S = 300              # a password-checked login waits this long for its code
+LOGIN_MAX_FAILURES = 5           # per e-mail address ...
+LOGIN_WINDOW_S = 15 * 60         # ... per 15 minutes, then 429
+RECOVERY_CODES = 10
+TOTP_ISSUER = "Book My Movie"
+
+_hasher = PasswordHasher()  # argon2id, the library's (RFC 9106 based) defaults
+
+
+# --- keys derived from settings.secret ----------------------------------------------
+
+def derive_key(secret: str, purpose: str) -> bytes:
+    """32 bytes for one purpose, from the platform secret (HKDF-SHA256): the cookie key,
+    the TOTP-secret key and the recovery-code key are independent of each other and of
+    the HMAC key the e-tickets use."""
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=b"book-my-movie",
+                info=f"bmm:{purpose}".encode()).derive(secret.encode())
+
+
+def session_storage(secret: str, *, secure: bool | None = None) -> EncryptedCookieStorage:
+    return EncryptedCookieStorage(
+        derive_key(secret, "session-cookie"), cookie_name=SESSION_COOKIE,
+        max_age=SESSION_MAX_AGE_S, httponly=True, samesite="Lax", secure=secure)
+
+
+def middleware(secret: str, *, secure: bool = False):  # noqa: ANN201 (an aiohttp middleware)
+    """The session middleware for app.py. Cheap for requests that never look at the
+    session: the cookie is decrypted only when a handler asks for it."""
+    return session_middleware(session_storage(secret, secure=secure or None))
+
+
+def _fernet(secret: str) -> Fernet:
+    return Fernet(base64.urlsafe_b64encode(derive_key(secret, "totp-secret")))
+
+
+def recovery_digest(secret: str, code: str) -> str:
+    normal = code.strip().lower().replace("-", "").replace(" ", "")
+    return hmac.new(derive_key(secret, "recovery-code"), normal.encode(),
+                    hashlib.sha256).hexdigest()
+
+
+# --- records --------------------------------------------------------------------------
+
+class User(msgspec.Struct, kw_only=True):
+    user_id: str
+    email: str
+    name: str
+    role: Role = "customer"
+    password_hash: str
+    created_at: datetime
+    partner_id: str | None = None        # partner users: the partner they act for
+    mfa_enabled: bool = False
+    mfa_secret: str | None = None        # Fernet token of the base32 TOTP secret
+    mfa_pending: str | None = None       # set-up started, not yet verified
+    recovery_codes: list[str] = []       # HMAC digests of the unused recovery codes
+    session_version: int = 1
+    # Personal data, AES-GCM sealed with the data key (server/pii.py); never plaintext here.
+    phone: str | None = None
+    id_number: str | None = None
+
+    @property
+    def needs_mfa_setup(self) -> bool:
+        return self.role in MFA_REQUIRED_ROLES and not self.mfa_enabled
+
+
+_user_decoder = msgspec.json.Decoder(User)
+
+
+def user_key(user_id: str) -> str:
+    return f"user:{user_id}"
+
+
+def email_key(email: str) -> str:
+    return f"useremail:{normalise_email(email)}"
+
+
+def user_bookings_key(user_id: str) -> str:
+    return f"user:{user_id}:bookings"
+
+
+def fail_key(email: str) -> str:
+    return f"loginfail:{hashlib.sha256(normalise_email(email).encode()).hexdigest()}"
+
+
+def totp_used_key(user_id: str, code: str) -> str:
+    return f"totpused:{user_id}:{code}"
+
+
+def normalise_email(email: str) -> str:
+    return email.strip().lower()
+
+
+def new_user_id() -> str:
+    return f"u_{secrets.token_hex(8)}"
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+# --- passwords --------------------------------------------------------------------------
+
+async def hash_password(password: str) -> str:
+    return await asyncio.to_thread(_hasher.hash, password)
+
+
+async def new_user(email: str, name: str, role: Role, password: str) -> User:
+    """A new user record (not yet stored): fresh id, normalised e-mail, trimmed name,
+    argon2id password hash."""
+    return User(user_id=new_user_id(), email=normalise_email(email), name=name.strip(),
+                role=role, password_hash=await hash_password(password), created_at=now())
+
+
+_DUMMY_HASH: str | None = None
+
+
+async def verify_password(password_hash: str | None, password: str) -> bool:
+    """argon2 verify in a worker thread (it is deliberately slow). With no hash (no such
+    user) a dummy hash is verified so both answers take the same time."""
+    global _DUMMY_HASH
+    if password_hash is None:
+        if _DUMMY_HASH is None:
+            _DUMMY_HASH = await hash_password(secrets.token_hex(16))
+        password_hash = _DUMMY_HASH
+
+    def check() -> bool:
+        try:
+            return _hasher.verify(password_hash, password)
+        except (VerificationError, InvalidHashError):
+            return False
+
+    return await asyncio.to_thread(check)
+
+
+# --- users in Redis ---------------------------------------------------------------------
+
+async def load_user(redis: aioredis.Redis, user_id: str) -> User | None:
+    raw = await redis.get(user_key(user_id))
+    return _user_decoder.decode(raw) if raw else None
+
+
+async def user_by_email(redis: aioredis.Redis, email: str) -> User | None:
+    user_id = await redis.get(email_key(email))
+    return await load_user(redis, user_id.decode()) if user_id else None
+
+
+async def create_user(redis: aioredis.Redis, user: User) -> User:
+    """Store a new user; 409 if the e-mail address has an account already."""
+    async with redis.pipeline(transaction=True) as pipe:
+        while True:
+            try:
+                await pipe.watch(email_key(user.email))
+                if await pipe.exists(email_key(user.email)):
+                    raise ApiError(409, "email_taken", "an account with this e-mail exists")
+                pipe.multi()
+                pipe.set(user_key(user.user_id), msgspec.json.encode(user))
+                pipe.set(email_key(user.email), user.user_id)
+                await pipe.execute()
+                return user
+            except WatchError:
+                continue
+
+
+async def update_user(redis: aioredis.Redis, user_id: str, change) -> User:  # noqa: ANN001
+    """Read-modify-write one user under WATCH: `change(user)` mutates it (or raises
+    ApiError, and nothing is written). 404 if the user is gone."""
+    async with redis.pipeline(transaction=True) as pipe:
+        while True:
+            try:
+                await pipe.watch(user_key(user_id))
+                raw = await pipe.get(user_key(user_id))
+                if raw is None:
+                    raise ApiError(401, "unauthorized", "this account no longer exists")
+                user = _user_decoder.decode(raw)
+                change(user)
+                pipe.multi()
+                pipe.set(user_key(user_id), msgspec.json.encode(user))
+                await pipe.execute()
+                return user
+            except WatchError:
+                continue
+
+
+_LINK = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+
+async def link_booking(redis: aioredis.Redis, user_id: str, booking_id: str,
+                       created_ms: int | None = None) -> bool:
+    """Add a booking to the customer's "my bookings" (only while the account exists)."""
+    created_ms = created_ms if created_ms is not None else time.time_ns() // 1_000_000
+    return bool(await redis.eval(_LINK, 2, user_key(user_id), user_bookings_key(user_id),
+                                 str(created_ms), booking_id))
+
+
+async def booking_ids(redis: aioredis.Redis, user_id: str) -> list[str]:
+    return [b.decode() for b in await redis.zrevrange(user_bookings_key(user_id), 0, -1)]
+
+
+# --- login throttling -------------------------------------------------------------------
+
+async def check_throttle(redis: aioredis.Redis, email: str) -> None:
+    """429 once an address has LOGIN_MAX_FAILURES failures in the current window (checked
+    before the password, so the right password does not get through either)."""
+    key = fail_key(email)
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.get(key)
+        pipe.ttl(key)
+        count, ttl = await pipe.execute()
+    if count is not None and int(count) >= LOGIN_MAX_FAILURES:
+        retry = max(int(ttl), 1)
+        raise ApiError(429, "too_many_attempts",
+                       f"too many failed log-ins for this account; try again in {retry} s",
+                       retry_after=retry)
+
+
+async def record_failure(redis: aioredis.Redis, email: str) -> None:
+    key = fail_key(email)
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.incr(key)
+        pipe.expire(key, LOGIN_WINDOW_S, nx=True)
+        await pipe.execute()
+
+
+async def clear_failures(redis: aioredis.Redis, email: str) -> None:
+    await redis.delete(fail_key(email))
+
+
+# --- TOTP -------------------------------------------------------------------------------
+
+def new_totp_secret() -> str:
+    return pyotp.random_base32()
+
+
+def seal(secret: str, value: str) -> str:
+    return _fernet(secret).encrypt(value.encode()).decode()
+
+
+def unseal(secret: str, token: str) -> str:
+    try:
+        return _fernet(secret).decrypt(token.encode()).decode()
+    except InvalidToken:  # the platform secret changed: the MFA secret is unreadable
+        raise ApiError(409, "mfa_unreadable", "set up MFA again") from None
+
+
+def otpauth_uri(totp_secret: str, email: str) -> str:
+    return pyotp.TOTP(totp_secret).provisioning_uri(name=email, issuer_name=TOTP_ISSUER)
+
+
+def totp_ok(totp_secret: str, code: str) -> bool:
+    code = code.strip().replace(" ", "")
+    return code.isdigit() and len(code) == 6 and pyotp.TOTP(totp_secret).verify(
+        code, valid_window=1)
+
+
+async def use_totp(redis: aioredis.Redis, secret: str, user: User, code: str,
+                   *, pending: bool = False) -> bool:
+    """A valid code that was not used before (a code works once: no replay)."""
+    sealed = user.mfa_pending if pending else user.mfa_secret
+    if not sealed or not totp_ok(unseal(secret, sealed), code):
+        return False
+    return bool(await redis.set(totp_used_key(user.user_id, code.strip()), b"1", nx=True,
+                                ex=120))
+
+
+def new_recovery_codes() -> list[str]:
+    codes = []
+    for _ in range(RECOVERY_CODES):
+        raw = secrets.token_hex(6)  # 48 bits
+        codes.append(f"{raw[:4]}-{raw[4:8]}-{raw[8:]}")
+    return codes
+
+
+async def use_recovery_code(redis: aioredis.Redis, secret: str, user_id: str,
+                            code: str) -> bool:
+    """Consume one recovery code (atomically: a code works exactly once)."""
+    digest = recovery_digest(secret, code)
+    used = False
+
+    def consume(user: User) -> None:
+        nonlocal used
+        used = False
+        for i, stored in enumerate(user.recovery_codes):
+            if hmac.compare_digest(stored, digest):
+                del user.recovery_codes[i]
+                used = True
+                return
+        raise _NoChange
+
+    try:
+        await update_user(redis, user_id, consume)
+    except _NoChange:
+        return False
+    return used
+
+
+class _NoChange(Exception):
+    pass
+
+
+# --- sessions ---------------------------------------------------------------------------
+
+_USER = web.RequestKey("bmm.user", object)
+
+
+async def _session(request: web.Request) -> Session:
+    return await get_session(request)
+
+
+def same_origin(request: web.Request) -> None:
+    """Cookie-authenticated writes must come from our own pages: SameSite=Lax already keeps
+    the cookie off cross-site POSTs; a foreign Origin header is refused outright too."""
+    origin = request.headers.get("Origin")
+    if origin is None or request.method in ("GET", "HEAD", "OPTIONS"):
+        return
+    host = origin.split("://", 1)[-1].rstrip("/")
+    if origin == "null" or host.lower() != request.host.lower():
+        raise ApiError(403, "cross_origin", "cross-site requests are not accepted")
+
+
+async def current_user(request: web.Request) -> User | None:
+    """The logged-in user (password and, when enabled, MFA done), or None."""
+    if _USER in request:
+        return request[_USER]
+    user = None
+    session = await _session(request)
+    user_id = session.get("uid")
+    if isinstance(user_id, str):
+        from server.app import services
+
+        found = await load_user(services(request).redis, user_id)
+        if found is not None and session.get("sv") == found.session_version:
+            user = found
+    request[_USER] = user
+    return user
+
+
+async def require_user(request: web.Request) -> User:
+    user = await current_user(request)
+    if user is None:
+        raise ApiError(401, "login_required", "log in first")
+    same_origin(request)
+    return user
+
+
+async def require_role(request: web.Request, *roles: str) -> User:
+    """The logged-in user if it has one of `roles`: 401 if not logged in, 403 if another
+    role, 403 `mfa_required` for a partner or admin without MFA."""
+    unknown = set(roles) - set(ROLES)
+    assert roles and not unknown, f"unknown roles {unknown}"
+    user = await require_user(request)
+    if user.role not in roles:
+        raise ApiError(403, "forbidden", f"this needs a {' or '.join(roles)} account")
+    if user.needs_mfa_setup:
+        raise ApiError(403, "mfa_required", "turn on two-factor authentication first")
+    return user
+
+
+async def start_session(request: web.Request, user: User) -> None:
+    session = await new_session(request)
+    session["uid"] = user.user_id
+    session["sv"] = user.session_version
+    session["iat"] = int(time.time())
+    request[_USER] = user
+
+
+async def start_mfa_challenge(request: web.Request, user: User) -> None:
+    session = await new_session(request)
+    session["mfa_uid"] = user.user_id
+    session["mfa_sv"] = user.session_version
+    session["mfa_exp"] = int(time.time()) + MFA_PENDING_S
+    request[_USER] = None
+
+
+async def mfa_challenge(request: web.Request) -> str | None:
+    """The user id whose password was checked and whose code is awaited, if any."""
+    session = await _session(request)
+    user_id, exp = session.get("mfa_uid"), session.get("mfa_exp")
+    if not isinstance(user_id, str) or not isinstance(exp, int) or exp < time.time():
+        return None
+    return user_id
+
+
+async def mfa_challenge_version(request: web.Request) -> int | None:
+    return (await _session(request)).get("mfa_sv")
+
+
+async def end_session(request: web.Request) -> None:
+    session = await _session(request)
+    session.invalidate()
+    request[_USER] = None

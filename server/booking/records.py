@@ -1,0 +1,179 @@
+"""Records the customer API keeps in Redis next to the show actor's own state.
+
+- `HoldRecord` (`hold:{<show>}:<hold_id>`): who holds what at which quoted price. The actor
+  decides who gets the seats; this record lets the web tier price the checkout, tell
+  "expired" (410) from "never existed" (404), and check the holder token before paying.
+  Only a SHA-256 of the holder token is stored (the actor gets the same hash).
+- `BookingRecord` (`booking:{<show>}:<booking_id>`): written at checkout. It keeps the
+  gateway's card token and the last four digits, never the card number.
+- Checkout idempotency (`idem:{<show>}:<hold_id>:<sha256(key)>`): claimed with SET NX before
+  paying, overwritten with the final answer after.
+
+Keys carry the show's hash tag, like the actor's keys, so a show's data stays on one shard.
+"""
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from typing import Literal
+
+import msgspec
+import redis.asyncio as aioredis
+
+from server.commerce import pricing
+
+HOLD_RECORD_GRACE_MS = 24 * 3600 * 1000   # keep a hold record this long after its lifetime
+IDEMPOTENCY_TTL_S = 24 * 3600
+PENDING_TTL_S = 120                       # a crashed checkout's claim frees itself
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def show_of(record_id: str) -> str | None:
+    """Hold and booking ids are `<show_id>.<random>`; the show id routes them."""
+    show_id, dot, rest = record_id.partition(".")
+    return show_id if dot and show_id and rest else None
+
+
+# --- quotes ----------------------------------------------------------------------------
+
+# The quote is server/pricing.py's itemised quote (per seat: base, discount, fee, tax,
+# total), made when the seats are held and charged at checkout unchanged.
+Quote = pricing.Quote
+QuoteLine = pricing.QuoteLine
+
+
+# --- holds -----------------------------------------------------------------------------
+
+# "pending": an asynchronous payment is under way (confirmed or failed by the gateway's
+# webhook, server/lifecycle.py); the hold can be neither paid again nor released meanwhile.
+HoldState = Literal["active", "released", "booked", "pending"]
+
+
+class HoldRecord(msgspec.Struct):
+    hold_id: str
+    show_id: str
+    token_hash: str
+    seats: list[str]
+    quote: Quote
+    created_ms: int
+    expires_ms: int
+    max_expires_ms: int
+    state: HoldState = "active"
+    booking_id: str | None = None
+
+
+def hold_key(show_id: str, hold_id: str) -> str:
+    return f"hold:{{{show_id}}}:{hold_id}"
+
+
+_hold_decoder = msgspec.json.Decoder(HoldRecord)
+
+
+async def save_hold(redis: aioredis.Redis, hold: HoldRecord) -> None:
+    ttl_ms = max(hold.max_expires_ms, hold.expires_ms) - hold.created_ms + HOLD_RECORD_GRACE_MS
+    await redis.set(hold_key(hold.show_id, hold.hold_id), msgspec.json.encode(hold), px=ttl_ms)
+
+
+async def load_hold(redis: aioredis.Redis, hold_id: str) -> HoldRecord | None:
+    show_id = show_of(hold_id)
+    if show_id is None:
+        return None
+    raw = await redis.get(hold_key(show_id, hold_id))
+    return _hold_decoder.decode(raw) if raw else None
+
+
+# --- bookings --------------------------------------------------------------------------
+
+class PaymentInfo(msgspec.Struct, frozen=True):
+    ref: str
+    card_token: str
+    last4: str
+    brand: str
+
+
+class BookingRecord(msgspec.Struct):
+    booking_id: str
+    show_id: str
+    hold_id: str
+    seats: list[str]
+    quote: Quote
+    payment: PaymentInfo
+    email: str
+    name: str
+    created_at: datetime
+    # "pending": paid asynchronously, waiting for the gateway's webhook; "failed": that
+    # payment failed (the seats were never booked). See server/lifecycle.py.
+    status: Literal["confirmed", "cancelled", "pending", "failed"] = "confirmed"
+    customer_id: str | None = None  # the logged-in customer's user id (None: guest checkout)
+    # SHA-256 of the holder token the show actor knows the booking by (actors Cancel needs
+    # it); "" for records written before it was kept (the hold record has it then).
+    holder_hash: str = ""
+    # The contact phone, AES-GCM sealed with the data key (server/pii.py), bound to the
+    # booking id; None when none was given.
+    phone: str | None = None
+    id_number: str | None = None  # an identity document number, sealed the same way
+
+
+def booking_key(show_id: str, booking_id: str) -> str:
+    return f"booking:{{{show_id}}}:{booking_id}"
+
+
+_booking_decoder = msgspec.json.Decoder(BookingRecord)
+
+
+async def save_booking(redis: aioredis.Redis, booking: BookingRecord) -> None:
+    await redis.set(booking_key(booking.show_id, booking.booking_id), msgspec.json.encode(booking))
+
+
+async def load_booking(redis: aioredis.Redis, booking_id: str) -> BookingRecord | None:
+    show_id = show_of(booking_id)
+    if show_id is None:
+        return None
+    raw = await redis.get(booking_key(show_id, booking_id))
+    return _booking_decoder.decode(raw) if raw else None
+
+
+# --- checkout idempotency --------------------------------------------------------------
+
+class CheckoutAttempt(msgspec.Struct):
+    """`pending` while paying (holds the booking id chosen for this attempt); then the
+    final answer: HTTP status and JSON body, replayed for a retry with the same key."""
+
+    state: Literal["pending", "done"]
+    booking_id: str
+    fingerprint: str
+    status: int = 0
+    body: msgspec.Raw = msgspec.Raw(b"null")
+
+
+def idempotency_key(show_id: str, hold_id: str, key: str) -> str:
+    return f"idem:{{{show_id}}}:{hold_id}:{hashlib.sha256(key.encode()).hexdigest()}"
+
+
+_attempt_decoder = msgspec.json.Decoder(CheckoutAttempt)
+
+
+async def claim_attempt(
+    redis: aioredis.Redis, key: str, attempt: CheckoutAttempt
+) -> CheckoutAttempt | None:
+    """Claim `key` for a new attempt (None), or return the attempt that already has it."""
+    if await redis.set(key, msgspec.json.encode(attempt), nx=True, ex=PENDING_TTL_S):
+        return None
+    raw = await redis.get(key)
+    if raw is None:  # the other claim just lapsed: try once more
+        if await redis.set(key, msgspec.json.encode(attempt), nx=True, ex=PENDING_TTL_S):
+            return None
+        raw = await redis.get(key)
+    return _attempt_decoder.decode(raw) if raw else attempt
+
+
+async def finish_attempt(redis: aioredis.Redis, key: str, attempt: CheckoutAttempt) -> None:
+    await redis.set(key, msgspec.json.encode(attempt), ex=IDEMPOTENCY_TTL_S)
+
+
+async def drop_attempt(redis: aioredis.Redis, key: str) -> None:
+    """Forget a claim whose request was rejected before anything happened (e.g. 422)."""
+    await redis.delete(key)

@@ -1,0 +1,614 @@
+"""The catalog service: what partners publish, validated and indexed in Redis.
+
+Records are JSON under `catalog:<kind>:<id>` (catalog_model.catalog_key). Indexes:
+
+    idx:cities                      hash  casefolded city -> display name
+    idx:city:<city>:theatres        set   theatre ids in that city
+    idx:theatre:<id>:screens        set   screen ids of a theatre
+    idx:shows:city:<city>:<date>    zset  scheduled show ids by start (ms); date = theatre-local
+    idx:shows:movie:<movie_id>      zset  scheduled show ids by start (ms)
+    idx:shows:screen:<screen_id>    zset  scheduled show ids by start (ms): the overlap check
+    idx:partner:<pid>:shows:<date>  zset  all of a partner's shows (cancelled too) by start
+    catalog:generation              int   bumped by every catalog write (in its MULTI): the
+                                          search cache keys on it (server/search.py)
+
+Every write reads under WATCH and writes all its keys (record, indexes and, for shows, the
+actor's `ShowConfig`) in one MULTI, retried if a watched key moved: validation and write
+see the same state, and nothing is ever half-written. Validation failures raise ApiError
+(4xx) before anything is queued.
+"""
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import msgspec
+import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
+from redis.exceptions import WatchError
+
+from actors.layout import Layout, LayoutError, Rules, ShowConfig, validate_layout
+from actors.store import config_key, seq_key
+
+from server.catalog.model import (
+    Availability,
+    City,
+    Money,
+    Movie,
+    MovieIn,
+    MovieInfo,
+    MovieSummary,
+    PartnerShow,
+    Sales,
+    Screen,
+    ScreenIn,
+    Show,
+    ShowIn,
+    ShowTime,
+    Theatre,
+    TheatreIn,
+    TheatreShows,
+    catalog_key,
+)
+from server.core.errors import ApiError
+from server.catalog.show_cache import SHOWS_CHANNEL
+
+T = TypeVar("T")
+
+MAX_RUNTIME = dt.timedelta(minutes=600)  # Movie.runtime_min's upper bound
+MAX_SEATS = 5000
+BROWSE_DAYS = 7  # "any date" in browse means the coming week
+
+_enc = msgspec.json.Encoder()
+_DECODERS: dict[type, msgspec.json.Decoder[Any]] = {
+    t: msgspec.json.Decoder(t) for t in (Theatre, Screen, Movie, Show)
+}
+_KIND = {Theatre: "theatre", Screen: "screen", Movie: "movie", Show: "show"}
+
+
+# --- keys -----------------------------------------------------------------------------
+
+_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def valid_id(value: str) -> bool:
+    return bool(_ID.match(value))
+
+
+def city_slug(city: str) -> str:
+    return " ".join(city.split()).casefold()
+
+
+CITIES = "idx:cities"
+
+
+def city_theatres_key(city: str) -> str:
+    return f"idx:city:{city_slug(city)}:theatres"
+
+
+def theatre_screens_key(theatre_id: str) -> str:
+    return f"idx:theatre:{theatre_id}:screens"
+
+
+def city_shows_key(city: str, date: str) -> str:
+    return f"idx:shows:city:{city_slug(city)}:{date}"
+
+
+def movie_shows_key(movie_id: str) -> str:
+    return f"idx:shows:movie:{movie_id}"
+
+
+def screen_shows_key(screen_id: str) -> str:
+    return f"idx:shows:screen:{screen_id}"
+
+
+def partner_shows_key(partner_id: str, date: str) -> str:
+    return f"idx:partner:{partner_id}:shows:{date}"
+
+
+GENERATION = "catalog:generation"  # INCR'd in the MULTI of every catalog write
+
+
+# --- helpers --------------------------------------------------------------------------
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def to_ms(t: dt.datetime) -> int:
+    return int(t.timestamp() * 1000)
+
+
+def zone(name: str) -> dt.tzinfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ApiError(422, "invalid_timezone", f"unknown time zone {name!r}",
+                       field="timezone") from None
+
+
+def local_date(t: dt.datetime, tz: str) -> str:
+    try:
+        return t.astimezone(ZoneInfo(tz)).date().isoformat()
+    except (ZoneInfoNotFoundError, ValueError):
+        return t.astimezone(dt.UTC).date().isoformat()
+
+
+def parse_date(value: str | None, field: str = "date") -> str | None:
+    if value is None or value == "":
+        return None
+    try:
+        if len(value) != 10:
+            raise ValueError(value)
+        return dt.date.fromisoformat(value).isoformat()
+    except ValueError:
+        raise ApiError(422, "invalid_date", f"{field} must be a date as YYYY-MM-DD",
+                       field=field) from None
+
+
+def encode(record: msgspec.Struct) -> bytes:
+    return _enc.encode(record)
+
+
+def decode(kind: type[T], raw: bytes | None) -> T | None:
+    return None if raw is None else _DECODERS[kind].decode(raw)
+
+
+async def load(redis: aioredis.Redis | Pipeline, kind: type[T], item_id: str) -> T | None:
+    return decode(kind, await redis.get(catalog_key(_KIND[kind], item_id)))
+
+
+async def load_many(redis: aioredis.Redis, kind: type[T], ids: list[str]) -> list[T]:
+    if not ids:
+        return []
+    raws = await redis.mget([catalog_key(_KIND[kind], i) for i in ids])
+    return [r for r in (decode(kind, raw) for raw in raws) if r is not None]
+
+
+def _owned(record: Any, partner_id: str, what: str, item_id: str) -> None:
+    if record is not None and record.partner_id != partner_id:
+        raise ApiError(403, "forbidden", f"{what} {item_id!r} belongs to another partner",
+                       **{f"{what}_id": item_id})
+
+
+Commit = Callable[[Pipeline], None]
+
+
+async def transact(redis: aioredis.Redis, watch: list[str],
+                   body: Callable[[Pipeline], Awaitable[tuple[T, Commit]]]) -> T:
+    """Run `body` (reads and validation) under WATCH of `watch`, then its writes in one
+    MULTI; start over if a watched key changed meanwhile. `body` returns (result, commit),
+    where `commit` queues the writes on the pipeline; an ApiError from it writes nothing."""
+    async with redis.pipeline(transaction=True) as pipe:
+        for _ in range(50):
+            try:
+                await pipe.watch(*watch)
+                result, commit = await body(pipe)
+                pipe.multi()
+                commit(pipe)
+                await pipe.execute()
+                return result
+            except WatchError:
+                continue
+            finally:
+                await pipe.reset()
+    raise ApiError(409, "busy", "the catalog changed repeatedly while writing; retry")
+
+
+# --- theatres, screens, movies -------------------------------------------------------
+
+async def put_theatre(redis: aioredis.Redis, partner_id: str, theatre_id: str,
+                      body: TheatreIn) -> tuple[Theatre, bool]:
+    zone(body.timezone)
+    key = catalog_key("theatre", theatre_id)
+
+    async def run(pipe: Pipeline) -> tuple[tuple[Theatre, bool], Commit]:
+        old = await load(pipe, Theatre, theatre_id)
+        _owned(old, partner_id, "theatre", theatre_id)
+        new = Theatre(theatre_id, body.name, " ".join(body.city.split()), body.address,
+                      partner_id, body.timezone)
+        if old is not None and (city_slug(old.city) != city_slug(new.city)
+                                or old.timezone != new.timezone):
+            if await _theatre_has_future_shows(pipe, theatre_id):
+                raise ApiError(409, "theatre_has_shows",
+                               "cannot move a theatre to another city or time zone while it "
+                               "has scheduled shows", theatre_id=theatre_id)
+
+        def commit(p: Pipeline) -> None:
+            p.set(key, encode(new))
+            if old is not None and city_slug(old.city) != city_slug(new.city):
+                p.srem(city_theatres_key(old.city), theatre_id)
+            p.sadd(city_theatres_key(new.city), theatre_id)
+            p.hsetnx(CITIES, city_slug(new.city), new.city)
+            p.incr(GENERATION)
+
+        return (new, old is None), commit
+
+    return await transact(redis, [key], run)
+
+
+async def _theatre_has_future_shows(pipe: Pipeline, theatre_id: str) -> bool:
+    now = to_ms(utcnow())
+    for sid in await pipe.smembers(theatre_screens_key(theatre_id)):
+        if await pipe.zcount(screen_shows_key(sid.decode()), now, "+inf"):
+            return True
+    return False
+
+
+def _layout(screen_layout: Any) -> Layout:
+    return Layout(seats=screen_layout.seats, focal_x=screen_layout.focal_x,
+                  focal_y=screen_layout.focal_y)
+
+
+async def put_screen(redis: aioredis.Redis, partner_id: str, screen_id: str,
+                     body: ScreenIn) -> tuple[Screen, bool]:
+    if len(body.layout.seats) > MAX_SEATS:
+        raise ApiError(422, "invalid_layout", f"a screen has at most {MAX_SEATS} seats")
+    try:
+        validate_layout(_layout(body.layout))
+    except LayoutError as exc:
+        raise ApiError(422, "invalid_layout", str(exc), field="layout") from None
+    key = catalog_key("screen", screen_id)
+    tkey = catalog_key("theatre", body.theatre_id)
+
+    async def run(pipe: Pipeline) -> tuple[tuple[Screen, bool], Commit]:
+        old = await load(pipe, Screen, screen_id)
+        _owned(old, partner_id, "screen", screen_id)
+        theatre = await load(pipe, Theatre, body.theatre_id)
+        if theatre is None:
+            raise ApiError(422, "unknown_theatre", f"no theatre {body.theatre_id!r}; PUT it first",
+                           theatre_id=body.theatre_id)
+        _owned(theatre, partner_id, "theatre", body.theatre_id)
+        if old is not None and old.theatre_id != body.theatre_id:
+            if await pipe.zcount(screen_shows_key(screen_id), to_ms(utcnow()), "+inf"):
+                raise ApiError(409, "screen_has_shows",
+                               "cannot move a screen to another theatre while it has "
+                               "scheduled shows", screen_id=screen_id)
+        new = Screen(screen_id, body.theatre_id, body.name, body.layout, partner_id)
+
+        def commit(p: Pipeline) -> None:
+            p.set(key, encode(new))
+            if old is not None and old.theatre_id != new.theatre_id:
+                p.srem(theatre_screens_key(old.theatre_id), screen_id)
+            p.sadd(theatre_screens_key(new.theatre_id), screen_id)
+            p.incr(GENERATION)
+
+        return (new, old is None), commit
+
+    return await transact(redis, [key, tkey, screen_shows_key(screen_id)], run)
+
+
+async def put_movie(redis: aioredis.Redis, partner_id: str, movie_id: str,
+                    body: MovieIn) -> tuple[Movie, bool]:
+    key = catalog_key("movie", movie_id)
+
+    async def run(pipe: Pipeline) -> tuple[tuple[Movie, bool], Commit]:
+        old = await load(pipe, Movie, movie_id)
+        _owned(old, partner_id, "movie", movie_id)
+        new = Movie(movie_id, body.title, body.languages, body.genres, body.runtime_min,
+                    body.certificate, body.synopsis, partner_id)
+
+        def commit(p: Pipeline) -> None:
+            p.set(key, encode(new))
+            p.incr(GENERATION)
+
+        return (new, old is None), commit
+
+    return await transact(redis, [key], run)
+
+
+# --- shows ----------------------------------------------------------------------------
+
+def _show_indexes(show: Show, tz: str) -> tuple[str, list[str]]:
+    """(partner index key, listing index keys) for a show as stored."""
+    date = local_date(show.starts_at, tz)
+    listings = [city_shows_key(show.city, date), movie_shows_key(show.movie_id),
+                screen_shows_key(show.screen_id)]
+    return partner_shows_key(show.partner_id, date), listings
+
+
+async def put_show(redis: aioredis.Redis, partner_id: str, show_id: str, body: ShowIn,
+                   now: dt.datetime | None = None) -> tuple[Show, bool]:
+    now = now or utcnow()
+    starts_at = body.starts_at.astimezone(dt.UTC)
+    if starts_at <= now:
+        raise ApiError(422, "starts_in_past", "a show must start in the future",
+                       field="starts_at")
+    currencies = {m.currency for m in body.prices.values()}
+    if len(currencies) > 1:
+        raise ApiError(422, "mixed_currencies", "all prices of a show need one currency",
+                       field="prices")
+    key = catalog_key("show", show_id)
+    watch = [key, seq_key(show_id), config_key(show_id),
+             catalog_key("screen", body.screen_id), catalog_key("movie", body.movie_id),
+             screen_shows_key(body.screen_id)]
+
+    async def run(pipe: Pipeline) -> tuple[tuple[Show, bool], Commit]:
+        old = await load(pipe, Show, show_id)
+        _owned(old, partner_id, "show", show_id)
+        if old is not None:
+            if old.status == "cancelled":
+                raise ApiError(409, "show_cancelled", f"show {show_id!r} was cancelled; "
+                               "publish it under a new id", show_id=show_id)
+            if old.starts_at <= now:
+                raise ApiError(409, "show_started", f"show {show_id!r} has started; "
+                               "it can no longer be changed", show_id=show_id)
+        screen = await load(pipe, Screen, body.screen_id)
+        if screen is None:
+            raise ApiError(422, "unknown_screen", f"no screen {body.screen_id!r}",
+                           field="screen_id", screen_id=body.screen_id)
+        _owned(screen, partner_id, "screen", body.screen_id)
+        movie = await load(pipe, Movie, body.movie_id)
+        if movie is None:
+            raise ApiError(422, "unknown_movie", f"no movie {body.movie_id!r}",
+                           field="movie_id", movie_id=body.movie_id)
+        _owned(movie, partner_id, "movie", body.movie_id)
+        theatre = await load(pipe, Theatre, screen.theatre_id)
+        if theatre is None:  # a screen is only written with its theatre present
+            raise ApiError(422, "unknown_theatre", f"no theatre {screen.theatre_id!r}")
+        if body.language.casefold() not in {lang.casefold() for lang in movie.languages}:
+            raise ApiError(422, "unknown_language",
+                           f"{movie.title!r} is not available in {body.language!r}",
+                           field="language", languages=movie.languages)
+        categories = sorted({s.category for s in screen.layout.seats})
+        missing = [c for c in categories if c not in body.prices]
+        if missing:
+            raise ApiError(422, "missing_prices",
+                           f"no price for seat categories {', '.join(missing)}",
+                           field="prices", categories=missing)
+        ends_at = starts_at + dt.timedelta(minutes=movie.runtime_min)
+        clash = await _overlapping(pipe, body.screen_id, show_id, starts_at, ends_at)
+        if clash is not None:
+            raise ApiError(409, "overlapping_show",
+                           f"screen {body.screen_id!r} already has show {clash.show_id!r} "
+                           f"from {clash.starts_at.isoformat()} to "
+                           f"{(clash.ends_at or clash.starts_at).isoformat()}",
+                           show_id=clash.show_id)
+        seq = int(await pipe.get(seq_key(show_id)) or 0)
+        if old is not None and old.screen_id != body.screen_id and seq > 0:
+            raise ApiError(409, "show_has_activity",
+                           "cannot move a show to another screen once seats were held, "
+                           "booked or blocked", show_id=show_id)
+        new = Show(show_id, body.movie_id, body.screen_id, starts_at, body.language,
+                   body.format, body.prices, partner_id, theatre.theatre_id, theatre.city,
+                   ends_at, "scheduled")
+        if old is not None:
+            old_theatre = await load(pipe, Theatre, old.theatre_id)
+            old_partner_idx, old_listings = _show_indexes(old, old_theatre.timezone
+                                                          if old_theatre else "UTC")
+        partner_idx, listings = _show_indexes(new, theatre.timezone)
+        # The actor reads only its config, and only before it has a log: a show that
+        # already has activity keeps the seat map it started with.
+        config = None
+        if seq == 0:
+            config = ShowConfig(show_id, _layout(screen.layout), Rules())
+        score = to_ms(starts_at)
+
+        def commit(p: Pipeline) -> None:
+            if old is not None:
+                p.zrem(old_partner_idx, show_id)
+                for k in old_listings:
+                    p.zrem(k, show_id)
+            p.set(key, encode(new))
+            p.zadd(partner_idx, {show_id: score})
+            for k in listings:
+                p.zadd(k, {show_id: score})
+            if config is not None:
+                p.set(config_key(show_id), msgspec.json.encode(config))
+            p.publish(SHOWS_CHANNEL, show_id)  # web processes drop their cached copy
+            p.incr(GENERATION)  # search results cached before this write are not read again
+
+        return (new, old is None), commit
+
+    return await transact(redis, watch, run)
+
+
+async def _overlapping(pipe: Pipeline, screen_id: str, show_id: str, starts_at: dt.datetime,
+                       ends_at: dt.datetime) -> Show | None:
+    lo = to_ms(starts_at - MAX_RUNTIME)
+    ids = [i.decode() for i in await pipe.zrangebyscore(screen_shows_key(screen_id), lo,
+                                                        f"({to_ms(ends_at)}")]
+    ids = [i for i in ids if i != show_id]
+    if not ids:
+        return None
+    raws = await pipe.mget([catalog_key("show", i) for i in ids])
+    for raw in raws:
+        other = decode(Show, raw)
+        if other is None or other.status != "scheduled":
+            continue
+        other_end = other.ends_at or other.starts_at
+        if other.starts_at < ends_at and starts_at < other_end:
+            return other
+    return None
+
+
+async def cancel_show(redis: aioredis.Redis, partner_id: str, show_id: str,
+                      now: dt.datetime | None = None) -> Show:
+    """Take a show off sale and out of the listings (only before it starts)."""
+    now = now or utcnow()
+    key = catalog_key("show", show_id)
+
+    async def run(pipe: Pipeline) -> tuple[Show, Commit]:
+        old = await load(pipe, Show, show_id)
+        if old is None:
+            raise ApiError(404, "not_found", f"no show {show_id!r}", show_id=show_id)
+        _owned(old, partner_id, "show", show_id)
+        if old.status == "cancelled":
+            return old, lambda p: None
+        if old.starts_at <= now:
+            raise ApiError(409, "show_started", f"show {show_id!r} has started; it cannot "
+                           "be cancelled any more", show_id=show_id)
+        theatre = await load(pipe, Theatre, old.theatre_id)
+        _, listings = _show_indexes(old, theatre.timezone if theatre else "UTC")
+        new = msgspec.structs.replace(old, status="cancelled")
+
+        def commit(p: Pipeline) -> None:
+            p.set(key, encode(new))
+            for k in listings:
+                p.zrem(k, show_id)
+            p.publish(SHOWS_CHANNEL, show_id)  # web processes drop their cached copy
+            p.incr(GENERATION)  # search results cached before this write are not read again
+
+        return new, commit
+
+    return await transact(redis, [key], run)
+
+
+async def owned_show(redis: aioredis.Redis, partner_id: str, show_id: str) -> Show:
+    show = await load(redis, Show, show_id)
+    if show is None:
+        raise ApiError(404, "not_found", f"no show {show_id!r}", show_id=show_id)
+    _owned(show, partner_id, "show", show_id)
+    return show
+
+
+async def scheduled_show(redis: aioredis.Redis, show_id: str) -> Show | None:
+    """A show customers may see and book: exists and is not cancelled (for other modules)."""
+    show = await load(redis, Show, show_id)
+    return show if show is not None and show.status == "scheduled" else None
+
+
+# --- partner reporting ----------------------------------------------------------------
+
+async def partner_shows(redis: aioredis.Redis, partner_id: str, date: str) -> list[PartnerShow]:
+    from server.booking.seat_status import read_seat_statuses  # engineer B's read path (never wakes actors)
+
+    ids = [i.decode() for i in await redis.zrange(partner_shows_key(partner_id, date), 0, -1)]
+    shows = await load_many(redis, Show, ids)
+    all_statuses = await asyncio.gather(*(read_seat_statuses(redis, s.show_id) for s in shows))
+    out: list[PartnerShow] = []
+    for show, statuses in zip(shows, all_statuses, strict=True):
+        if statuses is None:
+            continue
+        counts = statuses.counts()
+        category = {s.id: s.category for s in statuses.config.layout.seats}
+        booked = [s for s, st in statuses.status.items() if st == "booked"]
+        gross = None
+        if booked and show.prices:
+            currency = next(iter(show.prices.values())).currency
+            amount = sum(show.prices[category[s]].amount for s in booked
+                         if category.get(s) in show.prices)
+            gross = Money(amount, currency)
+        out.append(PartnerShow(
+            show, Availability(counts["free"], counts["held"], counts["booked"],
+                               counts["blocked"], statuses.seq),
+            Sales(len(booked), gross)))
+    return out
+
+
+# --- browse ---------------------------------------------------------------------------
+
+def movie_info(m: Movie) -> MovieInfo:
+    return MovieInfo(m.movie_id, m.title, m.languages, m.genres, m.runtime_min, m.certificate,
+                     m.synopsis)
+
+
+async def cities(redis: aioredis.Redis) -> list[City]:
+    names = {k.decode(): v.decode() for k, v in (await redis.hgetall(CITIES)).items()}
+    async with redis.pipeline(transaction=False) as pipe:
+        for slug in names:
+            pipe.scard(city_theatres_key(slug))
+        counts = await pipe.execute()
+    found = [City(name, n) for (_, name), n in zip(names.items(), counts, strict=True) if n]
+    return sorted(found, key=lambda c: c.name.casefold())
+
+
+def _dates(date: str | None, now: dt.datetime) -> list[str]:
+    if date is not None:
+        return [date]
+    # Local dates run up to a day either side of the UTC date.
+    start = now.date() - dt.timedelta(days=1)
+    return [(start + dt.timedelta(days=i)).isoformat() for i in range(BROWSE_DAYS + 2)]
+
+
+async def _listed_shows(redis: aioredis.Redis, city: str | None, date: str | None,
+                        now: dt.datetime) -> list[Show]:
+    slugs = [city_slug(city)] if city else [k.decode() for k in await redis.hkeys(CITIES)]
+    now_ms = to_ms(now)
+    async with redis.pipeline(transaction=False) as pipe:
+        for slug in slugs:
+            for d in _dates(date, now):
+                pipe.zrangebyscore(city_shows_key(slug, d), now_ms, "+inf")
+        chunks = await pipe.execute()
+    ids = sorted({i.decode() for chunk in chunks for i in chunk})
+    shows = await load_many(redis, Show, ids)
+    return [s for s in shows if s.status == "scheduled" and s.starts_at > now]
+
+
+async def browse_movies(redis: aioredis.Redis, city: str | None, language: str | None,
+                        genre: str | None, date: str | None,
+                        now: dt.datetime | None = None) -> list[MovieSummary]:
+    now = now or utcnow()
+    shows = await _listed_shows(redis, city, date, now)
+    if language:
+        shows = [s for s in shows if s.language.casefold() == language.casefold()]
+    by_movie: dict[str, list[Show]] = {}
+    for s in shows:
+        by_movie.setdefault(s.movie_id, []).append(s)
+    movies = await load_many(redis, Movie, sorted(by_movie))
+    if genre:
+        movies = [m for m in movies if genre.casefold() in {g.casefold() for g in m.genres}]
+    first = {m.movie_id: min(by_movie[m.movie_id], key=lambda s: s.starts_at) for m in movies}
+    zones = {t.theatre_id: t.timezone for t in await load_many(
+        redis, Theatre, sorted({s.theatre_id for s in first.values()}))}
+    out = []
+    for m in movies:
+        its, nxt = by_movie[m.movie_id], first[m.movie_id]
+        out.append(MovieSummary(movie_info(m), len(its), nxt.starts_at,
+                                sorted({s.language for s in its}),
+                                zones.get(nxt.theatre_id, "UTC")))
+    out.sort(key=lambda s: (-s.show_count, s.movie.title.casefold()))
+    return out
+
+
+async def movie(redis: aioredis.Redis, movie_id: str) -> MovieInfo:
+    m = await load(redis, Movie, movie_id)
+    if m is None:
+        raise ApiError(404, "not_found", f"no movie {movie_id!r}", movie_id=movie_id)
+    return movie_info(m)
+
+
+async def movie_shows(redis: aioredis.Redis, movie_id: str, city: str | None, date: str | None,
+                      now: dt.datetime | None = None, language: str | None = None,
+                      show_format: str | None = None) -> tuple[MovieInfo, list[TheatreShows]]:
+    now = now or utcnow()
+    info = await movie(redis, movie_id)
+    ids = [i.decode() for i in await redis.zrangebyscore(
+        movie_shows_key(movie_id), f"({to_ms(now)}", "+inf")]
+    shows = [s for s in await load_many(redis, Show, ids) if s.status == "scheduled"]
+    if city:
+        shows = [s for s in shows if city_slug(s.city) == city_slug(city)]
+    if language:
+        shows = [s for s in shows if s.language.casefold() == language.casefold()]
+    if show_format:
+        shows = [s for s in shows if s.format.casefold() == show_format.casefold()]
+    theatres = {t.theatre_id: t for t in await load_many(
+        redis, Theatre, sorted({s.theatre_id for s in shows}))}
+    if date:
+        shows = [s for s in shows if s.theatre_id in theatres
+                 and local_date(s.starts_at, theatres[s.theatre_id].timezone) == date]
+    screens = {s.screen_id: s for s in await load_many(
+        redis, Screen, sorted({s.screen_id for s in shows}))}
+    return info, theatre_show_times(shows, theatres, screens)
+
+
+def theatre_show_times(shows: list[Show], theatres: dict[str, Theatre],
+                       screens: dict[str, Screen]) -> list[TheatreShows]:
+    """Shows grouped by theatre, by start time; theatres sorted by city and name."""
+    grouped: dict[str, list[ShowTime]] = {}
+    for s in sorted(shows, key=lambda s: s.starts_at):
+        if s.theatre_id not in theatres or not s.prices:
+            continue
+        prices = sorted(s.prices.values(), key=lambda m: m.amount)
+        screen = screens.get(s.screen_id)
+        grouped.setdefault(s.theatre_id, []).append(ShowTime(
+            s.show_id, s.starts_at, s.ends_at, s.language, s.format, s.screen_id,
+            screen.name if screen else "", prices[0], prices[-1]))
+    out = [TheatreShows(t.theatre_id, t.name, t.city, t.address, grouped[tid], t.timezone)
+           for tid, t in theatres.items() if tid in grouped]
+    out.sort(key=lambda t: (t.city.casefold(), t.name.casefold()))
+    return out

@@ -1,0 +1,385 @@
+"""Partner onboarding and the partner portal.
+
+    POST   /api/partner-requests                      public: ask to become a partner
+    GET    /admin/v1/partner-requests?status=pending  admin key or an admin user
+    POST   /admin/v1/partner-requests/{id}/approve    -> partner + its portal user
+    POST   /admin/v1/partner-requests/{id}/reject
+    POST   /admin/v1/users                            an admin user (admin key or admin)
+    GET    /api/partner/account                       portal: the partner and me
+    GET    /api/partner/keys                          portal: the partner's API keys
+    POST   /api/partner/keys                          {name, scope, allowed_ips} -> the key, once
+    DELETE /api/partner/keys/{key_id}                 revoke
+    GET    /api/partner/shows?date=YYYY-MM-DD         the partner's own shows
+
+Portal endpoints need a logged-in partner user with MFA on (accounts.require_role). The
+request carries the applicant's password as an argon2 hash only; approval turns it into
+the partner's portal log-in, in one transaction with the partner record.
+"""
+from __future__ import annotations
+
+import secrets
+import time
+from datetime import datetime
+from typing import Annotated, Literal
+
+import msgspec
+import redis.asyncio as aioredis
+from aiohttp import web
+from redis.exceptions import WatchError
+
+from server.accounts import users as accounts
+from server.accounts import api_keys as auth
+from server.catalog import service as catalog
+from server.accounts.api import Email, Me, Name, Password, me_view
+from server.accounts.users import User
+from server.catalog.model import PartnerShowList
+from server.core.errors import ApiError
+from server.core.openapi import Query, operation
+from server.core.wire import json_response, read_json
+
+routes = web.RouteTableDef()
+ADMIN_TAGS = ("admin",)
+PORTAL_TAGS = ("partner portal",)
+
+RequestStatus = Literal["pending", "approved", "rejected"]
+KeyName = Annotated[str, msgspec.Meta(min_length=1, max_length=80)]
+Network = Annotated[str, msgspec.Meta(min_length=2, max_length=64)]
+
+
+# --- wire -------------------------------------------------------------------------------
+
+class PartnerRequestIn(msgspec.Struct, forbid_unknown_fields=True):
+    company: Name
+    contact_name: Name
+    email: Email
+    password: Password  # the portal password, if approved (stored as an argon2 hash)
+    message: Annotated[str, msgspec.Meta(max_length=2000)] = ""
+
+
+class PartnerRequestRecord(msgspec.Struct, kw_only=True):
+    request_id: str
+    company: str
+    contact_name: str
+    email: str
+    password_hash: str
+    message: str = ""
+    status: RequestStatus = "pending"
+    created_at: datetime
+    decided_at: datetime | None = None
+    decided_by: str | None = None
+    reason: str = ""
+    partner_id: str | None = None
+    user_id: str | None = None
+
+
+class PartnerRequestView(msgspec.Struct):
+    request_id: str
+    company: str
+    contact_name: str
+    email: str
+    message: str
+    status: RequestStatus
+    created_at: datetime
+    decided_at: datetime | None = None
+    decided_by: str | None = None
+    reason: str = ""
+    partner_id: str | None = None
+    user_id: str | None = None
+
+
+class PartnerRequestList(msgspec.Struct):
+    requests: list[PartnerRequestView]
+
+
+class RejectIn(msgspec.Struct, forbid_unknown_fields=True):
+    reason: Annotated[str, msgspec.Meta(max_length=500)] = ""
+
+
+class AdminUserIn(msgspec.Struct, forbid_unknown_fields=True):
+    email: Email
+    password: Password
+    name: Name
+
+
+class PartnerAccount(msgspec.Struct):
+    partner_id: str
+    name: str
+    user: Me
+
+
+class KeyIn(msgspec.Struct, forbid_unknown_fields=True):
+    name: KeyName
+    scope: auth.Scope = "read"
+    allowed_ips: Annotated[list[Network], msgspec.Meta(max_length=32)] = []
+
+
+class KeyCreated(msgspec.Struct):
+    api_key: str  # shown once; only its SHA-256 is stored
+    key: auth.KeyInfo
+
+
+class KeyList(msgspec.Struct):
+    keys: list[auth.KeyInfo]
+
+
+class Revoked(msgspec.Struct):
+    key_id: str
+    revoked: bool = True
+
+
+def services(request: web.Request):  # noqa: ANN201
+    from server.app import services as get
+
+    return get(request)
+
+
+def request_key(request_id: str) -> str:
+    return f"partnerreq:{request_id}"
+
+
+def pending_email_key(email: str) -> str:
+    return f"partnerreq:email:{accounts.normalise_email(email)}"
+
+
+REQUESTS = "partnerreqs"  # sorted set: request id by creation time
+
+_record_decoder = msgspec.json.Decoder(PartnerRequestRecord)
+
+
+def _view(r: PartnerRequestRecord) -> PartnerRequestView:
+    return PartnerRequestView(r.request_id, r.company, r.contact_name, r.email, r.message,
+                              r.status, r.created_at, r.decided_at, r.decided_by, r.reason,
+                              r.partner_id, r.user_id)
+
+
+async def require_admin(request: web.Request) -> str:
+    """The admin key (`Authorization: Bearer`) or a logged-in admin user with MFA; returns
+    who it was, for the record."""
+    if request.headers.get("Authorization"):
+        auth.require_admin(request, services(request).settings.admin_key)
+        return "admin-key"
+    user = await accounts.require_role(request, "admin")
+    return user.user_id
+
+
+# --- onboarding -------------------------------------------------------------------------
+
+@routes.post("/api/partner-requests")
+@operation("POST", "/api/partner-requests", summary="Ask to become a partner",
+           request=PartnerRequestIn, response=PartnerRequestView, status=201,
+           errors=(409,), tags=("partner onboarding",))
+async def request_partnership(request: web.Request) -> web.Response:
+    """Public. A platform admin approves or rejects it. 409 if the address has an account
+    or a pending request already."""
+    accounts.same_origin(request)
+    body = await read_json(request, PartnerRequestIn)
+    redis = services(request).redis
+    email = accounts.normalise_email(body.email)
+    if await redis.exists(accounts.email_key(email)):
+        raise ApiError(409, "email_taken", "an account with this e-mail exists")
+    record = PartnerRequestRecord(
+        request_id=f"pr_{secrets.token_hex(8)}", company=body.company.strip(),
+        contact_name=body.contact_name.strip(), email=email,
+        password_hash=await accounts.hash_password(body.password), message=body.message,
+        created_at=accounts.now())
+    async with redis.pipeline(transaction=True) as pipe:
+        while True:
+            try:
+                await pipe.watch(pending_email_key(email))
+                if await pipe.exists(pending_email_key(email)):
+                    raise ApiError(409, "request_pending",
+                                   "a request from this address is waiting for review")
+                pipe.multi()
+                pipe.set(request_key(record.request_id), msgspec.json.encode(record))
+                pipe.set(pending_email_key(email), record.request_id)
+                pipe.zadd(REQUESTS, {record.request_id: time.time_ns() // 1_000_000})
+                await pipe.execute()
+                break
+            except WatchError:
+                continue
+    return json_response(_view(record), status=201)
+
+
+@routes.get("/admin/v1/partner-requests")
+@operation("GET", "/admin/v1/partner-requests", summary="Partner requests",
+           response=PartnerRequestList, errors=(403, 422), tags=ADMIN_TAGS,
+           security="adminKey",
+           params=(Query("status", description="pending | approved | rejected"),),
+           description="The admin key, or a logged-in admin user (session cookie).")
+async def list_partner_requests(request: web.Request) -> web.Response:
+    await require_admin(request)
+    status = request.query.get("status")
+    if status is not None and status not in ("pending", "approved", "rejected"):
+        raise ApiError(422, "invalid", "status is pending, approved or rejected",
+                       field="status")
+    redis = services(request).redis
+    ids = [i.decode() for i in await redis.zrevrange(REQUESTS, 0, 499)]
+    raws = await redis.mget([request_key(i) for i in ids]) if ids else []
+    records = [_record_decoder.decode(r) for r in raws if r]
+    views = [_view(r) for r in records if status is None or r.status == status]
+    return json_response(PartnerRequestList(views))
+
+
+async def _decide(redis: aioredis.Redis, request_id: str, decide) -> PartnerRequestRecord:  # noqa: ANN001
+    """WATCH the request (and what `decide` watches); `decide(pipe, record)` checks and
+    queues its writes after MULTI. 404 / 409 as appropriate; nothing half-written."""
+    async with redis.pipeline(transaction=True) as pipe:
+        while True:
+            try:
+                await pipe.watch(request_key(request_id))
+                raw = await pipe.get(request_key(request_id))
+                if raw is None:
+                    raise ApiError(404, "not_found", f"no partner request {request_id!r}")
+                record = _record_decoder.decode(raw)
+                if record.status != "pending":
+                    raise ApiError(409, "already_decided",
+                                   f"this request was {record.status} already",
+                                   decision=record.status)
+                queue = await decide(pipe, record)
+                pipe.multi()
+                queue(pipe)
+                pipe.set(request_key(request_id), msgspec.json.encode(record))
+                pipe.delete(pending_email_key(record.email))
+                await pipe.execute()
+                return record
+            except WatchError:
+                continue
+
+
+@routes.post("/admin/v1/partner-requests/{request_id}/approve")
+@operation("POST", "/admin/v1/partner-requests/{request_id}/approve",
+           summary="Approve: make the partner and its portal user", response=PartnerRequestView,
+           errors=(403, 404, 409), tags=ADMIN_TAGS, security="adminKey",
+           description="The partner logs in to the portal with the request's e-mail and "
+                       "password, sets up MFA, then creates its API keys.")
+async def approve_partner_request(request: web.Request) -> web.Response:
+    who = await require_admin(request)
+    redis = services(request).redis
+    partner_id = f"p_{secrets.token_hex(8)}"
+    user_id = accounts.new_user_id()
+
+    async def decide(pipe, record: PartnerRequestRecord):  # noqa: ANN001, ANN202
+        await pipe.watch(accounts.email_key(record.email), auth.partner_key(partner_id))
+        if await pipe.exists(accounts.email_key(record.email)):
+            raise ApiError(409, "email_taken", "an account with this e-mail exists now")
+        now = accounts.now()
+        user = User(user_id=user_id, email=record.email, name=record.contact_name,
+                    role="partner", password_hash=record.password_hash, created_at=now,
+                    partner_id=partner_id)
+        record.status, record.decided_at, record.decided_by = "approved", now, who
+        record.partner_id, record.user_id = partner_id, user_id
+
+        def queue(p) -> None:  # noqa: ANN001
+            p.hset(auth.partner_key(partner_id), mapping={
+                "name": record.company, "created_ms": str(time.time_ns() // 1_000_000),
+                "request_id": record.request_id})
+            p.set(accounts.user_key(user_id), msgspec.json.encode(user))
+            p.set(accounts.email_key(record.email), user_id)
+
+        return queue
+
+    record = await _decide(redis, request.match_info["request_id"], decide)
+    return json_response(_view(record))
+
+
+@routes.post("/admin/v1/partner-requests/{request_id}/reject")
+@operation("POST", "/admin/v1/partner-requests/{request_id}/reject",
+           summary="Reject a partner request", request=RejectIn, response=PartnerRequestView,
+           errors=(403, 404, 409), tags=ADMIN_TAGS, security="adminKey")
+async def reject_partner_request(request: web.Request) -> web.Response:
+    who = await require_admin(request)
+    body = await read_json(request, RejectIn) if request.can_read_body else RejectIn()
+
+    async def decide(pipe, record: PartnerRequestRecord):  # noqa: ANN001, ANN202
+        record.status, record.decided_at, record.decided_by = "rejected", accounts.now(), who
+        record.reason, record.password_hash = body.reason, ""
+        return lambda p: None
+
+    record = await _decide(services(request).redis, request.match_info["request_id"], decide)
+    return json_response(_view(record))
+
+
+@routes.post("/admin/v1/users")
+@operation("POST", "/admin/v1/users", summary="Create a platform admin user",
+           request=AdminUserIn, response=Me, status=201, errors=(403, 409),
+           tags=ADMIN_TAGS, security="adminKey",
+           description="The new admin must set up MFA before admin endpoints answer it.")
+async def create_admin_user(request: web.Request) -> web.Response:
+    await require_admin(request)
+    body = await read_json(request, AdminUserIn)
+    user = await accounts.new_user(body.email, body.name, "admin", body.password)
+    await accounts.create_user(services(request).redis, user)
+    return json_response(me_view(user), status=201)
+
+
+# --- the portal ---------------------------------------------------------------------------
+
+async def _partner_user(request: web.Request) -> User:
+    user = await accounts.require_role(request, "partner")
+    if not user.partner_id:
+        raise ApiError(403, "forbidden", "this account acts for no partner")
+    return user
+
+
+@routes.get("/api/partner/account")
+@operation("GET", "/api/partner/account", summary="The partner I act for",
+           response=PartnerAccount, errors=(403,), tags=PORTAL_TAGS,
+           security="sessionCookie")
+async def portal_account(request: web.Request) -> web.Response:
+    user = await _partner_user(request)
+    name = await services(request).redis.hget(auth.partner_key(user.partner_id), "name")
+    return json_response(PartnerAccount(user.partner_id, (name or b"").decode(),
+                                        me_view(user)))
+
+
+@routes.get("/api/partner/keys")
+@operation("GET", "/api/partner/keys", summary="The partner's API keys", response=KeyList,
+           errors=(403,), tags=PORTAL_TAGS, security="sessionCookie")
+async def portal_keys(request: web.Request) -> web.Response:
+    user = await _partner_user(request)
+    return json_response(KeyList(await auth.list_keys(services(request).redis,
+                                                      user.partner_id)))
+
+
+@routes.post("/api/partner/keys")
+@operation("POST", "/api/partner/keys", summary="Create an API key", request=KeyIn,
+           response=KeyCreated, status=201, errors=(403,), tags=PORTAL_TAGS,
+           security="sessionCookie",
+           description="`scope`: read (GET endpoints only) or write. `allowed_ips`: "
+                       "addresses or CIDR networks the key may be used from (empty: any). "
+                       "The key is in this response only.")
+async def portal_create_key(request: web.Request) -> web.Response:
+    user = await _partner_user(request)
+    body = await read_json(request, KeyIn)
+    redis = services(request).redis
+    ips = auth.normalise_networks(body.allowed_ips)
+    api_key = await auth.issue_key(redis, user.partner_id, body.name.strip(), body.scope, ips)
+    key_id = auth.key_id_of(auth.hash_key(api_key))
+    info = next(k for k in await auth.list_keys(redis, user.partner_id) if k.key_id == key_id)
+    return json_response(KeyCreated(api_key, info), status=201)
+
+
+@routes.delete("/api/partner/keys/{key_id}")
+@operation("DELETE", "/api/partner/keys/{key_id}", summary="Revoke an API key",
+           response=Revoked, errors=(403, 404), tags=PORTAL_TAGS, security="sessionCookie")
+async def portal_revoke_key(request: web.Request) -> web.Response:
+    """The key stops working at once. 404 if the partner has no such key."""
+    user = await _partner_user(request)
+    key_id = request.match_info["key_id"]
+    if not await auth.revoke_key(services(request).redis, user.partner_id, key_id):
+        raise ApiError(404, "not_found", f"no API key {key_id!r}")
+    return json_response(Revoked(key_id))
+
+
+@routes.get("/api/partner/shows")
+@operation("GET", "/api/partner/shows", summary="The partner's shows on a date",
+           response=PartnerShowList, errors=(403, 422), tags=PORTAL_TAGS,
+           security="sessionCookie",
+           params=(Query("date", required=True, description="theatre-local YYYY-MM-DD"),))
+async def portal_shows(request: web.Request) -> web.Response:
+    user = await _partner_user(request)
+    date = catalog.parse_date(request.query.get("date"))
+    if date is None:
+        raise ApiError(422, "invalid_date", "date (YYYY-MM-DD) is required", field="date")
+    shows = await catalog.partner_shows(services(request).redis, user.partner_id, date)
+    return json_response(PartnerShowList(date, shows))
