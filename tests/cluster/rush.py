@@ -16,6 +16,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,9 @@ class RushStats:
     releases: int = 0
     abandoned: int = 0
     conflicts: int = 0      # 409: taken / not enough seats (a correct answer)
+    # 410 for a release or checkout answered after the hold's expiry: a correct answer (a
+    # loaded machine can take a hold's whole TTL to answer); one answered before is an error.
+    expired: int = 0
     limited: int = 0        # 429: rate limited / shed (a correct answer under load)
     failovers: int = 0      # connection refused/reset: the client moved to another process
     errors: Counter[str] = field(default_factory=Counter)  # other answers: "<what> <status>"
@@ -81,10 +85,15 @@ class Rush:
     """`clients` customers, each in a loop until `stop` is set: hold 1-3 seats (best
     available or picked), then check out (half), release (a quarter) or walk away. A
     customer whose web process does not answer goes to the next one (what a load balancer
-    does), and retries a checkout with the same Idempotency-Key, as the page does."""
+    does), and retries a checkout with the same Idempotency-Key, as the page does.
+
+    No show sells out: once `book_share` of a show's seats are booked, a customer who would
+    check out releases instead. A sold-out rush answers nothing but 409, and a test waiting
+    for progress (`reached`) would then wait on how fast the machine sold the seats."""
 
     def __init__(self, urls: list[str], rush: dict[str, Any], ledger: Path,
-                 clients: int = 24, think_s: tuple[float, float] = (0.01, 0.1)) -> None:
+                 clients: int = 24, think_s: tuple[float, float] = (0.01, 0.1),
+                 book_share: float = 0.5) -> None:
         self.urls = urls
         self.rush = rush
         self.ledger_path = ledger
@@ -95,6 +104,8 @@ class Rush:
         self.stop = asyncio.Event()
         self._progress: list[tuple[int, asyncio.Event]] = []
         self.booked: list[dict[str, Any]] = []
+        self.book_limit = int(book_share * len(rush["seat_ids"]))  # seats per show
+        self._booked_seats: Counter[str] = Counter()  # per show, booked or being paid for
         self._resent = [False] * clients  # per customer: this journey had a failover
         self.on_error: Any = None  # called with the status of each error answer
 
@@ -159,7 +170,10 @@ class Rush:
             headers = {"X-Holder-Token": hold["holder_token"]}
             await asyncio.sleep(rnd.uniform(*self.think_s))
             roll = rnd.random()
+            if roll < 0.5 and self._booked_seats[show] + len(hold["seats"]) > self.book_limit:
+                roll = 0.5  # this show has sold its share: release instead
             if roll < 0.5:
+                self._booked_seats[show] += len(hold["seats"])  # counted before paying
                 await self._checkout(session, i, show, hold, headers)
             elif roll < 0.75:
                 status, _ = await self._request(session, i, "DELETE",
@@ -169,7 +183,7 @@ class Rush:
                     self._check()
                     self.record("released", show=show, hold_id=hold["hold_id"])
                 else:
-                    await self._answer_other(i, "release", status)
+                    await self._answer_other(i, "release", status, hold)
             else:
                 self.stats.abandoned += 1
             self.stats.completed += 1
@@ -199,11 +213,18 @@ class Rush:
                 == "checkout_in_progress")
             if not retry or time.monotonic() > deadline:
                 code = (booking or {}).get("error", {}).get("code") if status == 409 else None
-                await self._answer_other(i, f"checkout:{code}" if code else "checkout", status)
+                await self._answer_other(i, f"checkout:{code}" if code else "checkout", status,
+                                         hold)
                 return
             await asyncio.sleep(0.2)
 
-    async def _answer_other(self, i: int, what: str, status: int) -> None:
+    async def _answer_other(self, i: int, what: str, status: int,
+                            hold: dict[str, Any] | None = None) -> None:
+        if status == 410 and hold is not None and \
+                time.time() >= datetime.fromisoformat(hold["expires_at"]).timestamp():
+            self.stats.expired += 1
+            self.record("expired", hold_id=hold["hold_id"], what=what)
+            return
         if self.on_error is not None:
             self.on_error(status)
         if status == 409 and what == "hold":
