@@ -40,6 +40,7 @@ from .store import (
     append_error,
     due_key,
     event_encoder,
+    seq_key,
 )
 
 log = logging.getLogger(__name__)
@@ -306,6 +307,11 @@ class ShowHost:
         at = now_ms()
         pipe = self._redis.pipeline(transaction=False)
         staged: list[_Staged] = []
+        # Refusals answered from memory with nothing to write: the fenced append cannot
+        # tell us this copy is current (while the pool changes, the show's old owner may
+        # still have written a hold we are asked to release), so its sequence is read in
+        # the same pipeline, and a copy behind it reloads and answers again.
+        unsure: list[tuple[Slot, int, list[c.Result]]] = []
         for slot, cmds in batches.items():
             seatmap = slot.map
             if seatmap is None:
@@ -315,7 +321,10 @@ class ShowHost:
             _run(seatmap, _SWEEP, at, entries)  # a seat whose hold ran out is free now
             results = [_run(seatmap, cmd, at, entries) for cmd in cmds]
             if not entries:
-                out[slot.show_id] = results
+                if any(isinstance(r, c.Rejected) for r in results):
+                    unsure.append((slot, base, results))
+                else:
+                    out[slot.show_id] = results
                 continue
             due = seatmap.next_expiry_ms()
             if due is not None and (slot.indexed_due is None or due < slot.indexed_due):
@@ -325,13 +334,22 @@ class ShowHost:
             snapshot, trim = self._snapshot_plan(slot, seatmap)
             slot.store.queue_append(pipe, base, entries, snapshot, trim)
             staged.append(_Staged(slot, results, due, snapshot is not None))
-        if not staged:
+        if not staged and not unsure:
             return out
+        for slot, _, _ in unsure:  # last in the pipeline: the appends' replies come first
+            pipe.get(seq_key(slot.show_id))
         try:
             replies: list | None = await pipe.execute(raise_on_error=False)
         except (RedisError, OSError) as exc:
             log.warning("host %s: write of %d shows failed (%s)", self.name, len(staged), exc)
             replies = None
+        seqs = replies[len(replies) - len(unsure):] if replies is not None else [None] * len(unsure)
+        for (slot, base, results), seq in zip(unsure, seqs, strict=True):
+            if replies is not None and not isinstance(seq, BaseException) \
+                    and int(seq or 0) == base:
+                out[slot.show_id] = results
+            else:  # behind the log (or unreadable): forget it; the retry reloads
+                slot.map = None
         pos = 0
         for st in staged:
             failure: BaseException | None = None

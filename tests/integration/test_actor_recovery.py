@@ -196,6 +196,36 @@ async def test_stale_state_cannot_write(shows, directory, redis):
     assert await replayed_state(redis, show_id) == state
 
 
+async def test_a_stale_copy_does_not_refuse_from_memory(shows, directory, redis):
+    """A host whose copy is behind the log (the show's old owner wrote a hold while the
+    pool changed) is asked only things it would refuse: releasing, extending and paying
+    for that hold. Nothing is written, so no fence catches it; each must still be
+    answered from the log as it is, not with a stale `not_found`."""
+    show_id = await shows(LAYOUT)
+    client = directory.client(show_id)
+    assert isinstance(await client.submit(c.Hold("a", "ha", "tok-a", ["A1"])), c.Held)
+    at = _time.time_ns() // 10**6
+    _, (held_x, held_y) = await append_behind_the_actors_back(
+        redis, show_id, [c.Hold("x", "hx", "tok-x", ["B1"]), c.Hold("y", "hy", "tok-y", ["B2"])],
+        at)
+    assert isinstance(held_x, c.Held) and isinstance(held_y, c.Held)
+
+    released = await client.submit(c.Release("rx", "hx", "tok-x"))
+    assert isinstance(released, c.Released) and released.seats == ["B1"]
+    # and again, behind its back: now a Confirm of a hold it has never seen
+    _, (held_z,) = await append_behind_the_actors_back(
+        redis, show_id, [c.Hold("z", "hz", "tok-z", ["C1"])], _time.time_ns() // 10**6)
+    assert isinstance(held_z, c.Held)
+    confirmed = await client.submit(c.Confirm("cz", "hz", "tok-z", "bz", "pay-z"))
+    assert isinstance(confirmed, c.Confirmed) and confirmed.seats == ["C1"]
+    # a refusal that is right stays a refusal (and the copy is current: no reload loop)
+    taken = await client.submit(c.Hold("t", "ht", "tok-t", ["B2"]))
+    assert isinstance(taken, c.Rejected) and taken.code == "seats_unavailable"
+    state = comparable(await directory.inspect(show_id))
+    assert state == await replayed_state(redis, show_id)
+    assert set(state["holds"]) == {"ha", "hy"} and set(state["bookings"]) == {"bz"}
+
+
 async def _replayed_fresh(url: str, show_id: str) -> dict:
     """Replay over a new connection: a client's pooled ones died with the old server."""
     fresh = aioredis.Redis.from_url(url)
