@@ -10,7 +10,7 @@ its name): the command ids make that retry safe. A show that moved to another ho
 pool changed) is routed again.
 
 Each command is stamped with the caller's request id (actors/context.py) unless it has
-one, and an optional batch observer (`set_batch_observer`; server/metrics.py installs one)
+one, and an optional batch observer (`set_batch_observer`; server/ops/metrics.py installs one)
 sees every show's share of every call: its commands, its results and how long the call
 took.
 """

@@ -1,6 +1,6 @@
 """The request id of the work in progress, for logs and the show's log (issue 7).
 
-Set by the web tier per request (server/observability.py); `ShowClient.submit` stamps it
+Set by the web tier per request (server/ops/observability.py); `ShowClient.submit` stamps it
 on commands that carry none, so it travels web -> actor -> Redis. A contextvar, so every
 asyncio task sees its own request's id; "" outside a request.
 """

@@ -5,9 +5,9 @@
 For a request matched by the real router to `/api/shows/{show_id}/holds`, it times
 - the handler alone (builds a small JSON response), and inside two empty middlewares
   (the slots as they were before: the baseline),
-- the handler inside `request_id_middleware` + `metrics_middleware` (server/observability.py),
+- the handler inside `request_id_middleware` + `metrics_middleware` (server/ops/observability.py),
 - one access-log record: the old text line written synchronously to a file, and the JSON
-  record of `AccessLogger` through the queue (server/logs.py; what the request pays: the
+  record of `AccessLogger` through the queue (server/ops/logs.py; what the request pays: the
   writing happens on the listener thread).
 and prints microseconds per request. Compare with a hold's end-to-end time (~1-3 ms on this
 machine, loadtest/RESULTS.md) to see the share.

@@ -5,9 +5,9 @@ connections over them). Redis and the Ray head are started once, by this process
 other N-1 web processes are `python -m server` children that join them by address, so
 every process reaches the same show hosts (the pool recorded in Redis).
 
-Logging (server/logs.py): BMM_LOG_FORMAT=json|text, BMM_LOG_LEVEL; written by a background
+Logging (server/ops/logs.py): BMM_LOG_FORMAT=json|text, BMM_LOG_LEVEL; written by a background
 thread. With several web processes, metrics run in prometheus-client's multiprocess mode
-over `<data_dir>/metrics` so that any process answers `/metrics` for all (server/metrics.py).
+over `<data_dir>/metrics` so that any process answers `/metrics` for all (server/ops/metrics.py).
 """
 from __future__ import annotations
 

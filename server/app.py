@@ -6,81 +6,42 @@ import logging
 import os
 from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import redis.asyncio as aioredis
 from aiohttp import web
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
 
 from actors import redis_conn
 from actors.client import ShowDirectory
 from actors.host import ActorSettings
 
-from server.discovery import browse_api
-from server.booking import api as customer_api
-from server.booking import lifecycle_api
-from server.live import hub as live
-from server.core import openapi
-from server.partner import feed_api as partner_api
-from server.partner import webhooks_api
-from server.commerce import api as offers_api
+from server import appkeys
 from server.accounts import api as account_api
 from server.accounts import users as accounts
-from server.partner import portal_api as partner_portal_api
-from server.discovery import recommend_api
-from server.discovery.recommend_store import RecommendWorker
-from server.discovery import reviews_api
-from server.partner import reports_api
-from server.partner.analytics import AnalyticsExporter
-from server.discovery import search_api
-from server.ops import observability
-from server.onsale import ratelimit
-from server.ops import security
-from server.onsale import waiting_room
-from server.core.errors import error_middleware
-from server.notify.notifications import OutboxWorkers
-from server.commerce.payments import GatewayGuard, PaymentGateway, SandboxGateway
-from server.core.settings import Settings
+from server.appkeys import SERVICES, Services
+from server.booking import api as customer_api
+from server.booking import lifecycle_api
+from server.booking import mine_api
 from server.catalog.show_cache import ShowCache
+from server.commerce import api as offers_api
+from server.commerce.payments import GatewayGuard, SandboxGateway
+from server.core import openapi
+from server.core.errors import error_middleware
+from server.core.redis_retry import redis_retry
+from server.core.settings import Settings
 from server.core.wire import json_response
+from server.discovery import browse_api, recommend_api, recommend_store, reviews, reviews_api
+from server.discovery import search, search_api
+from server.live import hub as live
+from server.notify import notifications
+from server.onsale import ratelimit, waiting_room
+from server.ops import observability, security
+from server.partner import analytics, reports_api, webhooks, webhooks_api
+from server.partner import feed_api as partner_api
+from server.partner import portal_api as partner_portal_api
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 REDIS_POOL_SIZE = 64      # request-path connections per web process
 REDIS_POOL_WAIT_S = 10.0  # how long a request waits for one before failing
-HUB_REDIS_MAX = 10_000    # live hub: one blocking reader per watched show, plus reads
-
-
-@dataclass
-class Services:
-    settings: Settings
-    redis: aioredis.Redis
-    shows: ShowDirectory   # the shows on their hosts, through the coalescing clients
-    hub: live.Hub          # live seat-map fan-out for this process
-    payments: PaymentGateway = field(default_factory=SandboxGateway)  # checkout's gateway
-    # timeout + circuit breaker around `payments`, per process (server/payments.py)
-    payment_guard: GatewayGuard = field(default_factory=GatewayGuard)
-    show_cache: ShowCache | None = None  # shows + layouts for the hold path (show_cache.py)
-
-
-SERVICES = web.AppKey("services", Services)
-WORKERS = web.AppKey("outbox_workers", OutboxWorkers)  # e-mail + webhook delivery
-RECOMMEND = web.AppKey("recommend_worker", RecommendWorker)  # outbox -> recommendation data
-ANALYTICS = web.AppKey("analytics", AnalyticsExporter)  # outbox -> <data_dir>/analytics
-
-
-def redis_retry() -> Retry:
-    """Reconnect and resend on a connection error, for about 2 s in all. Clients made with
-    `from_url` get no retry at all, so after a Redis restart (or failover) every pooled
-    connection was dead and each request that drew one answered 500, well after Redis was
-    back (tests/faults). Commands that may run twice are safe here: the request path's
-    writes are SETs of whole records, idempotent scripts, or keyed by an id."""
-    return Retry(ExponentialBackoff(cap=0.5, base=0.05), 6)
-
-
-def services(request: web.Request) -> Services:
-    return request.app[SERVICES]
 
 
 def create_app(settings: Settings, redis_url: str) -> web.Application:
@@ -96,15 +57,11 @@ def create_app(settings: Settings, redis_url: str) -> web.Application:
                                        ratelimit.rate_limit_middleware],
                           client_max_size=1 << 20)
 
-    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+    async def core(app: web.Application) -> AsyncIterator[None]:
         # Requests wait for a pooled connection rather than fail with "Too many
         # connections" (redis-py's default pool raises past 100: a 500 under a rush).
         redis = redis_conn.async_client(redis_url, blocking=True, max_connections=REDIS_POOL_SIZE,
                                         timeout=REDIS_POOL_WAIT_S, retry=redis_retry())
-        # The live hub has its own connections: each watched show's reader holds one in
-        # a blocking XREAD, which must never starve (or be starved by) requests.
-        hub_redis = redis_conn.async_client(redis_url, max_connections=HUB_REDIS_MAX,
-                                            retry=redis_retry())
         shows = ShowDirectory(redis_url, ActorSettings(
             passivate_after_s=settings.passivate_after_s, snapshot_min_interval_s=1.0,
             # the hosts log at this process's level (DEBUG: every batch with its rids)
@@ -114,36 +71,28 @@ def create_app(settings: Settings, redis_url: str) -> web.Application:
         # process's start depend on Ray: reads work meanwhile, /readyz reports Ray, and
         # the first command waits for (or retries) the same start.
         warm_up = asyncio.create_task(_warm_up(shows))
-        hub = live.Hub(hub_redis)
         show_cache = ShowCache(redis, listen_url=redis_url)
         show_cache.start()
-        app[SERVICES] = Services(settings, redis, shows, hub, show_cache=show_cache)
-        if settings.workers:
-            app[WORKERS] = workers = OutboxWorkers(settings, redis_url)
-            workers.start()
-            app[RECOMMEND] = RecommendWorker(redis_url)
-            app[RECOMMEND].start()
-            analytics_redis = redis_conn.async_client(redis_url)
-            app[ANALYTICS] = AnalyticsExporter(analytics_redis,
-                                               Path(settings.data_dir) / "analytics")
-            app[ANALYTICS].start()
+        app[SERVICES] = Services(settings, redis, shows, SandboxGateway(), GatewayGuard(),
+                                 show_cache)
         yield
-        if settings.workers:
-            await app[WORKERS].stop()
-            await app[RECOMMEND].stop()
-            await app[ANALYTICS].stop()
-            await app[ANALYTICS].redis.aclose()
         warm_up.cancel()
         await show_cache.close()
         await shows.close()
-        await hub.close()
-        await hub_redis.aclose()
         await redis.aclose()
 
-    app.cleanup_ctx.append(lifecycle)
+    # Teardown runs in reverse: the workers stop first, the request pool closes last.
+    app.cleanup_ctx.append(core)
     observability.setup(app)  # readiness (503 from shutdown on), metrics hooks
-    app.on_shutdown.append(_close_live_sockets)  # before the server waits for handlers
-    app.on_shutdown.append(waiting_room.close_sockets)
+    ratelimit.setup(app, settings)
+    live.setup(app, redis_url)
+    waiting_room.setup(app)
+    search.set_rating_source(reviews.movie_ratings)  # sort=rating and each hit's rating
+    if settings.workers:
+        notifications.setup(app, settings, redis_url)
+        webhooks.setup(app, settings, redis_url)
+        recommend_store.setup(app, redis_url)
+        analytics.setup(app, redis_url, Path(settings.data_dir) / "analytics")
     app.add_routes(customer_api.routes)
     app.add_routes(partner_api.routes)
     app.add_routes(lifecycle_api.routes)
@@ -155,6 +104,7 @@ def create_app(settings: Settings, redis_url: str) -> web.Application:
     app.add_routes(search_api.routes)
     app.add_routes(openapi.routes)
     app.add_routes(account_api.routes)
+    app.add_routes(mine_api.routes)  # my bookings, export, delete my account
     app.add_routes(partner_portal_api.routes)
     app.add_routes(reviews_api.routes)
     app.add_routes(reports_api.routes)
@@ -174,10 +124,6 @@ async def _warm_up(shows: ShowDirectory) -> None:
         logging.getLogger(__name__).warning("show hosts not started yet", exc_info=True)
 
 
-async def _close_live_sockets(app: web.Application) -> None:
-    await app[SERVICES].hub.close()
-
-
 _HEALTHZ = b'{"ok": true}'
 
 
@@ -192,12 +138,12 @@ async def _stats(request: web.Request) -> web.Response:
     calls, so commands / calls is the mean batch size across shows; `fanout_lag_ms` lists,
     per live frame since the previous call, the ms from its oldest event's apply to the
     frame written to every in-sync socket."""
-    shows = request.app[SERVICES].shows
+    shows = appkeys.services(request).shows
     clients = shows.clients()
     return json_response({
         "pid": os.getpid(), "hosts": len(clients),
         "calls": sum(c.calls for c in clients), "commands": sum(c.commands for c in clients),
-        "fanout_lag_ms": _drain_lags(request.app[SERVICES].hub.fanout_lag_ms),
+        "fanout_lag_ms": _drain_lags(request.app[live.HUB].fanout_lag_ms),
     })
 
 

@@ -26,6 +26,8 @@ from aiohttp import web
 
 from actors.layout import Seat, grid_layout
 
+from server.core.clock import utcnow
+from server.appkeys import SERVICES
 from server.accounts import api_keys as auth
 from server.catalog import service as catalog
 from server.catalog.model import Money, MovieIn, ScreenIn, ScreenLayout, ShowIn, TheatreIn
@@ -109,7 +111,7 @@ async def demo_key(redis: aioredis.Redis, key_file: Path) -> str:
 
 async def seed(redis: aioredis.Redis, now: dt.datetime | None = None) -> dict[str, int]:
     """Publish the demo catalog; returns counts of what was created / replaced / skipped."""
-    now = now or catalog.utcnow()
+    now = now or utcnow()
     stats = {"created": 0, "replaced": 0, "skipped": 0}
 
     def count(created: bool) -> None:
@@ -161,8 +163,6 @@ async def seed(redis: aioredis.Redis, now: dt.datetime | None = None) -> dict[st
 
 
 async def seed_on_startup(app: web.Application) -> None:
-    from server.app import SERVICES
-
     svc = app[SERVICES]
     started = time.perf_counter()
     key_file = Path(svc.settings.data_dir).resolve() / "demo-partner-key"

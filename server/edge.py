@@ -44,7 +44,7 @@ SHED_MESSAGE = "too many holds on this show right now; retry shortly"
 CONN_MESSAGE = "too many requests from your address at once; retry shortly"
 
 # A client's X-Request-Id is passed on (and quoted in the shed answer's JSON) only when it
-# is what the app itself accepts (server/observability.py): no quotes or backslashes can
+# is what the app itself accepts (server/ops/observability.py): no quotes or backslashes can
 # reach the body. Otherwise nginx's own $request_id (32 hex digits) is used.
 _VALID_REQUEST_ID = r"^[A-Za-z0-9._~:-]{1,128}$"
 

@@ -1,15 +1,12 @@
 """Customer accounts over HTTP: sign-up, log-in (with TOTP when turned on), log-out, MFA
-set-up, my bookings, export my data, delete my account.
+set-up. (My bookings, the export of my data and deleting the account read booking records:
+they are booking/mine_api.py's.)
 
     POST   /api/accounts               {email, password, name} -> 201, logged in
     POST   /api/login                  {email, password} -> {status: "ok" | "mfa_required"}
     POST   /api/login/mfa              {code} or {recovery_code} -> {status: "ok"}
     POST   /api/logout                 ends this session
     GET    /api/me                     the account
-    DELETE /api/me                     {password, code?} -> bookings kept, anonymised
-    GET    /api/me/bookings            my bookings (with their e-tickets)
-    GET    /api/me/bookings/{id}       one of them (404 for anyone else's)
-    GET    /api/me/export              everything we hold about me, as JSON
     POST   /api/me/mfa                 start TOTP set-up: otpauth URI + QR code (SVG)
     POST   /api/me/mfa/verify          {code} -> MFA on; the one-time recovery codes
     POST   /api/me/mfa/recovery-codes  {code} -> a fresh set (the old ones stop working)
@@ -26,15 +23,12 @@ from typing import Annotated
 import msgspec
 import segno
 from aiohttp import web
-from redis.exceptions import WatchError
 
+from server.appkeys import services
 from server.accounts import users as accounts
-from server.booking import records as booking_store
 from server.accounts.users import User
-from server.booking.views import booking_view
-from server.booking.wire import BookingResponse
 from server.core.errors import ApiError
-from server.accounts.profile_api import Profile, get_profile, profile_of, put_profile
+from server.accounts.profile_api import get_profile, put_profile
 from server.core.openapi import operation
 from server.core.wire import json_response, read_json
 
@@ -73,11 +67,6 @@ class CodeIn(msgspec.Struct, forbid_unknown_fields=True):
     code: Code
 
 
-class DeleteAccount(msgspec.Struct, forbid_unknown_fields=True):
-    password: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
-    code: Code | None = None  # needed when MFA is on
-
-
 class Me(msgspec.Struct):
     user_id: str
     email: str
@@ -114,32 +103,10 @@ class MfaOff(msgspec.Struct):
     mfa_enabled: bool = False
 
 
-class MyBookings(msgspec.Struct):
-    bookings: list[BookingResponse]
-
-
-class Export(msgspec.Struct):
-    exported_at: datetime
-    account: Me
-    bookings: list[BookingResponse]
-    profile: Profile | None = None  # phone and identity numbers, decrypted for their owner
-
-
-class Deleted(msgspec.Struct):
-    deleted: bool
-    bookings_anonymised: int
-
-
 def me_view(user: User) -> Me:
     return Me(user.user_id, user.email, user.name, user.role, user.mfa_enabled,
               user.needs_mfa_setup, user.created_at, user.partner_id,
               len(user.recovery_codes))
-
-
-def services(request: web.Request):  # noqa: ANN201
-    from server.app import services as get
-
-    return get(request)
 
 
 def _secret(request: web.Request) -> str:
@@ -235,122 +202,8 @@ async def get_me(request: web.Request) -> web.Response:
     return json_response(me_view(await accounts.require_user(request)))
 
 
-async def _booking_views(request: web.Request, user: User) -> list[BookingResponse]:
-    redis = services(request).redis
-    views = []
-    for booking_id in await accounts.booking_ids(redis, user.user_id):
-        booking = await booking_store.load_booking(redis, booking_id)
-        if booking is None or booking.customer_id != user.user_id:
-            continue
-        views.append(await booking_view(request, booking))
-    return views
-
-
-@routes.get("/api/me/bookings")
-@operation("GET", "/api/me/bookings", summary="My bookings, newest first",
-           response=MyBookings, errors=(403,), tags=TAGS, security=SESSION)
-async def my_bookings(request: web.Request) -> web.Response:
-    """Bookings made while logged in (guest checkouts are not linked to an account). Each
-    is the same object `GET /api/bookings/{id}` returns, with its booking token."""
-    user = await accounts.require_role(request, "customer")
-    return json_response(MyBookings(await _booking_views(request, user)))
-
-
-@routes.get("/api/me/bookings/{booking_id}")
-@operation("GET", "/api/me/bookings/{booking_id}", summary="One of my bookings",
-           response=BookingResponse, errors=(403, 404), tags=TAGS, security=SESSION)
-async def my_booking(request: web.Request) -> web.Response:
-    """404 for a booking that is not mine (whether or not it exists)."""
-    user = await accounts.require_role(request, "customer")
-    booking_id = request.match_info["booking_id"]
-    booking = await booking_store.load_booking(services(request).redis, booking_id)
-    if booking is None or booking.customer_id != user.user_id:
-        raise ApiError(404, "not_found", f"you have no booking {booking_id!r}")
-    return json_response(await booking_view(request, booking))
-
-
-@routes.get("/api/me/export")
-@operation("GET", "/api/me/export", summary="Export my data (JSON)", response=Export,
-           tags=TAGS, security=SESSION)
-async def export_me(request: web.Request) -> web.Response:
-    """`{"exported_at", "account", "bookings": [...]}`: the account (never the password
-    hash, MFA secret or recovery codes) and every booking linked to it."""
-    user = await accounts.require_user(request)
-    views = await _booking_views(request, user) if user.role == "customer" else []
-    profile = profile_of(services(request).settings, user)
-    return json_response(Export(accounts.now(), me_view(user), views, profile), headers={
-        "Content-Disposition": 'attachment; filename="book-my-movie-export.json"',
-        "Cache-Control": "no-store"})
-
-
 routes.get("/api/me/profile")(get_profile)  # phone and identity numbers (profile_api.py)
 routes.put("/api/me/profile")(put_profile)
-
-_ANONYMOUS = "(deleted account)"
-
-
-@routes.delete("/api/me")
-@operation("DELETE", "/api/me", summary="Delete my account (bookings kept, anonymised)",
-           request=DeleteAccount, response=Deleted, errors=(401, 403), tags=TAGS,
-           security=SESSION)
-async def delete_me(request: web.Request) -> web.Response:
-    """Needs the password again (and a TOTP code when MFA is on). The account, its log-in
-    and its links are deleted; its bookings stay (seats stay sold, tickets stay valid)
-    with name, e-mail, card digits and the account link removed. One transaction."""
-    user = await accounts.require_role(request, "customer")
-    body = await read_json(request, DeleteAccount)
-    redis = services(request).redis
-    await accounts.check_throttle(redis, user.email)
-    if not await accounts.verify_password(user.password_hash, body.password):
-        await accounts.record_failure(redis, user.email)
-        raise ApiError(401, "invalid_credentials", "wrong password")
-    if user.mfa_enabled and not (body.code and await accounts.use_totp(
-            redis, _secret(request), user, body.code)):
-        await accounts.record_failure(redis, user.email)
-        raise ApiError(401, "invalid_code", "a valid authenticator code is needed")
-    count = await _delete_account(redis, user)
-    await accounts.end_session(request)
-    return json_response(Deleted(True, count))
-
-
-async def _delete_account(redis, user: User) -> int:  # noqa: ANN001
-    uid = user.user_id
-    keys = [accounts.user_key(uid), accounts.user_bookings_key(uid), accounts.email_key(user.email)]
-    async with redis.pipeline(transaction=True) as pipe:
-        while True:
-            try:
-                await pipe.watch(*keys)
-                ids = [b.decode() for b in await pipe.zrange(accounts.user_bookings_key(uid), 0, -1)]
-                records = []
-                for booking_id in ids:
-                    show_id = booking_store.show_of(booking_id)
-                    if show_id is None:
-                        continue
-                    key = booking_store.booking_key(show_id, booking_id)
-                    await pipe.watch(key)
-                    raw = await pipe.get(key)
-                    if raw is None:
-                        continue
-                    booking = msgspec.json.decode(raw, type=booking_store.BookingRecord)
-                    if booking.customer_id != uid:
-                        continue
-                    booking.email, booking.name, booking.customer_id = "", _ANONYMOUS, None
-                    booking.phone = booking.id_number = None
-                    booking.payment = msgspec.structs.replace(booking.payment, last4="")
-                    records.append((key, booking))
-                owner = await pipe.get(accounts.email_key(user.email))
-                pipe.multi()
-                for key, booking in records:
-                    pipe.set(key, msgspec.json.encode(booking), keepttl=True)
-                pipe.delete(accounts.user_key(uid), accounts.user_bookings_key(uid),
-                            accounts.fail_key(user.email))
-                if owner is not None and owner.decode() == uid:
-                    pipe.delete(accounts.email_key(user.email))
-                await pipe.execute()
-                return len(records)
-            except WatchError:
-                continue
-
 
 # --- MFA set-up ---------------------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """The customer's sensitive personal data: phone number and identity number.
 
 `GET/PUT /api/me/profile` (routed with the rest of /api/me in account_api.py). Stored sealed (AES-256-GCM with the data key, bound to the
-user id and field; server/pii.py) in the user record; only the owner's session reads it
+user id and field; server/core/pii.py) in the user record; only the owner's session reads it
 back in clear. Export includes it; deleting the account deletes the record and with it
 the ciphertexts.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 import msgspec
 from aiohttp import web
 
+from server.appkeys import services
 from server.accounts import users as accounts
 from server.core import pii
 from server.accounts.users import User
@@ -31,12 +32,6 @@ class ProfileIn(msgspec.Struct, forbid_unknown_fields=True):
     id_number: pii.IdNumber | None = None
 
 
-def _settings(request: web.Request):  # noqa: ANN202
-    from server.app import services  # app imports this module
-
-    return services(request).settings
-
-
 def context(user_id: str, field: str) -> str:
     return f"user:{user_id}:{field}"
 
@@ -50,7 +45,7 @@ def profile_of(settings: object, user: User) -> Profile:
            response=Profile, tags=TAGS, security="sessionCookie")
 async def get_profile(request: web.Request) -> web.Response:
     user = await accounts.require_user(request)
-    return json_response(profile_of(_settings(request), user))
+    return json_response(profile_of(services(request).settings, user))
 
 
 @operation("PUT", "/api/me/profile", summary="Set my phone and identity numbers",
@@ -62,7 +57,7 @@ async def put_profile(request: web.Request) -> web.Response:
     accounts.same_origin(request)
     user = await accounts.require_user(request)
     body = await read_json(request, ProfileIn)
-    settings = _settings(request)
+    settings = services(request).settings
     phone = pii.normalise_phone(body.phone) if body.phone else None
     sealed_phone = pii.seal(settings, phone, context(user.user_id, "phone"))
     sealed_id = pii.seal(settings, body.id_number.upper() if body.id_number else None,
@@ -70,8 +65,6 @@ async def put_profile(request: web.Request) -> web.Response:
 
     def change(u: User) -> None:
         u.phone, u.id_number = sealed_phone, sealed_id
-
-    from server.app import services
 
     updated = await accounts.update_user(services(request).redis, user.user_id, change)
     return json_response(profile_of(settings, updated))

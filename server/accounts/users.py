@@ -49,6 +49,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from redis.exceptions import WatchError
 
+from server.accounts import api_keys
+from server.appkeys import services
 from server.core.errors import ApiError
 
 Role = Literal["customer", "partner", "admin"]
@@ -113,7 +115,7 @@ class User(msgspec.Struct, kw_only=True):
     mfa_pending: str | None = None       # set-up started, not yet verified
     recovery_codes: list[str] = []       # HMAC digests of the unused recovery codes
     session_version: int = 1
-    # Personal data, AES-GCM sealed with the data key (server/pii.py); never plaintext here.
+    # Personal data, AES-GCM sealed with the data key (server/core/pii.py); never plaintext here.
     phone: str | None = None
     id_number: str | None = None
 
@@ -390,8 +392,6 @@ async def current_user(request: web.Request) -> User | None:
     session = await _session(request)
     user_id = session.get("uid")
     if isinstance(user_id, str):
-        from server.app import services
-
         found = await load_user(services(request).redis, user_id)
         if found is not None and session.get("sv") == found.session_version:
             user = found
@@ -418,6 +418,15 @@ async def require_role(request: web.Request, *roles: str) -> User:
     if user.needs_mfa_setup:
         raise ApiError(403, "mfa_required", "turn on two-factor authentication first")
     return user
+
+
+async def require_admin(request: web.Request) -> str:
+    """The admin key (`Authorization: Bearer`) or a logged-in admin user with MFA; returns
+    who it was, for the record."""
+    if request.headers.get("Authorization"):
+        api_keys.require_admin(request, services(request).settings.admin_key)
+        return "admin-key"
+    return (await require_role(request, "admin")).user_id
 
 
 async def start_session(request: web.Request, user: User) -> None:

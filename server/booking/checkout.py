@@ -1,85 +1,143 @@
-"""Checkout: pay for a hold and book its seats, once per Idempotency-Key (a repeated key
-replays the first answer)."""
+"""The checkout use case: pay for a hold and book its seats, once per Idempotency-Key (a
+repeated key replays the first answer). Plain inputs, `Refused` for every no; the handler
+(booking/api.py) gathers the request and renders the booking.
+
+The order is what keeps money and seats together: the promo use is consumed, the card
+authorised, the seats confirmed by the show's actor (a refusal refunds at once), the
+payment captured (a failure cancels the seats and refunds), and only then the booking is
+saved and announced. Anything unknown mid-way (Redis failing after paying) keeps the
+attempt's claim: a retry with the same key resumes, and the gateway and the actor both
+answer a repeated key / command id with the first answer."""
 from __future__ import annotations
 
+import hashlib
+from dataclasses import dataclass
+
 import msgspec
-from aiohttp import web
 
 from actors import commands as c
 
 from server.booking import records as store
-from server.booking import lifecycle
+from server.booking.holding import gone_or_expired, holders_hold, promo_customer, require_active
+from server.booking.ports import Booking, Customer
+from server.booking.records import BookingRecord, CheckoutAttempt, HoldRecord, PaymentInfo
+from server.commerce.payments import (
+    GATEWAY_FAILURES, CardDetails, CardInvalid, GatewayUnavailable, PaymentError,
+)
 from server.core import pii
-from server.accounts.users import current_user, link_booking
-from server.booking.views import booking_view
-from server.booking.records import BookingRecord, HoldRecord, PaymentInfo
-from server.booking.wire import CheckoutRequest
-from server.core.errors import ApiError
-from server.booking.holds import gone_or_expired, require_active, services, utcnow
-from server.core.outbox import booking_data, publish
-from server.commerce.payments import CardDeclined, CardDetails, CardInvalid, GatewayUnavailable, PaymentError
-from server.core.wire import json_response
+from server.core.clock import from_ms, new_id
+from server.core.refusals import Refused
+
+@dataclass(frozen=True)
+class CheckoutAsk:
+    card: CardDetails
+    email: str
+    name: str
+    phone: str | None = None
+    id_number: str | None = None
 
 
-def respond(status: int, payload: bytes) -> web.Response:
-    return web.Response(status=status, body=payload, content_type="application/json")
+@dataclass(frozen=True)
+class Booked:
+    """The booking made (or, for a replayed key, found again): the handler renders it."""
+
+    booking: BookingRecord
 
 
-async def replay(request: web.Request, earlier: store.CheckoutAttempt, fingerprint: str
-                 ) -> web.Response:
-    if earlier.fingerprint != fingerprint:
-        raise ApiError(422, "idempotency_key_reused",
-                       "this Idempotency-Key was used for a different checkout request")
+@dataclass(frozen=True)
+class Answered:
+    """A final answer that is not a new booking (declined, refunded, pending): its HTTP
+    status and JSON body, exactly as remembered under the idempotency key."""
+
+    status: int
+    body: bytes
+
+
+Outcome = Booked | Answered
+
+
+def fingerprint(ask: CheckoutAsk) -> str:
+    """What makes two requests with one key the same checkout."""
+    return hashlib.sha256(f"{ask.email}\n{ask.name}\n{ask.card.number[-4:]}".encode()
+                          ).hexdigest()
+
+
+async def checkout(booking: Booking, hold_id: str, token: str, key: str, ask: CheckoutAsk,
+                   who: Customer) -> Outcome:
+    """`key` is the client's Idempotency-Key (1-255 characters), one per attempt."""
+    hold = await holders_hold(booking, hold_id, token)
+    idem = store.idempotency_key(hold.show_id, hold_id, key)
+    print_ = fingerprint(ask)
+    attempt = CheckoutAttempt("pending", new_id(hold.show_id), print_)
+    earlier = await booking.checkouts.claim(idem, attempt)
+    if earlier is not None:
+        return await _replay(booking, earlier, print_)
+    try:
+        # the promo code's reserved use is consumed first (refused if it cannot be), and
+        # given back if this attempt does not book
+        promo_who = await _consume_promo(booking, hold, ask.email, who)
+        try:
+            outcome = await _pay_and_book(booking, hold, ask, attempt, idem, who)
+        except Refused:
+            await _unconsume_promo(booking, hold, promo_who)
+            raise
+        if isinstance(outcome, Answered) and outcome.status >= 400:
+            await _unconsume_promo(booking, hold, promo_who)
+    except Refused:
+        await booking.checkouts.drop(idem)  # nothing happened: the key is free again
+        raise
+    return outcome
+
+
+async def _replay(booking: Booking, earlier: CheckoutAttempt, print_: str) -> Outcome:
+    if earlier.fingerprint != print_:
+        raise Refused("idempotency_key_reused",
+                      "this Idempotency-Key was used for a different checkout request")
     if earlier.state == "pending":
-        raise ApiError(409, "checkout_in_progress",
-                       "a checkout with this Idempotency-Key is in progress; retry shortly")
+        raise Refused("checkout_in_progress",
+                      "a checkout with this Idempotency-Key is in progress; retry shortly")
     if earlier.status == 201:
-        booking = await store.load_booking(services(request).redis, earlier.booking_id)
-        if booking is not None:
-            return json_response(await booking_view(request, booking), status=201)
-    return respond(earlier.status, bytes(earlier.body))
+        found = await booking.checkouts.load_booking(earlier.booking_id)
+        if found is not None:
+            return Booked(found)
+    return Answered(earlier.status, bytes(earlier.body))
 
 
-async def pay_and_book(
-    request: web.Request, hold: HoldRecord, card: CardDetails, body: CheckoutRequest,
-    attempt: store.CheckoutAttempt, idem: str,
-) -> tuple[int, bytes]:
-    """Pay, confirm, capture. ApiError means nothing happened (the claim is dropped);
-    a returned (status, body) is final and remembered under the idempotency key."""
-    svc = services(request)
-    require_active(hold)
-    if body.phone or body.id_number:
-        pii.settings_cipher(svc.settings)  # 503 now, before paying, if there is no data key
+async def _pay_and_book(booking: Booking, hold: HoldRecord, ask: CheckoutAsk,
+                        attempt: CheckoutAttempt, idem: str, who: Customer) -> Outcome:
+    """Pay, confirm, capture. `Refused` means nothing happened (the claim is dropped); an
+    outcome is final and remembered under the idempotency key."""
+    require_active(hold, booking.clock.now_ms())
+    settings = booking.settings
+    if ask.phone or ask.id_number:
+        pii.settings_cipher(settings)  # refused now, before paying, if there is no data key
 
-    async def final(status: int, code: str, message: str, **details: object) -> tuple[int, bytes]:
+    async def final(status: int, code: str, message: str, **details: object) -> Answered:
         payload = msgspec.json.encode({"error": {"code": code, "message": message, **details}})
-        await store.finish_attempt(svc.redis, idem, msgspec.structs.replace(
+        await booking.checkouts.finish(idem, msgspec.structs.replace(
             attempt, state="done", status=status, body=msgspec.Raw(payload)))
-        return status, payload
+        return Answered(status, payload)
 
-    gateway = svc.payments
+    gateway = booking.payments
     try:  # timeout + circuit breaker (payments.GatewayGuard)
-        auth = await svc.payment_guard.call(lambda: gateway.authorise(
-            amount=hold.quote.total, currency=hold.quote.currency, card=card,
+        auth = await booking.payment_guard.call(lambda: gateway.authorise(
+            amount=hold.quote.total, currency=hold.quote.currency, card=ask.card,
             idempotency_key=idem))
-    except lifecycle.GATEWAY_FAILURES as exc:  # down or timed out: extend the hold, 503
-        raise await lifecycle.gateway_down(svc, hold, exc) from None
+    except GATEWAY_FAILURES as exc:  # down or timed out: extend the hold, 503
+        raise await booking.checkouts.gateway_down(hold, exc) from None
     except CardInvalid as exc:
-        raise ApiError(422, exc.code, exc.message) from None
-    except CardDeclined as exc:
-        return await final(402, exc.code, exc.message)
-    except PaymentError as exc:
+        raise Refused(exc.code, exc.message, status=422) from None
+    except PaymentError as exc:  # CardDeclined among them
         return await final(402, exc.code, exc.message)
     if auth.status == "pending":  # settled later by the gateway's webhook (lifecycle.py)
-        customer = await current_user(request)
-        return await lifecycle.start_pending(
-            svc, hold, auth, attempt, idem, email=body.email, name=body.name,
-            customer_id=customer.user_id if customer and customer.role == "customer" else None,
-            phone=pii.seal_booking_phone(svc.settings, body.phone, attempt.booking_id),
-            id_number=pii.seal_booking_id_number(svc.settings, body.id_number,
-                                                 attempt.booking_id))
+        status, body = await booking.checkouts.pending(
+            hold, auth, attempt, idem, email=ask.email, name=ask.name,
+            customer_id=await who.customer_id(),
+            phone=pii.seal_booking_phone(settings, ask.phone, attempt.booking_id),
+            id_number=pii.seal_booking_id_number(settings, ask.id_number, attempt.booking_id))
+        return Answered(status, body)
 
-    result = await svc.shows.submit(hold.show_id, c.Confirm(
+    result = await booking.shows.submit(hold.show_id, c.Confirm(
         f"confirm:{idem}", hold.hold_id, hold.token_hash, attempt.booking_id, auth.ref))
     if isinstance(result, c.Rejected):
         await gateway.refund(auth.ref)
@@ -91,31 +149,56 @@ async def pay_and_book(
     try:
         await gateway.capture(auth.ref)
     except (PaymentError, GatewayUnavailable) as exc:
-        await svc.shows.submit(hold.show_id, c.Cancel(f"cancel:{idem}", booking_id,
-                                                      hold.token_hash))
+        await booking.shows.submit(hold.show_id, c.Cancel(f"cancel:{idem}", booking_id,
+                                                          hold.token_hash))
         await gateway.refund(auth.ref)
         return await final(402, getattr(exc, "code", "capture_failed"), str(exc))
 
-    customer = await current_user(request)  # logged in: "my bookings"; else a guest
-    customer_id = customer.user_id if customer and customer.role == "customer" else None
-    booking = BookingRecord(
+    record = BookingRecord(
         booking_id=booking_id, show_id=hold.show_id, hold_id=hold.hold_id,
         seats=result.seats, quote=hold.quote,
         payment=PaymentInfo(auth.ref, auth.card_token, auth.last4, auth.brand),
-        email=body.email, name=body.name, created_at=utcnow(), customer_id=customer_id,
+        email=ask.email, name=ask.name, created_at=from_ms(booking.clock.now_ms()),
+        customer_id=await who.customer_id(),  # logged in: "my bookings"; else a guest
         holder_hash=hold.token_hash,
-        phone=pii.seal_booking_phone(svc.settings, body.phone, booking_id),
-        id_number=pii.seal_booking_id_number(svc.settings, body.id_number, booking_id),
+        phone=pii.seal_booking_phone(settings, ask.phone, booking_id),
+        id_number=pii.seal_booking_id_number(settings, ask.id_number, booking_id),
     )
-    await store.save_booking(svc.redis, booking)
-    if customer_id is not None:
-        await link_booking(svc.redis, customer_id, booking_id)
-    await publish(svc.redis, "booking.confirmed", booking_data(booking),
-                  event_id=f"booking.confirmed:{booking_id}")  # e-mail + partner webhooks
     hold.state, hold.booking_id = "booked", booking_id
-    await store.save_hold(svc.redis, hold)
-    await store.finish_attempt(svc.redis, idem, msgspec.structs.replace(
+    await booking.checkouts.booked(record, hold)
+    await booking.checkouts.finish(idem, msgspec.structs.replace(
         attempt, state="done", booking_id=booking_id, status=201))
-    await lifecycle.after_confirm(svc, booking, publish_confirmed=False)  # sold out? cancelled?
-    return 201, msgspec.json.encode(await booking_view(request, booking))
+    await booking.checkouts.after_booking(record)  # sold out? show cancelled meanwhile?
+    return Booked(record)
 
+
+async def _consume_promo(booking: Booking, hold: HoldRecord, email: str, who: Customer
+                         ) -> str | None:
+    """Turn the hold's promo reservation into a use. The customer key if this call
+    consumed one (to give back if the checkout fails)."""
+    code = hold.quote.promo_code
+    if not code or hold.state != "active":
+        return None
+    promo = await booking.promos.get(code)
+    if promo is None:  # deleted meanwhile: the quote stands, there is nothing to count
+        return None
+    customer = promo_customer(await who.user_id(), email) or ""
+    verdict = await booking.promos.consume(promo, hold.hold_id, customer,
+                                           booking.clock.now_ms())
+    if verdict == "repeat":
+        return None
+    if verdict == "wrong_customer":
+        raise Refused("promo_customer_mismatch",
+                      "check out with the e-mail address (or account) the promo code was "
+                      "applied for")
+    if verdict != "ok":
+        raise Refused("promo_exhausted", "this promo code has been used up meanwhile")
+    return customer
+
+
+async def _unconsume_promo(booking: Booking, hold: HoldRecord, customer: str | None) -> None:
+    if customer is None or not hold.quote.promo_code:
+        return
+    live = hold.state == "active" and hold.expires_ms > booking.clock.now_ms()
+    await booking.promos.unconsume(hold.quote.promo_code, hold.hold_id, customer,
+                                   hold.expires_ms if live else None)

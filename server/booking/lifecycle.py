@@ -1,6 +1,6 @@
 """The booking lifecycle after the seats are held: service functions (no HTTP here).
 
-Checkout (server/checkout.py) and the endpoints in lifecycle_api call these.
+Checkout (server/booking/checkout.py) and the endpoints in lifecycle_api call these.
 
 **Pending payments** (`start_pending`, `settle_payment`). When the gateway answers
 "pending" (the sandbox's 4000 0000 0000 3220 card), checkout answers 202: the hold is
@@ -53,9 +53,7 @@ concurrent scans exactly one wins and the others get 409 already_admitted.
 """
 from __future__ import annotations
 
-import asyncio
 import logging
-import secrets
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -64,28 +62,28 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from actors import commands as c
-from actors.layout import ShowConfig
-from actors.store import config_key
 
+from server.core.clock import as_utc, cmd_id, utcnow
 from server.booking import records as store
 from server.core import outbox
-from server.commerce import pricing
-from server.booking.records import BookingRecord, HoldRecord, PaymentInfo
+from server.booking.records import BookingRecord, BulkRecord, HoldRecord, PaymentInfo, bulk_key
 from server.catalog.model import Money, Show, catalog_key
 from server.core.circuit_breaker import CircuitOpen
 from server.core.errors import ApiError, error_response
 from server.commerce.payments import (
+    GATEWAY_FAILURES,
     Authorisation,
     GatewayTimeout,
     GatewayUnavailable,
     PaymentError,
     WebhookEvent,
 )
-from server.booking.seat_status import read_seat_statuses
+from server.catalog.seat_status import read_seat_statuses
 from server.booking.tickets import TicketPayload, booking_token, sign_ticket, verify_ticket
+from server.catalog import service as catalog
 
 if TYPE_CHECKING:
-    from server.app import Services
+    from server.appkeys import Services
 
 log = logging.getLogger(__name__)
 
@@ -118,27 +116,7 @@ def gateway_retry(exc: Exception, svc: Services, **details: Any) -> RetryLater:
     return RetryLater(code, f"{exc}; retry later", wait, **details)
 
 
-GATEWAY_FAILURES = (CircuitOpen, GatewayUnavailable)
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _now_ms() -> int:
-    return int(_now().timestamp() * 1000)
-
-
-def _utc(t: datetime) -> datetime:
-    return t if t.tzinfo else t.replace(tzinfo=UTC)
-
-
-def _cmd_id() -> str:
-    return secrets.token_hex(12)
-
-
 _show_decoder = msgspec.json.Decoder(Show)
-_config_decoder = msgspec.json.Decoder(ShowConfig)
 
 
 async def load_show(redis: aioredis.Redis, show_id: str) -> Show | None:
@@ -152,7 +130,7 @@ def booking_data(booking: BookingRecord, show: Show | None, **extra: Any) -> dic
     return {
         **outbox.booking_data(booking),
         "customer_id": booking.customer_id,
-        "starts_at": _utc(show.starts_at).isoformat() if show else None,
+        "starts_at": as_utc(show.starts_at).isoformat() if show else None,
         "movie_id": show.movie_id if show else None,
         "theatre_id": show.theatre_id if show else None,
         **extra,
@@ -206,7 +184,7 @@ async def extend_hold(svc: Services, hold: HoldRecord, seconds: int) -> datetime
     """Extend a live hold through its actor (capped at its lifetime); the new expiry, or
     None if the actor refused (e.g. it is at its maximum lifetime already)."""
     result = await svc.shows.submit(hold.show_id, c.Extend(
-        _cmd_id(), hold.hold_id, hold.token_hash, seconds * 1000))
+        cmd_id(), hold.hold_id, hold.token_hash, seconds * 1000))
     if not isinstance(result, c.Extended):
         return None
     hold.expires_ms = result.expires_at_ms
@@ -273,7 +251,7 @@ async def start_pending(svc: Services, hold: HoldRecord, auth: Authorisation,
         booking_id=attempt.booking_id, show_id=hold.show_id, hold_id=hold.hold_id,
         seats=hold.seats, quote=hold.quote,
         payment=PaymentInfo(auth.ref, auth.card_token, auth.last4, auth.brand),
-        email=email, name=name, created_at=_now(), status="pending",
+        email=email, name=name, created_at=utcnow(), status="pending",
         customer_id=customer_id, holder_hash=hold.token_hash, phone=phone,
         id_number=id_number)
     hold.state, hold.booking_id = "pending", booking.booking_id
@@ -421,7 +399,7 @@ async def save_policy(redis: aioredis.Redis, show_id: str, policy: CancellationP
 
 
 def refund_percent(policy: CancellationPolicy, starts_at: datetime, now: datetime) -> int:
-    left = _utc(starts_at) - now
+    left = as_utc(starts_at) - now
     for tier in sorted(policy.tiers, key=lambda t: -t.hours_before):
         if left >= timedelta(hours=tier.hours_before):
             return tier.refund_percent
@@ -462,7 +440,7 @@ async def quote_cancellation(svc: Services, booking: BookingRecord, show: Show |
                              ) -> tuple[int, int, CancellationPolicy]:
     """(percent, refund amount, policy) if the customer cancelled now."""
     policy = await load_policy(svc.redis, booking.show_id)
-    pct = refund_percent(policy, show.starts_at, _now()) if show else 100
+    pct = refund_percent(policy, show.starts_at, utcnow()) if show else 100
     return pct, booking.quote.total * pct // 100, policy
 
 
@@ -471,7 +449,7 @@ async def customer_cancel(svc: Services, booking: BookingRecord) -> Cancellation
     show = await load_show(svc.redis, booking.show_id)
     if booking.status != "confirmed":
         raise ApiError(409, f"booking_{booking.status}", f"this booking is {booking.status}")
-    if show is not None and _utc(show.starts_at) <= _now():
+    if show is not None and as_utc(show.starts_at) <= utcnow():
         raise ApiError(409, "show_started", "the show has started; it cannot be cancelled")
     if await svc.redis.exists(checkin_key(booking.show_id, booking.booking_id)):
         raise ApiError(409, "already_admitted", "this ticket was used at the door")
@@ -517,7 +495,7 @@ async def cancel_booking(svc: Services, booking: BookingRecord, *, by: Cancelled
                            result.message)
         booking.status = caller.status = "cancelled"
         record = Cancellation(booking.booking_id, booking.show_id, "cancelled", booking.seats,
-                              by, percent, Money(refunded, booking.quote.currency), _now())
+                              by, percent, Money(refunded, booking.quote.currency), utcnow())
         async with svc.redis.pipeline(transaction=True) as pipe:
             pipe.set(store.booking_key(booking.show_id, booking.booking_id),
                      msgspec.json.encode(booking))
@@ -588,7 +566,7 @@ async def cancel_show_bookings(svc: Services, show: Show) -> list[Cancellation]:
                     if b.status == "cancelled"]
         await _publish(svc, "show.cancelled", {
             "show_id": show.show_id, "movie_id": show.movie_id,
-            "theatre_id": show.theatre_id, "starts_at": _utc(show.starts_at).isoformat(),
+            "theatre_id": show.theatre_id, "starts_at": as_utc(show.starts_at).isoformat(),
             "bookings": [{"booking_id": b.booking_id, "email": b.email, "name": b.name,
                           "seats": b.seats} for b in everyone],
         }, show.partner_id, f"show.cancelled:{show.show_id}")
@@ -597,128 +575,12 @@ async def cancel_show_bookings(svc: Services, show: Show) -> list[Cancellation]:
 
 # --- bulk booking ------------------------------------------------------------------------
 
-class BulkRecord(msgspec.Struct):
-    bulk_id: str
-    show_id: str
-    partner_id: str
-    booking_ids: list[str]
-    seats: list[str]
-    amount: Money
-    email: str
-    name: str
-    reference: str | None
-    created_at: datetime
-    status: Literal["confirmed", "cancelled"] = "confirmed"
-
-
-def bulk_key(show_id: str, bulk_id: str) -> str:
-    return f"bulk:{{{show_id}}}:{bulk_id}"
-
-
-async def load_bulk(redis: aioredis.Redis, show_id: str, bulk_id: str) -> BulkRecord | None:
-    raw = await redis.get(bulk_key(show_id, bulk_id))
-    return msgspec.json.decode(raw, type=BulkRecord) if raw else None
-
-
-REJECT_STATUS = {"invalid": 422, "unknown_seats": 422, "too_many_seats": 422,
-                 "seats_unavailable": 409, "not_enough_seats": 409, "unavailable": 503}
-
-
-def _chunks(items: list[str], size: int) -> list[list[str]]:
-    return [items[i:i + size] for i in range(0, len(items), size)]
-
-
-async def bulk_book(svc: Services, show: Show, *, seats: list[str] | None, count: int | None,
-                    category: str | None, email: str, name: str, reference: str | None
-                    ) -> tuple[BulkRecord, list[BookingRecord]]:
-    raw = await svc.redis.get(config_key(show.show_id))
-    if raw is None:
-        raise ApiError(404, "not_found", f"show {show.show_id!r} has no seat layout")
-    config = _config_decoder.decode(raw)
-    category_of = {s.id: s.category for s in config.layout.seats}
-    per_hold = max(1, config.rules.max_seats_per_hold)
-    if seats is not None:
-        seats = list(dict.fromkeys(seats))
-        unknown = [s for s in seats if s not in category_of]
-        if unknown:
-            raise ApiError(422, "unknown_seats", "no such seats in this show", seats=unknown)
-        unpriced = [s for s in seats if category_of[s] not in show.prices]
-        if unpriced:
-            raise ApiError(422, "not_for_sale", "these seats are not on sale", seats=unpriced)
-    elif category is not None and category not in show.prices:
-        raise ApiError(422, "invalid", f"no seat category {category!r} on sale")
-
-    token = secrets.token_urlsafe(24)
-    digest = store.token_hash(token)
-    bulk_id = f"{show.show_id}.{secrets.token_urlsafe(9)}"
-    cmds: list[c.Command] = []
-    if seats is not None:
-        for part in _chunks(seats, per_hold):
-            cmds.append(c.Hold(_cmd_id(), f"{show.show_id}.{secrets.token_urlsafe(9)}",
-                               digest, part))
-    else:
-        assert count is not None
-        left = count
-        while left > 0:
-            n = min(per_hold, left)
-            cmds.append(c.HoldBest(_cmd_id(), f"{show.show_id}.{secrets.token_urlsafe(9)}",
-                                   digest, n, category))
-            left -= n
-    # Submitted together: the group-commit client sends them to the actor as one batch.
-    results = await asyncio.gather(*(svc.shows.submit(show.show_id, cmd) for cmd in cmds))
-    held = [r for r in results if isinstance(r, c.Held)]
-    refused = [r for r in results if isinstance(r, c.Rejected)]
-    unpriced_best = [s for r in held for s in r.seats if category_of[s] not in show.prices]
-    if refused or unpriced_best:
-        await asyncio.gather(*(svc.shows.submit(show.show_id, c.Release(
-            _cmd_id(), r.hold_id, digest)) for r in held))
-        if refused:
-            first = refused[0]
-            taken = sorted({s for r in refused for s in r.seats})
-            details = {"seats": taken} if taken else {}
-            raise ApiError(REJECT_STATUS.get(first.code, 409), first.code,
-                           first.message + "; nothing was booked", **details)
-        raise ApiError(409, "not_for_sale", "some of the best free seats are not on sale; "
-                       "name the seats")
-
-    booking_ids = [f"{show.show_id}.{secrets.token_urlsafe(9)}" for _ in held]
-    confirms = await asyncio.gather(*(svc.shows.submit(show.show_id, c.Confirm(
-        _cmd_id(), h.hold_id, digest, bid, f"inv_{bulk_id}")) for h, bid in zip(held, booking_ids)))
-    if any(not isinstance(r, c.Confirmed) for r in confirms):
-        # Nothing stays booked: undo the confirmed ones, release the rest.
-        await asyncio.gather(*(
-            svc.shows.submit(show.show_id, c.Cancel(_cmd_id(), r.booking_id, digest))
-            if isinstance(r, c.Confirmed) else
-            svc.shows.submit(show.show_id, c.Release(_cmd_id(), h.hold_id, digest))
-            for h, r in zip(held, confirms)))
-        raise ApiError(503, "unavailable", "the seats could not be booked; nothing was booked")
-
-    now = _now()
-    currency = next(iter(show.prices.values())).currency if show.prices else ""
-    records: list[BookingRecord] = []
-    for h, r in zip(held, confirms):
-        assert isinstance(r, c.Confirmed)
-        quote = pricing.list_price_quote(currency, [pricing.SeatPrice(
-            s, category_of[s], show.prices[category_of[s]].amount) for s in r.seats])
-        records.append(BookingRecord(
-            booking_id=r.booking_id, show_id=show.show_id, hold_id=h.hold_id, seats=r.seats,
-            quote=quote,
-            payment=PaymentInfo(f"inv_{bulk_id}", "", "", "invoice"), email=email, name=name,
-            created_at=now, holder_hash=digest))
-    all_seats = [s for b in records for s in b.seats]
-    bulk = BulkRecord(bulk_id, show.show_id, show.partner_id, [b.booking_id for b in records],
-                      all_seats, Money(sum(b.quote.total for b in records), currency), email,
-                      name, reference, now)
-    async with svc.redis.pipeline(transaction=True) as pipe:
-        for b in records:
-            pipe.set(store.booking_key(b.show_id, b.booking_id), msgspec.json.encode(b))
-        pipe.set(bulk_key(show.show_id, bulk_id), msgspec.json.encode(bulk))
-        await pipe.execute()
-    for b in records:
-        await _publish(svc, "booking.confirmed", booking_data(b, show, bulk_id=bulk_id),
+async def announce_bulk(svc: Services, show: Show, bulk: BulkRecord,
+                        bookings: list[BookingRecord]) -> None:
+    for b in bookings:
+        await _publish(svc, "booking.confirmed", booking_data(b, show, bulk_id=bulk.bulk_id),
                        show.partner_id, f"booking.confirmed:{b.booking_id}")
     await check_sold_out(svc, show.show_id, show.partner_id)
-    return bulk, records
 
 
 async def bulk_cancel(svc: Services, show: Show, bulk: BulkRecord) -> list[Cancellation]:
@@ -751,8 +613,6 @@ class Admission(msgspec.Struct):
 
 
 async def check_in(svc: Services, partner_id: str, code: str) -> Admission:
-    from server.catalog import service as catalog
-
     payload = verify_ticket(svc.settings.secret, code)
     if payload is None:
         raise ApiError(400, "invalid_ticket", "the ticket's signature does not verify")
@@ -765,7 +625,7 @@ async def check_in(svc: Services, partner_id: str, code: str) -> Admission:
     if sorted(payload.seats) != sorted(booking.seats):
         raise ApiError(409, "ticket_outdated", "the ticket's seats are not the booking's")
     admission = Admission(booking.booking_id, booking.show_id, booking.seats, booking.name,
-                          _now())
+                          utcnow())
     key = checkin_key(booking.show_id, booking.booking_id)
     if not await svc.redis.set(key, msgspec.json.encode(admission), nx=True, ex=CHECKIN_TTL_S):
         raw = await svc.redis.get(key)

@@ -1,4 +1,4 @@
-"""Booking lifecycle endpoints (the rules are in server/lifecycle.py).
+"""Booking lifecycle endpoints (the rules are in server/booking/lifecycle.py).
 
     POST   /api/payments/webhook                         the gateway's signed webhook
     GET    /api/bookings/{booking_id}/cancellation       what cancelling now would refund
@@ -20,9 +20,13 @@ from typing import Annotated
 import msgspec
 from aiohttp import web
 
+from server.appkeys import services
 from server.accounts import api_keys as auth
 from server.catalog import service as catalog
 from server.booking import lifecycle
+from server.booking.adapters import booking_ports
+from server.booking.bulk import BulkAsk, bulk_book
+from server.booking.records import BulkRecord
 from server.catalog.model import Money
 from server.core.errors import ApiError
 from server.booking.lifecycle import (
@@ -34,6 +38,8 @@ from server.booking.lifecycle import (
 from server.core.openapi import Header, Query, operation
 from server.commerce.payments import WebhookError
 from server.core.wire import json_response, read_json
+from server.booking.views import authorised_booking
+from server.booking import records as store
 
 routes = web.RouteTableDef()
 
@@ -54,12 +60,6 @@ def retry_after(handler: Handler) -> Handler:
             return exc.response()
 
     return wrapped
-
-
-def services(request: web.Request):  # noqa: ANN201 (app imports this module)
-    from server.app import services as get
-
-    return get(request)
 
 
 # --- wire ---------------------------------------------------------------------------------
@@ -156,8 +156,6 @@ _TOKEN = (Header("X-Booking-Token", description="the booking token"),
            summary="What cancelling this booking now would refund",
            response=CancellationQuote, errors=(401, 403, 404), tags=CUSTOMER, params=_TOKEN)
 async def get_cancellation_quote(request: web.Request) -> web.Response:
-    from server.booking.views import authorised_booking
-
     booking = await authorised_booking(request)
     svc = services(request)
     show = await lifecycle.load_show(svc.redis, booking.show_id)
@@ -176,8 +174,6 @@ async def cancel_my_booking(request: web.Request) -> web.Response:
     default: 100% until 24 h before the start, 50% until 2 h, none after); the seats go
     back on sale. 409 if cancelled already, after the show started or once admitted; 503
     with Retry-After if the refund cannot be made right now (nothing changed: retry)."""
-    from server.booking.views import authorised_booking
-
     booking = await authorised_booking(request)
     return json_response(await lifecycle.customer_cancel(services(request), booking))
 
@@ -219,7 +215,7 @@ async def put_policy(request: web.Request) -> web.Response:
     return json_response(policy)
 
 
-def _bulk_view(request: web.Request, bulk: lifecycle.BulkRecord, bookings, show  # noqa: ANN001
+def _bulk_view(request: web.Request, bulk: BulkRecord, bookings, show  # noqa: ANN001
                ) -> BulkBookingResponse:
     secret = services(request).settings.secret
     return BulkBookingResponse(
@@ -241,23 +237,15 @@ def _bulk_view(request: web.Request, bulk: lifecycle.BulkRecord, bookings, show 
 async def create_bulk_booking(request: web.Request) -> web.Response:
     show = await _owned_show(request, await _partner(request))
     body = await read_json(request, BulkBookingRequest)
-    if (body.seats is None) == (body.best is None):
-        raise ApiError(422, "invalid", 'give exactly one of "seats" or "best"')
-    if show.status == "cancelled":
-        raise ApiError(409, "show_cancelled", f"show {show.show_id!r} is cancelled")
-    if lifecycle._utc(show.starts_at) <= lifecycle._now():
-        raise ApiError(410, "show_started", "this show has started")
-    bulk, bookings = await lifecycle.bulk_book(
-        services(request), show, seats=body.seats,
-        count=body.best.count if body.best else None,
-        category=body.best.category if body.best else None,
-        email=body.email, name=body.name, reference=body.reference)
+    ask = BulkAsk(body.email, body.name, body.seats, body.best.count if body.best else None,
+                  body.best.category if body.best else None, body.reference)
+    bulk, bookings = await bulk_book(booking_ports(services(request)), show, ask)
     return json_response(_bulk_view(request, bulk, bookings, show), status=201)
 
 
 async def _bulk(request: web.Request):  # noqa: ANN202
     show = await _owned_show(request, await _partner(request))
-    bulk = await lifecycle.load_bulk(services(request).redis, show.show_id,
+    bulk = await store.load_bulk(services(request).redis, show.show_id,
                                      request.match_info["bulk_id"])
     if bulk is None:
         raise ApiError(404, "not_found", "no such bulk booking for this show")
@@ -269,8 +257,6 @@ async def _bulk(request: web.Request):  # noqa: ANN202
            summary="A bulk booking with its e-tickets", response=BulkBookingResponse,
            errors=(401, 403, 404), tags=PARTNER, security="partnerKey")
 async def get_bulk_booking(request: web.Request) -> web.Response:
-    from server.booking import records as store
-
     show, bulk = await _bulk(request)
     bookings = [b for b in [await store.load_booking(services(request).redis, i)
                             for i in bulk.booking_ids] if b is not None]

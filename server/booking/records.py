@@ -20,6 +20,7 @@ from typing import Literal
 import msgspec
 import redis.asyncio as aioredis
 
+from server.catalog.model import Money
 from server.commerce import pricing
 
 HOLD_RECORD_GRACE_MS = 24 * 3600 * 1000   # keep a hold record this long after its lifetime
@@ -39,7 +40,7 @@ def show_of(record_id: str) -> str | None:
 
 # --- quotes ----------------------------------------------------------------------------
 
-# The quote is server/pricing.py's itemised quote (per seat: base, discount, fee, tax,
+# The quote is server/commerce/pricing.py's itemised quote (per seat: base, discount, fee, tax,
 # total), made when the seats are held and charged at checkout unchanged.
 Quote = pricing.Quote
 QuoteLine = pricing.QuoteLine
@@ -48,7 +49,7 @@ QuoteLine = pricing.QuoteLine
 # --- holds -----------------------------------------------------------------------------
 
 # "pending": an asynchronous payment is under way (confirmed or failed by the gateway's
-# webhook, server/lifecycle.py); the hold can be neither paid again nor released meanwhile.
+# webhook, server/booking/lifecycle.py); the hold can be neither paid again nor released meanwhile.
 HoldState = Literal["active", "released", "booked", "pending"]
 
 
@@ -105,13 +106,13 @@ class BookingRecord(msgspec.Struct):
     name: str
     created_at: datetime
     # "pending": paid asynchronously, waiting for the gateway's webhook; "failed": that
-    # payment failed (the seats were never booked). See server/lifecycle.py.
+    # payment failed (the seats were never booked). See server/booking/lifecycle.py.
     status: Literal["confirmed", "cancelled", "pending", "failed"] = "confirmed"
     customer_id: str | None = None  # the logged-in customer's user id (None: guest checkout)
     # SHA-256 of the holder token the show actor knows the booking by (actors Cancel needs
     # it); "" for records written before it was kept (the hold record has it then).
     holder_hash: str = ""
-    # The contact phone, AES-GCM sealed with the data key (server/pii.py), bound to the
+    # The contact phone, AES-GCM sealed with the data key (server/core/pii.py), bound to the
     # booking id; None when none was given.
     phone: str | None = None
     id_number: str | None = None  # an identity document number, sealed the same way
@@ -177,3 +178,38 @@ async def finish_attempt(redis: aioredis.Redis, key: str, attempt: CheckoutAttem
 async def drop_attempt(redis: aioredis.Redis, key: str) -> None:
     """Forget a claim whose request was rejected before anything happened (e.g. 422)."""
     await redis.delete(key)
+
+
+# --- bulk bookings (a partner's, invoiced) ---------------------------------------------------
+
+class BulkRecord(msgspec.Struct):
+    bulk_id: str
+    show_id: str
+    partner_id: str
+    booking_ids: list[str]
+    seats: list[str]
+    amount: Money
+    email: str
+    name: str
+    reference: str | None
+    created_at: datetime
+    status: Literal["confirmed", "cancelled"] = "confirmed"
+
+
+def bulk_key(show_id: str, bulk_id: str) -> str:
+    return f"bulk:{{{show_id}}}:{bulk_id}"
+
+
+async def load_bulk(redis: aioredis.Redis, show_id: str, bulk_id: str) -> BulkRecord | None:
+    raw = await redis.get(bulk_key(show_id, bulk_id))
+    return msgspec.json.decode(raw, type=BulkRecord) if raw else None
+
+
+async def save_bulk(redis: aioredis.Redis, bookings: list[BookingRecord], bulk: BulkRecord
+                    ) -> None:
+    """The bookings and their bulk record in one transaction: all or none."""
+    async with redis.pipeline(transaction=True) as pipe:
+        for b in bookings:
+            pipe.set(booking_key(b.show_id, b.booking_id), msgspec.json.encode(b))
+        pipe.set(bulk_key(bulk.show_id, bulk.bulk_id), msgspec.json.encode(bulk))
+        await pipe.execute()

@@ -7,13 +7,14 @@ from datetime import datetime
 import msgspec
 from aiohttp import web
 
+from server.appkeys import services
 from server.booking import records as store
 from server.booking.records import BookingRecord
 from server.catalog.model import Money, Movie, Screen, Show, Theatre, catalog_key
 from server.booking.wire import BookingResponse, PaymentView, ShowInfo, Ticket
 from server.core import pii
 from server.core.errors import ApiError
-from server.booking.holds import bearer, services
+from server.booking.bearer import bearer
 from server.booking.tickets import TicketPayload, booking_token, check_booking_token, sign_ticket
 
 show_decoder = msgspec.json.Decoder(Show)

@@ -1,4 +1,4 @@
-"""The customer REST API's request and response bodies (msgspec Structs; server/openapi.py
+"""The customer REST API's request and response bodies (msgspec Structs; server/core/openapi.py
 derives their JSON schemas)."""
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ class HoldRequest(msgspec.Struct, forbid_unknown_fields=True):
 
     seats: Annotated[list[SeatId], msgspec.Meta(min_length=1, max_length=100)] | None = None
     best: BestRequest | None = None
-    # A promo code (server/pricing.py): its use is reserved for this hold and consumed at
+    # A promo code (server/commerce/pricing.py): its use is reserved for this hold and consumed at
     # checkout. A guest gives the e-mail it will check out with (per-customer limits).
     promo_code: Annotated[str, msgspec.Meta(min_length=1, max_length=32)] | None = None
     email: Annotated[str, msgspec.Meta(max_length=254,
@@ -122,7 +122,7 @@ class CheckoutRequest(msgspec.Struct, forbid_unknown_fields=True):
     card: CardIn
     email: Annotated[str, msgspec.Meta(max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
-    phone: Phone | None = None  # contact for the show day; stored encrypted (server/pii.py)
+    phone: Phone | None = None  # contact for the show day; stored encrypted (server/core/pii.py)
     id_number: IdNumber | None = None  # where the venue asks for ID; stored encrypted
 
 

@@ -14,6 +14,8 @@ import msgspec
 
 from actors.layout import Seat
 
+from server.core.clock import as_utc
+
 Id = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 Currency = Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$")]
 
@@ -73,6 +75,11 @@ class Show(msgspec.Struct, forbid_unknown_fields=True):
     city: str = ""        # derived from the theatre
     ends_at: datetime | None = None  # derived from the movie's runtime
     status: ShowStatus = "scheduled"
+
+    @property
+    def starts_at_utc(self) -> datetime:
+        """`starts_at` as an aware UTC datetime (older records decode naive)."""
+        return as_utc(self.starts_at)
 
 
 def catalog_key(kind: str, item_id: str) -> str:
@@ -213,7 +220,7 @@ class MovieInfo(msgspec.Struct):
 
 
 class RatingSummary(msgspec.Struct):
-    """Customers' ratings of a movie or theatre (server/reviews.py): the mean of the
+    """Customers' ratings of a movie or theatre (server/discovery/reviews.py): the mean of the
     visible ratings (1-5, two decimals; None when there are none) and how many."""
 
     average: float | None

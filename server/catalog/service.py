@@ -10,7 +10,7 @@ Records are JSON under `catalog:<kind>:<id>` (catalog_model.catalog_key). Indexe
     idx:shows:screen:<screen_id>    zset  scheduled show ids by start (ms): the overlap check
     idx:partner:<pid>:shows:<date>  zset  all of a partner's shows (cancelled too) by start
     catalog:generation              int   bumped by every catalog write (in its MULTI): the
-                                          search cache keys on it (server/search.py)
+                                          search cache keys on it (server/discovery/search.py)
 
 Every write reads under WATCH and writes all its keys (record, indexes and, for shows, the
 actor's `ShowConfig`) in one MULTI, retried if a watched key moved: validation and write
@@ -34,6 +34,7 @@ from redis.exceptions import WatchError
 from actors.layout import Layout, LayoutError, Rules, ShowConfig, validate_layout
 from actors.store import config_key, seq_key
 
+from server.core.clock import utcnow
 from server.catalog.model import (
     Availability,
     City,
@@ -56,6 +57,7 @@ from server.catalog.model import (
 )
 from server.core.errors import ApiError
 from server.catalog.show_cache import SHOWS_CHANNEL
+from server.catalog.seat_status import read_seat_statuses
 
 T = TypeVar("T")
 
@@ -114,10 +116,6 @@ GENERATION = "catalog:generation"  # INCR'd in the MULTI of every catalog write
 
 
 # --- helpers --------------------------------------------------------------------------
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
 
 def to_ms(t: dt.datetime) -> int:
     return int(t.timestamp() * 1000)
@@ -475,8 +473,6 @@ async def scheduled_show(redis: aioredis.Redis, show_id: str) -> Show | None:
 # --- partner reporting ----------------------------------------------------------------
 
 async def partner_shows(redis: aioredis.Redis, partner_id: str, date: str) -> list[PartnerShow]:
-    from server.booking.seat_status import read_seat_statuses  # engineer B's read path (never wakes actors)
-
     ids = [i.decode() for i in await redis.zrange(partner_shows_key(partner_id, date), 0, -1)]
     shows = await load_many(redis, Show, ids)
     all_statuses = await asyncio.gather(*(read_seat_statuses(redis, s.show_id) for s in shows))

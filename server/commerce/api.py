@@ -12,18 +12,20 @@
 
 A partner's offers and codes only ever apply to that partner's own shows (whatever their
 scope says); the platform's apply to every show in scope. Rules, scopes and how offers
-combine: server/pricing.py. Offers are never deleted, only disabled, so what a booking was
+combine: server/commerce/pricing.py. Offers are never deleted, only disabled, so what a booking was
 quoted stays explainable. A disabled offer or code no longer applies to new holds; holds
 already quoted keep their price.
 """
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated
 
 import msgspec
 from aiohttp import web
 
+from server.core.clock import now_ms
+from server.appkeys import services
 from server.accounts import api_keys as auth
 from server.commerce import offers as store
 from server.core.errors import ApiError
@@ -80,16 +82,6 @@ class PromoList(msgspec.Struct):
     promo_codes: list[PromoView]
 
 
-def services(request: web.Request):  # noqa: ANN201 (the app module imports this one)
-    from server.app import services as get
-
-    return get(request)
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 def _check_period(valid_from: datetime | None, valid_until: datetime | None, scope: Scope
                   ) -> None:
     if valid_from and valid_until and valid_until <= valid_from:
@@ -135,7 +127,7 @@ async def _disable_offer(request: web.Request, admin: bool) -> web.Response:
 
 async def _view(request: web.Request, promo: PromoCode) -> PromoView:
     usage = await store.usage(services(request).redis, promo.code,
-                              int(_now().timestamp() * 1000))
+                              now_ms())
     return PromoView(promo, usage.used, usage.reserved)
 
 
@@ -208,7 +200,7 @@ def _register(prefix: str, admin: bool, tags: tuple[str, ...]) -> None:
          f"Disable one of {who} promo codes", dict(response=PromoView, errors=(401, 403, 404))),
     ]
     for method, path, handler, summary, kw in table:
-        handler.__doc__ = f"{summary}. See server/offers_api.py and server/pricing.py."
+        handler.__doc__ = f"{summary}. See server/commerce/api.py and server/commerce/pricing.py."
         operation(method, path, summary=summary, tags=tags, **kw)(handler)
         routes.route(method, path)(handler)
 

@@ -34,6 +34,7 @@ import msgspec
 import redis.asyncio as aioredis
 
 from server.commerce.pricing import Offer, PromoCode
+from server.catalog.model import catalog_key
 
 RESERVATION_GRACE_MS = 120_000  # a checkout that started before the hold ran out finishes
 
@@ -289,8 +290,6 @@ _tz_decoder = msgspec.json.Decoder(dict)
 async def pricing_inputs(redis: aioredis.Redis, theatre_id: str, partner_id: str,
                          code: str | None) -> tuple[str, list[Offer], PromoCode | None, bool]:
     """(theatre time zone, offers that may apply, the promo code, whether `code` exists)."""
-    from server.catalog.model import catalog_key
-
     async with redis.pipeline(transaction=False) as pipe:
         pipe.get(catalog_key("theatre", theatre_id or "-"))
         pipe.hvals(offers_key(None))

@@ -20,7 +20,7 @@ Sandbox test cards (any future expiry, any 3-4 digit CVC):
 
 Resilience (`GatewayGuard`, one per web process in `Services.payment_guard`): every gateway
 call gets a client timeout (`timeout_s`) and goes through a circuit breaker
-(server/circuit_breaker.py). "Unreachable" and "timed out" count as failures; a decline does
+(server/core/circuit_breaker.py). "Unreachable" and "timed out" count as failures; a decline does
 not. While the breaker is open, calls fail at once with `CircuitOpen` and checkout answers
 503 with `Retry-After` (and extends the hold, see customer_api.checkout).
 
@@ -43,7 +43,7 @@ from typing import Literal, Protocol, TypeVar
 
 import msgspec
 
-from server.core.circuit_breaker import CircuitBreaker, CircuitOpen  # noqa: F401 (CircuitOpen: re-exported)
+from server.core.circuit_breaker import CircuitBreaker, CircuitOpen
 
 SUCCEEDS = "4242424242424242"
 DECLINES = "4000000000000002"
@@ -100,6 +100,10 @@ class GatewayUnavailable(Exception):
 class GatewayTimeout(GatewayUnavailable):
     """The gateway did not answer within the client timeout (the outcome is unknown; a
     retry with the same idempotency key gets the gateway's first answer)."""
+
+
+# What "the gateway cannot answer now" looks like: callers extend the hold and say 503.
+GATEWAY_FAILURES = (CircuitOpen, GatewayUnavailable)
 
 
 class WebhookError(Exception):

@@ -45,11 +45,12 @@ checkout: re-pricing a show or ending an offer does not touch a hold already quo
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import UTC, date, datetime, time
+from datetime import date, datetime, time
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
+from server.core.clock import as_utc
 
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -145,7 +146,7 @@ class ShowFacts(msgspec.Struct, frozen=True):
     timezone: str = "UTC"  # the theatre's IANA zone
 
     def local_start(self) -> datetime:
-        starts = self.starts_at if self.starts_at.tzinfo else self.starts_at.replace(tzinfo=UTC)
+        starts = as_utc(self.starts_at)
         try:
             zone = ZoneInfo(self.timezone)
         except (ZoneInfoNotFoundError, ValueError):

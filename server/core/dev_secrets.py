@@ -17,6 +17,7 @@ from pathlib import Path
 import msgspec
 
 from server.core.settings import Settings
+from server.core.pii import parse_key
 
 log = logging.getLogger(__name__)
 REQUIRED = {"secret": "BMM_SECRET", "admin_key": "BMM_ADMIN_KEY", "data_key": "BMM_DATA_KEY"}
@@ -75,8 +76,6 @@ def _check(settings: Settings) -> None:
         raise MissingSecrets(f"BMM_SECRET must be at least {MIN_SECRET_LEN} characters")
     if len(settings.admin_key) < MIN_SECRET_LEN:
         raise MissingSecrets(f"BMM_ADMIN_KEY must be at least {MIN_SECRET_LEN} characters")
-    from server.core.pii import parse_key  # validates base64 and length
-
     parse_key(settings.data_key)
     for retired in settings.data_keys_retired:
         parse_key(retired)

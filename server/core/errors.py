@@ -1,4 +1,5 @@
-"""One error shape for every 4xx: `{"error": {"code": ..., "message": ..., ...}}`."""
+"""One error shape for every 4xx: `{"error": {"code": ..., "message": ..., ...}}`; a
+`Refused` from a use case gets its status from `core.refusals.REFUSAL_STATUS`."""
 from __future__ import annotations
 
 import logging
@@ -13,21 +14,22 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actors.context import request_id
 
+from server.core.refusals import Refused
+
 log = logging.getLogger(__name__)
 
 
-class ApiError(Exception):
+class ApiError(Refused):
+    """A refusal decided at the HTTP edge, with its status named there (bad headers,
+    credentials, request shapes). The use cases raise `Refused` and let the table decide."""
+
     def __init__(self, status: int, code: str, message: str, **details: Any) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.details = details
+        super().__init__(code, message, status=status, **details)
 
 
 def error_response(status: int, code: str, message: str, **details: Any) -> web.Response:
     body = {"error": {"code": code, "message": message, **details}}
-    rid = request_id.get()  # set by the request-id middleware (server/observability.py)
+    rid = request_id.get()  # set by the request-id middleware (server/ops/observability.py)
     if rid:
         body["error"]["request_id"] = rid
     return web.Response(
@@ -42,7 +44,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except ApiError as exc:
+    except Refused as exc:  # ApiError too
         return error_response(exc.status, exc.code, exc.message, **exc.details)
     except msgspec.ValidationError as exc:
         return error_response(422, "invalid", str(exc))

@@ -13,6 +13,7 @@ from actors.pool import NAMESPACE
 
 from server.core.embedded import RedisServer
 from server.core.settings import Settings
+from server.core.embedded import free_port
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +53,6 @@ def _port_from(data: Path) -> int | None:
     marker = data / "port"
     if marker.exists():
         return int(marker.read_text())
-    from server.core.embedded import free_port
-
     data.mkdir(parents=True, exist_ok=True)
     port = free_port()
     marker.write_text(str(port))

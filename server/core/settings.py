@@ -19,7 +19,7 @@ class Settings(msgspec.Struct, frozen=True):
     # environment, or (embedded dev mode only) are generated once into data_dir (dev_secrets.py).
     secret: str = ""     # signs holder/booking tokens and e-tickets, keys the session cookie
     admin_key: str = ""  # platform admin: creates partners and their API keys ("" = nobody)
-    # AES-256-GCM key for personal data at rest (server/pii.py): base64 of 32 bytes. Retired
+    # AES-256-GCM key for personal data at rest (server/core/pii.py): base64 of 32 bytes. Retired
     # keys (comma-separated) still decrypt old records after a rotation.
     data_key: str = ""
     data_keys_retired: tuple[str, ...] = ()
@@ -33,7 +33,7 @@ class Settings(msgspec.Struct, frozen=True):
     cookie_secure: bool = False
     passivate_after_s: float = 60.0    # an idle show with no holds leaves its host's memory
     hosts_per_node: int = 0            # show hosts per Ray node (BMM_HOSTS_PER_NODE; 0 = its CPUs)
-    # Notifications and partner webhooks (server/notifications.py, server/webhooks.py).
+    # Notifications and partner webhooks (server/notify/notifications.py, server/partner/webhooks.py).
     workers: bool = True               # run the outbox workers in this web process
     smtp_host: str | None = None       # None: e-mails are logged, not sent
     smtp_port: int = 25
@@ -49,14 +49,14 @@ class Settings(msgspec.Struct, frozen=True):
     webhook_max_attempts: int = 10
     webhook_timeout_s: float = 10.0
     # Deliver webhooks to loopback/private addresses too (development, tests); off: public
-    # addresses only, against server-side request forgery (server/ssrf.py).
+    # addresses only, against server-side request forgery (server/partner/ssrf.py).
     webhook_private_targets: bool = False
     outbox_claim_idle_s: float = 60.0  # take over a dead worker's events after this
-    # Pricing (server/pricing.py): platform convenience fee and tax on every ticket.
+    # Pricing (server/commerce/pricing.py): platform convenience fee and tax on every ticket.
     fee_fixed: int = 0   # minor units per ticket (BMM_FEE_FIXED)
     fee_bp: int = 0      # basis points of the ticket price after discounts (BMM_FEE_BP)
     tax_bp: int = 0      # basis points of (price after discounts + fee) (BMM_TAX_BP; 1800 = 18 %)
-    # On-sale protection (server/ratelimit.py, server/waiting_room.py); env BMM_<NAME>.
+    # On-sale protection (server/onsale/ratelimit.py, server/onsale/waiting_room.py); env BMM_<NAME>.
     # Rate limits are GCRA buckets: a sustained rate per second plus a burst.
     rate_limits: bool = True
     trusted_proxies: str = ""          # CIDRs whose X-Forwarded-For is believed ("" = none)

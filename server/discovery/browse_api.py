@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from server.appkeys import services
 from server.catalog import service as catalog
 from server.discovery import reviews
 from server.catalog.model import CityList, MovieInfo, MovieList, MovieShows
@@ -18,12 +19,6 @@ routes = web.RouteTableDef()
 BROWSE = ("browse",)
 
 
-def _redis(request: web.Request):  # noqa: ANN202 (app imports this module)
-    from server.app import services
-
-    return services(request).redis
-
-
 def _q(request: web.Request, name: str) -> str | None:
     value = request.query.get(name, "").strip()
     return value or None
@@ -33,7 +28,7 @@ def _q(request: web.Request, name: str) -> str | None:
 @operation("GET", "/api/cities", summary="Cities with theatres", response=CityList,
            tags=BROWSE)
 async def list_cities(request: web.Request) -> web.Response:
-    return json_response(CityList(await catalog.cities(_redis(request))))
+    return json_response(CityList(await catalog.cities(services(request).redis)))
 
 
 @routes.get("/api/movies")
@@ -43,9 +38,9 @@ async def list_cities(request: web.Request) -> web.Response:
                    Query("genre"), Query("date", description="YYYY-MM-DD, theatre-local")))
 async def list_movies(request: web.Request) -> web.Response:
     date = catalog.parse_date(_q(request, "date"))
-    movies = await catalog.browse_movies(_redis(request), _q(request, "city"),
+    movies = await catalog.browse_movies(services(request).redis, _q(request, "city"),
                                          _q(request, "language"), _q(request, "genre"), date)
-    ratings = await reviews.ratings_of(_redis(request), "movie",
+    ratings = await reviews.ratings_of(services(request).redis, "movie",
                                        [m.movie.movie_id for m in movies])
     for m in movies:
         m.rating = ratings[m.movie.movie_id]
@@ -56,7 +51,7 @@ async def list_movies(request: web.Request) -> web.Response:
 @operation("GET", "/api/movies/{movie_id}", summary="A movie", response=MovieInfo,
            errors=(404,), tags=BROWSE)
 async def get_movie(request: web.Request) -> web.Response:
-    return json_response(await catalog.movie(_redis(request), request.match_info["movie_id"]))
+    return json_response(await catalog.movie(services(request).redis, request.match_info["movie_id"]))
 
 
 @routes.get("/api/movies/{movie_id}/shows")
@@ -71,13 +66,13 @@ async def get_movie(request: web.Request) -> web.Response:
            "wire and meant to be shown in that zone.")
 async def movie_shows(request: web.Request) -> web.Response:
     date = catalog.parse_date(_q(request, "date"))
-    info, theatres = await catalog.movie_shows(_redis(request), request.match_info["movie_id"],
+    info, theatres = await catalog.movie_shows(services(request).redis, request.match_info["movie_id"],
                                                _q(request, "city"), date,
                                                language=_q(request, "language"),
                                                show_format=_q(request, "format"))
-    ratings = await reviews.ratings_of(_redis(request), "theatre",
+    ratings = await reviews.ratings_of(services(request).redis, "theatre",
                                        [t.theatre_id for t in theatres])
     for t in theatres:
         t.rating = ratings[t.theatre_id]
-    movie_rating = await reviews.rating_of(_redis(request), "movie", info.movie_id)
+    movie_rating = await reviews.rating_of(services(request).redis, "movie", info.movie_id)
     return json_response(MovieShows(info, theatres, movie_rating))

@@ -1,4 +1,4 @@
-"""Recommendation scoring: pure functions, no I/O (server/recommend_store.py feeds them).
+"""Recommendation scoring: pure functions, no I/O (server/discovery/recommend_store.py feeds them).
 
 Three signals, all computed from confirmed bookings:
 

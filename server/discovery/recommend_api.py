@@ -11,7 +11,7 @@ Sections, in order (each only when it has movies):
   `soonest` (the next shows).
 
 Only movies with scheduled shows in the coming week (in `city` when given) are offered.
-The data is kept by server/recommend_store.py from the outbox's booking events, so a booking
+The data is kept by server/discovery/recommend_store.py from the outbox's booking events, so a booking
 shows up here shortly after it is confirmed (eventually consistent).
 """
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import Literal
 import msgspec
 from aiohttp import web
 
+from server.appkeys import services
 from server.catalog import service as catalog
 from server.discovery import recommend
 from server.accounts.users import current_user
@@ -94,8 +95,6 @@ def _title(kind: str, city: str | None, because: MovieInfo | None, langs: list[s
                    Query("language", description="a preferred show language"),
                    Query("limit", type=int, description="movies per section, 1-50 (10)")))
 async def get_recommendations(request: web.Request) -> web.Response:
-    from server.app import services
-
     redis = services(request).redis
     city, language, limit = _q(request, "city"), _q(request, "language"), _limit(request)
     if city:  # the city as its theatres spell it ("pune" -> "Pune")

@@ -23,9 +23,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 
 import redis.asyncio as aioredis
+from aiohttp import web
 from redis.exceptions import RedisError
 
 from actors import redis_conn
@@ -246,3 +247,18 @@ class RecommendWorker:
                                        customer_id if isinstance(customer_id, str) else None,
                                        t_ms)
         return True
+
+
+RECOMMEND = web.AppKey("recommend_worker", RecommendWorker)
+
+
+def setup(app: web.Application, redis_url: str) -> None:
+    """Runs this process's recommendation consumer and refresh while the app runs."""
+
+    async def run(app: web.Application) -> AsyncIterator[None]:
+        app[RECOMMEND] = worker = RecommendWorker(redis_url)
+        worker.start()
+        yield
+        await worker.stop()
+
+    app.cleanup_ctx.append(run)

@@ -27,6 +27,7 @@ from typing import Annotated, Literal
 import msgspec
 import redis.asyncio as aioredis
 
+from server.core.clock import now_ms
 from server.accounts import users as accounts
 from server.booking import records as bookings
 from server.catalog import service as catalog
@@ -140,10 +141,6 @@ def parse_review_id(review_id: str) -> tuple[str, str] | None:
             or not parts[2].isalnum():
         return None
     return parts[0], parts[1]
-
-
-def now_ms() -> int:
-    return int(datetime.now(UTC).timestamp() * 1000)
 
 
 def _dt(ms: int) -> datetime:

@@ -1,4 +1,4 @@
-"""Ratings and reviews of movies and theatres (server/reviews.py has the rules and storage).
+"""Ratings and reviews of movies and theatres (server/discovery/reviews.py has the rules and storage).
 
     GET    /api/movies/{movie_id}/reviews             public, newest first, paginated
     GET    /api/movies/{movie_id}/reviews/mine        the logged-in customer's review
@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from server.appkeys import services
 from server.accounts import users as accounts
 from server.accounts import api_keys as auth
-from server.partner import portal_api as partner_portal_api
 from server.discovery import reviews
 from server.core.errors import ApiError
 from server.core.openapi import Query, operation
@@ -27,12 +27,6 @@ routes = web.RouteTableDef()
 REVIEWS = ("reviews",)
 PAGE = (Query("offset", int, description="reviews to skip (default 0)"),
         Query("limit", int, description=f"page size, 1-{reviews.MAX_PAGE} (default 20)"))
-
-
-def _redis(request: web.Request):  # noqa: ANN202 (app imports this module)
-    from server.app import services
-
-    return services(request).redis
 
 
 def _int(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
@@ -60,7 +54,7 @@ def _item(request: web.Request, kind: str) -> str:
 # --- public listing ----------------------------------------------------------------------
 
 async def _list(request: web.Request, kind: str) -> web.Response:
-    redis = _redis(request)
+    redis = services(request).redis
     item_id = _item(request, kind)
     offset, limit = _page(request)
     await reviews.require_item(redis, kind, item_id)
@@ -89,13 +83,13 @@ async def theatre_reviews(request: web.Request) -> web.Response:
 async def _customer(request: web.Request, kind: str) -> tuple[accounts.User, str]:
     user = await accounts.require_role(request, "customer")
     item_id = _item(request, kind)
-    await reviews.require_item(_redis(request), kind, item_id)
+    await reviews.require_item(services(request).redis, kind, item_id)
     return user, item_id
 
 
 async def _get_mine(request: web.Request, kind: str) -> web.Response:
     user, item_id = await _customer(request, kind)
-    redis = _redis(request)
+    redis = services(request).redis
     found = await reviews.mine(redis, user.user_id, kind, item_id)
     if found is None:
         raise ApiError(404, "not_found", f"you have not reviewed this {kind}")
@@ -107,7 +101,7 @@ async def _get_mine(request: web.Request, kind: str) -> web.Response:
 async def _put_mine(request: web.Request, kind: str) -> web.Response:
     user, item_id = await _customer(request, kind)
     body = await read_json(request, reviews.ReviewIn)
-    redis = _redis(request)
+    redis = services(request).redis
     if not await reviews.eligible(redis, user.user_id, kind, item_id):
         raise ApiError(403, "no_booking", f"only customers with a confirmed booking for "
                        f"this {kind} can review it")
@@ -121,7 +115,7 @@ async def _put_mine(request: web.Request, kind: str) -> web.Response:
 
 async def _delete_mine(request: web.Request, kind: str) -> web.Response:
     user, item_id = await _customer(request, kind)
-    if not await reviews.delete(_redis(request), user.user_id, kind, item_id):
+    if not await reviews.delete(services(request).redis, user.user_id, kind, item_id):
         raise ApiError(404, "not_found", f"you have not reviewed this {kind}")
     return web.Response(status=204)
 
@@ -166,7 +160,7 @@ for _kind in reviews.KINDS:
            description="One report per partner and review (reporting again replaces the "
            "reason). The review waits for a platform admin's decision.")
 async def report_review(request: web.Request) -> web.Response:
-    redis = _redis(request)
+    redis = services(request).redis
     partner = await auth.partner_of(request, redis)
     body = await read_json(request, reviews.ReportIn)
     ack = await reviews.report(redis, partner, request.match_info["review_id"], body.reason)
@@ -184,18 +178,18 @@ ADMIN = ("admin",)
            security="adminKey",
            params=(Query("status", description="reported (default) or hidden"), *PAGE))
 async def moderation_queue(request: web.Request) -> web.Response:
-    await partner_portal_api.require_admin(request)
+    await accounts.require_admin(request)
     status = request.query.get("status", "reported")
     if status not in ("reported", "hidden"):
         raise ApiError(422, "invalid", "status must be 'reported' or 'hidden'")
     offset, limit = _page(request)
-    return json_response(await reviews.moderation_queue(_redis(request), status, offset,
+    return json_response(await reviews.moderation_queue(services(request).redis, status, offset,
                                                         limit))
 
 
 async def _moderate(request: web.Request, hide: bool) -> web.Response:
-    who = await partner_portal_api.require_admin(request)
-    return json_response(await reviews.moderate(_redis(request),
+    who = await accounts.require_admin(request)
+    return json_response(await reviews.moderate(services(request).redis,
                                                 request.match_info["review_id"], hide, who))
 
 

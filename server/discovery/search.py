@@ -10,7 +10,7 @@ Pure helpers (no I/O, unit-tested in tests/unit/test_search.py):
   cache key;
 - `sort_candidates` / `page_of`.
 
-`search` reads the listing indexes of `server/catalog.py` (scheduled shows that have not
+`search` reads the listing indexes of `server/catalog/service.py` (scheduled shows that have not
 started, theatre-local dates, the coming week without `date`) and caches the encoded answer
 in Redis for CACHE_TTL_S under `search:<generation>:<normalised query>`. Every catalog write
 INCRs `catalog.GENERATION` in its own MULTI, so once a partner's write has committed no
@@ -35,6 +35,7 @@ from typing import Literal
 import msgspec
 import redis.asyncio as aioredis
 
+from server.core.clock import utcnow
 from server.catalog import service as catalog
 from server.catalog.model import MovieInfo, RatingSummary, Screen, Show, Theatre, TheatreShows
 from server.core.errors import ApiError
@@ -250,7 +251,7 @@ def page_of(items: list[Candidate], page: int, per_page: int) -> list[Candidate]
 async def run(redis: aioredis.Redis, params: SearchParams,
               now: dt.datetime | None = None) -> SearchResults:
     """Search without the cache."""
-    now = now or catalog.utcnow()
+    now = now or utcnow()
     shows = await catalog._listed_shows(redis, params.city, params.date, now)
     if params.language:
         shows = [s for s in shows if fold(s.language) == fold(params.language)]

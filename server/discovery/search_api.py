@@ -1,17 +1,14 @@
-"""Catalog search (customers, no auth): GET /api/search (server/search.py does the work)."""
+"""Catalog search (customers, no auth): GET /api/search (server/discovery/search.py does the work)."""
 from __future__ import annotations
 
 from aiohttp import web
 
-from server.discovery import reviews
+from server.appkeys import services
 from server.discovery import search
 from server.core.openapi import Query, operation
 from server.discovery.search import SearchResults
 
 routes = web.RouteTableDef()
-
-search.set_rating_source(reviews.movie_ratings)  # sort=rating and each hit's rating
-
 
 @routes.get("/api/search")
 @operation("GET", "/api/search", summary="Search movies showing: filters, free text, sorting, "
@@ -32,8 +29,6 @@ search.set_rating_source(reviews.movie_ratings)  # sort=rating and each hit's ra
            "the date) with their show times. Answers are cached briefly (`X-Cache: hit|miss`) "
            "and a partner feed write is visible at once.")
 async def search_movies(request: web.Request) -> web.Response:
-    from server.app import services
-
     params = search.SearchParams.parse(request.query,
                                        rating_available=search.rating_available())
     body, state = await search.search(services(request).redis, params)

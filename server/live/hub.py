@@ -56,21 +56,24 @@ import socket
 import struct
 import time
 from collections import deque
-from typing import Any, Literal
+from collections.abc import AsyncIterator
+from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
 from aiohttp import WSCloseCode, WSMsgType, web
 from redis.exceptions import RedisError
 
+from actors import redis_conn
 from actors.commands import SeatChange, SeatStatus
 from actors.store import config_key, log_key, seq_key
 
 from server.ops import metrics
 from server.core.errors import ApiError
+from server.core.redis_retry import redis_retry
 from server.ops.security import check_origin
 from server.core.openapi import Query, operation
-from server.booking.seat_status import read_seat_statuses
+from server.catalog.seat_status import read_seat_statuses
 
 log = logging.getLogger(__name__)
 
@@ -374,6 +377,30 @@ class Hub:
             await asyncio.gather(*(f.stopped.wait() for f in feeds))
 
 
+HUB = web.AppKey("live_hub", Hub)
+HUB_REDIS_MAX = 10_000  # one blocking reader per watched show, plus reads
+
+
+def setup(app: web.Application, redis_url: str) -> None:
+    """This process's hub while the app runs; its sockets close when shutdown starts."""
+
+    async def run(app: web.Application) -> AsyncIterator[None]:
+        # Its own connections: each watched show's reader holds one in a blocking XREAD,
+        # which must never starve (or be starved by) requests.
+        redis = redis_conn.async_client(redis_url, max_connections=HUB_REDIS_MAX,
+                                        retry=redis_retry())
+        app[HUB] = hub = Hub(redis)
+        yield
+        await hub.close()
+        await redis.aclose()
+
+    async def close_sockets(app: web.Application) -> None:
+        await app[HUB].close()
+
+    app.cleanup_ctx.append(run)
+    app.on_shutdown.append(close_sockets)  # before the server waits for handlers
+
+
 async def _close(ws: web.WebSocketResponse, code: int, message: bytes) -> None:
     with contextlib.suppress(Exception):
         await asyncio.wait_for(ws.close(code=code, message=message), timeout=2.0)
@@ -551,14 +578,12 @@ def _since(request: web.Request) -> int | None:
     "reconnect with `since`.",
 )
 async def live(request: web.Request) -> web.WebSocketResponse:
-    from server.app import services  # app imports this module
-
     show_id = request.match_info["show_id"]
     if not _SHOW_ID.match(show_id):
         raise ApiError(404, "not_found", f"no show {show_id!r}")
     since = _since(request)
     check_origin(request)  # before any work: a foreign page must not watch in our name
-    hub = services(request).hub
+    hub = request.app[HUB]
     if hub.closed:
         raise ApiError(503, "unavailable", "the server is shutting down; reconnect shortly")
     if not await hub.redis.exists(config_key(show_id)):

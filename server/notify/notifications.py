@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import html
 import logging
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import make_msgid
@@ -35,6 +36,7 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 import redis.asyncio as aioredis
+from aiohttp import web
 
 from actors import redis_conn
 
@@ -220,7 +222,7 @@ class Notifier:
                 movie, theatre = _decode(movie_raw, Movie), _decode(theatre_raw, Theatre)
         starts = "-"
         if show is not None:
-            at = show.starts_at if show.starts_at.tzinfo else show.starts_at.replace(tzinfo=UTC)
+            at = show.starts_at_utc
             tz = getattr(theatre, "timezone", None) or "UTC"
             try:
                 at = at.astimezone(ZoneInfo(tz))
@@ -261,22 +263,19 @@ def _decode(raw: bytes | None, type_: type) -> Any:
 
 # --- the app's workers ----------------------------------------------------------------
 
-class OutboxWorkers:
-    """The e-mail worker and the webhook worker of one web process, on their own Redis
-    connections (their blocking stream reads must not take the request pool's)."""
+NOTIFIER = web.AppKey("notifier", Notifier)
 
-    def __init__(self, settings: Settings, redis_url: str) -> None:
-        from server.partner.webhooks import WebhookWorker  # noqa: PLC0415 (webhooks imports nothing of ours)
 
-        self.redis = redis_conn.async_client(redis_url)
-        self.notifier = Notifier(self.redis, settings)
-        self.webhooks = WebhookWorker(self.redis, settings)
+def setup(app: web.Application, settings: Settings, redis_url: str) -> None:
+    """Runs this process's e-mail worker while the app runs, on its own Redis connections
+    (its blocking stream reads must not take the request pool's)."""
 
-    def start(self) -> None:
-        self.notifier.start()
-        self.webhooks.start()
+    async def run(app: web.Application) -> AsyncIterator[None]:
+        redis = redis_conn.async_client(redis_url)
+        app[NOTIFIER] = notifier = Notifier(redis, settings)
+        notifier.start()
+        yield
+        await notifier.stop()
+        await redis.aclose()
 
-    async def stop(self) -> None:
-        await self.notifier.stop()
-        await self.webhooks.stop()
-        await self.redis.aclose()
+    app.cleanup_ctx.append(run)

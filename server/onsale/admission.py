@@ -17,8 +17,10 @@ from functools import lru_cache
 from aiohttp import web
 from aiohttp_session import get_session
 
+from server.appkeys import services
 from server.accounts.users import SESSION_COOKIE, derive_key
 from server.core.errors import ApiError
+from server.onsale.keys import ON_SALE, room_config_key
 
 HEADER = "X-Admission-Token"
 COOKIE = "bmm_admit"   # set on /api/shows/<id>/ by GET /api/shows/<id>/queue once admitted
@@ -93,8 +95,6 @@ async def hold_customer(request: web.Request, show_id: str, on_sale: bool) -> st
             raise ApiError(403, "admission_required",
                            "this show is selling through its waiting room: join the queue",
                            queue=f"/api/shows/{show_id}/queue")
-        from server.app import services
-
         why = verify(services(request).settings.secret, token.strip(), show_id, vid)
         if why is not None:
             raise ApiError(403, "admission_invalid",
@@ -106,13 +106,9 @@ async def hold_customer(request: web.Request, show_id: str, on_sale: bool) -> st
 async def hold_gate(request: web.Request, show_id: str) -> tuple[str, int]:
     """For a new hold: (customer, their seat cap on this show). The waiting-room flag comes
     from the rate limiter's script when it ran (same round trip), else from Redis."""
-    from server.app import services
-    from server.onsale.ratelimit import ON_SALE
-    from server.onsale.waiting_room import config_key
-
     svc = services(request)
     on_sale = request.get(ON_SALE)
     if on_sale is None:
-        on_sale = await svc.redis.hget(config_key(show_id), "enabled") == b"1"
+        on_sale = await svc.redis.hget(room_config_key(show_id), "enabled") == b"1"
     customer = await hold_customer(request, show_id, on_sale)
     return customer, (svc.settings.hold_cap_seats if customer else 0)

@@ -15,7 +15,7 @@ Every request but static files and health probes is checked, in this order:
    with `Retry-After` (whole seconds, at least 1) and `error.retry_after_ms`.
 
 For a hold (`POST /api/shows/{id}/holds`) the same script also reads the show's waiting-room
-flag, so the queue check (server/waiting_room.py) costs no second round trip.
+flag, so the queue check (server/onsale/waiting_room.py) costs no second round trip.
 """
 from __future__ import annotations
 
@@ -23,20 +23,18 @@ import hashlib
 import ipaddress
 import math
 import time
-import weakref
 from dataclasses import dataclass, field
 from typing import Literal
 
 from aiohttp import web
 
+from server.appkeys import services
 from server.onsale.admission import session_customer
+from server.onsale.keys import ON_SALE, room_config_key
 from server.core.errors import Handler, error_response
 from server.core.settings import Settings
 
 Kind = Literal["read", "write", "hold"]
-
-# Per request: the show's waiting-room flag when the limiter read it (hold requests only).
-ON_SALE = web.RequestKey("bmm.on_sale", bool)
 
 EXEMPT_PREFIXES = ("/static/", "/healthz", "/readyz", "/metrics", "/favicon")
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -207,16 +205,16 @@ class Limiter:
         }, AdaptiveCap(s.hold_max_inflight, s.hold_latency_target_ms))
 
 
-_LIMITERS: weakref.WeakKeyDictionary[web.Application, Limiter] = weakref.WeakKeyDictionary()
+LIMITER = web.AppKey("rate_limiter", Limiter)
+
+
+def setup(app: web.Application, settings: Settings) -> None:
+    """This process's limits and hold cap (the middleware reads them from the app)."""
+    app[LIMITER] = Limiter.from_settings(settings)
 
 
 def limiter(app: web.Application) -> Limiter:
-    found = _LIMITERS.get(app)
-    if found is None:
-        from server.app import SERVICES
-
-        found = _LIMITERS[app] = Limiter.from_settings(app[SERVICES].settings)
-    return found
+    return app[LIMITER]
 
 
 def too_many(code: str, message: str, retry_ms: int) -> web.Response:
@@ -251,9 +249,7 @@ async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.S
 
 
 async def _check(request: web.Request, lim: Limiter, kind: Kind) -> web.Response | None:
-    from server.app import SERVICES
-
-    redis = request.app[SERVICES].redis
+    redis = services(request).redis
     keys: list[str] = []
     args: list[str] = []
     if lim.settings.rate_limits:
@@ -272,9 +268,7 @@ async def _check(request: web.Request, lim: Limiter, kind: Kind) -> web.Response
             args.extend(lim.limits["customer"].args())
     n = len(keys)
     if kind == "hold":
-        from server.onsale.waiting_room import config_key
-
-        keys.append(config_key(show_of_hold_path(request.path)))
+        keys.append(room_config_key(show_of_hold_path(request.path)))
     if not keys:
         return None
     if lim.script is None:

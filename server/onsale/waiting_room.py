@@ -1,7 +1,7 @@
 """Virtual waiting room for on-sale shows (issue 7).
 
 A partner (or the admin) turns a show's waiting room on with an admission rate. From then
-on the hold API wants an admission token (server/admission.py), and visitors get one by
+on the hold API wants an admission token (server/onsale/admission.py), and visitors get one by
 queueing:
 
     PUT  /partner/v1/shows/{id}/waiting-room  {"enabled": true, "admit_per_minute": 600}
@@ -34,7 +34,10 @@ import msgspec
 from aiohttp import WSMsgType, web
 from aiohttp_session import Session, get_session
 
+from server.appkeys import services
 from server.onsale import admission
+from server.onsale.keys import room_config_key
+from server.ops.security import check_origin
 from server.accounts import api_keys as auth
 from server.catalog import service as catalog
 from server.ops import metrics
@@ -47,10 +50,6 @@ routes = web.RouteTableDef()
 POLL_S = 0.25        # how often a process re-reads a watched queue for its sockets
 MAX_SHOWS_IN_SESSION = 8
 MAX_RATE = 1_000_000  # admissions per minute
-
-
-def config_key(show_id: str) -> str:
-    return f"wr:{show_id}"
 
 
 # ARGV[1] = "peek" | "join" | "set" (then enabled, rate, burst). Returns
@@ -126,7 +125,7 @@ async def run_queue(redis: object, show_id: str, op: str = "peek",
     script = _scripts.get(redis)
     if script is None:
         script = _scripts[redis] = redis.register_script(_QUEUE)  # type: ignore[attr-defined]
-    raw = await script(keys=[config_key(show_id)], args=[op, *args])
+    raw = await script(keys=[room_config_key(show_id)], args=[op, *args])
     enabled, head, tail, rate, burst, ticket = (int(x) for x in raw)
     metrics.observe_waiting_room(show_id, tail - min(head, tail))
     return QueueState(bool(enabled), head, tail, rate, burst, ticket)
@@ -176,8 +175,6 @@ def _view(show_id: str, st: QueueState) -> WaitingRoomView:
 
 async def _authorise_show(request: web.Request, show_id: str) -> None:
     """The admin key, or a partner key whose partner owns the show."""
-    from server.app import services
-
     svc = services(request)
     token = auth.bearer(request)
     if svc.settings.admin_key and secrets.compare_digest(token.encode(),
@@ -203,8 +200,6 @@ async def put_waiting_room(request: web.Request) -> web.Response:
     `admit_per_minute` per minute (`burst` at once at most, default one second's worth).
     The partner key of the show's owner, or the admin key. A rate change applies from now;
     turning it off lets everyone hold directly again."""
-    from server.app import services
-
     show_id = request.match_info["show_id"]
     await _authorise_show(request, show_id)
     body = await read_json(request, WaitingRoomIn)
@@ -226,8 +221,6 @@ async def put_waiting_room(request: web.Request) -> web.Response:
            security="partnerKey")
 async def get_waiting_room(request: web.Request) -> web.Response:
     """The setting plus how many visitors joined, were admitted and are waiting."""
-    from server.app import services
-
     show_id = request.match_info["show_id"]
     await _authorise_show(request, show_id)
     return json_response(_view(show_id, await run_queue(services(request).redis, show_id)))
@@ -241,8 +234,6 @@ def _tickets(session: Session) -> dict[str, list[int]]:
 
 
 async def _existing_show(request: web.Request, show_id: str) -> None:
-    from server.app import services
-
     cached = await services(request).show_cache.get(show_id)
     if cached.show is None or cached.show.status == "cancelled":
         raise ApiError(404, "not_found", f"no show {show_id!r}")
@@ -252,8 +243,6 @@ async def _status(request: web.Request, show_id: str, st: QueueState, session: S
                   ) -> web.Response:
     """The visitor's status; the first time it finds them admitted, the token's expiry
     is fixed in the session (a fresh token later keeps that expiry)."""
-    from server.app import services
-
     if not st.enabled:
         return json_response(QueueStatus(show_id, on_sale=False))
     mine = _tickets(session).get(show_id)
@@ -288,8 +277,6 @@ async def queue_status(request: web.Request) -> web.Response:
     `position` (places until admission) and `eta_seconds` if I joined; once admitted,
     `admission_token` (send it as `X-Admission-Token` with holds; it is also set as an
     HttpOnly cookie for the show's API paths) and its expiry. Bound to this session."""
-    from server.app import services
-
     show_id = request.match_info["show_id"]
     await _existing_show(request, show_id)
     st = await run_queue(services(request).redis, show_id)
@@ -302,8 +289,6 @@ async def queue_status(request: web.Request) -> web.Response:
 async def join_queue(request: web.Request) -> web.Response:
     """Takes a place at the back of the queue (201), or answers my current place if this
     session has one already (200): joining again never moves anyone forward. No body."""
-    from server.app import services
-
     show_id = request.match_info["show_id"]
     await _existing_show(request, show_id)
     redis = services(request).redis
@@ -339,10 +324,14 @@ class _Watch:
     task: asyncio.Task[None] | None = None
 
 
-_watches: weakref.WeakKeyDictionary[web.Application, dict[str, _Watch]] = \
-    weakref.WeakKeyDictionary()
-_sockets: weakref.WeakKeyDictionary[web.Application, weakref.WeakSet[web.WebSocketResponse]] = \
-    weakref.WeakKeyDictionary()
+WATCHES = web.AppKey("waiting_room_watches", dict[str, _Watch])  # show id -> its poller
+SOCKETS = web.AppKey("waiting_room_sockets", weakref.WeakSet[web.WebSocketResponse])
+
+
+def setup(app: web.Application) -> None:
+    app[WATCHES] = {}
+    app[SOCKETS] = weakref.WeakSet()
+    app.on_shutdown.append(close_sockets)  # the server need not wait for them
 
 
 async def _poll(redis: object, show_id: str, watch: _Watch) -> None:
@@ -368,9 +357,6 @@ async def queue_live(request: web.Request) -> web.WebSocketResponse:
     `{"type": "admitted"}` and the server closes (1000); fetch the token with
     `GET /api/shows/{id}/queue`. `{"type": "closed"}` if the waiting room is turned off
     (hold directly). 409 `not_in_queue` before joining."""
-    from server.app import services
-    from server.ops.security import check_origin
-
     check_origin(request)  # the session rides along: no foreign page may use it
     show_id = request.match_info["show_id"]
     await _existing_show(request, show_id)
@@ -380,8 +366,8 @@ async def queue_live(request: web.Request) -> web.WebSocketResponse:
     ticket = mine[0]
     ws = web.WebSocketResponse(heartbeat=30, compress=False)
     await ws.prepare(request)
-    _sockets.setdefault(request.app, weakref.WeakSet()).add(ws)
-    watches = _watches.setdefault(request.app, {})
+    request.app[SOCKETS].add(ws)
+    watches = request.app[WATCHES]
     watch = watches.setdefault(show_id, _Watch())
     watch.sockets += 1
     if watch.task is None or watch.task.done():
@@ -426,5 +412,5 @@ async def _drain(ws: web.WebSocketResponse) -> None:
 
 async def close_sockets(app: web.Application) -> None:
     """App shutdown: close queue sockets so the server need not wait for them."""
-    for ws in list(_sockets.get(app, ())):
+    for ws in list(app[SOCKETS]):
         await ws.close(code=1001, message=b"server shutting down")

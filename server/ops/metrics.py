@@ -46,6 +46,7 @@ from prometheus_client.registry import Collector
 
 from actors import client as actor_client
 from actors import commands as c
+from server.core.outbox import STREAM
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ ACTOR_SECONDS = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0),
 )
 GC_PAUSE = Histogram(
-    "bmm_gc_pause_seconds", "Garbage-collector pauses of the web process (server/gc_pauses.py)",
+    "bmm_gc_pause_seconds", "Garbage-collector pauses of the web process (server/ops/gc_pauses.py)",
     ["generation"], buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
 )
 WATCHERS = Gauge("bmm_live_watchers", "Open live seat-map WebSockets",
@@ -153,8 +154,6 @@ class QueueCollector(Collector):
         self.groups: list[tuple[str, str, float, float]] = []  # queue, group, pending, lag
 
     async def refresh(self, redis, timeout: float = 1.0) -> None:  # noqa: ANN001
-        from server.core.outbox import STREAM
-
         lengths: dict[str, float] = {}
         groups: list[tuple[str, str, float, float]] = []
 

@@ -5,7 +5,7 @@
   request (logs, error bodies, and the commands sent to the show actors carry it) and
   answers it in the `X-Request-Id` header of every response, WebSocket handshakes included.
 - `metrics_middleware`: one histogram observation per request, labelled by the route's
-  pattern, the method and the status class (server/metrics.py).
+  pattern, the method and the status class (server/ops/metrics.py).
 - `GET /metrics`: Prometheus text format. `GET /readyz`: 200 when Redis answers, Ray is
   connected and the process is not shutting down; 503 with what is not ready otherwise.
   (`GET /healthz`, liveness, lives in app.py: it must stay a no-op.)
@@ -26,6 +26,7 @@ from aiohttp.abc import AbstractAccessLogger
 
 from actors.context import request_id
 
+from server.appkeys import services
 from server.ops import gc_pauses
 from server.ops import metrics
 from server.core.errors import Handler
@@ -98,16 +99,10 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
 
 # --- /metrics and /readyz --------------------------------------------------------------------
 
-def _services(request: web.Request):  # noqa: ANN202 (app.py imports this module)
-    from server.app import services
-
-    return services(request)
-
-
 @routes.get("/metrics")
 async def metrics_endpoint(request: web.Request) -> web.Response:
     gc_pauses.flush()
-    body = await metrics.exposition(_services(request).redis)
+    body = await metrics.exposition(services(request).redis)
     response = web.Response(body=body)
     response.headers["Content-Type"] = metrics.CONTENT_TYPE
     return response
@@ -140,7 +135,7 @@ READINESS = web.AppKey("readiness", Readiness)
 async def _redis_problem(request: web.Request) -> str | None:
     try:
         async with asyncio.timeout(READY_TIMEOUT_S):
-            await _services(request).redis.ping()
+            await services(request).redis.ping()
         return None
     except TimeoutError:
         return "no answer within %.0f s" % READY_TIMEOUT_S
@@ -172,7 +167,7 @@ async def readyz(request: web.Request) -> web.Response:
         "redis": redis_problem or "ok",
         "ray": ray_problem or "ok",
         # the show-host pool found (or started) and its hosts answering
-        "hosts": "ok" if _services(request).shows.started else "starting",
+        "hosts": "ok" if services(request).shows.started else "starting",
         "shutdown": "shutting down" if readiness.shutting_down else "ok",
     }
     ready = all(v == "ok" for v in checks.values())

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from server.appkeys import services
 from server.core.errors import ApiError, Handler
 
 # A Host header we are willing to repeat in the CSP (it comes from the client).
@@ -110,8 +111,6 @@ def check_origin(request: web.Request) -> None:
     origin = request.headers.get("Origin")
     if origin is None:
         return
-    from server.app import services  # app imports this module
-
     allowed = services(request).settings.allowed_origins
     if not origin_allowed(origin, request.host, request.secure, allowed):
         raise ApiError(403, "forbidden_origin",

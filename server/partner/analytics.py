@@ -24,6 +24,7 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,7 +34,11 @@ import msgspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 import redis.asyncio as aioredis
+from aiohttp import web
 
+from actors import redis_conn
+
+from server.core.clock import as_utc
 from server.catalog.model import Show, catalog_key
 from server.core.outbox import Event, GroupConsumer, cancel_and_wait
 
@@ -88,7 +93,7 @@ def _parse_time(value: Any) -> datetime | None:
         t = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         return None
-    return t if t.tzinfo else t.replace(tzinfo=UTC)
+    return as_utc(t)
 
 
 def event_row(event: Event, show: Show | None) -> dict[str, Any]:
@@ -258,3 +263,20 @@ def _write_parquet(jsonl: Path) -> Path:
     pq.write_table(_arrow_table(read_jsonl(jsonl)), tmp)
     os.replace(tmp, target)
     return target
+
+
+ANALYTICS = web.AppKey("analytics", AnalyticsExporter)
+
+
+def setup(app: web.Application, redis_url: str, directory: Path) -> None:
+    """Runs this process's analytics export while the app runs, on its own connections."""
+
+    async def run(app: web.Application) -> AsyncIterator[None]:
+        redis = redis_conn.async_client(redis_url)
+        app[ANALYTICS] = exporter = AnalyticsExporter(redis, directory)
+        exporter.start()
+        yield
+        await exporter.stop()
+        await redis.aclose()
+
+    app.cleanup_ctx.append(run)

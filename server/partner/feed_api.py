@@ -8,11 +8,11 @@ from typing import Any
 
 from aiohttp import web
 
-from actors import commands as c
-
+from server.appkeys import services
 from server.accounts import api_keys as auth
 from server.catalog import service as catalog
-from server.booking import lifecycle
+from server.booking import holding, lifecycle
+from server.booking.adapters import booking_ports
 from server.catalog.model import (
     BulkItemResult,
     BulkShowsRequest,
@@ -173,7 +173,7 @@ async def get_show(request: web.Request) -> web.Response:
 async def delete_show(request: web.Request) -> web.Response:
     partner = await _partner(request)
     show = await catalog.cancel_show(services(request).redis, partner, _id(request, "show_id"))
-    try:  # server/lifecycle.py: cancel + refund every booking, publish the events
+    try:  # server/booking/lifecycle.py: cancel + refund every booking, publish the events
         await lifecycle.cancel_show_bookings(services(request), show)
     except lifecycle.RetryLater as exc:
         return exc.response()
@@ -198,26 +198,14 @@ async def list_shows(request: web.Request) -> web.Response:
 
 # --- house seats, through the show actor ----------------------------------------------
 
-_REJECT_STATUS = {"unknown_seats": 422, "invalid": 422, "too_many_seats": 422,
-                  "seats_unavailable": 409, "not_found": 404, "unavailable": 503}
-
-
 async def _seats_command(request: web.Request, block: bool) -> web.Response:
     partner = await _partner(request)
     body = await read_json(request, SeatsRequest)
     svc = services(request)
     show = await catalog.owned_show(svc.redis, partner, _id(request, "show_id"))
-    if show.status != "scheduled":
-        raise ApiError(409, "show_cancelled", f"show {show.show_id!r} is cancelled")
-    cmd_id = str(uuid.uuid4())
-    seats = list(dict.fromkeys(body.seats))
-    cmd = c.Block(cmd_id, seats) if block else c.Unblock(cmd_id, seats)
-    result = await svc.shows.submit(show.show_id, cmd)
-    if isinstance(result, c.Rejected):
-        raise ApiError(_REJECT_STATUS.get(result.code, 409), result.code, result.message,
-                       seats=list(result.seats))
-    assert isinstance(result, c.BlockedSeats | c.UnblockedSeats)
-    return json_response(SeatsResponse(show.show_id, list(result.seats)))
+    seats = await holding.set_house_seats(booking_ports(svc), show, body.seats, block=block,
+                                          command_id=str(uuid.uuid4()))
+    return json_response(SeatsResponse(show.show_id, seats))
 
 
 @routes.post("/partner/v1/shows/{show_id}/blocks")
@@ -244,12 +232,6 @@ def _changed(request: web.Request, show_id: str) -> None:
     cache = services(request).show_cache
     if cache is not None:
         cache.invalidate(show_id)
-
-
-def services(request: web.Request):  # noqa: ANN201 (app imports this module)
-    from server.app import services as get
-
-    return get(request)
 
 
 def _id(request: web.Request, name: str) -> str:

@@ -27,6 +27,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from redis.exceptions import WatchError
 
+from server.appkeys import services
 from server.accounts import users as accounts
 from server.accounts import api_keys as auth
 from server.catalog import service as catalog
@@ -127,12 +128,6 @@ class Revoked(msgspec.Struct):
     revoked: bool = True
 
 
-def services(request: web.Request):  # noqa: ANN201
-    from server.app import services as get
-
-    return get(request)
-
-
 def request_key(request_id: str) -> str:
     return f"partnerreq:{request_id}"
 
@@ -150,16 +145,6 @@ def _view(r: PartnerRequestRecord) -> PartnerRequestView:
     return PartnerRequestView(r.request_id, r.company, r.contact_name, r.email, r.message,
                               r.status, r.created_at, r.decided_at, r.decided_by, r.reason,
                               r.partner_id, r.user_id)
-
-
-async def require_admin(request: web.Request) -> str:
-    """The admin key (`Authorization: Bearer`) or a logged-in admin user with MFA; returns
-    who it was, for the record."""
-    if request.headers.get("Authorization"):
-        auth.require_admin(request, services(request).settings.admin_key)
-        return "admin-key"
-    user = await accounts.require_role(request, "admin")
-    return user.user_id
 
 
 # --- onboarding -------------------------------------------------------------------------
@@ -207,7 +192,7 @@ async def request_partnership(request: web.Request) -> web.Response:
            params=(Query("status", description="pending | approved | rejected"),),
            description="The admin key, or a logged-in admin user (session cookie).")
 async def list_partner_requests(request: web.Request) -> web.Response:
-    await require_admin(request)
+    await accounts.require_admin(request)
     status = request.query.get("status")
     if status is not None and status not in ("pending", "approved", "rejected"):
         raise ApiError(422, "invalid", "status is pending, approved or rejected",
@@ -253,7 +238,7 @@ async def _decide(redis: aioredis.Redis, request_id: str, decide) -> PartnerRequ
            description="The partner logs in to the portal with the request's e-mail and "
                        "password, sets up MFA, then creates its API keys.")
 async def approve_partner_request(request: web.Request) -> web.Response:
-    who = await require_admin(request)
+    who = await accounts.require_admin(request)
     redis = services(request).redis
     partner_id = f"p_{secrets.token_hex(8)}"
     user_id = accounts.new_user_id()
@@ -287,7 +272,7 @@ async def approve_partner_request(request: web.Request) -> web.Response:
            summary="Reject a partner request", request=RejectIn, response=PartnerRequestView,
            errors=(403, 404, 409), tags=ADMIN_TAGS, security="adminKey")
 async def reject_partner_request(request: web.Request) -> web.Response:
-    who = await require_admin(request)
+    who = await accounts.require_admin(request)
     body = await read_json(request, RejectIn) if request.can_read_body else RejectIn()
 
     async def decide(pipe, record: PartnerRequestRecord):  # noqa: ANN001, ANN202
@@ -305,7 +290,7 @@ async def reject_partner_request(request: web.Request) -> web.Response:
            tags=ADMIN_TAGS, security="adminKey",
            description="The new admin must set up MFA before admin endpoints answer it.")
 async def create_admin_user(request: web.Request) -> web.Response:
-    await require_admin(request)
+    await accounts.require_admin(request)
     body = await read_json(request, AdminUserIn)
     user = await accounts.new_user(body.email, body.name, "admin", body.password)
     await accounts.create_user(services(request).redis, user)

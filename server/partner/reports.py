@@ -34,7 +34,7 @@ from server.booking.records import BookingRecord
 from server.catalog.model import Money, Movie, Screen, Show, Theatre
 from server.core.errors import ApiError
 from server.booking.lifecycle import Cancellation, cancellation_key, show_bookings
-from server.booking.seat_status import read_seat_statuses
+from server.catalog.seat_status import read_seat_statuses
 
 GroupBy = Literal["show", "screen", "theatre", "day"]
 GROUPS: tuple[str, ...] = ("show", "screen", "theatre", "day")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from server.appkeys import services
 from server.accounts import api_keys as auth
 from server.partner import reports
 from server.core.errors import ApiError
@@ -17,12 +18,6 @@ from server.core.wire import json_response
 
 routes = web.RouteTableDef()
 TAGS = ("partner reports",)
-
-
-def _redis(request: web.Request):  # noqa: ANN202 (app imports this module)
-    from server.app import services  # noqa: PLC0415
-
-    return services(request).redis
 
 
 def _wants_csv(request: web.Request) -> bool:
@@ -50,7 +45,7 @@ def _wants_csv(request: web.Request) -> bool:
                        "after their refund; occupancy is booked / sellable (not blocked) "
                        "seats. One row per group key and currency. At most 93 days.")
 async def sales(request: web.Request) -> web.Response:
-    redis = _redis(request)
+    redis = services(request).redis
     partner = await auth.partner_of(request, redis)
     csv_wanted = _wants_csv(request)
     report = await reports.sales_report(redis, partner, request.query.get("from"),
@@ -72,7 +67,7 @@ async def sales(request: web.Request) -> web.Response:
            description="Every seat with x/y and its status (booked, held, free, blocked), "
                        "read from Redis without waking the show's actor.")
 async def heatmap(request: web.Request) -> web.Response:
-    redis = _redis(request)
+    redis = services(request).redis
     partner = await auth.partner_of(request, redis)
     show_id = request.match_info["show_id"]
     return json_response(await reports.show_heatmap(redis, partner, show_id))

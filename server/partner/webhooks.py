@@ -33,16 +33,21 @@ import hmac
 import logging
 import secrets
 import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 import aiohttp
 import msgspec
+from aiohttp import web
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError
 
+from actors import redis_conn
+
+from server.core.clock import from_ms, now_ms
 from server.catalog.model import Show, catalog_key
-from server.core.outbox import EVENT_TYPES, Event, GroupConsumer, cancel_and_wait
+from server.core.outbox import Event, GroupConsumer, cancel_and_wait
 from server.core.settings import Settings
 from server.partner.ssrf import PublicResolver, check_delivery
 
@@ -124,14 +129,6 @@ def verify(secret: str, timestamp: str, body: bytes, signature: str, *,
 
 def new_secret() -> str:
     return "whsec_" + secrets.token_urlsafe(32)
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def _from_ms(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, UTC)
 
 
 _endpoint_decoder = msgspec.json.Decoder(Endpoint)
@@ -262,7 +259,7 @@ class WebhookWorker:
         self._limit = asyncio.Semaphore(MAX_CONCURRENT)
 
     def start(self) -> None:
-        # Public addresses only (server/ssrf.py): partners choose these URLs.
+        # Public addresses only (server/partner/ssrf.py): partners choose these URLs.
         allow_private = self.settings.webhook_private_targets
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.settings.webhook_timeout_s),
@@ -308,11 +305,11 @@ class WebhookWorker:
         if not endpoints:
             return True
         body = partner_body(event).decode()
-        now = _now_ms()
+        now = now_ms()
         for endpoint in endpoints:
             delivery = Delivery(delivery_id_for(event.id, endpoint.webhook_id),
-                                endpoint.webhook_id, event.id, event.type, _from_ms(now), body,
-                                next_retry_at=_from_ms(now))
+                                endpoint.webhook_id, event.id, event.type, from_ms(now), body,
+                                next_retry_at=from_ms(now))
             await _SCHEDULE(keys=[delivery_key(delivery.delivery_id),
                                   endpoint_log_key(endpoint.webhook_id), DUE],
                             args=[delivery.delivery_id, _encoder.encode(delivery), now,
@@ -347,10 +344,10 @@ class WebhookWorker:
         first = await self.redis.zrange(DUE, 0, 0, withscores=True)
         if not first:
             return 1.0
-        return max(0.0, min(1.0, (first[0][1] - _now_ms()) / 1000))
+        return max(0.0, min(1.0, (first[0][1] - now_ms()) / 1000))
 
     async def deliver_due(self) -> int:
-        now = _now_ms()
+        now = now_ms()
         ids = await _TAKE(keys=[DUE], args=[now, now + LEASE_MS, MAX_CONCURRENT],
                           client=self.redis)
         for raw in ids:
@@ -385,8 +382,8 @@ class WebhookWorker:
             else:
                 n = len(delivery.attempts)
                 delay = min(self.retry_max_ms, self.retry_ms * 2 ** min(n - 1, 30))
-                due = _now_ms() + delay
-                delivery.next_retry_at = _from_ms(due)
+                due = now_ms() + delay
+                delivery.next_retry_at = from_ms(due)
                 await self._save(delivery, done=False, due_ms=due)
 
     async def _post(self, endpoint: Endpoint, delivery: Delivery
@@ -423,3 +420,21 @@ class WebhookWorker:
             else:
                 pipe.zadd(DUE, {delivery.delivery_id: due_ms})
             await pipe.execute()
+
+
+WEBHOOKS = web.AppKey("webhook_worker", WebhookWorker)
+
+
+def setup(app: web.Application, settings: Settings, redis_url: str) -> None:
+    """Runs this process's webhook delivery while the app runs, on its own Redis
+    connections (its blocking stream reads must not take the request pool's)."""
+
+    async def run(app: web.Application) -> AsyncIterator[None]:
+        redis = redis_conn.async_client(redis_url)
+        app[WEBHOOKS] = worker = WebhookWorker(redis, settings)
+        worker.start()
+        yield
+        await worker.stop()
+        await redis.aclose()
+
+    app.cleanup_ctx.append(run)

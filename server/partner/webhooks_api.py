@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 import msgspec
 from aiohttp import web
 
+from server.appkeys import services
 from server.accounts import api_keys as auth
 from server.partner import webhooks as wh
 from server.core.errors import ApiError
@@ -85,11 +86,6 @@ class DeliveryView(msgspec.Struct):
 class DeliveryList(msgspec.Struct):
     webhook_id: str
     deliveries: list[DeliveryView]
-
-
-def services(request: web.Request):  # noqa: ANN201
-    from server.app import services as app_services
-    return app_services(request)
 
 
 async def _partner(request: web.Request) -> str:

@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 from actors.layout import Layout, Rules, ShowConfig, grid_layout
 from actors.store import log_key, put_config
 from server.catalog.model import Money, Movie, Screen, ScreenLayout, Show, Theatre, catalog_key
-from server.booking.seat_status import read_seat_statuses
+from server.catalog.seat_status import read_seat_statuses
 
 PRICES = {"gold": Money(45000, "INR"), "silver": Money(25000, "INR")}
 GOOD_CARD = {"number": "4242424242424242", "exp_month": 12, "exp_year": 2099, "cvc": "123"}

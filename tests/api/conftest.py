@@ -18,7 +18,7 @@ from .account_helpers import Client
 from .builders import PublishedShow, publish_show
 
 
-# A fixed AES-256 key for personal data at rest (server/pii.py); tests only.
+# A fixed AES-256 key for personal data at rest (server/core/pii.py); tests only.
 TEST_DATA_KEY = "dGVzdC1kYXRhLWtleS0zMi1ieXRlcy1sb25nLi4uLi4="
 
 

@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 from aiohttp.test_utils import TestServer
 
 from actors.layout import Rules
-from server.app import SERVICES
+from server.appkeys import SERVICES
 from server.commerce.payments import Authorisation, CardDetails, SandboxGateway
 from server.booking.tickets import booking_token, verify_ticket
 

@@ -11,8 +11,8 @@ import redis.asyncio as aioredis
 from actors import commands as c
 from actors.client import ShowDirectory
 from actors.layout import Rules
-from server.app import SERVICES
-from server.booking.seat_status import read_seat_statuses
+from server.appkeys import SERVICES
+from server.catalog.seat_status import read_seat_statuses
 
 from .builders import publish_show, publish_show_via_feed, wait_for_status
 

@@ -10,7 +10,7 @@ from aiohttp.test_utils import TestServer
 
 from actors.layout import grid_layout
 from server.core import outbox
-from server.app import SERVICES
+from server.appkeys import SERVICES
 from server.commerce.payments import SandboxGateway
 
 from .builders import publish_show, publish_show_via_feed

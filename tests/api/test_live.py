@@ -22,9 +22,9 @@ from actors.client import ShowDirectory
 from actors.layout import Layout, Rules, ShowConfig, grid_layout
 from actors.host import ActorSettings
 from actors.store import log_key, put_config
-from server.app import SERVICES
+from server.appkeys import SERVICES
 from server.core.embedded import RedisServer
-from server.live.hub import Hub, events_payload
+from server.live.hub import HUB, Hub, events_payload
 
 TIMEOUT = 10.0
 
@@ -33,7 +33,7 @@ Json = dict[str, Any]
 
 @pytest.fixture
 def hub(server: TestServer) -> Hub:
-    return server.app[SERVICES].hub
+    return server.app[HUB]
 
 
 @pytest.fixture
@@ -398,7 +398,7 @@ async def test_shutdown_closes_sockets_and_stops_readers(
     await srv.start_server()
     ws = await connect(live_url(srv, show_id))
     assert (await recv(ws))["type"] == "snapshot"
-    feed = srv.app[SERVICES].hub.feed(show_id)
+    feed = srv.app[HUB].feed(show_id)
     await asyncio.wait_for(srv.close(), TIMEOUT)
     with pytest.raises(ConnectionClosed) as closed:
         await recv(ws)

@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from server.app import WORKERS
+from server.notify.notifications import NOTIFIER
 from server.notify.notifications import render
 from server.core.outbox import STREAM, GroupConsumer, publish
 from server.core.settings import Settings
@@ -152,7 +152,7 @@ async def test_sms_and_push_go_to_the_log_only_adapters(server, redis, smtp):
         "name": "Zed", "phone": "+911234567890", "customer_id": "u_1"})
     msg = await smtp.next_to(to)
     assert "your movie" in parts(msg)[0]  # an unknown show still mails, with defaults
-    notifier = server.app[WORKERS].notifier
+    notifier = server.app[NOTIFIER]
     await until(lambda: _async(any(p == "+911234567890" for p, _ in notifier.sms.sent)),
                 what="the SMS log")
     assert any(u == "u_1" for u, _, _ in notifier.push.sent)

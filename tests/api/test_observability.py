@@ -22,7 +22,8 @@ from websockets.asyncio.client import connect
 from actors import commands as c
 from actors.store import log_key
 from server.ops import logs
-from server.app import SERVICES, create_app
+from server.app import create_app
+from server.appkeys import SERVICES
 from server.core.embedded import RedisServer
 from server.ops.observability import AccessLogger
 from server.core.settings import Settings

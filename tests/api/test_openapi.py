@@ -66,7 +66,7 @@ async def test_document_is_well_formed(doc: dict) -> None:
         ("/api/movies", "get"),
         ("/api/movies/{movie_id}", "get"),
         ("/api/movies/{movie_id}/shows", "get"),
-        # engineer B's customer endpoints, declared in server/customer_api.py
+        # the customer endpoints, declared in server/booking/api.py
         ("/api/shows/{show_id}/seatmap", "get"),
         ("/api/shows/{show_id}/holds", "post"),
         ("/api/holds/{hold_id}", "patch"),

@@ -325,7 +325,7 @@ async def test_block_and_unblock_go_through_the_actor_and_show_in_counts(
 async def test_sales_counts_follow_bookings(partner: Partner, server) -> None:
     """A booking made through the actor shows up as seats sold and gross revenue."""
     from actors import commands as c
-    from server.app import SERVICES
+    from server.appkeys import SERVICES
 
     show_id = uid("sh")
     _, show = await partner.call("PUT", f"/partner/v1/shows/{show_id}", partner.show(30))

@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestServer
 
 from actors.layout import Rules
 from server.core import outbox
-from server.app import SERVICES
+from server.appkeys import SERVICES
 from server.commerce.payments import (
     PENDING,
     TIMES_OUT,

@@ -1,4 +1,4 @@
-"""The hold path's show cache (server/show_cache.py): a partner feed change reaches every
+"""The hold path's show cache (server/catalog/show_cache.py): a partner feed change reaches every
 web process, not only the one that served it."""
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from server.app import SERVICES, create_app
+from server.app import create_app
+from server.appkeys import SERVICES
 from server.core.embedded import RedisServer
 from server.core.settings import Settings
 

@@ -16,7 +16,8 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from server.app import SERVICES, create_app
+from server.app import create_app
+from server.appkeys import SERVICES
 from server.core.embedded import RedisServer
 from server.core.settings import Settings
 

@@ -1,4 +1,4 @@
-"""The pricing service (server/pricing.py): every rule, scope, combination and rounding."""
+"""The pricing service (server/commerce/pricing.py): every rule, scope, combination and rounding."""
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta

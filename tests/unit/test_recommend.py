@@ -1,4 +1,4 @@
-"""Recommendation scoring (server/recommend.py): decay, co-occurrence, ranking, sections."""
+"""Recommendation scoring (server/discovery/recommend.py): decay, co-occurrence, ranking, sections."""
 from __future__ import annotations
 
 import math

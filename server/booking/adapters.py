@@ -1,0 +1,146 @@
+"""The booking ports (`ports.py`) on the real parts: the show actors on Ray (through the
+coalescing clients), Redis records, the process's show cache and payment gateway. Built
+once per process by the app factory (`booking_ports`)."""
+from __future__ import annotations
+
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from server.accounts.users import current_user, link_booking
+from server.appkeys import Services
+from server.booking import lifecycle
+from server.booking import records as store
+from server.booking.ports import Booking
+from server.booking.records import BookingRecord, BulkRecord, CheckoutAttempt, HoldRecord
+from server.catalog.model import Show
+from server.commerce import offers
+from server.commerce.payments import Authorisation
+from server.commerce.pricing import Offer, PricingConfig, PromoCode
+from server.core.clock import SystemClock
+from server.core.outbox import booking_data, publish
+from server.core.refusals import Refused
+from server.onsale import admission
+
+CLOCK = SystemClock()
+
+
+class RedisHolds:
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self.redis = redis
+
+    async def load(self, hold_id: str) -> HoldRecord | None:
+        return await store.load_hold(self.redis, hold_id)
+
+    async def save(self, hold: HoldRecord) -> None:
+        await store.save_hold(self.redis, hold)
+
+
+class RedisPromos:
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self.redis = redis
+
+    async def pricing_inputs(self, theatre_id: str, partner_id: str, code: str | None
+                             ) -> tuple[str, list[Offer], PromoCode | None, bool]:
+        return await offers.pricing_inputs(self.redis, theatre_id, partner_id, code)
+
+    async def get(self, code: str) -> PromoCode | None:
+        return await offers.get_promo(self.redis, code)
+
+    async def reserve(self, promo: PromoCode, hold_id: str, who: str, now_ms: int,
+                      until_ms: int) -> str:
+        return await offers.reserve(self.redis, promo, hold_id, who, now_ms, until_ms)
+
+    async def extend(self, code: str, hold_id: str, until_ms: int) -> None:
+        await offers.extend(self.redis, code, hold_id, until_ms)
+
+    async def release(self, code: str, hold_id: str, now_ms: int) -> None:
+        await offers.release(self.redis, code, hold_id, now_ms)
+
+    async def consume(self, promo: PromoCode, hold_id: str, who: str, now_ms: int) -> str:
+        return await offers.consume(self.redis, promo, hold_id, who, now_ms)
+
+    async def unconsume(self, code: str, hold_id: str, who: str, until_ms: int | None
+                        ) -> None:
+        await offers.unconsume(self.redis, code, hold_id, who, until_ms)
+
+
+class RedisCheckouts:
+    def __init__(self, svc: Services) -> None:
+        self.svc = svc
+        self.redis = svc.redis
+
+    async def claim(self, key: str, attempt: CheckoutAttempt) -> CheckoutAttempt | None:
+        return await store.claim_attempt(self.redis, key, attempt)
+
+    async def finish(self, key: str, attempt: CheckoutAttempt) -> None:
+        await store.finish_attempt(self.redis, key, attempt)
+
+    async def drop(self, key: str) -> None:
+        await store.drop_attempt(self.redis, key)
+
+    async def load_booking(self, booking_id: str) -> BookingRecord | None:
+        return await store.load_booking(self.redis, booking_id)
+
+    async def booked(self, booking: BookingRecord, hold: HoldRecord) -> None:
+        await store.save_booking(self.redis, booking)
+        if booking.customer_id is not None:
+            await link_booking(self.redis, booking.customer_id, booking.booking_id)
+        await publish(self.redis, "booking.confirmed", booking_data(booking),
+                      event_id=f"booking.confirmed:{booking.booking_id}")  # e-mail + webhooks
+        await store.save_hold(self.redis, hold)
+
+    async def after_booking(self, booking: BookingRecord) -> None:
+        await lifecycle.after_confirm(self.svc, booking, publish_confirmed=False)
+
+    async def pending(self, hold: HoldRecord, auth: Authorisation, attempt: CheckoutAttempt,
+                      idem: str, *, email: str, name: str, customer_id: str | None,
+                      phone: str | None, id_number: str | None) -> tuple[int, bytes]:
+        return await lifecycle.start_pending(
+            self.svc, hold, auth, attempt, idem, email=email, name=name,
+            customer_id=customer_id, phone=phone, id_number=id_number)
+
+    async def gateway_down(self, hold: HoldRecord, exc: Exception) -> Refused:
+        return await lifecycle.gateway_down(self.svc, hold, exc)
+
+
+class RedisBulks:
+    def __init__(self, svc: Services) -> None:
+        self.svc = svc
+
+    async def save(self, bookings: list[BookingRecord], bulk: BulkRecord) -> None:
+        await store.save_bulk(self.svc.redis, bookings, bulk)
+
+    async def announce(self, show: Show, bulk: BulkRecord, bookings: list[BookingRecord]
+                       ) -> None:
+        await lifecycle.announce_bulk(self.svc, show, bulk, bookings)
+
+
+def booking_ports(svc: Services) -> Booking:
+    """The booking flows' ports over this process's services. Made per request (a few small
+    objects, next to a ~1 ms actor call), so they always see the services as they are now
+    (the tests swap the payment gateway of a running app)."""
+    s = svc.settings
+    return Booking(shows=svc.shows, catalog=svc.show_cache, holds=RedisHolds(svc.redis),
+                   promos=RedisPromos(svc.redis), checkouts=RedisCheckouts(svc),
+                   bulks=RedisBulks(svc),
+                   payments=svc.payments, payment_guard=svc.payment_guard,
+                   fees=PricingConfig(s.fee_fixed, s.fee_bp, s.tax_bp), settings=s,
+                   clock=CLOCK)
+
+
+class RequestCustomer:
+    """The `ports.Customer` of one HTTP request: its session, admission token, account."""
+
+    def __init__(self, request: web.Request) -> None:
+        self.request = request
+
+    async def admission(self, show_id: str) -> tuple[str, int]:
+        return await admission.hold_gate(self.request, show_id)
+
+    async def user_id(self) -> str | None:
+        user = await current_user(self.request)
+        return user.user_id if user else None
+
+    async def customer_id(self) -> str | None:
+        user = await current_user(self.request)
+        return user.user_id if user and user.role == "customer" else None

@@ -1,0 +1,167 @@
+"""What a customer's account holds of the booking side, over HTTP: my bookings, the export
+of my data (account + bookings), and deleting the account (its bookings stay, anonymised).
+Here, not in `accounts`, because they read and rewrite booking records: accounts sit below
+bookings (checkout links a booking to its customer), so these look down at both.
+
+    GET    /api/me/bookings            my bookings (with their e-tickets)
+    GET    /api/me/bookings/{id}       one of them (404 for anyone else's)
+    GET    /api/me/export              everything we hold about me, as JSON
+    DELETE /api/me                     {password, code?} -> bookings kept, anonymised
+"""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+import msgspec
+from aiohttp import web
+from redis.exceptions import WatchError
+
+from server.accounts import users as accounts
+from server.accounts.api import SESSION, TAGS, Code, Me, me_view
+from server.accounts.profile_api import Profile, profile_of
+from server.accounts.users import User
+from server.appkeys import services
+from server.booking import records as booking_store
+from server.booking.views import booking_view
+from server.booking.wire import BookingResponse
+from server.core.errors import ApiError
+from server.core.openapi import operation
+from server.core.wire import json_response, read_json
+
+routes = web.RouteTableDef()
+
+
+class DeleteAccount(msgspec.Struct, forbid_unknown_fields=True):
+    password: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+    code: Code | None = None  # needed when MFA is on
+
+
+class MyBookings(msgspec.Struct):
+    bookings: list[BookingResponse]
+
+
+class Export(msgspec.Struct):
+    exported_at: datetime
+    account: Me
+    bookings: list[BookingResponse]
+    profile: Profile | None = None  # phone and identity numbers, decrypted for their owner
+
+
+class Deleted(msgspec.Struct):
+    deleted: bool
+    bookings_anonymised: int
+
+
+async def _booking_views(request: web.Request, user: User) -> list[BookingResponse]:
+    redis = services(request).redis
+    views = []
+    for booking_id in await accounts.booking_ids(redis, user.user_id):
+        booking = await booking_store.load_booking(redis, booking_id)
+        if booking is None or booking.customer_id != user.user_id:
+            continue
+        views.append(await booking_view(request, booking))
+    return views
+
+
+@routes.get("/api/me/bookings")
+@operation("GET", "/api/me/bookings", summary="My bookings, newest first",
+           response=MyBookings, errors=(403,), tags=TAGS, security=SESSION)
+async def my_bookings(request: web.Request) -> web.Response:
+    """Bookings made while logged in (guest checkouts are not linked to an account). Each
+    is the same object `GET /api/bookings/{id}` returns, with its booking token."""
+    user = await accounts.require_role(request, "customer")
+    return json_response(MyBookings(await _booking_views(request, user)))
+
+
+@routes.get("/api/me/bookings/{booking_id}")
+@operation("GET", "/api/me/bookings/{booking_id}", summary="One of my bookings",
+           response=BookingResponse, errors=(403, 404), tags=TAGS, security=SESSION)
+async def my_booking(request: web.Request) -> web.Response:
+    """404 for a booking that is not mine (whether or not it exists)."""
+    user = await accounts.require_role(request, "customer")
+    booking_id = request.match_info["booking_id"]
+    booking = await booking_store.load_booking(services(request).redis, booking_id)
+    if booking is None or booking.customer_id != user.user_id:
+        raise ApiError(404, "not_found", f"you have no booking {booking_id!r}")
+    return json_response(await booking_view(request, booking))
+
+
+@routes.get("/api/me/export")
+@operation("GET", "/api/me/export", summary="Export my data (JSON)", response=Export,
+           tags=TAGS, security=SESSION)
+async def export_me(request: web.Request) -> web.Response:
+    """`{"exported_at", "account", "bookings": [...]}`: the account (never the password
+    hash, MFA secret or recovery codes) and every booking linked to it."""
+    user = await accounts.require_user(request)
+    views = await _booking_views(request, user) if user.role == "customer" else []
+    profile = profile_of(services(request).settings, user)
+    return json_response(Export(accounts.now(), me_view(user), views, profile), headers={
+        "Content-Disposition": 'attachment; filename="book-my-movie-export.json"',
+        "Cache-Control": "no-store"})
+
+
+_ANONYMOUS = "(deleted account)"
+
+
+@routes.delete("/api/me")
+@operation("DELETE", "/api/me", summary="Delete my account (bookings kept, anonymised)",
+           request=DeleteAccount, response=Deleted, errors=(401, 403), tags=TAGS,
+           security=SESSION)
+async def delete_me(request: web.Request) -> web.Response:
+    """Needs the password again (and a TOTP code when MFA is on). The account, its log-in
+    and its links are deleted; its bookings stay (seats stay sold, tickets stay valid)
+    with name, e-mail, card digits and the account link removed. One transaction."""
+    user = await accounts.require_role(request, "customer")
+    body = await read_json(request, DeleteAccount)
+    redis = services(request).redis
+    await accounts.check_throttle(redis, user.email)
+    if not await accounts.verify_password(user.password_hash, body.password):
+        await accounts.record_failure(redis, user.email)
+        raise ApiError(401, "invalid_credentials", "wrong password")
+    if user.mfa_enabled and not (body.code and await accounts.use_totp(
+            redis, services(request).settings.secret, user, body.code)):
+        await accounts.record_failure(redis, user.email)
+        raise ApiError(401, "invalid_code", "a valid authenticator code is needed")
+    count = await _delete_account(redis, user)
+    await accounts.end_session(request)
+    return json_response(Deleted(True, count))
+
+
+async def _delete_account(redis, user: User) -> int:  # noqa: ANN001
+    uid = user.user_id
+    keys = [accounts.user_key(uid), accounts.user_bookings_key(uid), accounts.email_key(user.email)]
+    async with redis.pipeline(transaction=True) as pipe:
+        while True:
+            try:
+                await pipe.watch(*keys)
+                ids = [b.decode() for b in await pipe.zrange(accounts.user_bookings_key(uid), 0, -1)]
+                records = []
+                for booking_id in ids:
+                    show_id = booking_store.show_of(booking_id)
+                    if show_id is None:
+                        continue
+                    key = booking_store.booking_key(show_id, booking_id)
+                    await pipe.watch(key)
+                    raw = await pipe.get(key)
+                    if raw is None:
+                        continue
+                    booking = msgspec.json.decode(raw, type=booking_store.BookingRecord)
+                    if booking.customer_id != uid:
+                        continue
+                    booking.email, booking.name, booking.customer_id = "", _ANONYMOUS, None
+                    booking.phone = booking.id_number = None
+                    booking.payment = msgspec.structs.replace(booking.payment, last4="")
+                    records.append((key, booking))
+                owner = await pipe.get(accounts.email_key(user.email))
+                pipe.multi()
+                for key, booking in records:
+                    pipe.set(key, msgspec.json.encode(booking), keepttl=True)
+                pipe.delete(accounts.user_key(uid), accounts.user_bookings_key(uid),
+                            accounts.fail_key(user.email))
+                if owner is not None and owner.decode() == uid:
+                    pipe.delete(accounts.email_key(user.email))
+                await pipe.execute()
+                return len(records)
+            except WatchError:
+                continue

@@ -1,0 +1,132 @@
+"""What the booking use cases (`holding.py`, `checkout.py`) need from the world, as
+Protocols. The app's composition root hands in the Redis + Ray adapters
+(`booking/adapters.py`); the unit tests hand in an in-process seat map and in-memory
+stores (tests/service). Nothing here does I/O."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from actors import commands as c
+
+if TYPE_CHECKING:
+    from server.booking.records import BookingRecord, BulkRecord, CheckoutAttempt, HoldRecord
+    from server.catalog.model import Show
+    from server.catalog.show_cache import CachedShow
+    from server.commerce.payments import Authorisation, GatewayGuard, PaymentGateway
+    from server.commerce.pricing import Offer, PricingConfig, PromoCode
+    from server.core.refusals import Refused
+    from server.core.settings import Settings
+
+
+class Shows(Protocol):
+    """The show actors: one command in, its result out (serialised per show)."""
+
+    async def submit(self, show_id: str, cmd: c.Command) -> c.Result: ...
+
+
+class ShowSource(Protocol):
+    """The show record and seat layout as the hold path reads them (a cache)."""
+
+    async def get(self, show_id: str) -> CachedShow: ...
+
+
+class Holds(Protocol):
+    async def load(self, hold_id: str) -> HoldRecord | None: ...
+
+    async def save(self, hold: HoldRecord) -> None: ...
+
+
+class Promos(Protocol):
+    """Offers and promo codes, and a promo code's uses: reserved with a hold, consumed at
+    checkout, given back when either fails (commerce/offers.py has the rules)."""
+
+    async def pricing_inputs(self, theatre_id: str, partner_id: str, code: str | None
+                             ) -> tuple[str, list[Offer], PromoCode | None, bool]: ...
+
+    async def get(self, code: str) -> PromoCode | None: ...
+
+    async def reserve(self, promo: PromoCode, hold_id: str, who: str, now_ms: int,
+                      until_ms: int) -> str: ...
+
+    async def extend(self, code: str, hold_id: str, until_ms: int) -> None: ...
+
+    async def release(self, code: str, hold_id: str, now_ms: int) -> None: ...
+
+    async def consume(self, promo: PromoCode, hold_id: str, who: str, now_ms: int) -> str: ...
+
+    async def unconsume(self, code: str, hold_id: str, who: str, until_ms: int | None
+                        ) -> None: ...
+
+
+class Checkouts(Protocol):
+    """Checkout's records: the idempotency-key attempts, the booking and its events, and
+    the slower paths the booking lifecycle owns (pending payments, a gateway outage)."""
+
+    async def claim(self, key: str, attempt: CheckoutAttempt) -> CheckoutAttempt | None: ...
+
+    async def finish(self, key: str, attempt: CheckoutAttempt) -> None: ...
+
+    async def drop(self, key: str) -> None: ...
+
+    async def load_booking(self, booking_id: str) -> BookingRecord | None: ...
+
+    async def booked(self, booking: BookingRecord, hold: HoldRecord) -> None:
+        """Save the booking, link it to its customer, publish `booking.confirmed`, save the
+        hold (now booked)."""
+
+    async def after_booking(self, booking: BookingRecord) -> None:
+        """Sold out now? Show cancelled meanwhile (then the booking is refunded)?"""
+
+    async def pending(self, hold: HoldRecord, auth: Authorisation, attempt: CheckoutAttempt,
+                      idem: str, *, email: str, name: str, customer_id: str | None,
+                      phone: str | None, id_number: str | None) -> tuple[int, bytes]: ...
+
+    async def gateway_down(self, hold: HoldRecord, exc: Exception) -> Refused: ...
+
+
+class Bulks(Protocol):
+    """A partner's bulk bookings."""
+
+    async def save(self, bookings: list[BookingRecord], bulk: BulkRecord) -> None:
+        """The bookings and their bulk record, all or none."""
+
+    async def announce(self, show: Show, bulk: BulkRecord, bookings: list[BookingRecord]
+                       ) -> None:
+        """`booking.confirmed` for each booking, then `show.sold_out` if it is."""
+
+
+class Customer(Protocol):
+    """Who is asking, read from the request only when a use case needs it (most holds
+    never need the account, which costs a Redis read)."""
+
+    async def admission(self, show_id: str) -> tuple[str, int]:
+        """(customer key, their seat cap on this show); refuses without admission to a show
+        in its waiting room."""
+
+    async def user_id(self) -> str | None:
+        """The logged-in user, if any (promo codes count their uses per customer)."""
+
+    async def customer_id(self) -> str | None:
+        """The logged-in *customer* ("my bookings"), None for guests and partners."""
+
+
+class Clock(Protocol):
+    def now_ms(self) -> int: ...
+
+
+@dataclass
+class Booking:
+    """The ports of the booking flows, built once per process by the composition root."""
+
+    shows: Shows
+    catalog: ShowSource
+    holds: Holds
+    promos: Promos
+    checkouts: Checkouts
+    bulks: Bulks
+    payments: PaymentGateway
+    payment_guard: GatewayGuard
+    fees: PricingConfig
+    settings: Settings
+    clock: Clock
