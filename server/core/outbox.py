@@ -20,13 +20,16 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 import redis.asyncio as aioredis
+from aiohttp import web
 from redis.exceptions import RedisError, ResponseError
+
+from actors import redis_conn
 
 log = logging.getLogger(__name__)
 
@@ -305,3 +308,28 @@ class GroupConsumer:
     async def attempts(self, entry_id: bytes | str) -> int:
         raw = await self.redis.hget(self.retries_key, entry_id)
         return int(_s(raw).partition(":")[0]) if raw else 0
+
+
+class Worker(Protocol):
+    def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+W = TypeVar("W", bound=Worker)
+
+
+def run_with_app(app: web.Application, key: web.AppKey[W], redis_url: str,
+                 make: Callable[[aioredis.Redis], W]) -> None:
+    """Run an outbox consumer while the app runs, on its own Redis connections (its
+    blocking stream reads must not take the request pool's)."""
+
+    async def run(app: web.Application) -> AsyncIterator[None]:
+        redis = redis_conn.async_client(redis_url)
+        app[key] = worker = make(redis)
+        worker.start()
+        yield
+        await worker.stop()
+        await redis.aclose()
+
+    app.cleanup_ctx.append(run)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import html
 import logging
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import make_msgid
@@ -38,11 +37,10 @@ import msgspec
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from actors import redis_conn
 
 from server.catalog.model import Movie, Show, Theatre, catalog_key
 from server.notify.mailer import Mailer, mailer_from
-from server.core.outbox import Event, GroupConsumer
+from server.core.outbox import Event, GroupConsumer, run_with_app
 from server.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -267,15 +265,5 @@ NOTIFIER = web.AppKey("notifier", Notifier)
 
 
 def setup(app: web.Application, settings: Settings, redis_url: str) -> None:
-    """Runs this process's e-mail worker while the app runs, on its own Redis connections
-    (its blocking stream reads must not take the request pool's)."""
-
-    async def run(app: web.Application) -> AsyncIterator[None]:
-        redis = redis_conn.async_client(redis_url)
-        app[NOTIFIER] = notifier = Notifier(redis, settings)
-        notifier.start()
-        yield
-        await notifier.stop()
-        await redis.aclose()
-
-    app.cleanup_ctx.append(run)
+    """Runs this process's e-mail worker while the app runs."""
+    run_with_app(app, NOTIFIER, redis_url, lambda redis: Notifier(redis, settings))

@@ -24,7 +24,6 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,11 +35,10 @@ import pyarrow.parquet as pq
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from actors import redis_conn
 
 from server.core.clock import as_utc
 from server.catalog.model import Show, catalog_key
-from server.core.outbox import Event, GroupConsumer, cancel_and_wait
+from server.core.outbox import Event, GroupConsumer, cancel_and_wait, run_with_app
 
 log = logging.getLogger(__name__)
 
@@ -269,14 +267,5 @@ ANALYTICS = web.AppKey("analytics", AnalyticsExporter)
 
 
 def setup(app: web.Application, redis_url: str, directory: Path) -> None:
-    """Runs this process's analytics export while the app runs, on its own connections."""
-
-    async def run(app: web.Application) -> AsyncIterator[None]:
-        redis = redis_conn.async_client(redis_url)
-        app[ANALYTICS] = exporter = AnalyticsExporter(redis, directory)
-        exporter.start()
-        yield
-        await exporter.stop()
-        await redis.aclose()
-
-    app.cleanup_ctx.append(run)
+    """Runs this process's analytics export while the app runs."""
+    run_with_app(app, ANALYTICS, redis_url, lambda redis: AnalyticsExporter(redis, directory))

@@ -33,7 +33,6 @@ import hmac
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -43,11 +42,10 @@ from aiohttp import web
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError
 
-from actors import redis_conn
 
 from server.core.clock import from_ms, now_ms
 from server.catalog.model import Show, catalog_key
-from server.core.outbox import Event, GroupConsumer, cancel_and_wait
+from server.core.outbox import Event, GroupConsumer, cancel_and_wait, run_with_app
 from server.core.settings import Settings
 from server.partner.ssrf import PublicResolver, check_delivery
 
@@ -426,15 +424,5 @@ WEBHOOKS = web.AppKey("webhook_worker", WebhookWorker)
 
 
 def setup(app: web.Application, settings: Settings, redis_url: str) -> None:
-    """Runs this process's webhook delivery while the app runs, on its own Redis
-    connections (its blocking stream reads must not take the request pool's)."""
-
-    async def run(app: web.Application) -> AsyncIterator[None]:
-        redis = redis_conn.async_client(redis_url)
-        app[WEBHOOKS] = worker = WebhookWorker(redis, settings)
-        worker.start()
-        yield
-        await worker.stop()
-        await redis.aclose()
-
-    app.cleanup_ctx.append(run)
+    """Runs this process's webhook delivery while the app runs."""
+    run_with_app(app, WEBHOOKS, redis_url, lambda redis: WebhookWorker(redis, settings))
