@@ -37,6 +37,10 @@ class Hold(_Cmd, tag="hold"):
     # with the command so replaying the log decides exactly as the first time did.
     customer: str = ""
     customer_max_seats: int = 0
+    # The inputs of the hold's price quote (opaque here: the host's quoter reads them,
+    # `SeatPlan.quoter`). They travel in the logged command, so a replay prices the hold
+    # exactly as the first time did, whatever the offers are by then.
+    pricing: bytes = b""
 
 
 class HoldBest(_Cmd, tag="hold_best"):
@@ -49,17 +53,22 @@ class HoldBest(_Cmd, tag="hold_best"):
     accessible: bool = False  # include wheelchair spaces (left out unless asked for)
     customer: str = ""        # as in Hold
     customer_max_seats: int = 0
+    pricing: bytes = b""      # as in Hold: best-available picks are priced where made
 
 
 class Extend(_Cmd, tag="extend"):
     hold_id: str
     token: str
     extra_ms: int
+    # A booking id: the hold is being paid for asynchronously (the gateway settles it
+    # later), so it can no longer be released; only Confirm or its expiry end it.
+    lock: str = ""
 
 
 class Release(_Cmd, tag="release"):
     hold_id: str
     token: str
+    unlock: str = ""  # the pending booking of a locked hold (its payment failed)
 
 
 class Confirm(_Cmd, tag="confirm"):
@@ -90,7 +99,19 @@ class Expire(_Cmd, tag="expire"):
     """Time has passed: free every hold whose time is up."""
 
 
-Command = Hold | HoldBest | Extend | Release | Confirm | Cancel | Block | Unblock | Expire
+class ReleaseAll(_Cmd, tag="release_all"):
+    """The show was cancelled: free every hold that is not being paid for."""
+
+
+class Peek(_Cmd, tag="peek"):
+    """Read a hold, for its holder (checkout): changes nothing, is never logged."""
+
+    hold_id: str
+    token: str
+
+
+Command = (Hold | HoldBest | Extend | Release | Confirm | Cancel | Block | Unblock | Expire
+           | ReleaseAll | Peek)
 
 
 # --- results -------------------------------------------------------------------------
@@ -103,16 +124,36 @@ class Held(_Res, tag="held"):
     hold_id: str
     seats: list[str]
     expires_at_ms: int
+    quote: bytes = b""  # the quoter's answer for these seats (b"" without pricing)
 
 
 class Extended(_Res, tag="extended"):
     hold_id: str
     expires_at_ms: int
+    seats: list[str] = []
+    quote: bytes = b""
 
 
 class Released(_Res, tag="released"):
     hold_id: str
     seats: list[str]
+    quote: bytes = b""  # the holder may have a promo code's use to give back
+
+
+HoldState = Literal["active", "paying", "booked"]
+
+
+class HoldInfo(_Res, tag="hold"):
+    """A hold as its holder sees it (the answer to Peek)."""
+
+    hold_id: str
+    seats: list[str]
+    created_ms: int
+    expires_at_ms: int
+    max_expires_ms: int
+    quote: bytes
+    state: HoldState
+    booking_id: str = ""  # paying: the pending booking; booked: the booking
 
 
 class Confirmed(_Res, tag="confirmed"):
@@ -139,6 +180,12 @@ class ExpiredHolds(_Res, tag="expired"):
     seats: list[str]
 
 
+class ReleasedAll(_Res, tag="released_all"):
+    hold_ids: list[str]
+    seats: list[str]
+    quotes: list[bytes]  # per hold, as in Released
+
+
 ErrorCode = Literal[
     "invalid",             # malformed command (empty seat list, count < 1, ...)
     "unknown_seats",       # seat ids not in this show's layout
@@ -146,7 +193,10 @@ ErrorCode = Literal[
     "customer_limit",      # the customer would hold more seats on this show than allowed
     "seats_unavailable",   # held, booked or blocked by someone else
     "not_enough_seats",    # best-available could not find `count` free seats
-    "not_found",           # no such hold / booking
+    "not_found",           # no such hold / booking (or released)
+    "not_for_sale",        # a picked seat's category has no price
+    "payment_pending",     # the hold is being paid for: it cannot be released
+    "hold_checked_out",    # the hold is a booking now
     "not_owner",           # the token does not own the hold / booking
     "hold_expired",        # the hold's time is up
     "lifetime_exceeded",   # extending past the hold's maximum lifetime
@@ -159,11 +209,12 @@ class Rejected(_Res, tag="rejected"):
     code: ErrorCode
     message: str
     seats: list[str] = []
+    booking_id: str = ""  # hold_checked_out / payment_pending: the hold's booking
 
 
 Result = (
     Held | Extended | Released | Confirmed | Cancelled | BlockedSeats | UnblockedSeats
-    | ExpiredHolds | Rejected
+    | ExpiredHolds | ReleasedAll | HoldInfo | Rejected
 )
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import importlib
 import logging
 import os
 import time
@@ -29,7 +30,7 @@ from redis.exceptions import NoScriptError, RedisError
 from . import commands as c
 from . import placement, redis_conn
 from .pool import ActorSettings, read_pool
-from .seatmap import SeatMap, Snapshot
+from .seatmap import Quoter, SeatMap, Snapshot
 from .store import (
     Event,
     Fenced,
@@ -48,6 +49,15 @@ log = logging.getLogger(__name__)
 
 _SWEEP = c.Expire("expire")
 _HOUSEKEEPING_S = 1.0
+
+
+def load_quoter(path: str) -> Quoter | None:
+    """The quoter named "module:function" ("" = holds are not priced)."""
+    if not path:
+        return None
+    module, _, name = path.partition(":")
+    quoter: Quoter = getattr(importlib.import_module(module), name)
+    return quoter
 
 
 def now_ms() -> int:
@@ -99,7 +109,7 @@ class ShowHost:
                                               socket_connect_timeout=5)
         self._due_key = due_key(pool)
         self._slots: dict[str, Slot] = {}
-        self._plans = PlanCache()
+        self._plans = PlanCache(load_quoter(settings.quoter))
         self._heap: list[tuple[int, str]] = []
         self._wake = asyncio.Event()
         self._hosts: list[str] = []   # the pool as this host last read it

@@ -25,6 +25,9 @@ class ActorSettings(msgspec.Struct, frozen=True):
     persist_attempts: int = 20       # reload-and-retry rounds before answering "unavailable"
     # The hosts' log level; at DEBUG they log every batch with its commands' request ids.
     log_level: str = "INFO"
+    # "module:function" of the hold quoter (seatmap.Quoter), imported by each host: the
+    # pricing rules belong to the web tier, which the actors package never imports.
+    quoter: str = "server.commerce.quoting:quote_hold"
 
 
 class Pool(msgspec.Struct, frozen=True):

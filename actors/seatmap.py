@@ -8,6 +8,7 @@ which is how the show actor recovers from its log.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 
 import msgspec
 
@@ -16,6 +17,15 @@ from .best_available import SeatPicker
 from .layout import Layout, Seat, ShowConfig
 
 IDEMPOTENCY_WINDOW = 4096  # remembered answers; retries come within seconds
+# An expired hold is remembered this long, so its holder hears "expired" (410), not "no
+# such hold" (404); a hold can live at most its lifetime (30 min by default) anyway.
+EXPIRED_MEMORY_MS = 60 * 60 * 1000
+
+# Prices a hold: (the command's pricing inputs, [(seat, category)], now) -> the encoded
+# quote, or None when a seat's category has no price. Pure; injected by the host (the
+# pricing rules are the web tier's, server/commerce/quoting.py), so the seat map and the
+# actors package stay free of them.
+Quoter = Callable[[bytes, list[tuple[str, str]], int], bytes | None]
 
 
 class HoldRecord(msgspec.Struct):
@@ -24,6 +34,8 @@ class HoldRecord(msgspec.Struct):
     created_ms: int
     expires_ms: int
     customer: str = ""  # who holds it, for the per-customer cap ("" = anonymous)
+    quote: bytes = b""  # the quoter's answer when the hold was made
+    lock: str = ""      # a pending booking's id: being paid for, cannot be released
 
 
 class BookingRecord(msgspec.Struct):
@@ -32,6 +44,12 @@ class BookingRecord(msgspec.Struct):
     hold_id: str
     payment_ref: str
     booked_ms: int
+
+
+class ExpiredHold(msgspec.Struct, array_like=True):
+    token: str
+    seats: list[str]
+    at_ms: int
 
 
 class Snapshot(msgspec.Struct):
@@ -43,6 +61,7 @@ class Snapshot(msgspec.Struct):
     holds: dict[str, HoldRecord]
     bookings: dict[str, BookingRecord]
     answers: list[tuple[str, c.Result]]
+    expired: dict[str, ExpiredHold] = {}
 
 
 class Outcome(msgspec.Struct, frozen=True):
@@ -59,8 +78,11 @@ class SeatPlan:
     thousands of shows in memory, most of them on a few dozen screens, and the seats,
     the picker's rows and the layout itself were ~130 KB of a 400-seat show's ~160 KB."""
 
-    def __init__(self, layout: Layout) -> None:
+    def __init__(self, layout: Layout, quoter: Quoter | None = None) -> None:
         self.layout = layout
+        # Without a quoter (the web tier's read-only replays) holds are not priced; a
+        # logged hold was priced successfully, so replaying it never depends on this.
+        self.quoter = quoter
         self.seats: dict[str, Seat] = {s.id: s for s in layout.seats}
         self.picker = SeatPicker(layout)
         self.categories = {s.category for s in layout.seats}
@@ -87,6 +109,8 @@ class SeatMap:
         self.holds: dict[str, HoldRecord] = {}
         self.held_by: dict[str, int] = {}  # customer -> seats in their live holds
         self.bookings: dict[str, BookingRecord] = {}
+        # in expiry order (oldest first), so forgetting them is a pop from the front
+        self.expired: dict[str, ExpiredHold] = {}
         self._answers: OrderedDict[str, c.Result] = OrderedDict()
 
     # --- the entry point -------------------------------------------------------------
@@ -94,6 +118,8 @@ class SeatMap:
     def apply(self, cmd: c.Command, now_ms: int) -> Outcome:
         # The actor's own sweeps need no dedup, and must never be answered from the
         # cache: a client command that used the sweep's id would stop all expiry.
+        if isinstance(cmd, c.Peek):  # a read: never remembered, never changes anything
+            return Outcome(self._peek(cmd, now_ms), [], False)
         sweep = isinstance(cmd, c.Expire)
         if not sweep and (known := self._answers.get(cmd.cmd_id)) is not None:
             return Outcome(known, [], False)
@@ -130,6 +156,7 @@ class SeatMap:
             holds={k: msgspec.structs.replace(v) for k, v in self.holds.items()},
             bookings=dict(self.bookings),
             answers=list(self._answers.items()),
+            expired=dict(self.expired),
         )
 
     @classmethod
@@ -150,6 +177,7 @@ class SeatMap:
         for booking_id, booking in m.bookings.items():
             for seat in booking.seats:
                 m.status[seat], m.holder[seat] = "booked", booking_id
+        m.expired = dict(snap.expired)
         m._answers = OrderedDict(snap.answers)
         return m
 
@@ -167,7 +195,7 @@ class SeatMap:
         taken = [s for s in seats if self.status[s] != "free"]
         if taken:
             return _reject("seats_unavailable", "seats are no longer free", taken), []
-        return self._create_hold(cmd.hold_id, cmd.token, seats, now_ms, cmd.customer)
+        return self._create_hold(cmd, seats, now_ms)
 
     def _hold_best(self, cmd: c.HoldBest, now_ms: int) -> tuple[c.Result, list[c.SeatChange]]:
         if cmd.count < 1:
@@ -179,7 +207,7 @@ class SeatMap:
         seats = self._picker.pick_free(cmd.count, self.status, cmd.category, cmd.accessible)
         if seats is None:
             return _reject("not_enough_seats", f"fewer than {cmd.count} seats are free"), []
-        return self._create_hold(cmd.hold_id, cmd.token, seats, now_ms, cmd.customer)
+        return self._create_hold(cmd, seats, now_ms)
 
     def _extend(self, cmd: c.Extend, now_ms: int) -> tuple[c.Result, list[c.SeatChange]]:
         if cmd.extra_ms <= 0:
@@ -191,14 +219,36 @@ class SeatMap:
         if hold.expires_ms >= cap:
             return _reject("lifetime_exceeded", "this hold cannot be extended any further"), []
         hold.expires_ms = min(hold.expires_ms + cmd.extra_ms, cap)
+        if cmd.lock:
+            hold.lock = cmd.lock
         # No seat changes colour, but the hold did change: `apply` logs and versions it.
-        return c.Extended(cmd.hold_id, hold.expires_ms), []
+        return c.Extended(cmd.hold_id, hold.expires_ms, hold.seats, hold.quote), []
 
     def _release(self, cmd: c.Release, now_ms: int) -> tuple[c.Result, list[c.SeatChange]]:
         hold, err = self._live_hold(cmd.hold_id, cmd.token, now_ms)
         if err:
             return err, []
-        return c.Released(cmd.hold_id, hold.seats), self._drop_hold(cmd.hold_id)
+        if hold.lock and hold.lock != cmd.unlock:
+            return c.Rejected("payment_pending", "a payment for this hold is being processed",
+                              booking_id=hold.lock), []
+        return c.Released(cmd.hold_id, hold.seats, hold.quote), self._drop_hold(cmd.hold_id)
+
+    def _release_all(self, cmd: c.ReleaseAll, now_ms: int
+                     ) -> tuple[c.Result, list[c.SeatChange]]:
+        free = [h for h, rec in self.holds.items() if not rec.lock]
+        seats = [s for h in free for s in self.holds[h].seats]
+        quotes = [self.holds[h].quote for h in free]
+        changes = [ch for h in free for ch in self._drop_hold(h)]
+        return c.ReleasedAll(free, seats, quotes), changes
+
+    def _peek(self, cmd: c.Peek, now_ms: int) -> c.Result:
+        hold, err = self._live_hold(cmd.hold_id, cmd.token, now_ms)
+        if err:
+            return err
+        state: c.HoldState = "paying" if hold.lock else "active"
+        return c.HoldInfo(cmd.hold_id, hold.seats, hold.created_ms, hold.expires_ms,
+                          hold.created_ms + self.rules.hold_max_lifetime_ms, hold.quote, state,
+                          hold.lock)
 
     def _confirm(self, cmd: c.Confirm, now_ms: int) -> tuple[c.Result, list[c.SeatChange]]:
         hold, err = self._live_hold(cmd.hold_id, cmd.token, now_ms)
@@ -247,7 +297,17 @@ class SeatMap:
 
     def _expire(self, cmd: c.Expire, now_ms: int) -> tuple[c.Result, list[c.SeatChange]]:
         due = [h for h, rec in self.holds.items() if rec.expires_ms <= now_ms]
+        if not due:
+            return c.ExpiredHolds([], []), []
+        # Forgotten only in a sweep that changes seats (and so is logged): a replay
+        # forgets exactly what the first run did.
+        horizon = now_ms - EXPIRED_MEMORY_MS
+        while self.expired and next(iter(self.expired.values())).at_ms < horizon:
+            del self.expired[next(iter(self.expired))]
         seats = [s for h in due for s in self.holds[h].seats]
+        for h in due:
+            rec = self.holds[h]
+            self.expired[h] = ExpiredHold(rec.token, rec.seats, rec.expires_ms)
         changes = [ch for h in due for ch in self._drop_hold(h)]
         return c.ExpiredHolds(due, seats), changes
 
@@ -279,21 +339,46 @@ class SeatMap:
     ) -> tuple[HoldRecord, None] | tuple[None, c.Rejected]:
         hold = self.holds.get(hold_id)
         if hold is None:
-            return None, _reject("not_found", f"no hold {hold_id!r} (released, expired or booked)")
+            return None, self._gone(hold_id, token)
         if hold.token != token:
             return None, _reject("not_owner", "this hold belongs to someone else")
         if hold.expires_ms <= now_ms:
             return None, _reject("hold_expired", "the hold's time is up", hold.seats)
         return hold, None
 
-    def _create_hold(
-        self, hold_id: str, token: str, seats: list[str], now_ms: int, customer: str = ""
-    ) -> tuple[c.Result, list[c.SeatChange]]:
+    def _gone(self, hold_id: str, token: str) -> c.Rejected:
+        """Why a hold that is not live is not: expired, booked, or never was (or released)."""
+        if (ended := self.expired.get(hold_id)) is not None:
+            if ended.token != token:
+                return _reject("not_owner", "this hold belongs to someone else")
+            return _reject("hold_expired", "the hold's time is up", ended.seats)
+        for booking_id, booking in self.bookings.items():
+            if booking.hold_id == hold_id:
+                if booking.token != token:
+                    return _reject("not_owner", "this hold belongs to someone else")
+                return c.Rejected("hold_checked_out", "this hold was checked out already",
+                                  booking_id=booking_id)
+        return _reject("not_found", f"no hold {hold_id!r} (released, or never made)")
+
+    def _create_hold(self, cmd: c.Hold | c.HoldBest, seats: list[str], now_ms: int
+                     ) -> tuple[c.Result, list[c.SeatChange]]:
+        quote = b""
+        if cmd.pricing and (quoter := self.plan.quoter) is not None:
+            try:
+                priced = quoter(cmd.pricing, [(s, self.seats[s].category) for s in seats], now_ms)
+            except (ValueError, msgspec.DecodeError):
+                return _reject("invalid", "the hold's pricing inputs are unreadable"), []
+            if priced is None:
+                return _reject("not_for_sale", "some of these seats are not on sale", [
+                    s for s in seats if quoter(cmd.pricing, [(s, self.seats[s].category)],
+                                               now_ms) is None]), []
+            quote = priced
         expires = now_ms + self.rules.hold_ttl_ms
-        self.holds[hold_id] = HoldRecord(token, seats, now_ms, expires, customer)
-        if customer:
-            self.held_by[customer] = self.held_by.get(customer, 0) + len(seats)
-        return c.Held(hold_id, seats, expires), self._set(seats, "held", hold_id)
+        self.holds[cmd.hold_id] = HoldRecord(cmd.token, seats, now_ms, expires, cmd.customer,
+                                             quote)
+        if cmd.customer:
+            self.held_by[cmd.customer] = self.held_by.get(cmd.customer, 0) + len(seats)
+        return c.Held(cmd.hold_id, seats, expires, quote), self._set(seats, "held", cmd.hold_id)
 
     def _forget_hold(self, hold_id: str) -> HoldRecord:
         """Remove a hold from the books (its seats are the caller's business)."""
@@ -333,4 +418,5 @@ _HANDLERS = {
     c.Block: SeatMap._block,
     c.Unblock: SeatMap._unblock,
     c.Expire: SeatMap._expire,
+    c.ReleaseAll: SeatMap._release_all,
 }

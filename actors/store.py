@@ -18,7 +18,7 @@ from redis.exceptions import ResponseError
 
 from . import commands as c
 from .layout import Layout, ShowConfig
-from .seatmap import SeatMap, SeatPlan, Snapshot
+from .seatmap import Quoter, SeatMap, SeatPlan, Snapshot
 
 
 def config_key(show_id: str) -> str:
@@ -245,14 +245,15 @@ class PlanCache:
     """One SeatPlan per distinct layout among the shows a host has loaded. Weak: a plan
     goes when the last show on its layout does."""
 
-    def __init__(self) -> None:
+    def __init__(self, quoter: Quoter | None = None) -> None:
         self._plans: weakref.WeakValueDictionary[bytes, SeatPlan] = weakref.WeakValueDictionary()
+        self.quoter = quoter
 
     def plan(self, layout: Layout) -> SeatPlan:
         key = blake2b(_layout_encoder.encode(layout), digest_size=16).digest()
         plan = self._plans.get(key)
         if plan is None:
-            plan = self._plans[key] = SeatPlan(layout)
+            plan = self._plans[key] = SeatPlan(layout, self.quoter)
         return plan
 
     def __len__(self) -> int:

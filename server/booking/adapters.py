@@ -24,17 +24,6 @@ from server.onsale import admission
 CLOCK = SystemClock()
 
 
-class RedisHolds:
-    def __init__(self, redis: aioredis.Redis) -> None:
-        self.redis = redis
-
-    async def load(self, hold_id: str) -> HoldRecord | None:
-        return await store.load_hold(self.redis, hold_id)
-
-    async def save(self, hold: HoldRecord) -> None:
-        await store.save_hold(self.redis, hold)
-
-
 class RedisPromos:
     def __init__(self, redis: aioredis.Redis) -> None:
         self.redis = redis
@@ -81,13 +70,12 @@ class RedisCheckouts:
     async def load_booking(self, booking_id: str) -> BookingRecord | None:
         return await store.load_booking(self.redis, booking_id)
 
-    async def booked(self, booking: BookingRecord, hold: HoldRecord) -> None:
+    async def booked(self, booking: BookingRecord) -> None:
         await store.save_booking(self.redis, booking)
         if booking.customer_id is not None:
             await link_booking(self.redis, booking.customer_id, booking.booking_id)
         await publish(self.redis, "booking.confirmed", booking_data(booking),
                       event_id=f"booking.confirmed:{booking.booking_id}")  # e-mail + webhooks
-        await store.save_hold(self.redis, hold)
 
     async def after_booking(self, booking: BookingRecord) -> None:
         await lifecycle.after_confirm(self.svc, booking, publish_confirmed=False)
@@ -120,7 +108,7 @@ def booking_ports(svc: Services) -> Booking:
     objects, next to a ~1 ms actor call), so they always see the services as they are now
     (the tests swap the payment gateway of a running app)."""
     s = svc.settings
-    return Booking(shows=svc.shows, catalog=svc.show_cache, holds=RedisHolds(svc.redis),
+    return Booking(shows=svc.shows, catalog=svc.show_cache,
                    promos=RedisPromos(svc.redis), checkouts=RedisCheckouts(svc),
                    bulks=RedisBulks(svc),
                    payments=svc.payments, payment_guard=svc.payment_guard,

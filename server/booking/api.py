@@ -18,9 +18,9 @@ Holds need the holder token (returned once by POST .../holds) in `X-Holder-Token
 or `Authorization: Bearer <token>`. Bookings need the booking token (returned by checkout)
 in `X-Booking-Token`, `Authorization: Bearer` or `?token=`.
 
-The bodies are in customer_wire.py; hold checks, tokens and ids in holds.py; the quote and
-promo-code use in hold_pricing.py; paying and booking in checkout.py; the booking view and
-its e-ticket in booking_views.py.
+The bodies are in wire.py; the hold use cases in holding.py (the quote is made by the
+show's host: commerce/quoting.py); paying and booking in checkout.py; the booking view
+and its e-ticket in views.py.
 """
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from actors import commands as c
 
-from server.booking.holding import refusal
+from server.booking.holding import named_seats, refusal
 from server.booking.ports import Booking
 from server.booking.records import BookingRecord, BulkRecord, PaymentInfo, token_hash
 from server.catalog.model import Money, Show
@@ -50,13 +50,7 @@ async def bulk_book(booking: Booking, show: Show, ask: BulkAsk
     per_hold = max(1, config.rules.max_seats_per_hold)
     seats = ask.seats
     if seats is not None:
-        seats = list(dict.fromkeys(seats))
-        unknown = [s for s in seats if s not in category_of]
-        if unknown:
-            raise Refused("unknown_seats", "no such seats in this show", seats=unknown)
-        unpriced = [s for s in seats if category_of[s] not in show.prices]
-        if unpriced:
-            raise Refused("not_for_sale", "these seats are not on sale", seats=unpriced)
+        seats = named_seats(show, category_of, seats)
     elif ask.category is not None and ask.category not in show.prices:
         raise Refused("invalid", f"no seat category {ask.category!r} on sale")
 

@@ -18,9 +18,9 @@ import msgspec
 from actors import commands as c
 
 from server.booking import records as store
-from server.booking.holding import gone_or_expired, holders_hold, promo_customer, require_active
+from server.booking.holding import holders_hold, promo_customer, refusal, require_active
 from server.booking.ports import Booking, Customer
-from server.booking.records import BookingRecord, CheckoutAttempt, HoldRecord, PaymentInfo
+from server.booking.records import BookingRecord, CheckoutAttempt, HoldRecord, PaymentInfo, show_of
 from server.commerce.payments import (
     GATEWAY_FAILURES, CardDetails, CardInvalid, GatewayUnavailable, PaymentError,
 )
@@ -56,6 +56,11 @@ class Answered:
 Outcome = Booked | Answered
 
 
+# The hold is over (booked, expired, released after a failed payment) or being paid for:
+# an attempt under this key may have done that, and a retry must get its answer.
+_REPLAYABLE = frozenset({"hold_checked_out", "hold_expired", "not_found", "payment_pending"})
+
+
 def fingerprint(ask: CheckoutAsk) -> str:
     """What makes two requests with one key the same checkout."""
     return hashlib.sha256(f"{ask.email}\n{ask.name}\n{ask.card.number[-4:]}".encode()
@@ -65,9 +70,21 @@ def fingerprint(ask: CheckoutAsk) -> str:
 async def checkout(booking: Booking, hold_id: str, token: str, key: str, ask: CheckoutAsk,
                    who: Customer) -> Outcome:
     """`key` is the client's Idempotency-Key (1-255 characters), one per attempt."""
-    hold = await holders_hold(booking, hold_id, token)
-    idem = store.idempotency_key(hold.show_id, hold_id, key)
     print_ = fingerprint(ask)
+    try:
+        hold = await holders_hold(booking, hold_id, token)
+    except Refused as gone:
+        # A retry of the attempt that ended the hold gets its first answer; anyone else
+        # this refusal (the idempotency record is keyed by the hold and the secret key).
+        if gone.code not in _REPLAYABLE:
+            raise
+        idem = store.idempotency_key(show_of(hold_id) or "", hold_id, key)
+        earlier = await booking.checkouts.claim(idem, CheckoutAttempt("pending", "", print_))
+        if earlier is None:
+            await booking.checkouts.drop(idem)
+            raise
+        return await _replay(booking, earlier, print_)
+    idem = store.idempotency_key(hold.show_id, hold_id, key)
     attempt = CheckoutAttempt("pending", new_id(hold.show_id), print_)
     earlier = await booking.checkouts.claim(idem, attempt)
     if earlier is not None:
@@ -141,7 +158,7 @@ async def _pay_and_book(booking: Booking, hold: HoldRecord, ask: CheckoutAsk,
         f"confirm:{idem}", hold.hold_id, hold.token_hash, attempt.booking_id, auth.ref))
     if isinstance(result, c.Rejected):
         await gateway.refund(auth.ref)
-        err = gone_or_expired(result, hold)
+        err = refusal(result)
         return await final(err.status, err.code, err.message + "; the payment was refunded",
                            refunded=True, **err.details)
     assert isinstance(result, c.Confirmed)
@@ -164,8 +181,7 @@ async def _pay_and_book(booking: Booking, hold: HoldRecord, ask: CheckoutAsk,
         phone=pii.seal_booking_phone(settings, ask.phone, booking_id),
         id_number=pii.seal_booking_id_number(settings, ask.id_number, booking_id),
     )
-    hold.state, hold.booking_id = "booked", booking_id
-    await booking.checkouts.booked(record, hold)
+    await booking.checkouts.booked(record)
     await booking.checkouts.finish(idem, msgspec.structs.replace(
         attempt, state="done", booking_id=booking_id, status=201))
     await booking.checkouts.after_booking(record)  # sold out? show cancelled meanwhile?

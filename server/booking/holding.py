@@ -11,21 +11,23 @@ from dataclasses import dataclass
 import msgspec
 
 from actors import commands as c
-from actors.layout import ShowConfig
 
 from server.booking.ports import Booking, Customer
-from server.booking.records import HoldRecord, Quote, token_hash
+from server.booking.records import HoldRecord, HoldState, Quote, show_of, token_hash
 from server.catalog.model import Show
-from server.commerce.pricing import (
-    Offer, PricingConfig, PromoCode, SeatPrice, ShowFacts, make_quote, promo_problem,
-)
+from server.catalog.show_cache import CachedShow
+from server.commerce.pricing import PromoCode, ShowFacts, promo_problem
+from server.commerce.quoting import PriceInputs, pack, read_quote
 from server.core.clock import cmd_id, from_ms, new_id
 from server.core.refusals import Refused
 
 
 def refusal(result: c.Rejected) -> Refused:
-    """A show actor's rejection as the use cases' refusal (naming the seats, if any)."""
-    details = {"seats": result.seats} if result.seats else {}
+    """A show actor's rejection as the use cases' refusal (naming the seats, and the
+    booking, if any)."""
+    details: dict[str, object] = {"seats": result.seats} if result.seats else {}
+    if result.booking_id:
+        details["booking_id"] = result.booking_id
     return Refused(result.code, result.message, **details)
 
 
@@ -49,14 +51,6 @@ class HoldAsk:
     email: str | None = None  # a guest's, for a promo code's per-customer limit
 
 
-class Pricing(msgspec.Struct):
-    facts: ShowFacts
-    offers: list[Offer]
-    promo: PromoCode | None
-    who: str | None  # the customer a promo code's use counts against
-    config: PricingConfig
-
-
 def promo_customer(user_id: str | None, email: str | None) -> str | None:
     """Whom a promo code's per-customer limit counts: the logged-in user, or a guest's
     e-mail address (lower-cased)."""
@@ -66,8 +60,9 @@ def promo_customer(user_id: str | None, email: str | None) -> str | None:
 
 
 async def place_hold(booking: Booking, ask: HoldAsk, who: Customer) -> tuple[HoldRecord, str]:
-    """Hold the seats asked for (or the best free ones), priced: the hold record and its
-    holder token (given out once)."""
+    """Hold the seats asked for (or the best free ones), priced by the show's host in the
+    same logged command: the hold and its holder token (given out once). Nothing else is
+    written: the show's log is the hold's record."""
     if (ask.seats is None) == (ask.best is None):
         raise Refused("invalid", 'give exactly one of "seats" or "best"')
     show_id = ask.show_id
@@ -83,13 +78,7 @@ async def place_hold(booking: Booking, ask: HoldAsk, who: Customer) -> tuple[Hol
         raise Refused("not_found", f"show {show_id!r} has no seat layout")
     seats: list[str] = []
     if ask.seats is not None:
-        seats = list(dict.fromkeys(ask.seats))
-        unknown = [s for s in seats if s not in known]
-        if unknown:
-            raise Refused("unknown_seats", "no such seats in this show", seats=unknown)
-        unpriced = [s for s in seats if known[s] not in show.prices]
-        if unpriced:
-            raise Refused("not_for_sale", "these seats are not on sale", seats=unpriced)
+        seats = named_seats(show, known, ask.seats)
     elif ask.best is not None and ask.best.category is not None \
             and ask.best.category not in show.prices:
         raise Refused("invalid", f"no seat category {ask.best.category!r} on sale")
@@ -97,91 +86,101 @@ async def place_hold(booking: Booking, ask: HoldAsk, who: Customer) -> tuple[Hol
     # A show in its waiting room refuses here without this visitor's admission; the
     # customer and their seat cap go to the actor, which enforces the cap in order.
     customer, cap = await who.admission(show_id)
-    pricing = await price_inputs(booking, show, ask.promo_code, ask.email, who)
+    base, pricing = await pricing_inputs(booking, cached)
+    promo, promo_who = await promo_inputs(booking, base.facts, ask.promo_code, ask.email, who)
+    if promo is not None:
+        pricing = pack(msgspec.structs.replace(base, promo=promo))
     hold_id, token = new_id(show_id), secrets.token_urlsafe(24)
     digest = token_hash(token)
     cmd: c.Command
     if ask.best is None:
-        cmd = c.Hold(cmd_id(), hold_id, digest, seats, customer=customer, customer_max_seats=cap)
+        cmd = c.Hold(cmd_id(), hold_id, digest, seats, customer=customer, customer_max_seats=cap,
+                     pricing=pricing)
     else:
         cmd = c.HoldBest(cmd_id(), hold_id, digest, ask.best.count, ask.best.category,
-                         ask.best.accessible, customer=customer, customer_max_seats=cap)
+                         ask.best.accessible, customer=customer, customer_max_seats=cap,
+                         pricing=pricing)
     result = await booking.shows.submit(show_id, cmd)
     if isinstance(result, c.Rejected):
+        if result.code == "not_for_sale" and ask.best is not None:
+            raise Refused("not_for_sale", "some of the free seats are not on sale; pick seats",
+                          status=409)
         raise refusal(result)
     assert isinstance(result, c.Held)
-
-    quote = quote_seats(booking, show, config, result.seats, pricing)
-    if quote is None:  # best-available picked a category without a price
-        await booking.shows.submit(show_id, c.Release(cmd_id(), hold_id, digest))
-        raise Refused("not_for_sale", "some of the free seats are not on sale; pick seats",
-                      status=409)
-    if pricing.promo is not None:
-        await _reserve_promo(booking, pricing, quote, result, show_id, hold_id, digest)
+    quote = read_quote(result.quote)
+    if promo is not None:
+        assert promo_who is not None
+        await _reserve_promo(booking, promo, promo_who, quote, result, show_id, hold_id, digest)
     now = booking.clock.now_ms()
-    record = HoldRecord(hold_id, show_id, digest, result.seats, quote, now, result.expires_at_ms,
-                        now + config.rules.hold_max_lifetime_ms)
-    try:
-        await booking.holds.save(record)
-    except Exception:
-        await booking.shows.submit(show_id, c.Release(cmd_id(), hold_id, digest))
-        if quote.promo_code:
-            await booking.promos.release(quote.promo_code, hold_id, booking.clock.now_ms())
-        raise Refused("unavailable", "the hold could not be saved; try again") from None
-    return record, token
+    return HoldRecord(hold_id, show_id, digest, result.seats, quote, now, result.expires_at_ms,
+                      now + config.rules.hold_max_lifetime_ms), token
 
 
-async def price_inputs(booking: Booking, show: Show, code: str | None, email: str | None,
-                       who: Customer) -> Pricing:
-    """Everything the quote needs (one Redis round trip); a bad promo code is refused
-    before any seat is held."""
-    timezone, offers, promo, found = await booking.promos.pricing_inputs(
-        show.theatre_id, show.partner_id, code)
-    facts = ShowFacts(show.show_id, show.movie_id, show.theatre_id, show.city, show.partner_id,
-                      show.starts_at_utc, timezone)
-    customer = None
-    if code is not None:
-        if not found:
-            raise Refused("promo_unknown", f"no promo code {code!r}")
-        problem = promo_problem(promo, facts, None, from_ms(booking.clock.now_ms()))
-        if problem:
-            raise Refused("promo_not_applicable", problem)
-        customer = promo_customer(await who.user_id(), email)
-        if customer is None:
-            raise Refused("email_required",
-                          "give the e-mail address you will check out with to use a promo code")
-    return Pricing(facts, offers, promo, customer, booking.fees)
+def named_seats(show: Show, category_of: dict[str, str], asked: list[str]) -> list[str]:
+    """The seats asked for by name, each once, in order: refused if any is not in the
+    show's layout or not on sale."""
+    seats = list(dict.fromkeys(asked))
+    unknown = [s for s in seats if s not in category_of]
+    if unknown:
+        raise Refused("unknown_seats", "no such seats in this show", seats=unknown)
+    unpriced = [s for s in seats if category_of[s] not in show.prices]
+    if unpriced:
+        raise Refused("not_for_sale", "these seats are not on sale", seats=unpriced)
+    return seats
 
 
-def quote_seats(booking: Booking, show: Show, config: ShowConfig, seats: list[str],
-                pricing: Pricing) -> Quote | None:
-    """The itemised quote for the held seats; None if a seat's category has no price."""
-    wanted = set(seats)
-    category = {s.id: s.category for s in config.layout.seats if s.id in wanted}
-    priced: list[SeatPrice] = []
-    currency = None
-    for seat in seats:
-        price = show.prices.get(category[seat])
-        if price is None or currency not in (None, price.currency):
-            return None
-        currency = price.currency
-        priced.append(SeatPrice(seat, category[seat], price.amount))
-    return make_quote(pricing.facts, priced, currency or "", offers=pricing.offers,
-                      promo=pricing.promo, config=pricing.config,
-                      now=from_ms(booking.clock.now_ms()))
+_MEMO = "booking.pricing"
 
 
-async def _reserve_promo(booking: Booking, pricing: Pricing, quote: Quote, held: c.Held,
-                         show_id: str, hold_id: str, digest: str) -> None:
+async def pricing_inputs(booking: Booking, cached: CachedShow) -> tuple[PriceInputs, bytes]:
+    """The show's pricing inputs and their packing, kept with the cached show (dropped
+    with it when the show or any offer changes): no Redis read on the hot path."""
+    packed = cached.memo.get(_MEMO)
+    base: PriceInputs
+    if isinstance(packed, tuple):
+        base, raw = packed
+    else:
+        show = cached.show
+        assert show is not None
+        timezone, offers, _, _ = await booking.promos.pricing_inputs(
+            show.theatre_id, show.partner_id, None)
+        facts = ShowFacts(show.show_id, show.movie_id, show.theatre_id, show.city,
+                          show.partner_id, show.starts_at_utc, timezone)
+        base = PriceInputs(facts, dict(show.prices), offers, None, booking.fees)
+        raw = pack(base)
+        cached.memo[_MEMO] = (base, raw)
+    return base, raw
+
+
+async def promo_inputs(booking: Booking, facts: ShowFacts, code: str | None,
+                       email: str | None, who: Customer) -> tuple[PromoCode | None, str | None]:
+    """The promo code and whom its use counts against; a bad code is refused before any
+    seat is held."""
+    if code is None:
+        return None, None
+    promo = await booking.promos.get(code)
+    if promo is None:
+        raise Refused("promo_unknown", f"no promo code {code!r}")
+    problem = promo_problem(promo, facts, None, from_ms(booking.clock.now_ms()))
+    if problem:
+        raise Refused("promo_not_applicable", problem)
+    customer = promo_customer(await who.user_id(), email)
+    if customer is None:
+        raise Refused("email_required",
+                      "give the e-mail address you will check out with to use a promo code")
+    return promo, customer
+
+
+async def _reserve_promo(booking: Booking, promo: PromoCode, who: str, quote: Quote,
+                         held: c.Held, show_id: str, hold_id: str, digest: str) -> None:
     """Reserve one use of the promo code for this hold (atomic; limits never exceeded), or
     release the seats and refuse."""
-    assert pricing.promo is not None and pricing.who is not None
     error = None
     if quote.promo_code is None:
         error = Refused("promo_not_applicable", "this promo code does not apply to these seats")
     else:
-        verdict = await booking.promos.reserve(pricing.promo, hold_id, pricing.who,
-                                               booking.clock.now_ms(), held.expires_at_ms)
+        verdict = await booking.promos.reserve(promo, hold_id, who, booking.clock.now_ms(),
+                                               held.expires_at_ms)
         if verdict == "exhausted":
             error = Refused("promo_exhausted", "this promo code has been used up")
         elif verdict != "ok":
@@ -194,67 +193,63 @@ async def _reserve_promo(booking: Booking, pricing: Pricing, quote: Quote, held:
 
 # --- the holder's hold ----------------------------------------------------------------------
 
-async def holders_hold(booking: Booking, hold_id: str, token: str) -> HoldRecord:
-    """The hold record, if `token` is its holder token: refused otherwise."""
-    hold = await booking.holds.load(hold_id)
-    if hold is None:
+def _show_of(hold_id: str) -> str:
+    show_id = show_of(hold_id)
+    if show_id is None:
         raise Refused("not_found", f"no hold {hold_id!r}")
-    if not secrets.compare_digest(hold.token_hash, token_hash(token)):
-        raise Refused("not_owner", "this hold belongs to someone else")
-    return hold
+    return show_id
+
+
+async def holders_hold(booking: Booking, hold_id: str, token: str) -> HoldRecord:
+    """The hold as its show's actor has it, if `token` is its holder token: refused
+    otherwise (404 never made or released, 410 expired, 409 checked out)."""
+    show_id = _show_of(hold_id)
+    digest = token_hash(token)
+    result = await booking.shows.submit(show_id, c.Peek(cmd_id(), hold_id, digest))
+    if isinstance(result, c.Rejected):
+        raise refusal(result)
+    assert isinstance(result, c.HoldInfo)
+    state: HoldState = "pending" if result.state == "paying" else result.state
+    return HoldRecord(hold_id, show_id, digest, result.seats, read_quote(result.quote),
+                      result.created_ms, result.expires_at_ms, result.max_expires_ms, state,
+                      result.booking_id or None)
 
 
 def require_active(hold: HoldRecord, now_ms: int) -> None:
-    """Refused if checked out or being paid for, released, or its time is up."""
-    if hold.state == "booked":
-        raise Refused("hold_checked_out", "this hold was checked out already",
-                      booking_id=hold.booking_id)
+    """Refused if being paid for or its time is up."""
     if hold.state == "pending":
         raise Refused("payment_pending", "a payment for this hold is being processed",
                       booking_id=hold.booking_id)
-    if hold.state == "released":
-        raise Refused("not_found", f"hold {hold.hold_id!r} was released")
     if hold.expires_ms <= now_ms:
         raise Refused("hold_expired", "the hold's time is up", seats=hold.seats)
 
 
-def gone_or_expired(result: c.Rejected, hold: HoldRecord) -> Refused:
-    # The record says the hold is ours and live; the actor no longer has it: the actor's
-    # clock expired it a moment before ours did.
-    if result.code == "not_found":
-        return Refused("hold_expired", "the hold's time is up", seats=hold.seats)
-    return refusal(result)
-
-
 async def extend_hold(booking: Booking, hold_id: str, token: str, extra_s: int) -> HoldRecord:
-    """More time on a live hold (capped at its lifetime); its promo reservation follows."""
-    hold = await holders_hold(booking, hold_id, token)
-    require_active(hold, booking.clock.now_ms())
-    result = await booking.shows.submit(
-        hold.show_id, c.Extend(cmd_id(), hold_id, hold.token_hash, extra_s * 1000))
+    """More time on a live hold (capped at its lifetime); its promo reservation follows.
+    One actor call: the actor checks the holder token."""
+    show_id = _show_of(hold_id)
+    digest = token_hash(token)
+    result = await booking.shows.submit(show_id, c.Extend(cmd_id(), hold_id, digest,
+                                                         extra_s * 1000))
     if isinstance(result, c.Rejected):
-        raise gone_or_expired(result, hold)
+        raise refusal(result)
     assert isinstance(result, c.Extended)
-    hold.expires_ms = result.expires_at_ms
-    await booking.holds.save(hold)
-    if hold.quote.promo_code:  # the promo code's reservation lasts as long as the hold
-        await booking.promos.extend(hold.quote.promo_code, hold_id, hold.expires_ms)
-    return hold
+    quote = read_quote(result.quote)
+    if quote.promo_code:  # the promo code's reservation lasts as long as the hold
+        await booking.promos.extend(quote.promo_code, hold_id, result.expires_at_ms)
+    return HoldRecord(hold_id, show_id, digest, result.seats, quote, 0, result.expires_at_ms, 0)
 
 
 async def release_hold(booking: Booking, hold_id: str, token: str) -> list[str]:
-    """Free the held seats at once: the seats freed."""
-    hold = await holders_hold(booking, hold_id, token)
-    require_active(hold, booking.clock.now_ms())
-    result = await booking.shows.submit(
-        hold.show_id, c.Release(cmd_id(), hold_id, hold.token_hash))
+    """Free the held seats at once: the seats freed. One actor call: the actor checks the
+    holder token (and refuses while the hold is being paid for)."""
+    show_id = _show_of(hold_id)
+    result = await booking.shows.submit(show_id, c.Release(cmd_id(), hold_id, token_hash(token)))
     if isinstance(result, c.Rejected):
-        raise gone_or_expired(result, hold)
+        raise refusal(result)
     assert isinstance(result, c.Released)
-    hold.state = "released"
-    await booking.holds.save(hold)
-    if hold.quote.promo_code:  # the promo code's use is free for others again
-        await booking.promos.release(hold.quote.promo_code, hold_id, booking.clock.now_ms())
+    if result.quote and (code := read_quote(result.quote).promo_code):
+        await booking.promos.release(code, hold_id, booking.clock.now_ms())
     return result.seats
 
 

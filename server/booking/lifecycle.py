@@ -54,6 +54,7 @@ concurrent scans exactly one wins and the others get 409 already_admitted.
 from __future__ import annotations
 
 import logging
+import time
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -63,6 +64,8 @@ from aiohttp import web
 
 from actors import commands as c
 
+from server.commerce import offers
+from server.commerce.quoting import read_quote
 from server.core.clock import as_utc, cmd_id, utcnow
 from server.booking import records as store
 from server.core import outbox
@@ -188,7 +191,6 @@ async def extend_hold(svc: Services, hold: HoldRecord, seconds: int) -> datetime
     if not isinstance(result, c.Extended):
         return None
     hold.expires_ms = result.expires_at_ms
-    await store.save_hold(svc.redis, hold)
     return datetime.fromtimestamp(result.expires_at_ms / 1000, UTC)
 
 
@@ -235,8 +237,10 @@ async def start_pending(svc: Services, hold: HoldRecord, auth: Authorisation,
                         customer_id: str | None = None, phone: str | None = None,
                         id_number: str | None = None) -> tuple[int, bytes]:
     lifetime_ms = hold.max_expires_ms - hold.created_ms
+    # Extended to its lifetime and locked: only the webhook's Confirm (or Release) ends it.
     result = await svc.shows.submit(hold.show_id, c.Extend(
-        f"pending:{idem}", hold.hold_id, hold.token_hash, max(lifetime_ms, 1000)))
+        f"pending:{idem}", hold.hold_id, hold.token_hash, max(lifetime_ms, 1000),
+        lock=attempt.booking_id))
     if isinstance(result, c.Extended):
         hold.expires_ms = result.expires_at_ms
     elif isinstance(result, c.Rejected) and result.code != "lifetime_exceeded":
@@ -254,20 +258,15 @@ async def start_pending(svc: Services, hold: HoldRecord, auth: Authorisation,
         email=email, name=name, created_at=utcnow(), status="pending",
         customer_id=customer_id, holder_hash=hold.token_hash, phone=phone,
         id_number=id_number)
-    hold.state, hold.booking_id = "pending", booking.booking_id
     secret = svc.settings.secret
     body = msgspec.json.encode(PendingCheckout(
         "pending", booking.booking_id, booking_token(secret, booking.booking_id), hold.hold_id,
         auth.ref, datetime.fromtimestamp(hold.expires_ms / 1000, UTC),
         f"/api/bookings/{booking.booking_id}"))
     done = msgspec.structs.replace(attempt, state="done", status=202, body=msgspec.Raw(body))
-    hold_ttl = max(hold.max_expires_ms, hold.expires_ms) - hold.created_ms \
-        + store.HOLD_RECORD_GRACE_MS
     async with svc.redis.pipeline(transaction=True) as pipe:
         pipe.set(store.booking_key(booking.show_id, booking.booking_id),
                  msgspec.json.encode(booking))
-        pipe.set(store.hold_key(hold.show_id, hold.hold_id), msgspec.json.encode(hold),
-                 px=hold_ttl)
         pipe.set(payref_key(auth.ref), msgspec.json.encode(PendingPayment(
             auth.ref, hold.show_id, hold.hold_id, booking.booking_id, idem)),
             ex=store.IDEMPOTENCY_TTL_S * 7)
@@ -304,20 +303,19 @@ async def settle_payment(svc: Services, event: WebhookEvent) -> str:
         raise ApiError(409, "in_progress", "this payment is being settled; retry shortly")
     try:
         booking = await store.load_booking(svc.redis, pending.booking_id)
-        hold = await store.load_hold(svc.redis, pending.hold_id)
         if booking is None or booking.status != "pending":
             return "already_settled"
-        token = booking.holder_hash or (hold.token_hash if hold else "")
+        token = booking.holder_hash
         if event.type == "payment.failed":
             await svc.shows.submit(pending.show_id, c.Release(
-                f"release:{pending.idem}", pending.hold_id, token))
-            return await _fail(svc, booking, hold, pending, 402, "payment_failed",
+                f"release:{pending.idem}", pending.hold_id, token, unlock=booking.booking_id))
+            return await _fail(svc, booking, pending, 402, "payment_failed",
                                "the payment failed; the seats were released", "failed")
         result = await svc.shows.submit(pending.show_id, c.Confirm(
             f"confirm:{pending.idem}", pending.hold_id, token, booking.booking_id, event.ref))
         if isinstance(result, c.Rejected):
             await _refund_quietly(svc, event.ref, f"void:{pending.idem}")
-            return await _fail(svc, booking, hold, pending, 410, "hold_expired",
+            return await _fail(svc, booking, pending, 410, "hold_expired",
                                "the hold ran out before the payment completed; the payment "
                                "was refunded", "refunded")
         assert isinstance(result, c.Confirmed)
@@ -327,13 +325,10 @@ async def settle_payment(svc: Services, event: WebhookEvent) -> str:
             await svc.shows.submit(pending.show_id, c.Cancel(
                 f"cancel:{pending.idem}", booking.booking_id, token))
             await _refund_quietly(svc, event.ref, f"void:{pending.idem}")
-            return await _fail(svc, booking, hold, pending, 402, "capture_failed",
+            return await _fail(svc, booking, pending, 402, "capture_failed",
                                "the payment could not be captured; it was refunded", "refunded")
         booking.status, booking.seats = "confirmed", result.seats
         await store.save_booking(svc.redis, booking)
-        if hold is not None:
-            hold.state = "booked"
-            await store.save_hold(svc.redis, hold)
         await _set_attempt(svc, pending.idem, 201)
         await svc.redis.delete(payref_key(event.ref))
         await after_confirm(svc, booking)
@@ -342,14 +337,10 @@ async def settle_payment(svc: Services, event: WebhookEvent) -> str:
         await svc.redis.delete(lock)
 
 
-async def _fail(svc: Services, booking: BookingRecord, hold: HoldRecord | None,
-                pending: PendingPayment, status: int, code: str, message: str,
-                outcome: str) -> str:
+async def _fail(svc: Services, booking: BookingRecord, pending: PendingPayment, status: int,
+                code: str, message: str, outcome: str) -> str:
     booking.status = "failed"
     await store.save_booking(svc.redis, booking)
-    if hold is not None:
-        hold.state = "released"
-        await store.save_hold(svc.redis, hold)
     await _set_attempt(svc, pending.idem, status, msgspec.json.encode(
         {"error": {"code": code, "message": message}}))
     await svc.redis.delete(payref_key(pending.ref))
@@ -485,9 +476,6 @@ async def cancel_booking(svc: Services, booking: BookingRecord, *, by: Cancelled
             except PaymentError as exc:
                 raise ApiError(409, exc.code, exc.message) from None
         token = booking.holder_hash
-        if not token:
-            hold = await store.load_hold(svc.redis, booking.hold_id)
-            token = hold.token_hash if hold else ""
         result = await svc.shows.submit(booking.show_id, c.Cancel(key, booking.booking_id,
                                                                   token))
         if isinstance(result, c.Rejected) and result.code != "not_found":
@@ -523,22 +511,17 @@ async def show_bookings(redis: aioredis.Redis, show_id: str) -> list[BookingReco
 
 
 async def release_show_holds(svc: Services, show_id: str) -> int:
-    """Release the active holds of a cancelled show (pending ones are settled by their
-    webhook, which then refunds: the show is cancelled)."""
-    keys = [k async for k in svc.redis.scan_iter(match=f"hold:{{{show_id}}}:*", count=1000)]
-    released = 0
-    for raw in (await svc.redis.mget(keys) if keys else []):
-        if not raw:
-            continue
-        hold = msgspec.json.decode(raw, type=HoldRecord)
-        if hold.state != "active":
-            continue
-        await svc.shows.submit(show_id, c.Release(f"showcancel:{hold.hold_id}", hold.hold_id,
-                                                  hold.token_hash))
-        hold.state = "released"
-        await store.save_hold(svc.redis, hold)
-        released += 1
-    return released
+    """Release the holds of a cancelled show in one command (holds being paid for are
+    settled by their webhook, which then refunds: the show is cancelled); their promo
+    reservations are given back."""
+    result = await svc.shows.submit(show_id, c.ReleaseAll(f"showcancel:{show_id}"))
+    if not isinstance(result, c.ReleasedAll):
+        return 0
+    now = int(time.time() * 1000)
+    for hold_id, quote in zip(result.hold_ids, result.quotes, strict=True):
+        if quote and (code := read_quote(quote).promo_code):
+            await offers.release(svc.redis, code, hold_id, now)
+    return len(result.hold_ids)
 
 
 async def cancel_show_bookings(svc: Services, show: Show) -> list[Cancellation]:

@@ -31,12 +31,6 @@ class ShowSource(Protocol):
     async def get(self, show_id: str) -> CachedShow: ...
 
 
-class Holds(Protocol):
-    async def load(self, hold_id: str) -> HoldRecord | None: ...
-
-    async def save(self, hold: HoldRecord) -> None: ...
-
-
 class Promos(Protocol):
     """Offers and promo codes, and a promo code's uses: reserved with a hold, consumed at
     checkout, given back when either fails (commerce/offers.py has the rules)."""
@@ -71,9 +65,8 @@ class Checkouts(Protocol):
 
     async def load_booking(self, booking_id: str) -> BookingRecord | None: ...
 
-    async def booked(self, booking: BookingRecord, hold: HoldRecord) -> None:
-        """Save the booking, link it to its customer, publish `booking.confirmed`, save the
-        hold (now booked)."""
+    async def booked(self, booking: BookingRecord) -> None:
+        """Save the booking, link it to its customer, publish `booking.confirmed`."""
 
     async def after_booking(self, booking: BookingRecord) -> None:
         """Sold out now? Show cancelled meanwhile (then the booking is refunded)?"""
@@ -121,7 +114,6 @@ class Booking:
 
     shows: Shows
     catalog: ShowSource
-    holds: Holds
     promos: Promos
     checkouts: Checkouts
     bulks: Bulks

@@ -1,9 +1,8 @@
 """Records the customer API keeps in Redis next to the show actor's own state.
 
-- `HoldRecord` (`hold:{<show>}:<hold_id>`): who holds what at which quoted price. The actor
-  decides who gets the seats; this record lets the web tier price the checkout, tell
-  "expired" (410) from "never existed" (404), and check the holder token before paying.
-  Only a SHA-256 of the holder token is stored (the actor gets the same hash).
+- `HoldRecord`: a hold as the use cases see it. Not stored: the show's actor has it (its
+  command, with the holder token's SHA-256 and the quote, is in the show's log) and
+  answers it to its holder (`c.Peek`).
 - `BookingRecord` (`booking:{<show>}:<booking_id>`): written at checkout. It keeps the
   gateway's card token and the last four digits, never the card number.
 - Checkout idempotency (`idem:{<show>}:<hold_id>:<sha256(key)>`): claimed with SET NX before
@@ -23,7 +22,6 @@ import redis.asyncio as aioredis
 from server.catalog.model import Money
 from server.commerce import pricing
 
-HOLD_RECORD_GRACE_MS = 24 * 3600 * 1000   # keep a hold record this long after its lifetime
 IDEMPOTENCY_TTL_S = 24 * 3600
 PENDING_TTL_S = 120                       # a crashed checkout's claim frees itself
 
@@ -64,26 +62,6 @@ class HoldRecord(msgspec.Struct):
     max_expires_ms: int
     state: HoldState = "active"
     booking_id: str | None = None
-
-
-def hold_key(show_id: str, hold_id: str) -> str:
-    return f"hold:{{{show_id}}}:{hold_id}"
-
-
-_hold_decoder = msgspec.json.Decoder(HoldRecord)
-
-
-async def save_hold(redis: aioredis.Redis, hold: HoldRecord) -> None:
-    ttl_ms = max(hold.max_expires_ms, hold.expires_ms) - hold.created_ms + HOLD_RECORD_GRACE_MS
-    await redis.set(hold_key(hold.show_id, hold.hold_id), msgspec.json.encode(hold), px=ttl_ms)
-
-
-async def load_hold(redis: aioredis.Redis, hold_id: str) -> HoldRecord | None:
-    show_id = show_of(hold_id)
-    if show_id is None:
-        return None
-    raw = await redis.get(hold_key(show_id, hold_id))
-    return _hold_decoder.decode(raw) if raw else None
 
 
 # --- bookings --------------------------------------------------------------------------

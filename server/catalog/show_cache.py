@@ -12,7 +12,10 @@ of the web tier's time. The records change only through the partner feed (`put_s
   (re)connects, since messages may have been missed meanwhile;
 - an entry lives at most `ttl_s` anyway;
 - a fill that raced with an invalidation is not stored (generation counter);
-- misses (unknown show, no layout yet) are never cached.
+- misses (unknown show, no layout yet) are never cached;
+- an offer's write publishes `ALL_SHOWS` in its MULTI: the hold path's pricing inputs
+  (`memo`) carry the offers. (The theatre's time zone, the other input, cannot change
+  while it has scheduled shows.)
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import msgspec
 import redis.asyncio as aioredis
@@ -35,6 +38,7 @@ from server.catalog.model import Show, catalog_key
 log = logging.getLogger(__name__)
 
 SHOWS_CHANNEL = "catalog:shows:changed"  # message: a show id whose record or layout changed
+ALL_SHOWS = "*"  # the message that drops every show (an offer changed: every quote may)
 
 _show_decoder = msgspec.json.Decoder(Show)
 _config_decoder = msgspec.json.Decoder(ShowConfig)
@@ -46,6 +50,9 @@ class CachedShow:
     config: ShowConfig | None    # None: no seat layout
     category: dict[str, str]     # seat id -> category
     until: float                 # monotonic expiry
+    # What callers derive from the entry (the hold path's packed pricing inputs), dropped
+    # with it. Keyed by the caller's module.
+    memo: dict[str, object] = field(default_factory=dict)
 
 
 class ShowCache:
@@ -115,7 +122,8 @@ class ShowCache:
                                 self.listening = True
                             elif message.get("type") == "message":
                                 data = message["data"]
-                                self.invalidate(data.decode() if isinstance(data, bytes) else data)
+                                show_id = data.decode() if isinstance(data, bytes) else data
+                                self.invalidate(None if show_id == ALL_SHOWS else show_id)
                 except (RedisError, OSError) as exc:
                     log.warning("show cache: invalidation feed lost (%s); not caching", exc)
                 finally:

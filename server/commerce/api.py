@@ -106,6 +106,7 @@ async def _create_offer(request: web.Request, admin: bool) -> web.Response:
     offer = Offer(store.new_offer_id(), body.name, body.rule, body.scope, body.valid_from,
                   body.valid_until, owner, True)
     await store.save_offer(services(request).redis, offer)
+    services(request).show_cache.invalidate()  # this process's next hold sees it at once
     return json_response(offer, status=201)
 
 
@@ -122,6 +123,7 @@ async def _disable_offer(request: web.Request, admin: bool) -> web.Response:
         raise ApiError(404, "not_found", "no such offer of yours")
     offer = msgspec.structs.replace(offer, active=False)
     await store.save_offer(redis, offer)
+    services(request).show_cache.invalidate()
     return json_response(offer)
 
 

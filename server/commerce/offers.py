@@ -35,6 +35,7 @@ import redis.asyncio as aioredis
 
 from server.commerce.pricing import Offer, PromoCode
 from server.catalog.model import catalog_key
+from server.catalog.show_cache import ALL_SHOWS, SHOWS_CHANNEL
 
 RESERVATION_GRACE_MS = 120_000  # a checkout that started before the hold ran out finishes
 
@@ -72,7 +73,12 @@ _promo_decoder = msgspec.json.Decoder(PromoCode)
 # --- offers ----------------------------------------------------------------------------
 
 async def save_offer(redis: aioredis.Redis, offer: Offer) -> None:
-    await redis.hset(offers_key(offer.partner_id), offer.offer_id, msgspec.json.encode(offer))
+    """Save the offer and, in the same MULTI, tell every web process to drop its cached
+    shows: their holds' pricing inputs carry the offers (booking/holding.py)."""
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.hset(offers_key(offer.partner_id), offer.offer_id, msgspec.json.encode(offer))
+        pipe.publish(SHOWS_CHANNEL, ALL_SHOWS)
+        await pipe.execute()
 
 
 async def list_offers(redis: aioredis.Redis, partner_id: str | None) -> list[Offer]:

@@ -117,8 +117,9 @@ async def test_bad_input_gets_typed_rejections_and_the_actor_keeps_serving(
     # The hold runs out (await its expiry event); confirming it then is refused.
     expired = await next_log_entry(redis, show_id, seq, timeout_s=10)
     assert isinstance(expired["command"], c.Expire)
-    await rejected(c.Confirm("r15", "h1", "owner", "b1", "p"), "not_found")
-    await rejected(c.Extend("r16", "h1", "owner", 100), "not_found")
+    await rejected(c.Confirm("r15", "h1", "owner", "b1", "p"), "hold_expired", ["A1", "A2"])
+    await rejected(c.Extend("r16", "h1", "owner", 100), "hold_expired")
+    await rejected(c.Extend("r17", "h1", "mallory", 100), "not_owner")
 
     # A call that is not even a list of commands fails that call, nothing else.
     handle = await host_of(directory, show_id)

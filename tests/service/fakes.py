@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 
 from actors import commands as c
 from actors.layout import Layout, Rules, ShowConfig, grid_layout
-from actors.seatmap import SeatMap
+from actors.seatmap import SeatMap, SeatPlan
 
 from server.booking.ports import Booking
 from server.booking.records import BookingRecord, BulkRecord, CheckoutAttempt, HoldRecord
@@ -19,6 +19,7 @@ from server.catalog.model import Money, Show
 from server.catalog.show_cache import CachedShow
 from server.commerce.payments import Authorisation, CardDetails, GatewayGuard, SandboxGateway
 from server.commerce.pricing import Offer, PricingConfig, PromoCode
+from server.commerce.quoting import quote_hold
 from server.core.refusals import Refused
 from server.core.settings import Settings
 
@@ -66,20 +67,6 @@ class Catalog:
 
     async def get(self, show_id: str) -> CachedShow:
         return self.shows.get(show_id, CachedShow(None, None, {}, math.inf))
-
-
-class Holds:
-    def __init__(self) -> None:
-        self.records: dict[str, HoldRecord] = {}
-        self.broken = False
-
-    async def load(self, hold_id: str) -> HoldRecord | None:
-        return self.records.get(hold_id)
-
-    async def save(self, hold: HoldRecord) -> None:
-        if self.broken:
-            raise ConnectionError("the store is down")
-        self.records[hold.hold_id] = hold
 
 
 class Promos:
@@ -154,7 +141,6 @@ class Checkouts:
         self.attempts: dict[str, CheckoutAttempt] = {}
         self.bookings: dict[str, BookingRecord] = {}
         self.events: list[tuple[str, str]] = []
-        self.holds: Holds | None = None
 
     async def claim(self, key: str, attempt: CheckoutAttempt) -> CheckoutAttempt | None:
         if key in self.attempts:
@@ -171,11 +157,9 @@ class Checkouts:
     async def load_booking(self, booking_id: str) -> BookingRecord | None:
         return self.bookings.get(booking_id)
 
-    async def booked(self, booking: BookingRecord, hold: HoldRecord) -> None:
+    async def booked(self, booking: BookingRecord) -> None:
         self.bookings[booking.booking_id] = booking
         self.events.append(("booking.confirmed", booking.booking_id))
-        assert self.holds is not None
-        await self.holds.save(hold)
 
     async def after_booking(self, booking: BookingRecord) -> None:
         self.events.append(("after_booking", booking.booking_id))
@@ -228,7 +212,6 @@ class World:
 
     clock: ManualClock = field(default_factory=ManualClock)
     catalog: Catalog = field(default_factory=Catalog)
-    holds: Holds = field(default_factory=Holds)
     promos: Promos = field(default_factory=Promos)
     checkouts: Checkouts = field(default_factory=Checkouts)
     bulks: Bulks = field(default_factory=Bulks)
@@ -238,9 +221,8 @@ class World:
 
     def __post_init__(self) -> None:
         self.shows = SeatMaps(self.clock)
-        self.checkouts.holds = self.holds
         self.booking = Booking(
-            shows=self.shows, catalog=self.catalog, holds=self.holds, promos=self.promos,
+            shows=self.shows, catalog=self.catalog, promos=self.promos,
             checkouts=self.checkouts, bulks=self.bulks, payments=self.gateway,
             payment_guard=GatewayGuard(timeout_s=5), fees=PricingConfig(fee_fixed=30),
             settings=Settings(), clock=self.clock)
@@ -255,7 +237,7 @@ class World:
         show = Show(show_id, "m1", "sc1", starts, "en", "2D",
                     {k: Money(v, "INR") for k, v in (prices or {"standard": 250}).items()},
                     partner_id="p1", theatre_id="t1", city="pune", status=status)  # type: ignore[arg-type]
-        self.shows.maps[show_id] = SeatMap(config)
+        self.shows.maps[show_id] = SeatMap(config, SeatPlan(config.layout, quote_hold))
         self.catalog.shows[show_id] = CachedShow(
             show, config, {s.id: s.category for s in config.layout.seats}, math.inf)
         return show

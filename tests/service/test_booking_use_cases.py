@@ -46,7 +46,10 @@ async def test_a_hold_on_named_seats_is_priced_and_held(world: World):
         "A1": "held", "A2": "held", "A3": "free"}
     assert [line.base for line in hold.quote.lines] == [250, 250]
     assert hold.quote.total == 2 * (250 + 30)  # the fixed fee per ticket
-    assert world.holds.records[hold.hold_id] == hold and token
+    # the show's actor has the hold (priced, in its logged command): nothing else is kept
+    assert await holding.holders_hold(world.booking, hold.hold_id, token) == hold
+    cmd, peek = world.shows.commands
+    assert isinstance(peek, c.Peek) and isinstance(cmd, c.Hold) and cmd.pricing and cmd.token == hold.token_hash
 
 
 async def test_best_seats_come_from_the_actor(world: World):
@@ -119,12 +122,19 @@ async def test_the_waiting_room_and_the_customer_cap(world: World):
     assert err.code == "customer_limit"
 
 
-async def test_a_hold_that_cannot_be_saved_frees_its_seats(world: World):
-    show = world.add_show()
-    world.holds.broken = True
-    err = await refused(holding.place_hold(world.booking, HoldAsk(show.show_id, ["A1"]), GUEST))
-    assert (err.code, err.status) == ("unavailable", 503)
-    assert world.shows.counts(show.show_id)["held"] == 0
+async def test_best_seats_are_priced_where_they_are_picked(world: World):
+    show = world.add_show(layout=grid_layout(2, 4, [("gold", 1), ("silver", 1)]),
+                          prices={"gold": 400})
+    hold, _ = await holding.place_hold(
+        world.booking, HoldAsk(show.show_id, best=BestSeats(2, "gold")), GUEST)
+    assert [line.base for line in hold.quote.lines] == [400, 400]
+    # without a category the picker may land on unpriced seats: refused, nothing held
+    rest = [s for s in ("A1", "A2", "A3", "A4") if s not in hold.seats]
+    world.shows.maps[show.show_id].apply(c.Block("blk", rest), 0)
+    err = await refused(holding.place_hold(world.booking, HoldAsk(show.show_id,
+                                                                  best=BestSeats(2)), GUEST))
+    assert (err.code, err.status) == ("not_for_sale", 409)
+    assert world.shows.counts(show.show_id)["held"] == 2
 
 
 # --- promo codes ---------------------------------------------------------------------------
@@ -181,14 +191,18 @@ async def test_an_expired_hold_frees_its_seats_and_says_so(world: World):
     assert other.seats == ["A1"]
 
 
-async def test_the_actor_expiring_first_reads_as_expired(world: World):
-    # our record still says live; the actor's clock already freed it
+async def test_an_expired_hold_reads_as_expired_and_a_released_one_as_gone(world: World):
     show = world.add_show(rules=Rules(hold_ttl_ms=60_000))
     hold, token = await holding.place_hold(world.booking, HoldAsk(show.show_id, ["A1"]), GUEST)
-    world.holds.records[hold.hold_id].expires_ms += 10_000
     world.clock.advance(60_001)
     err = await refused(holding.release_hold(world.booking, hold.hold_id, token))
-    assert err.code == "hold_expired"
+    assert (err.code, err.status, err.details["seats"]) == ("hold_expired", 410, ["A1"])
+    err = await refused(holding.release_hold(world.booking, hold.hold_id, "not-the-token"))
+    assert err.code == "not_owner"
+    again, token = await holding.place_hold(world.booking, HoldAsk(show.show_id, ["A1"]), GUEST)
+    assert await holding.release_hold(world.booking, again.hold_id, token) == ["A1"]
+    err = await refused(holding.release_hold(world.booking, again.hold_id, token))
+    assert (err.code, err.status) == ("not_found", 404)
 
 
 # --- checkout -----------------------------------------------------------------------------
@@ -203,7 +217,8 @@ async def test_checkout_books_once_per_key(world: World):
     assert booking.seats == ["A1", "A2"] and booking.customer_id == "u9"
     assert world.shows.status(show.show_id, ["A1", "A2"]) == {"A1": "booked", "A2": "booked"}
     assert world.gateway.state(booking.payment.ref) == "captured"
-    assert world.holds.records[hold.hold_id].state == "booked"
+    err = await refused(holding.holders_hold(world.booking, hold.hold_id, token))
+    assert (err.code, err.details["booking_id"]) == ("hold_checked_out", booking.booking_id)
     assert world.checkouts.events == [("booking.confirmed", booking.booking_id),
                                       ("after_booking", booking.booking_id)]
     again = await checkout(world.booking, hold.hold_id, token, "k1", ask(), GUEST)
@@ -240,8 +255,14 @@ async def test_an_expired_hold_is_not_paid_for(world: World):
 async def test_a_confirm_the_actor_refuses_is_refunded(world: World):
     show = world.add_show(rules=Rules(hold_ttl_ms=60_000))
     hold, token = await holding.place_hold(world.booking, HoldAsk(show.show_id, ["A1"]), GUEST)
-    world.holds.records[hold.hold_id].expires_ms += 10_000  # the actor expires it first
-    world.clock.advance(60_001)
+    submit = world.shows.submit
+
+    async def late(show_id: str, cmd: c.Command) -> c.Result:
+        if isinstance(cmd, c.Confirm):  # the hold runs out while the card is authorised
+            world.clock.advance(60_001)
+        return await submit(show_id, cmd)
+
+    world.shows.submit = late  # type: ignore[method-assign]
     out = await checkout(world.booking, hold.hold_id, token, "k1", ask(), GUEST)
     assert isinstance(out, Answered) and out.status == 410 and b'"refunded":true' in out.body
     [auth] = world.gateway.entries(kind="authorise")

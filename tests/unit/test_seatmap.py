@@ -55,6 +55,7 @@ def state(m: SeatMap, *, next_expiry: bool = True) -> dict[str, Any]:
         "holds": msgspec.to_builtins(m.holds),
         "bookings": msgspec.to_builtins(m.bookings),
         "answers": msgspec.to_builtins(list(m._answers.items())),
+        "expired": msgspec.to_builtins(m.expired),
     }
     if next_expiry:
         seen["next_expiry"] = m.next_expiry_ms()
@@ -248,7 +249,7 @@ def test_extend_pushes_the_expiry_back() -> None:
     m = new_map()
     hold(m, ["A1"])
     out = extend(m, 60_000, at=100)
-    assert out.result == c.Extended("h1", TTL + 60_000)
+    assert out.result == c.Extended("h1", TTL + 60_000, ["A1"])
     assert m.holds["h1"].expires_ms == TTL + 60_000
     assert m.next_expiry_ms() == TTL + 60_000
 
@@ -286,7 +287,7 @@ def test_extend_is_capped_at_the_maximum_lifetime() -> None:
     m = new_map()
     hold(m, ["A1"], at=1_000)
     out = extend(m, 10 * LIFETIME, at=2_000)
-    assert out.result == c.Extended("h1", 1_000 + LIFETIME)
+    assert out.result == c.Extended("h1", 1_000 + LIFETIME, ["A1"])
 
 
 def test_extend_at_the_cap_is_lifetime_exceeded() -> None:
@@ -385,11 +386,11 @@ def test_confirm_after_extend_uses_the_new_expiry() -> None:
     assert isinstance(confirm(m, at=TTL + 59_999).result, c.Confirmed)
 
 
-def test_confirm_twice_with_new_ids_is_not_found() -> None:
+def test_confirm_twice_with_new_ids_is_checked_out() -> None:
     m = new_map()
     hold(m, ["A1"])
     confirm(m)
-    rejected(confirm(m, booking_id="b2"), "not_found")
+    assert rejected(confirm(m, booking_id="b2"), "hold_checked_out").booking_id == "b1"
 
 
 def test_confirm_with_a_booking_id_in_use_is_duplicate() -> None:

@@ -2,7 +2,9 @@
 
 The model keeps plain dicts (hold id -> seats, booking id -> seats, blocked set) and
 re-derives every answer from the rules in the issue; after every step the real seat map
-must agree on the answer, on every seat's status and on the version.
+must agree on the answer, on every seat's status and on the version. Holds carry their
+holder data (token hash, pricing inputs -> quote, a payment lock): the answers carry the
+quote, and the snapshot and a replay rebuild it byte for byte.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from actors import commands as c
 from actors.layout import Layout, Rules, Seat, ShowConfig
-from actors.seatmap import Outcome, SeatMap, Snapshot
+from actors.seatmap import EXPIRED_MEMORY_MS, Outcome, SeatMap, SeatPlan, Snapshot
 
 from .test_seatmap import state
 
@@ -39,7 +41,15 @@ def _layout() -> Layout:
     return Layout(seats, focal_x=2.5, focal_y=1)
 
 
+def quoter(pricing: bytes, seats: list[tuple[str, str]], now_ms: int) -> bytes | None:
+    """A pure stand-in for the web tier's pricing: b"front-only" has no price for "back"."""
+    if pricing == b"front-only" and any(cat == "back" for _, cat in seats):
+        return None
+    return b"%s|%s|%d" % (pricing, ",".join(f"{s}:{c_}" for s, c_ in seats).encode(), now_ms)
+
+
 LAYOUT = _layout()
+PLAN = SeatPlan(LAYOUT, quoter)
 CONFIG = ShowConfig("stateful", LAYOUT, RULES)
 SEATS = {s.id: s for s in LAYOUT.seats}
 OUT_OF_SERVICE = {s.id for s in LAYOUT.seats if s.blocked}
@@ -48,6 +58,7 @@ seat_ids = st.sampled_from([*SEATS, "Z9"])  # Z9 is not in the layout
 seat_lists = st.lists(seat_ids, max_size=5)  # 5 distinct seats is one too many
 ids = st.sampled_from(["x0", "x1", "x2", "x3", "x4"])  # holds and bookings share them
 tokens = st.sampled_from(["alice", "bob"])
+pricings = st.sampled_from([b"", b"p", b"front-only"])
 
 
 @dataclass
@@ -56,17 +67,21 @@ class MHold:
     seats: list[str]
     created: int
     expires: int
+    quote: bytes = b""
+    lock: str = ""
 
 
 class SeatMapMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.sut = SeatMap(CONFIG)
+        self.sut = SeatMap(CONFIG, PLAN)
         self.now = 0
         self.n = 0
         # The model.
         self.holds: dict[str, MHold] = {}
         self.bookings: dict[str, tuple[str, list[str]]] = {}
+        self.booked_hold: dict[str, str] = {}  # booking id -> the hold it was
+        self.expired: dict[str, tuple[str, list[str], int]] = {}  # hold -> token, seats, at
         self.blocked: set[str] = set()
         self.version = 0
         # Every command applied, for retries and the replay check.
@@ -99,7 +114,7 @@ class SeatMapMachine(RuleBasedStateMachine):
         before = dict(self.sut.status)  # equal to the model's: the invariants checked it
         out = self.sut.apply(cmd, self.now)
         self.history.append((cmd, self.now))
-        if not isinstance(cmd, c.Expire):
+        if not isinstance(cmd, c.Expire | c.Peek):
             self.answers[cmd.cmd_id] = out.result
         if isinstance(expected, str):
             assert isinstance(out.result, c.Rejected), (cmd, out.result)
@@ -122,6 +137,12 @@ class SeatMapMachine(RuleBasedStateMachine):
     def live(self, hold_id: str, token: str) -> MHold | str:
         hold = self.holds.get(hold_id)
         if hold is None:
+            if hold_id in self.expired:
+                return "not_owner" if self.expired[hold_id][0] != token else "hold_expired"
+            for booking_id, was in self.booked_hold.items():
+                if was == hold_id and booking_id in self.bookings:
+                    return ("not_owner" if self.bookings[booking_id][0] != token
+                            else "hold_checked_out")
             return "not_found"
         if hold.token != token:
             return "not_owner"
@@ -145,8 +166,12 @@ class SeatMapMachine(RuleBasedStateMachine):
 
     # --- rules -----------------------------------------------------------------------
 
-    @rule(seats=seat_lists, hold_id=ids, token=tokens)
-    def hold(self, seats: list[str], hold_id: str, token: str) -> None:
+    def quote(self, pricing: bytes, seats: list[str]) -> bytes | None:
+        return quoter(pricing, [(s, SEATS[s].category) for s in seats], self.now) \
+            if pricing else b""
+
+    @rule(seats=seat_lists, hold_id=ids, token=tokens, pricing=pricings)
+    def hold(self, seats: list[str], hold_id: str, token: str, pricing: bytes) -> None:
         wanted = list(dict.fromkeys(seats))
         unknown = [s for s in wanted if s not in SEATS]
         taken = [s for s in wanted if s in SEATS and self.status(s) != "free"]
@@ -161,21 +186,24 @@ class SeatMapMachine(RuleBasedStateMachine):
             expected = "unknown_seats"
         elif taken:
             expected = "seats_unavailable"
+        elif (quote := self.quote(pricing, wanted)) is None:
+            expected = "not_for_sale"
         else:
-            expected = c.Held(hold_id, wanted, self.now + RULES.hold_ttl_ms)
-        result = self.run(c.Hold(self.cid(), hold_id, token, seats), expected,
+            expected = c.Held(hold_id, wanted, self.now + RULES.hold_ttl_ms, quote)
+        result = self.run(c.Hold(self.cid(), hold_id, token, seats, pricing=pricing), expected,
                           isinstance(expected, c.Held))
         if isinstance(result, c.Rejected) and expected in ("unknown_seats", "seats_unavailable"):
             assert result.seats == (unknown or taken)  # exactly the offending seats
         if isinstance(expected, c.Held):
-            self.holds[hold_id] = MHold(token, wanted, self.now, expected.expires_at_ms)
+            self.holds[hold_id] = MHold(token, wanted, self.now, expected.expires_at_ms,
+                                        expected.quote)
         self.check_changes()
 
     @rule(count=st.integers(0, 5), hold_id=ids, token=tokens,
           category=st.sampled_from([None, None, "front", "back", "balcony"]),
-          accessible=st.booleans())
+          accessible=st.booleans(), pricing=st.sampled_from([b"", b"p"]))
     def hold_best(self, count: int, hold_id: str, token: str, category: str | None,
-                  accessible: bool) -> None:
+                  accessible: bool, pricing: bytes) -> None:
         def eligible(s: Seat) -> bool:
             return (self.status(s.id) == "free"
                     and (category is None or s.category == category)
@@ -195,7 +223,8 @@ class SeatMapMachine(RuleBasedStateMachine):
             expected = "not_enough_seats"
         else:
             expected = None
-        cmd = c.HoldBest(self.cid(), hold_id, token, count, category, accessible)
+        cmd = c.HoldBest(self.cid(), hold_id, token, count, category, accessible,
+                         pricing=pricing)
         result = self.run(cmd, expected, expected is None)
         if expected is None:
             # Which seats is the picker's business; that they are allowed is ours.
@@ -203,11 +232,14 @@ class SeatMapMachine(RuleBasedStateMachine):
             assert len(result.seats) == count == len(set(result.seats))
             assert all(eligible(SEATS[s]) for s in result.seats)
             assert result.expires_at_ms == self.now + RULES.hold_ttl_ms
-            self.holds[hold_id] = MHold(token, result.seats, self.now, result.expires_at_ms)
+            assert result.quote == self.quote(pricing, result.seats)  # priced as picked
+            self.holds[hold_id] = MHold(token, result.seats, self.now, result.expires_at_ms,
+                                        result.quote)
         self.check_changes()
 
-    @rule(data=st.data(), extra=st.sampled_from([0, 1_000, 7_000, 7_000, 30_000]))
-    def extend(self, data: st.DataObject, extra: int) -> None:
+    @rule(data=st.data(), extra=st.sampled_from([0, 1_000, 7_000, 7_000, 30_000]),
+          lock=st.sampled_from(["", "", "bk"]))
+    def extend(self, data: st.DataObject, extra: int, lock: str) -> None:
         hold_id, token = self.target(data, self.hold_owners())
         expected: c.Result | str
         hold = self.live(hold_id, token)
@@ -219,21 +251,47 @@ class SeatMapMachine(RuleBasedStateMachine):
             expected = "lifetime_exceeded"
         else:
             hold.expires = min(hold.expires + extra, hold.created + RULES.hold_max_lifetime_ms)
-            expected = c.Extended(hold_id, hold.expires)
-        self.run(c.Extend(self.cid(), hold_id, token, extra), expected,
+            hold.lock = lock or hold.lock
+            expected = c.Extended(hold_id, hold.expires, hold.seats, hold.quote)
+        self.run(c.Extend(self.cid(), hold_id, token, extra, lock=lock), expected,
                  isinstance(expected, c.Extended))
         self.check_changes()
 
-    @rule(data=st.data())
-    def release(self, data: st.DataObject) -> None:
+    @rule(data=st.data(), unlock=st.sampled_from(["", "", "bk"]))
+    def release(self, data: st.DataObject, unlock: str) -> None:
         hold_id, token = self.target(data, self.hold_owners())
         hold = self.live(hold_id, token)
-        expected: c.Result | str = (
-            hold if isinstance(hold, str) else c.Released(hold_id, hold.seats))
-        if not isinstance(hold, str):
+        expected: c.Result | str
+        if isinstance(hold, str):
+            expected = hold
+        elif hold.lock and hold.lock != unlock:
+            expected = "payment_pending"
+        else:
+            expected = c.Released(hold_id, hold.seats, hold.quote)
             del self.holds[hold_id]
-        self.run(c.Release(self.cid(), hold_id, token), expected, not isinstance(hold, str))
+        self.run(c.Release(self.cid(), hold_id, token, unlock=unlock), expected,
+                 isinstance(expected, c.Released))
         self.check_changes()
+
+    @rule()
+    def release_all(self) -> None:
+        free = [h for h, rec in self.holds.items() if not rec.lock]
+        expected = c.ReleasedAll(free, [s for h in free for s in self.holds[h].seats],
+                                 [self.holds[h].quote for h in free])
+        for h in free:
+            del self.holds[h]
+        self.run(c.ReleaseAll(self.cid()), expected, bool(expected.seats))
+        self.check_changes()
+
+    @rule(data=st.data())
+    def peek(self, data: st.DataObject) -> None:
+        hold_id, token = self.target(data, self.hold_owners())
+        hold = self.live(hold_id, token)
+        expected = hold if isinstance(hold, str) else c.HoldInfo(
+            hold_id, hold.seats, hold.created, hold.expires,
+            hold.created + RULES.hold_max_lifetime_ms, hold.quote,
+            "paying" if hold.lock else "active", hold.lock)
+        self.run(c.Peek(self.cid(), hold_id, token), expected, False)
 
     @rule(data=st.data(), booking_id=ids)
     def confirm(self, data: st.DataObject, booking_id: str) -> None:
@@ -248,6 +306,7 @@ class SeatMapMachine(RuleBasedStateMachine):
             expected = c.Confirmed(booking_id, hold_id, hold.seats)
             del self.holds[hold_id]
             self.bookings[booking_id] = (token, hold.seats)
+            self.booked_hold[booking_id] = hold_id
         self.run(c.Confirm(self.cid(), hold_id, token, booking_id, "pay"), expected,
                  isinstance(expected, c.Confirmed))
         self.check_changes()
@@ -311,8 +370,13 @@ class SeatMapMachine(RuleBasedStateMachine):
     def expire(self) -> None:
         due = [h for h, rec in self.holds.items() if rec.expires <= self.now]
         seats = [s for h in due for s in self.holds[h].seats]
+        if due:
+            self.expired = {h: e for h, e in self.expired.items()
+                            if e[2] >= self.now - EXPIRED_MEMORY_MS}
         for h in due:
-            del self.holds[h]
+            rec = self.holds.pop(h)
+            self.expired.pop(h, None)
+            self.expired[h] = (rec.token, rec.seats, rec.expires)
         self.run(c.Expire(self.cid()), c.ExpiredHolds(due, seats), bool(due))
         self.check_changes()
 
@@ -321,7 +385,7 @@ class SeatMapMachine(RuleBasedStateMachine):
     def retry(self, data: st.DataObject) -> None:
         # A client retry: same command, same id, maybe much later. First answer, no change.
         cmd = data.draw(st.sampled_from(
-            [cmd for cmd, _ in self.history if not isinstance(cmd, c.Expire)]))
+            [cmd for cmd, _ in self.history if not isinstance(cmd, c.Expire | c.Peek)]))
         before = self.sut.version, dict(self.sut.status), msgspec.to_builtins(self.sut.holds)
         out = self.sut.apply(cmd, self.now)
         self.history.append((cmd, self.now))
@@ -342,9 +406,12 @@ class SeatMapMachine(RuleBasedStateMachine):
 
     @invariant()
     def holds_and_bookings_agree_with_the_model(self) -> None:
-        assert {h: (r.token, r.seats, r.created_ms, r.expires_ms)
+        assert {h: (r.token, r.seats, r.created_ms, r.expires_ms, r.quote, r.lock)
                 for h, r in self.sut.holds.items()} == {
-            h: (r.token, r.seats, r.created, r.expires) for h, r in self.holds.items()}
+            h: (r.token, r.seats, r.created, r.expires, r.quote, r.lock)
+            for h, r in self.holds.items()}
+        assert {h: (e.token, e.seats, e.at_ms) for h, e in self.sut.expired.items()} \
+            == self.expired
         assert {b: (r.token, r.seats) for b, r in self.sut.bookings.items()} == self.bookings
 
     @invariant()
@@ -363,8 +430,8 @@ class SeatMapMachine(RuleBasedStateMachine):
         # the same seat map.
         mine = _state(self.sut)
         snap = msgspec.msgpack.decode(msgspec.msgpack.encode(self.sut.snapshot()), type=Snapshot)
-        assert _state(SeatMap.from_snapshot(snap)) == mine
-        replayed = SeatMap(CONFIG)
+        assert _state(SeatMap.from_snapshot(snap, PLAN)) == mine
+        replayed = SeatMap(CONFIG, PLAN)
         for cmd, at in self.history:
             replayed.apply(cmd, at)
         assert _state(replayed) == mine
