@@ -8,25 +8,36 @@ Every request but static files and health probes is checked, in this order:
    starts at `settings.hold_max_inflight` and adapts (`AdaptiveCap`): when holds take
    longer than `settings.hold_latency_target_ms` on average it shrinks, when they are fast
    it grows back (docs/DESIGN.md, "On-sale protection").
-2. **Rate limits** (one Lua script, one round trip): GCRA buckets per client IP (`read` or
-   `write` class), per logged-in customer (writes) and per partner API key (the key's
+2. **Rate limits** (a Lua script, shared round trips): GCRA buckets per client IP (`read`
+   or `write` class), per logged-in customer (writes) and per partner API key (the key's
    SHA-256, so the key itself never reaches Redis). All buckets of a request are checked and
    charged atomically: a refused request charges none. Over a limit: 429 `rate_limited`
    with `Retry-After` (whole seconds, at least 1) and `error.retry_after_ms`.
 
 For a hold (`POST /api/shows/{id}/holds`) the same script also reads the show's waiting-room
 flag, so the queue check (server/onsale/waiting_room.py) costs no second round trip.
+
+The checks are coalesced (`Batcher`, group commit): a request queues its check and waits;
+one script call takes every check queued in this process (up to `MAX_BATCH`) and decides
+them in order, each exactly as if it had had a call of its own at that instant, while the
+checks arriving during the call gather for the next one. The buckets are the same Redis
+keys whichever process or batch charges them, so a limit means the same with any number
+of web processes; a Redis error fails every check of its batch (the error middleware
+answers 503 for a connection error, as before).
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import ipaddress
 import math
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
 
 from aiohttp import web
+from redis.commands.core import AsyncScript
 
 from server.appkeys import services
 from server.onsale.admission import session_customer
@@ -39,36 +50,84 @@ Kind = Literal["read", "write", "hold"]
 EXEMPT_PREFIXES = ("/static/", "/healthz", "/readyz", "/metrics", "/favicon")
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
-# GCRA over several buckets at once. KEYS[1..n] buckets, KEYS[n+1] (optional) a hash whose
-# `enabled` field is returned. ARGV[1] = n, then per bucket: emission interval (ms), burst.
-# The clock is Redis's (TIME), so every web process agrees on it. Returns
-# {0, flag} when allowed (every bucket charged) or {retry_ms, flag} (nothing charged).
+# GCRA over several requests' buckets at once, the requests in order, at one instant.
+# ARGV[1] describes the requests, 2 + n characters each: n (its buckets, '0'-'9'), '1' if
+# it wants the waiting-room flag else '0', then per bucket the number of its limit
+# ('1'-'9'); ARGV[2j], ARGV[2j + 1] are limit j's emission interval (ms) and burst. KEYS:
+# per request its n buckets, then (when it wants the flag) a hash whose `enabled` field is
+# the flag. The clock is Redis's (TIME), so every web process agrees on it. Returns a
+# comma-separated string, per request 2 * retry_ms + (1 if the flag is "1" else 0):
+# retry_ms 0 = allowed, every bucket of it charged; otherwise nothing of it charged.
+# A bucket's state is kept in `tat` as it would be read back from Redis (rounded as
+# stored), so a batch decides exactly what one call per request at `now` would; each
+# charged bucket is written once, at the end. (Few, short arguments and a one-string
+# reply: packing and parsing them is the web process's cost per check.)
 _GCRA = """
-local n = tonumber(ARGV[1])
+local spec = ARGV[1]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local wait, tats = 0, {}
-for i = 1, n do
-  local interval = tonumber(ARGV[2 * i])
-  local burst = tonumber(ARGV[2 * i + 1])
-  local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
-  if tat < now then tat = now end
-  local new_tat = tat + interval
-  local allow_at = new_tat - burst * interval
-  if allow_at > now then
-    local w = allow_at - now
-    if w > wait then wait = w end
+local intervals, bursts = {}, {}
+for j = 1, (#ARGV - 1) / 2 do
+  intervals[j] = tonumber(ARGV[2 * j])
+  bursts[j] = tonumber(ARGV[2 * j + 1])
+end
+local tat, flags, dirty, out = {}, {}, {}, {}
+local k, p = 1, 1
+while p <= #spec do
+  local n = string.byte(spec, p) - 48
+  local wait, new = 0, {}
+  for i = 0, n - 1 do
+    local key = KEYS[k + i]
+    local j = string.byte(spec, p + 2 + i) - 48
+    local interval, burst = intervals[j], bursts[j]
+    local cur = tat[key]
+    if cur == nil then
+      cur = tonumber(redis.call('GET', key) or '0')
+      tat[key] = cur
+    end
+    if cur < now then cur = now end
+    local new_tat = cur + interval
+    local allow_at = new_tat - burst * interval
+    if allow_at > now then
+      local w = allow_at - now
+      if w > wait then wait = w end
+    end
+    new[i] = new_tat
   end
-  tats[i] = new_tat
+  if wait == 0 then
+    for i = 0, n - 1 do
+      local key = KEYS[k + i]
+      local s = string.format('%.3f', new[i])
+      if dirty[key] == nil then dirty[#dirty + 1] = key end
+      dirty[key] = s
+      tat[key] = tonumber(s)
+    end
+  end
+  local bit = 0
+  if string.byte(spec, p + 1) == 49 then
+    local fk = KEYS[k + n]
+    local flag = flags[fk]
+    if flag == nil then
+      flag = redis.call('HGET', fk, 'enabled')
+      flags[fk] = flag
+    end
+    if flag == '1' then bit = 1 end
+    k = k + 1
+  end
+  out[#out + 1] = string.format('%d', 2 * math.ceil(wait) + bit)
+  k = k + n
+  p = p + 2 + n
 end
-local flag = false
-if #KEYS > n then flag = redis.call('HGET', KEYS[n + 1], 'enabled') end
-if wait > 0 then return {math.ceil(wait), flag} end
-for i = 1, n do
-  redis.call('SET', KEYS[i], string.format('%.3f', tats[i]), 'PX', math.ceil(tats[i] - now) + 1)
+for i = 1, #dirty do
+  local key = dirty[i]
+  local s = dirty[key]
+  redis.call('SET', key, s, 'PX', math.ceil(tonumber(s) - now) + 1)
 end
-return {0, flag}
+return table.concat(out, ',')
 """
+
+MAX_BATCH = 256      # checks per script call: bounds KEYS (<= 3 each) and ARGV[1] (<= 4 chars each)
+MAX_IN_FLIGHT = 1    # script calls in flight per process: 1 measured best (loadtest/ratelimit_bench.py)
 
 
 @dataclass(frozen=True)
@@ -182,9 +241,101 @@ class AdaptiveCap:
         self._sum, self._n, self._t0 = 0.0, 0, now
 
 
+Pending = tuple[list[str], str, "asyncio.Future[tuple[int, bool]]"]
+
+
+class Batcher:
+    """Group commit of rate-limit checks, per web process. `check` queues one request's
+    keys and description (see `_GCRA`) and returns a future; a runner sends the queued
+    checks (up to `max_batch`, in arrival order) in one script call and answers each future
+    with (retry_ms, waiting-room flag). A runner is started when checks wait and none is
+    about to take them, and fewer than `max_in_flight` calls are in flight; it takes them
+    on the next turn of the event loop, so the checks of one tick go together, and checks
+    arriving while every allowed call is in flight wait for the next one. A failed call
+    fails every check it carried with its exception; a check whose request was cancelled
+    before its call is left out."""
+
+    def __init__(self, script: AsyncScript, limit_args: list[str], max_batch: int = MAX_BATCH,
+                 max_in_flight: int = MAX_IN_FLIGHT) -> None:
+        self.script = script
+        self.limit_args = limit_args  # limit j's (interval, burst) at 2(j-1), 2(j-1) + 1
+        self.max_batch = max_batch
+        self.max_in_flight = max_in_flight
+        self.queue: deque[Pending] = deque()
+        self.running = 0           # runners (each with at most one call in flight)
+        self.calls = 0             # script calls answered (tests, benchmark)
+        self.checks = 0            # checks they answered
+        self._starting = False     # a runner was started and has not taken its batch yet
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def check(self, keys: list[str], spec: str) -> asyncio.Future[tuple[int, bool]]:
+        fut = asyncio.get_running_loop().create_future()
+        self.queue.append((keys, spec, fut))
+        if not self._starting and self.running < self.max_in_flight:
+            self._start()
+        return fut
+
+    def _start(self) -> None:
+        self._starting = True
+        self.running += 1
+        task = asyncio.get_running_loop().create_task(self._run())
+        self._tasks.add(task)  # the loop keeps only a weak reference
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self) -> None:
+        self._starting = False
+        try:
+            while self.queue:
+                batch: list[Pending] = []
+                while self.queue and len(batch) < self.max_batch:
+                    item = self.queue.popleft()
+                    if not item[2].done():  # done = cancelled: its request went away
+                        batch.append(item)
+                if self.queue and not self._starting and self.running < self.max_in_flight:
+                    self._start()  # more than a batch waits: its rest need not wait for us
+                if batch:
+                    await self._send(batch)
+        except BaseException:  # cancelled (the loop is shutting down): nobody is left waiting
+            if self.running == 1 and not self._starting:
+                while self.queue:
+                    self.queue.popleft()[2].cancel()
+            raise
+        finally:
+            self.running -= 1
+
+    async def _send(self, batch: list[Pending]) -> None:
+        keys: list[str] = []
+        for k, _, _ in batch:
+            keys += k
+        args = ["".join([spec for _, spec, _ in batch]), *self.limit_args]
+        try:
+            out = await self.script(keys=keys, args=args)
+            values = [int(v) for v in out.split(b"," if isinstance(out, bytes) else ",")]
+            if len(values) != len(batch):
+                raise RuntimeError(f"rate-limit script: {len(values)} answers to {len(batch)}")
+        except Exception as exc:  # Redis down (-> 503 per request), or a bug (-> 500)
+            for _, _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
+        except BaseException:  # this runner cancelled (loop shutting down): nobody hangs
+            for _, _, fut in batch:
+                fut.cancel()
+            raise
+        self.calls += 1
+        self.checks += len(batch)
+        for v, (_, _, fut) in zip(values, batch):
+            if not fut.done():
+                fut.set_result((v >> 1, bool(v & 1)))
+
+
+# Each limit's number in the script's table of limits (`Limiter.limit_args`).
+LIMIT_NUMBER = {"read": "1", "write": "2", "customer": "3", "partner": "4"}
+
+
 @dataclass
 class Limiter:
-    """Per app (per web process): the limits from settings, the script, the shed counter."""
+    """Per app (per web process): the limits from settings, the batcher, the shed counter."""
 
     settings: Settings
     trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
@@ -193,7 +344,33 @@ class Limiter:
     inflight: int = 0
     shed: int = 0                     # requests shed since start (observability reads it)
     limited: int = 0                  # requests refused by a rate limit since start
-    script: object | None = field(default=None, repr=False)
+    batcher: Batcher | None = field(default=None, repr=False)
+
+    CLIENTS_KEPT = 4096
+
+    def __post_init__(self) -> None:
+        # Per request only string joins: each bucket's key prefix and its script arguments.
+        self.prefix = {"read": f"rl:ip:read:{self.limits['read'].tag}:",
+                       "write": f"rl:ip:write:{self.limits['write'].tag}:",
+                       "partner": f"rl:key:{self.limits['partner'].tag}:",
+                       "customer": f"rl:cust:{self.limits['customer'].tag}:"}
+        by_number = sorted(LIMIT_NUMBER, key=LIMIT_NUMBER.__getitem__)
+        self.limit_args = [a for name in by_number for a in self.limits[name].args()]
+        self._clients: dict[tuple[str | None, str], str] = {}
+
+    def client(self, remote: str | None, forwarded_for: str | None) -> str:
+        """`client_ip`, remembered: behind a proxy the same (peer, X-Forwarded-For) pairs
+        come request after request, and parsing them costs more than the rest of the
+        check (bounded: forgotten wholesale past `CLIENTS_KEPT`)."""
+        if not self.trusted or not forwarded_for:
+            return remote or "unknown"
+        key = (remote, forwarded_for)
+        ip = self._clients.get(key)
+        if ip is None:
+            if len(self._clients) >= self.CLIENTS_KEPT:
+                self._clients.clear()
+            ip = self._clients[key] = client_ip(remote, forwarded_for, self.trusted)
+        return ip
 
     @classmethod
     def from_settings(cls, s: Settings) -> Limiter:
@@ -229,7 +406,7 @@ async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.S
     kind = classify(request.method, request.path)
     if kind is None:
         return await handler(request)
-    lim = limiter(request.app)
+    lim = request.app[LIMITER]
     if kind != "hold":
         refused = await _check(request, lim, kind)
         return refused or await handler(request)
@@ -249,35 +426,38 @@ async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.S
 
 
 async def _check(request: web.Request, lim: Limiter, kind: Kind) -> web.Response | None:
-    redis = services(request).redis
     keys: list[str] = []
-    args: list[str] = []
+    limits = ""  # per bucket the number of its limit (LIMIT_NUMBER)
     if lim.settings.rate_limits:
-        ip = client_ip(request.remote, request.headers.get("X-Forwarded-For"), lim.trusted)
+        ip = lim.client(request.remote, request.headers.get("X-Forwarded-For"))
         ip_class = "read" if kind == "read" else "write"
-        keys.append(f"rl:ip:{ip_class}:{lim.limits[ip_class].tag}:{ip}")
-        args.extend(lim.limits[ip_class].args())
+        keys.append(lim.prefix[ip_class] + ip)
+        limits = LIMIT_NUMBER[ip_class]
         if request.path.startswith("/partner/"):
             auth = request.headers.get("Authorization", "")
-            if auth[:7].lower() == "bearer " and auth[7:].strip():
-                digest = hashlib.sha256(auth[7:].strip().encode()).hexdigest()[:32]
-                keys.append(f"rl:key:{lim.limits['partner'].tag}:{digest}")
-                args.extend(lim.limits["partner"].args())
+            if auth[:7].lower() == "bearer " and (token := auth[7:].strip()):
+                keys.append(lim.prefix["partner"]
+                            + hashlib.sha256(token.encode()).hexdigest()[:32])
+                limits += LIMIT_NUMBER["partner"]
         elif kind != "read" and (who := (await session_customer(request))[0]):
-            keys.append(f"rl:cust:{lim.limits['customer'].tag}:{who}")
-            args.extend(lim.limits["customer"].args())
+            keys.append(lim.prefix["customer"] + who)
+            limits += LIMIT_NUMBER["customer"]
     n = len(keys)
     if kind == "hold":
         keys.append(room_config_key(show_of_hold_path(request.path)))
-    if not keys:
+        spec = f"{n}1{limits}"
+    elif not n:
         return None
-    if lim.script is None:
-        lim.script = redis.register_script(_GCRA)
-    retry_ms, flag = await lim.script(keys=keys, args=[str(n), *args])  # type: ignore[operator]
+    else:
+        spec = f"{n}0{limits}"
+    batcher = lim.batcher
+    if batcher is None:
+        batcher = lim.batcher = Batcher(services(request).redis.register_script(_GCRA),
+                                        lim.limit_args)
+    retry_ms, on_sale = await batcher.check(keys, spec)
     if kind == "hold":
-        request[ON_SALE] = flag == b"1"
+        request[ON_SALE] = on_sale
     if retry_ms:
         lim.limited += 1
-        return too_many("rate_limited", "too many requests; slow down", int(retry_ms))
+        return too_many("rate_limited", "too many requests; slow down", retry_ms)
     return None
-

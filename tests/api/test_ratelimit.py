@@ -5,6 +5,7 @@ client addresses and never shares a bucket with another test (the Redis is share
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from typing import Any
 
@@ -81,6 +82,35 @@ async def test_concurrent_writes_from_one_ip_pass_exactly_the_burst(
     # reads have their own bucket: this address can still look at the seat map
     assert (await status_of(api, "GET", f"/api/shows/{show.show_id}/seatmap", as_ip(ip)))[0] \
         == 200
+
+
+async def test_concurrent_holds_charge_all_of_their_buckets_or_none(
+        api: aiohttp.ClientSession, clients: Any, show: PublishedShow) -> None:
+    """One signed-in customer fires 12 holds at once from one address (checked together, in
+    shared script calls): its customer bucket (burst 3) admits exactly 3. The 9 it refuses
+    charge the address's write bucket (burst 10) nothing, so 12 anonymous holds fired at
+    once from that address next get exactly the 7 left. Refills are one per 20 s."""
+    ip = new_ip()
+    user: Client = clients()
+    status, body = await user.call("POST", "/api/accounts", {
+        "email": f"rl-{uuid.uuid4().hex[:10]}@example.test", "password": "correct horse battery",
+        "name": "Asha Rao"}, headers=as_ip(new_ip()))  # signed in, on another address
+    assert status == 201, body
+    started = time.monotonic()
+    first = await asyncio.gather(*(
+        user.call("POST", f"/api/shows/{show.show_id}/holds", {"seats": [f"A{n}"]},
+                  headers=as_ip(ip)) for n in range(1, 11)), *(
+        user.call("POST", f"/api/shows/{show.show_id}/holds", {"seats": [f"B{n}"]},
+                  headers=as_ip(ip)) for n in range(1, 3)))
+    assert sorted(status for status, _ in first) == [201] * 3 + [429] * 9, first
+    assert all(b["error"]["code"] == "rate_limited" for status, b in first if status == 429)
+    second = await asyncio.gather(*(  # `api` keeps no cookies: anonymous
+        status_of(api, "POST", f"/api/shows/{show.show_id}/holds", as_ip(ip),
+                  {"seats": [f"{row}{n}"]}) for row in "CD" for n in range(1, 7)))
+    refills = int((time.monotonic() - started) // 20)
+    codes = [r[0] for r in second]
+    assert set(codes) <= {201, 429}, second
+    assert 7 <= codes.count(201) <= 7 + refills, codes
 
 
 async def test_a_customer_is_limited_whatever_address_they_use(
