@@ -74,6 +74,7 @@ def main() -> None:
         scheme = "https" if ssl_context else "http"
         print(f"Book My Movie is up: {scheme}://{settings.host}:{settings.port}/"
               + (f" ({args.workers} web processes)" if workers else ""), flush=True)
+        AccessLogger.every = max(1, settings.access_log_every)
         kwargs = ({"access_log": None} if args.no_access_log
                   else {"access_log_class": AccessLogger})
         gc_pauses.calm()  # full collections over live sockets paused the loop

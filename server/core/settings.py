@@ -33,6 +33,11 @@ class Settings(msgspec.Struct, frozen=True):
     cookie_secure: bool = False
     passivate_after_s: float = 60.0    # an idle show with no holds leaves its host's memory
     hosts_per_node: int = 0            # show hosts per Ray node (BMM_HOSTS_PER_NODE; 0 = its CPUs)
+    # The access log keeps every error and slow request, and 1 in this many of the others
+    # per route (the first always; BMM_ACCESS_LOG_EVERY, 1 = all): a line per hold was a
+    # tenth of the web process's time under a rush, and the show's log and the metrics
+    # already count every hold (server/ops/observability.py).
+    access_log_every: int = 100
     # Notifications and partner webhooks (server/notify/notifications.py, server/partner/webhooks.py).
     workers: bool = True               # run the outbox workers in this web process
     smtp_host: str | None = None       # None: e-mails are logged, not sent
@@ -104,6 +109,7 @@ class Settings(msgspec.Struct, frozen=True):
             "fee_bp": os.environ.get("BMM_FEE_BP"),
             "tax_bp": os.environ.get("BMM_TAX_BP"),
             "hosts_per_node": os.environ.get("BMM_HOSTS_PER_NODE"),
+            "access_log_every": os.environ.get("BMM_ACCESS_LOG_EVERY"),
         }
         env.update({name: os.environ.get("BMM_" + name.upper()) for name in _ON_SALE})
         sentinels = os.environ.get("BMM_REDIS_SENTINELS")

@@ -190,15 +190,32 @@ def setup(app: web.Application) -> None:
 # --- the access log --------------------------------------------------------------------------
 
 class AccessLogger(AbstractAccessLogger):
-    """One `aiohttp.access` record per request: method, path (no query: it may carry
-    tokens), route pattern, status, duration, size, remote, request id; as fields for the
-    JSON log, and as a short line for the text one."""
+    """An `aiohttp.access` record: method, path (no query: it may carry tokens), route
+    pattern, status, duration, size, remote, request id; as fields for the JSON log, and as
+    a short line for the text one. Every error (status >= 400) and slow request is logged;
+    of the others 1 in `every` per route, counting from the first (`sampled` says how many
+    a line stands for)."""
+
+    every = 100          # set from settings.access_log_every at start (server/__main__.py)
+    SLOW_S = 0.5
+
+    def __init__(self, logger: Any, log_format: str) -> None:
+        super().__init__(logger, log_format)
+        self._seen: dict[str, int] = {}  # per route pattern: a bounded set of keys
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        route = route_label(request)
+        sampled = 1
+        if response.status < 400 and time < self.SLOW_S and self.every > 1:
+            n = self._seen.get(route, 0)
+            self._seen[route] = n + 1
+            if n % self.every:
+                return
+            sampled = self.every
         fields: dict[str, Any] = {
             "method": request.method,
             "path": request.path,
-            "route": route_label(request),
+            "route": route,
             "status": response.status,
             "duration_ms": round(time * 1000, 3),
             "size": response.body_length,
@@ -207,5 +224,7 @@ class AccessLogger(AbstractAccessLogger):
         rid = request.get(REQUEST_ID_KEY)
         if rid:
             fields["request_id"] = rid
+        if sampled > 1:
+            fields["sampled"] = sampled
         self.logger.info("%s %s %d %.1fms", request.method, request.path, response.status,
                          time * 1000, extra=fields)
