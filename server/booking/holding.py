@@ -130,6 +130,7 @@ def named_seats(show: Show, category_of: dict[str, str], asked: list[str]) -> li
 
 
 _MEMO = "booking.pricing"
+_UNPRICED = Quote("", [], 0, 0, 0, 0, 0)  # a hold from before the host priced holds
 
 
 async def pricing_inputs(booking: Booking, cached: CachedShow) -> tuple[PriceInputs, bytes]:
@@ -209,6 +210,9 @@ async def holders_hold(booking: Booking, hold_id: str, token: str) -> HoldRecord
     if isinstance(result, c.Rejected):
         raise refusal(result)
     assert isinstance(result, c.HoldInfo)
+    if not result.quote:  # held before holds were priced by the host (an upgrade)
+        raise Refused("hold_expired", "this hold has no price quote; hold the seats again",
+                      seats=result.seats)
     state: HoldState = "pending" if result.state == "paying" else result.state
     return HoldRecord(hold_id, show_id, digest, result.seats, read_quote(result.quote),
                       result.created_ms, result.expires_at_ms, result.max_expires_ms, state,
@@ -234,7 +238,7 @@ async def extend_hold(booking: Booking, hold_id: str, token: str, extra_s: int) 
     if isinstance(result, c.Rejected):
         raise refusal(result)
     assert isinstance(result, c.Extended)
-    quote = read_quote(result.quote)
+    quote = read_quote(result.quote) if result.quote else _UNPRICED
     if quote.promo_code:  # the promo code's reservation lasts as long as the hold
         await booking.promos.extend(quote.promo_code, hold_id, result.expires_at_ms)
     return HoldRecord(hold_id, show_id, digest, result.seats, quote, 0, result.expires_at_ms, 0)

@@ -12,6 +12,7 @@ from server.booking import holding
 from server.booking.bulk import BulkAsk, bulk_book
 from server.booking.checkout import Answered, Booked, CheckoutAsk, checkout
 from server.booking.holding import BestSeats, HoldAsk
+from server.booking.records import token_hash
 from server.commerce.pricing import PromoCode
 from server.core.refusals import REFUSAL_STATUS, Refused
 
@@ -340,3 +341,17 @@ async def test_commands_carry_the_hash_not_the_token(world: World):
     hold, token = await holding.place_hold(world.booking, HoldAsk(show.show_id, ["A1"]), GUEST)
     [cmd] = world.shows.commands
     assert isinstance(cmd, c.Hold) and cmd.token == hold.token_hash != token
+
+
+async def test_a_hold_from_before_host_pricing_is_extended_but_not_paid_for(world: World):
+    # an unpriced hold (its command carried no pricing inputs) can be released and
+    # extended; checkout asks for a new hold rather than charging nothing
+    show = world.add_show()
+    await world.shows.submit(show.show_id, c.Hold("old-cmd", f"{show.show_id}.old",
+                                                  token_hash("tok"), ["A1"]))
+    hold = await holding.extend_hold(world.booking, f"{show.show_id}.old", "tok", 60)
+    assert hold.seats == ["A1"]
+    err = await refused(checkout(world.booking, f"{show.show_id}.old", "tok", "k1", ask(), GUEST))
+    assert (err.code, err.status) == ("hold_expired", 410)
+    assert world.gateway.ledger == []
+    assert await holding.release_hold(world.booking, f"{show.show_id}.old", "tok") == ["A1"]
