@@ -46,6 +46,8 @@ from aiohttp import web
 from redis.commands.core import AsyncScript
 
 from server.core.embedded import RedisServer
+from server.core.errors import ApiError
+from server.core.wire import read_json
 
 MAX_SEATS_PER_HOLD = 10             # the platform's default rules (actors/layout.Rules)
 HOLD_TTL_S = 600.0
@@ -167,16 +169,12 @@ def error(status: int, code: str, message: str, **details: Any) -> web.Response:
 
 
 async def decode(request: web.Request, type_: type[Any]) -> Any:
-    """The body as `type_`, or the platform's 400 / 422 answer (server/core/wire.read_json)."""
-    body = await request.read()
-    if not body:
-        return error(400, "bad_json", "a JSON request body is required")
+    """The body as `type_`, or the platform's own 400 / 422 answer (no middleware here to
+    turn its ApiError into one)."""
     try:
-        return msgspec.json.decode(body, type=type_, strict=True)
-    except msgspec.ValidationError as exc:
-        return error(422, "invalid", str(exc))
-    except msgspec.DecodeError as exc:
-        return error(400, "bad_json", f"request body is not valid JSON: {exc}")
+        return await read_json(request, type_)
+    except ApiError as exc:
+        return error(exc.status, exc.code, exc.message)
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -101,7 +101,13 @@ class Server:
         # says otherwise (loadtest/shed.py measures the cap).
         env = {"BMM_RATE_LIMITS": "0", "BMM_HOLD_MAX_INFLIGHT": "0", **os.environ,
                "BMM_DATA_DIR": str(self.dir)}
-        self.log = open(self.dir / "server.log", "wb")  # noqa: SIM115
+        return self.launch(cmd, env, "server", timeout)
+
+    def launch(self, cmd: list[str], env: dict[str, str] | None, name: str,
+               timeout: float) -> Server:
+        """Start `cmd` in a session of its own, logging to `<dir>/<name>.log`, and wait for
+        its `/healthz`."""
+        self.log = open(self.dir / f"{name}.log", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(cmd, cwd=self.root, env=env, stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         deadline = time.monotonic() + timeout
@@ -111,7 +117,7 @@ class Server:
                 return self
             except OSError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"server did not start; see {self.dir}/server.log") from None
+                    raise RuntimeError(f"{name} did not start; see {self.dir}/{name}.log") from None
                 time.sleep(0.3)
 
     def stop(self) -> None:

@@ -33,7 +33,6 @@ import os
 import platform
 import signal
 import statistics
-import subprocess
 import sys
 import time
 import urllib.error
@@ -69,19 +68,8 @@ class Baseline(Server):
     def start(self, timeout: float = 60.0) -> Baseline:
         cmd = [sys.executable, "-m", "loadtest.baseline", "--port", str(self.port),
                "--workers", str(self.workers or 1), *self.extra]
-        self.log = open(self.dir / "baseline.log", "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(cmd, cwd=self.root, stdout=self.log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                http_json(self.host + "/healthz", timeout=2)
-                return self
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"baseline did not start; see {self.dir}/baseline.log"
-                                       ) from None
-                time.sleep(0.2)
+        self.launch(cmd, None, "baseline", timeout)
+        return self
 
 
 def request(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None
