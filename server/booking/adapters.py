@@ -28,9 +28,9 @@ class RedisPromos:
     def __init__(self, redis: aioredis.Redis) -> None:
         self.redis = redis
 
-    async def pricing_inputs(self, theatre_id: str, partner_id: str, code: str | None
-                             ) -> tuple[str, list[Offer], PromoCode | None, bool]:
-        return await offers.pricing_inputs(self.redis, theatre_id, partner_id, code)
+    async def pricing_inputs(self, theatre_id: str, partner_id: str
+                             ) -> tuple[str, list[Offer]]:
+        return await offers.pricing_inputs(self.redis, theatre_id, partner_id)
 
     async def get(self, code: str) -> PromoCode | None:
         return await offers.get_promo(self.redis, code)
@@ -60,6 +60,9 @@ class RedisCheckouts:
 
     async def claim(self, key: str, attempt: CheckoutAttempt) -> CheckoutAttempt | None:
         return await store.claim_attempt(self.redis, key, attempt)
+
+    async def earlier(self, key: str) -> CheckoutAttempt | None:
+        return await store.load_attempt(self.redis, key)
 
     async def finish(self, key: str, attempt: CheckoutAttempt) -> None:
         await store.finish_attempt(self.redis, key, attempt)

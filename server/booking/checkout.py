@@ -78,10 +78,9 @@ async def checkout(booking: Booking, hold_id: str, token: str, key: str, ask: Ch
         # this refusal (the idempotency record is keyed by the hold and the secret key).
         if gone.code not in _REPLAYABLE:
             raise
-        idem = store.idempotency_key(show_of(hold_id) or "", hold_id, key)
-        earlier = await booking.checkouts.claim(idem, CheckoutAttempt("pending", "", print_))
+        earlier = await booking.checkouts.earlier(
+            store.idempotency_key(show_of(hold_id) or "", hold_id, key))
         if earlier is None:
-            await booking.checkouts.drop(idem)
             raise
         return await _replay(booking, earlier, print_)
     idem = store.idempotency_key(hold.show_id, hold_id, key)

@@ -143,8 +143,8 @@ async def pricing_inputs(booking: Booking, cached: CachedShow) -> tuple[PriceInp
     else:
         show = cached.show
         assert show is not None
-        timezone, offers, _, _ = await booking.promos.pricing_inputs(
-            show.theatre_id, show.partner_id, None)
+        timezone, offers = await booking.promos.pricing_inputs(show.theatre_id,
+                                                               show.partner_id)
         facts = ShowFacts(show.show_id, show.movie_id, show.theatre_id, show.city,
                           show.partner_id, show.starts_at_utc, timezone)
         base = PriceInputs(facts, dict(show.prices), offers, None, booking.fees)

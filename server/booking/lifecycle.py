@@ -54,7 +54,6 @@ concurrent scans exactly one wins and the others get 409 already_admitted.
 from __future__ import annotations
 
 import logging
-import time
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -66,7 +65,7 @@ from actors import commands as c
 
 from server.commerce import offers
 from server.commerce.quoting import read_quote
-from server.core.clock import as_utc, cmd_id, utcnow
+from server.core.clock import as_utc, cmd_id, now_ms, utcnow
 from server.booking import records as store
 from server.core import outbox
 from server.booking.records import BookingRecord, BulkRecord, HoldRecord, PaymentInfo, bulk_key
@@ -517,7 +516,7 @@ async def release_show_holds(svc: Services, show_id: str) -> int:
     result = await svc.shows.submit(show_id, c.ReleaseAll(f"showcancel:{show_id}"))
     if not isinstance(result, c.ReleasedAll):
         return 0
-    now = int(time.time() * 1000)
+    now = now_ms()
     for hold_id, quote in zip(result.hold_ids, result.quotes, strict=True):
         if quote and (code := read_quote(quote).promo_code):
             await offers.release(svc.redis, code, hold_id, now)

@@ -35,8 +35,9 @@ class Promos(Protocol):
     """Offers and promo codes, and a promo code's uses: reserved with a hold, consumed at
     checkout, given back when either fails (commerce/offers.py has the rules)."""
 
-    async def pricing_inputs(self, theatre_id: str, partner_id: str, code: str | None
-                             ) -> tuple[str, list[Offer], PromoCode | None, bool]: ...
+    async def pricing_inputs(self, theatre_id: str, partner_id: str
+                             ) -> tuple[str, list[Offer]]:
+        """The theatre's time zone and the offers that may apply to its shows."""
 
     async def get(self, code: str) -> PromoCode | None: ...
 
@@ -58,6 +59,9 @@ class Checkouts(Protocol):
     the slower paths the booking lifecycle owns (pending payments, a gateway outage)."""
 
     async def claim(self, key: str, attempt: CheckoutAttempt) -> CheckoutAttempt | None: ...
+
+    async def earlier(self, key: str) -> CheckoutAttempt | None:
+        """The attempt under `key`, if any (read only)."""
 
     async def finish(self, key: str, attempt: CheckoutAttempt) -> None: ...
 

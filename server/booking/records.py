@@ -149,6 +149,11 @@ async def claim_attempt(
     return _attempt_decoder.decode(raw) if raw else attempt
 
 
+async def load_attempt(redis: aioredis.Redis, key: str) -> CheckoutAttempt | None:
+    raw = await redis.get(key)
+    return _attempt_decoder.decode(raw) if raw else None
+
+
 async def finish_attempt(redis: aioredis.Redis, key: str, attempt: CheckoutAttempt) -> None:
     await redis.set(key, msgspec.json.encode(attempt), ex=IDEMPOTENCY_TTL_S)
 

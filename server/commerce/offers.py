@@ -293,18 +293,15 @@ async def usage(redis: aioredis.Redis, code: str, now_ms: int) -> Usage:
 _tz_decoder = msgspec.json.Decoder(dict)
 
 
-async def pricing_inputs(redis: aioredis.Redis, theatre_id: str, partner_id: str,
-                         code: str | None) -> tuple[str, list[Offer], PromoCode | None, bool]:
-    """(theatre time zone, offers that may apply, the promo code, whether `code` exists)."""
+async def pricing_inputs(redis: aioredis.Redis, theatre_id: str, partner_id: str
+                         ) -> tuple[str, list[Offer]]:
+    """(theatre time zone, offers that may apply): what every quote of a show needs."""
     async with redis.pipeline(transaction=False) as pipe:
         pipe.get(catalog_key("theatre", theatre_id or "-"))
         pipe.hvals(offers_key(None))
         pipe.hvals(offers_key(partner_id or "-"))
-        pipe.get(promo_key(normalise_code(code)) if code else "promo:{-}")
-        raw_theatre, platform, own, raw_promo = await pipe.execute()
+        raw_theatre, platform, own = await pipe.execute()
     timezone = "UTC"
     if raw_theatre:
         timezone = _tz_decoder.decode(raw_theatre).get("timezone") or "UTC"
-    found = [_offer_decoder.decode(r) for r in (*platform, *(own if partner_id else ()))]
-    promo = _promo_decoder.decode(raw_promo) if raw_promo and code else None
-    return timezone, found, promo, promo is not None
+    return timezone, [_offer_decoder.decode(r) for r in (*platform, *(own if partner_id else ()))]

@@ -79,10 +79,9 @@ class Promos:
         self.reserved: dict[str, dict[str, tuple[str, int]]] = {}  # code -> hold -> who, until
         self.used: dict[str, dict[str, str]] = {}                  # code -> hold -> who
 
-    async def pricing_inputs(self, theatre_id: str, partner_id: str, code: str | None
-                             ) -> tuple[str, list[Offer], PromoCode | None, bool]:
-        promo = self.codes.get(code) if code else None
-        return "UTC", self.offers, promo, promo is not None
+    async def pricing_inputs(self, theatre_id: str, partner_id: str
+                             ) -> tuple[str, list[Offer]]:
+        return "UTC", self.offers
 
     async def get(self, code: str) -> PromoCode | None:
         return self.codes.get(code)
@@ -147,6 +146,9 @@ class Checkouts:
             return self.attempts[key]
         self.attempts[key] = attempt
         return None
+
+    async def earlier(self, key: str) -> CheckoutAttempt | None:
+        return self.attempts.get(key)
 
     async def finish(self, key: str, attempt: CheckoutAttempt) -> None:
         self.attempts[key] = attempt
