@@ -2,11 +2,12 @@
 
 Each show lives in one host of a small pool (actors/host.py), chosen by rendezvous
 hashing over the pool's hosts (actors/placement.py). Per host and per process at most one
-Ray call is in flight; commands that arrive meanwhile, for any of that host's shows, wait
+call is in flight; commands that arrive meanwhile, for any of that host's shows, wait
 and go together as the next call. An idle show pays no extra latency; under a rush one
-call carries hundreds of commands for many shows (a Ray call costs ~1 ms whatever it
-carries). If the host died, the same call goes to its successor (Ray restarts it under
-its name): the command ids make that retry safe. A show that moved to another host (the
+call carries hundreds of commands for many shows. A call travels on the host's own
+stream (actors/channel.py; Ray finds the host and tells its address), or as a Ray call
+where that stream cannot be reached. If the host died, the same call goes to its
+successor (Ray restarts it under its name): the command ids make that retry safe. A show that moved to another host (the
 pool changed) is routed again.
 
 Each command is stamped with the caller's request id (actors/context.py) unless it has
@@ -31,6 +32,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from . import commands as c
 from . import placement, redis_conn
+from .channel import Channel, ChannelLost
 from .context import request_id
 from .host import ShowHost
 from .pool import NAMESPACE, ActorSettings, Pool, create_pool, plan_hosts, read_pool, replace_pool
@@ -40,6 +42,7 @@ log = logging.getLogger(__name__)
 MAX_BATCH = 512      # commands per host call
 RETRY_FOR_S = 30.0   # how long a call is resent to a host that died before giving up
 MAX_HOPS = 4         # routings of one command (a show that moved) before giving up
+RAY_PATH_FOR_S = 5.0  # a host whose stream cannot be reached is called over Ray this long
 
 # (show_id, commands, results, seconds the host call took) for every show of every call.
 BatchObserver = Callable[[str, list[c.Command], list[c.Result], float], None]
@@ -63,6 +66,8 @@ class HostClient:
         self.name = name
         self._directory = directory
         self._handle: ray.actor.ActorHandle | None = None
+        self._channel: Channel | None = None
+        self._ray_path_until = 0.0
         self._pending: dict[str, list[_Pending]] = {}
         self._flusher: asyncio.Task[None] | None = None
         self.calls = 0
@@ -136,21 +141,44 @@ class HostClient:
                 # Bounded: Ray queues calls to a host that is restarting rather than
                 # failing them, and one that never comes back must not hang a request.
                 left = max(0.1, deadline - time.monotonic())
-                reply = c.reply_decoder.decode(
-                    await asyncio.wait_for(self._handle.apply.remote(blob), left))
+                reply = c.reply_decoder.decode(await asyncio.wait_for(self._send(blob), left))
                 self.commands += sum(len(r) for r in reply.results if r is not None)
                 return reply
-            except (RayActorError, ActorDiedError, ActorUnavailableError, TimeoutError) as exc:
+            except (RayActorError, ActorDiedError, ActorUnavailableError, ChannelLost,
+                    TimeoutError) as exc:
                 if time.monotonic() > deadline:
                     raise
                 log.warning("host %s: lost (%s); retrying", self.name, type(exc).__name__)
                 self._handle = None
+                await self.disconnect()
                 if isinstance(exc, ActorDiedError):
                     # Dead for good (not restarting): look it up again, or start it anew,
                     # by name; a host restarting under its name keeps its handle.
                     self._directory.drop_handle(self.name)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.5)
+
+    async def _send(self, blob: bytes) -> bytes:
+        """One call over the host's stream (actors/channel.py), opened through Ray on
+        first use; over Ray itself for a while when the stream cannot be reached."""
+        assert self._handle is not None
+        if time.monotonic() < self._ray_path_until:
+            return await self._handle.apply.remote(blob)
+        if self._channel is None or self._channel.lost:
+            await self.disconnect()
+            address, port, token = await self._handle.endpoint.remote()
+            try:
+                self._channel = await Channel.open(address, port, token)
+            except ChannelLost as exc:  # e.g. a firewall between nodes: Ray still gets there
+                log.warning("host %s: stream unreachable (%s); calling over Ray", self.name, exc)
+                self._ray_path_until = time.monotonic() + RAY_PATH_FOR_S
+                return await self._handle.apply.remote(blob)
+        return await self._channel.call(blob)
+
+    async def disconnect(self) -> None:
+        if self._channel is not None:
+            channel, self._channel = self._channel, None
+            await channel.close()
 
 
 class ShowDirectory:
@@ -394,6 +422,8 @@ class ShowDirectory:
         self._handles.clear()
 
     async def close(self) -> None:
+        for host in self._hosts.values():
+            await host.disconnect()
         if self._redis is not None:
             await self._redis.aclose()
             self._redis = None

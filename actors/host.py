@@ -29,6 +29,7 @@ from redis.exceptions import NoScriptError, RedisError
 
 from . import commands as c
 from . import placement, redis_conn
+from .channel import Listener
 from .pool import ActorSettings, read_pool
 from .seatmap import Quoter, SeatMap, Snapshot
 from .store import (
@@ -128,11 +129,16 @@ class ShowHost:
         # after a crash gets no call, yet the holds of its shows must still run out.
         # (Ray runs an async actor's __init__ on its event loop.)
         self._timer = asyncio.get_running_loop().create_task(self._timer_loop())
+        # The data path (actors/channel.py): commands come over a stream, not Ray calls.
+        self._ip = ray.util.get_node_ip_address()
+        self._listener = Listener(self.apply)
+        self._listening = asyncio.get_running_loop().create_task(self._listener.start(self._ip))
 
     # --- remote API ------------------------------------------------------------------
 
     async def apply(self, blob: bytes) -> bytes:
-        """Apply a msgpack `Call`; reply with a msgpack `Reply`."""
+        """Apply a msgpack `Call`; reply with a msgpack `Reply`. Reached over the host's
+        stream (`endpoint`), or as a Ray call where the stream cannot be reached."""
         call = c.call_decoder.decode(blob)
         if call.epoch > self._epoch:
             await self._refresh_pool()
@@ -154,6 +160,11 @@ class ShowHost:
                           ",".join(dict.fromkeys(x.rid for x in cmds if x.rid)) or "-")
         return c.command_encoder.encode(c.Reply(self._epoch, [
             None if span is None else done[span[0]][span[1]:span[2]] for span in spans]))
+
+    async def endpoint(self) -> tuple[str, int, bytes]:
+        """Where this host takes command batches directly: (address, port, token)."""
+        port = await asyncio.shield(self._listening)
+        return self._ip, port, self._listener.token
 
     async def inspect(self, show_id: str) -> dict:
         """The show as this host has it in memory, loading it if need be (tests, admin)."""
