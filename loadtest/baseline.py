@@ -22,7 +22,8 @@ as free, so expiry needs no sweeper and no second round trip. The clock is Redis
 Without --redis-url it starts its own redis-server in a temp dir, configured as the
 platform's embedded one (server/core/embedded.py). `--workers N` runs N processes on one
 port (SO_REUSEPORT), as `python -m server --workers N` does: this process starts Redis, the
-N-1 others join it by URL.
+N-1 others join it by URL. It runs on the platform's runtime: uvloop's event loop
+(server/core/eventloop.py) and redis-py with its hiredis parser.
 """
 from __future__ import annotations
 
@@ -47,6 +48,7 @@ from redis.commands.core import AsyncScript
 
 from server.core.embedded import RedisServer
 from server.core.errors import ApiError
+from server.core.eventloop import new_event_loop
 from server.core.wire import read_json
 
 MAX_SEATS_PER_HOLD = 10             # the platform's default rules (actors/layout.Rules)
@@ -296,7 +298,8 @@ def main() -> None:
         print(f"baseline is up: http://{args.host}:{args.port}/ (pid {os.getpid()}, "
               f"{args.workers} processes, Redis {redis_url})", flush=True)
         web.run_app(create_app(redis_url, args.redis_pool, args.hold_ttl_s), host=args.host, port=args.port,
-                    reuse_port=bool(workers) or args.reuse_port, access_log=None, print=None)
+                    reuse_port=bool(workers) or args.reuse_port, access_log=None, print=None,
+                    loop=new_event_loop(True))
     finally:
         for proc in workers:
             if proc.poll() is None:

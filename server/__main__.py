@@ -23,6 +23,7 @@ from aiohttp import web
 
 from server.core import dev_secrets
 from server.core import tls
+from server.core.eventloop import new_event_loop
 from server.ops import logs
 from server.core.runtime import Runtime
 from server.core.settings import Settings
@@ -81,7 +82,7 @@ def main() -> None:
         gc_pauses.watch()
         web.run_app(app, host=settings.host, port=settings.port, print=None,
                     reuse_port=bool(workers) or args.reuse_port, ssl_context=ssl_context,
-                    **kwargs)
+                    loop=new_event_loop(settings.uvloop), **kwargs)
     finally:
         _stop_workers(workers)
         runtime.stop()

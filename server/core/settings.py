@@ -38,6 +38,8 @@ class Settings(msgspec.Struct, frozen=True):
     # tenth of the web process's time under a rush, and the show's log and the metrics
     # already count every hold (server/ops/observability.py).
     access_log_every: int = 100
+    # The event loop: uvloop's (libuv, C transports) or asyncio's own (BMM_UVLOOP=0).
+    uvloop: bool = True
     # Notifications and partner webhooks (server/notify/notifications.py, server/partner/webhooks.py).
     workers: bool = True               # run the outbox workers in this web process
     smtp_host: str | None = None       # None: e-mails are logged, not sent
@@ -110,6 +112,7 @@ class Settings(msgspec.Struct, frozen=True):
             "tax_bp": os.environ.get("BMM_TAX_BP"),
             "hosts_per_node": os.environ.get("BMM_HOSTS_PER_NODE"),
             "access_log_every": os.environ.get("BMM_ACCESS_LOG_EVERY"),
+            "uvloop": os.environ.get("BMM_UVLOOP"),
         }
         env.update({name: os.environ.get("BMM_" + name.upper()) for name in _ON_SALE})
         sentinels = os.environ.get("BMM_REDIS_SENTINELS")
