@@ -17,7 +17,7 @@ from server.booking.records import HoldRecord, HoldState, Quote, show_of, token_
 from server.catalog.model import Show
 from server.catalog.show_cache import CachedShow
 from server.commerce.pricing import PromoCode, ShowFacts, promo_problem
-from server.commerce.quoting import PriceInputs, pack, read_quote
+from server.commerce.quoting import PriceInputs, pack, promo_of, read_quote
 from server.core.clock import cmd_id, from_ms, new_id
 from server.core.refusals import Refused
 
@@ -252,7 +252,7 @@ async def release_hold(booking: Booking, hold_id: str, token: str) -> list[str]:
     if isinstance(result, c.Rejected):
         raise refusal(result)
     assert isinstance(result, c.Released)
-    if result.quote and (code := read_quote(result.quote).promo_code):
+    if code := promo_of(result.quote):
         await booking.promos.release(code, hold_id, booking.clock.now_ms())
     return result.seats
 

@@ -64,7 +64,7 @@ from aiohttp import web
 from actors import commands as c
 
 from server.commerce import offers
-from server.commerce.quoting import read_quote
+from server.commerce.quoting import promo_of
 from server.core.clock import as_utc, cmd_id, now_ms, utcnow
 from server.booking import records as store
 from server.core import outbox
@@ -518,7 +518,7 @@ async def release_show_holds(svc: Services, show_id: str) -> int:
         return 0
     now = now_ms()
     for hold_id, quote in zip(result.hold_ids, result.quotes, strict=True):
-        if quote and (code := read_quote(quote).promo_code):
+        if code := promo_of(quote):
             await offers.release(svc.redis, code, hold_id, now)
     return len(result.hold_ids)
 

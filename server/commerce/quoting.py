@@ -62,3 +62,16 @@ def quote_hold(raw: bytes, seats: list[tuple[str, str]], now_ms: int) -> bytes |
 
 def read_quote(raw: bytes) -> Quote:
     return _quote_decoder.decode(raw)
+
+
+class _PromoOf(msgspec.Struct):
+    promo_code: str | None = None
+
+
+_promo_decoder = msgspec.msgpack.Decoder(_PromoOf)
+
+
+def promo_of(raw: bytes) -> str | None:
+    """The promo code of a packed quote, without building the quote (a release needs
+    only that)."""
+    return _promo_decoder.decode(raw).promo_code if raw else None
