@@ -106,7 +106,9 @@ class Server:
     def launch(self, cmd: list[str], env: dict[str, str] | None, name: str,
                timeout: float) -> Server:
         """Start `cmd` in a session of its own, logging to `<dir>/<name>.log`, and wait for
-        its `/healthz`."""
+        its `/healthz` and for all its web processes to listen: the first answers before
+        the others have joined the port, and connections made meanwhile all stay with it
+        (a keep-alive client of a `--workers 2` run once kept all 64 on one process)."""
         self.log = open(self.dir / f"{name}.log", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(cmd, cwd=self.root, env=env, stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
@@ -114,11 +116,32 @@ class Server:
         while True:
             try:
                 http_json(self.host + "/healthz", timeout=2)
-                return self
+                if self.listeners() >= (self.workers or 1):
+                    return self
+                time.sleep(0.3)
             except OSError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"{name} did not start; see {self.dir}/{name}.log") from None
                 time.sleep(0.3)
+
+    def listeners(self) -> int:
+        """Processes of this server's tree listening on its port."""
+        import psutil
+
+        assert self.proc is not None
+        try:
+            root = psutil.Process(self.proc.pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return 0
+        count = 0
+        for p in procs:
+            try:
+                count += any(c.status == psutil.CONN_LISTEN and c.laddr.port == self.port
+                             for c in p.net_connections("tcp"))
+            except psutil.Error:
+                continue
+        return count
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:

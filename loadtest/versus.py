@@ -11,7 +11,9 @@ seats on the baseline, then measures each server with bench.py's client code:
 
 a. HTTP ceiling: `GET /healthz`, closed loop, `--concurrency` connections;
 b. closed loop: `--clients` customers, each cycling hold -> release on its own seat:
-   cycles/s (201 holds, each followed by its release), hold p50/p99. On ours,
+   cycles/s (201 holds, each followed by its release), hold p50/p99, and the server's CPU
+   per cycle (its whole process tree, from /proc: steadier than a rate on a noisy
+   machine). On ours,
    `--watchers` WebSocket watchers are connected to the show's live seat map during (b)
    and (c), and must receive every change (checked: events, seq gaps, final seq);
 c. open loop at half of the cycles/s this server just made in (b): hold p50/p99 from the
@@ -160,6 +162,7 @@ class Round:
     rate: float
     open_p50: float
     open_p99: float
+    cpu_ms: float = 0.0  # the server's CPU (its whole process tree) per closed-loop cycle
     # what was not a 201 hold / 200 release, per phase
     odd: dict[str, Any] = field(default_factory=dict)
     watch: str = ""
@@ -174,19 +177,34 @@ def problems(res: GenResult) -> dict[str, Any]:
     return out
 
 
+def server_cpu(root_pid: int) -> float:
+    """CPU seconds used so far by the server's whole process tree: web processes, Redis,
+    and for ours the show hosts and Ray's daemons too."""
+    total = 0.0
+    for p in [q for procs in server_processes(root_pid).values() for q in procs]:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except Exception:  # gone meanwhile
+            pass
+    return total
+
+
 def measure(host: str, show_id: str, seats: list[str], args: argparse.Namespace,
-            watch: bool) -> Round:
+            watch: bool, root_pid: int) -> Round:
     secs, procs = args.seconds, args.gen_procs
     noop = closed("noop", host, [(show_id, "-")] * args.concurrency, secs, procs)
     watchers = (Watchers(host, show_id, args.watchers, args.watch_procs, args.watch_nice).start()
                 if watch and args.watchers else None)
+    cpu0 = server_cpu(root_pid)
     hold = closed("hold", host, [(show_id, seats[i % len(seats)]) for i in range(args.clients)],
                   secs, procs)
+    cpu_ms = (server_cpu(root_pid) - cpu0) * 1000 / max(hold.ok, 1)
     cycles = hold.ok / secs
     rate = max(cycles / 2, 1.0)
     lat = open_loop(host, show_id, seats, rate, secs, procs)
     r = Round(noop.ok / secs, cycles, pct(hold.latencies, 50), pct(hold.latencies, 99), rate,
-              pct(lat.latencies, 50), pct(lat.latencies, 99))
+              pct(lat.latencies, 50), pct(lat.latencies, 99), cpu_ms)
     for phase, res in (("no-op", noop), ("closed", hold), ("open", lat)):
         if p := problems(res):
             r.odd[phase] = p
@@ -239,7 +257,7 @@ def cell(values: list[float], fmt: str) -> str:
 COLUMNS = [("cycles/s", "cycles", ",.0f"), ("closed p50 ms", "closed_p50", ".1f"),
            ("closed p99 ms", "closed_p99", ".1f"), ("half rate /s", "rate", ",.0f"),
            ("half-rate p50 ms", "open_p50", ".1f"), ("half-rate p99 ms", "open_p99", ".1f"),
-           ("no-op req/s", "noop", ",.0f")]
+           ("no-op req/s", "noop", ",.0f"), ("server CPU ms/cycle", "cpu_ms", ".2f")]
 
 
 def table(results: dict[str, list[Round]]) -> list[str]:
@@ -286,6 +304,8 @@ def main() -> None:
         if status != 200:
             raise RuntimeError(f"baseline show setup: {status}")
         hosts = {"baseline": baseline.host, "ours": ours.host}
+        assert baseline.proc is not None
+        roots = {"baseline": baseline.proc.pid, "ours": ours.proc.pid}
         for host in hosts.values():
             warm(host, show_id, seats[-1])
         print(f"show {show_id} ({len(seats)} seats) on both, set up in "
@@ -293,7 +313,8 @@ def main() -> None:
         for i in range(2 * args.rounds):
             # ABBA: baseline, ours, ours, baseline, ...
             name = ("baseline", "ours")[(i + i // 2) % 2]
-            r = measure(hosts[name], show_id, seats, args, watch=name == "ours")
+            r = measure(hosts[name], show_id, seats, args, watch=name == "ours",
+                        root_pid=roots[name])
             results[name].append(r)
             print(f"  {name}: {r.cycles:,.0f} cycles/s, no-op {r.noop:,.0f} req/s, "
                   f"half rate p99 {r.open_p99:.1f} ms", flush=True)
