@@ -166,6 +166,7 @@ class Round:
     # what was not a 201 hold / 200 release, per phase
     odd: dict[str, Any] = field(default_factory=dict)
     watch: str = ""
+    cpu_roles: str = ""  # cpu_ms by role
 
 
 def problems(res: GenResult) -> dict[str, Any]:
@@ -177,17 +178,19 @@ def problems(res: GenResult) -> dict[str, Any]:
     return out
 
 
-def server_cpu(root_pid: int) -> float:
-    """CPU seconds used so far by the server's whole process tree: web processes, Redis,
-    and for ours the show hosts and Ray's daemons too."""
-    total = 0.0
-    for p in [q for procs in server_processes(root_pid).values() for q in procs]:
-        try:
-            t = p.cpu_times()
-            total += t.user + t.system
-        except Exception:  # gone meanwhile
-            pass
-    return total
+def server_cpu(root_pid: int) -> dict[str, float]:
+    """CPU seconds used so far by the server's process tree, by role (web processes,
+    Redis, and for ours the show hosts and Ray's daemons)."""
+    out: dict[str, float] = {}
+    for role, procs in server_processes(root_pid).items():
+        out[role] = 0.0
+        for p in procs:
+            try:
+                t = p.cpu_times()
+                out[role] += t.user + t.system
+            except Exception:  # gone meanwhile
+                pass
+    return out
 
 
 def measure(host: str, show_id: str, seats: list[str], args: argparse.Namespace,
@@ -199,12 +202,15 @@ def measure(host: str, show_id: str, seats: list[str], args: argparse.Namespace,
     cpu0 = server_cpu(root_pid)
     hold = closed("hold", host, [(show_id, seats[i % len(seats)]) for i in range(args.clients)],
                   secs, procs)
-    cpu_ms = (server_cpu(root_pid) - cpu0) * 1000 / max(hold.ok, 1)
+    cpu1 = server_cpu(root_pid)
+    per_role = {k: (cpu1[k] - cpu0.get(k, 0.0)) * 1000 / max(hold.ok, 1) for k in cpu1}
+    cpu_ms = sum(per_role.values())
     cycles = hold.ok / secs
     rate = max(cycles / 2, 1.0)
     lat = open_loop(host, show_id, seats, rate, secs, procs)
     r = Round(noop.ok / secs, cycles, pct(hold.latencies, 50), pct(hold.latencies, 99), rate,
               pct(lat.latencies, 50), pct(lat.latencies, 99), cpu_ms)
+    r.cpu_roles = ", ".join(f"{k} {v:.2f}" for k, v in per_role.items() if v >= 0.005)
     for phase, res in (("no-op", noop), ("closed", hold), ("open", lat)):
         if p := problems(res):
             r.odd[phase] = p
@@ -331,7 +337,8 @@ def main() -> None:
           "scheduled arrival (half rate)")
     for name, rounds in results.items():
         for k, r in enumerate(rounds, 1):
-            print(f"{name} round {k}: not 201/200: {r.odd or 'none'}")
+            print(f"{name} round {k}: not 201/200: {r.odd or 'none'}; server CPU ms/cycle: "
+                  f"{r.cpu_roles}")
             if r.watch:
                 print(f"{name} round {k}: live (closed + half rate): {r.watch}")
     seen_429 = sum(n for rs in results["ours"] for p in rs.odd.values() for k, n in p.items()
