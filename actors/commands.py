@@ -72,12 +72,15 @@ class Release(_Cmd, tag="release"):
 
 
 class Confirm(_Cmd, tag="confirm"):
-    """Turn a live hold into a booking once payment went through."""
+    """Turn a live hold into a booking once payment went through. `booking` is the
+    booking's facts (who, how to reach them, the payment), opaque here: logged with the
+    seats in the same append, so "seats booked" and "booking exists" are one fact."""
 
     hold_id: str
     token: str
     booking_id: str
     payment_ref: str
+    booking: bytes = b""
 
 
 class Cancel(_Cmd, tag="cancel"):
@@ -110,8 +113,12 @@ class Peek(_Cmd, tag="peek"):
     token: str
 
 
+class ListBookings(_Cmd, tag="list_bookings"):
+    """Read every booking of the show (the audit, the reconciler): never logged."""
+
+
 Command = (Hold | HoldBest | Extend | Release | Confirm | Cancel | Block | Unblock | Expire
-           | ReleaseAll | Peek)
+           | ReleaseAll | Peek | ListBookings)
 
 
 # --- results -------------------------------------------------------------------------
@@ -160,6 +167,20 @@ class Confirmed(_Res, tag="confirmed"):
     booking_id: str
     hold_id: str
     seats: list[str]
+
+
+class BookingEntry(msgspec.Struct, frozen=True, array_like=True):
+    booking_id: str
+    hold_id: str
+    seats: list[str]
+    payment_ref: str
+    booked_ms: int
+    booking: bytes  # Confirm's facts (the quote is the web tier's: a replay without
+                    # the quoter has none, and the books must not depend on it)
+
+
+class Bookings(_Res, tag="bookings"):
+    bookings: list[BookingEntry]
 
 
 class Cancelled(_Res, tag="cancelled"):
@@ -214,7 +235,7 @@ class Rejected(_Res, tag="rejected"):
 
 Result = (
     Held | Extended | Released | Confirmed | Cancelled | BlockedSeats | UnblockedSeats
-    | ExpiredHolds | ReleasedAll | HoldInfo | Rejected
+    | ExpiredHolds | ReleasedAll | HoldInfo | Bookings | Rejected
 )
 
 

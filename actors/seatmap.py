@@ -16,7 +16,11 @@ from . import commands as c
 from .best_available import SeatPicker
 from .layout import Layout, Seat, ShowConfig
 
-IDEMPOTENCY_WINDOW = 4096  # remembered answers; retries come within seconds
+# A command's answer is remembered this long (by time, not by count: under a rush a count
+# would be gone in seconds), so a client resending within its retry window (the web
+# tier's RETRY_FOR_S, 30 s) gets the first answer. Confirm and Cancel need no window:
+# they are answered from the books for as long as the show lives (see `_confirm`).
+ANSWER_MEMORY_MS = 120 * 1000
 # An expired hold is remembered this long, so its holder hears "expired" (410), not "no
 # such hold" (404); a hold can live at most its lifetime (30 min by default) anyway.
 EXPIRED_MEMORY_MS = 60 * 60 * 1000
@@ -44,6 +48,7 @@ class BookingRecord(msgspec.Struct):
     hold_id: str
     payment_ref: str
     booked_ms: int
+    booking: bytes = b""  # Confirm's facts (the booking as the web tier records it)
 
 
 class ExpiredHold(msgspec.Struct, array_like=True):
@@ -62,6 +67,8 @@ class Snapshot(msgspec.Struct):
     bookings: dict[str, BookingRecord]
     answers: list[tuple[str, c.Result]]
     expired: dict[str, ExpiredHold] = {}
+    answered_ms: list[int] = []  # when each of `answers` was given
+    cancelled: dict[str, list[str]] = {}  # booking id -> its seats, once cancelled
 
 
 class Outcome(msgspec.Struct, frozen=True):
@@ -111,18 +118,24 @@ class SeatMap:
         self.bookings: dict[str, BookingRecord] = {}
         # in expiry order (oldest first), so forgetting them is a pop from the front
         self.expired: dict[str, ExpiredHold] = {}
-        self._answers: OrderedDict[str, c.Result] = OrderedDict()
+        self._answers: OrderedDict[str, tuple[int, c.Result]] = OrderedDict()
+        self.cancelled: dict[str, list[str]] = {}  # so a resent Cancel is answered alike
 
     # --- the entry point -------------------------------------------------------------
 
     def apply(self, cmd: c.Command, now_ms: int) -> Outcome:
         # The actor's own sweeps need no dedup, and must never be answered from the
         # cache: a client command that used the sweep's id would stop all expiry.
-        if isinstance(cmd, c.Peek):  # a read: never remembered, never changes anything
+        if isinstance(cmd, c.Peek):  # reads: never remembered, never change anything
             return Outcome(self._peek(cmd, now_ms), [], False)
+        if isinstance(cmd, c.ListBookings):
+            return Outcome(c.Bookings([
+                c.BookingEntry(b_id, b.hold_id, b.seats, b.payment_ref, b.booked_ms,
+                               b.booking) for b_id, b in self.bookings.items()]),
+                [], False)
         sweep = isinstance(cmd, c.Expire)
         if not sweep and (known := self._answers.get(cmd.cmd_id)) is not None:
-            return Outcome(known, [], False)
+            return Outcome(known[1], [], False)
         handler = _HANDLERS[type(cmd)]
         result, changes = handler(self, cmd, now_ms)
         # Extended is the one success that changes state (an expiry) but no seat.
@@ -130,10 +143,19 @@ class SeatMap:
         if changed:
             self.version += 1
         if not sweep:
-            self._answers[cmd.cmd_id] = result
-            if len(self._answers) > IDEMPOTENCY_WINDOW:
-                self._answers.popitem(last=False)
+            self._remember(cmd.cmd_id, result, now_ms)
         return Outcome(result, changes, changed)
+
+    def _remember(self, cmd_id: str, result: c.Result, now_ms: int) -> None:
+        # Forgotten by the command's own time: a replay forgets exactly as the first run.
+        answers = self._answers
+        horizon = now_ms - ANSWER_MEMORY_MS
+        while answers:
+            first = next(iter(answers))
+            if answers[first][0] >= horizon:
+                break
+            del answers[first]
+        answers[cmd_id] = (now_ms, result)
 
     # --- queries ---------------------------------------------------------------------
 
@@ -155,8 +177,10 @@ class SeatMap:
             blocked=sorted(s for s, st in self.status.items() if st == "blocked"),
             holds={k: msgspec.structs.replace(v) for k, v in self.holds.items()},
             bookings=dict(self.bookings),
-            answers=list(self._answers.items()),
+            answers=[(k, r) for k, (_, r) in self._answers.items()],
             expired=dict(self.expired),
+            answered_ms=[at for at, _ in self._answers.values()],
+            cancelled=dict(self.cancelled),
         )
 
     @classmethod
@@ -178,7 +202,11 @@ class SeatMap:
             for seat in booking.seats:
                 m.status[seat], m.holder[seat] = "booked", booking_id
         m.expired = dict(snap.expired)
-        m._answers = OrderedDict(snap.answers)
+        # a snapshot from before answers had times: they count as given at version time 0
+        times = snap.answered_ms if len(snap.answered_ms) == len(snap.answers) \
+            else [0] * len(snap.answers)
+        m._answers = OrderedDict((k, (at, r)) for (k, r), at in zip(snap.answers, times))
+        m.cancelled = dict(snap.cancelled)
         return m
 
     # --- command handlers ------------------------------------------------------------
@@ -251,25 +279,33 @@ class SeatMap:
                           hold.lock)
 
     def _confirm(self, cmd: c.Confirm, now_ms: int) -> tuple[c.Result, list[c.SeatChange]]:
+        # The same booking of the same hold asked again (a checkout resumed, a reconciler
+        # asking, long after the answer was forgotten): the books answer it.
+        done = self.bookings.get(cmd.booking_id)
+        if done is not None and done.hold_id == cmd.hold_id and done.token == cmd.token:
+            return c.Confirmed(cmd.booking_id, cmd.hold_id, done.seats), []
         hold, err = self._live_hold(cmd.hold_id, cmd.token, now_ms)
         if err:
             return err, []
-        if cmd.booking_id in self.bookings or cmd.booking_id in self.holds:
+        if cmd.booking_id in self.bookings or cmd.booking_id in self.holds \
+                or cmd.booking_id in self.cancelled:
             return _reject("duplicate_id", f"booking id {cmd.booking_id!r} is taken"), []
         self._forget_hold(cmd.hold_id)
         self.bookings[cmd.booking_id] = BookingRecord(
-            cmd.token, hold.seats, cmd.hold_id, cmd.payment_ref, now_ms
-        )
+            cmd.token, hold.seats, cmd.hold_id, cmd.payment_ref, now_ms, cmd.booking)
         changes = self._set(hold.seats, "booked", cmd.booking_id)
         return c.Confirmed(cmd.booking_id, cmd.hold_id, hold.seats), changes
 
     def _cancel(self, cmd: c.Cancel, now_ms: int) -> tuple[c.Result, list[c.SeatChange]]:
         booking = self.bookings.get(cmd.booking_id)
         if booking is None:
+            if (seats := self.cancelled.get(cmd.booking_id)) is not None:
+                return c.Cancelled(cmd.booking_id, seats), []
             return _reject("not_found", f"no booking {cmd.booking_id!r}"), []
         if booking.token != cmd.token:
             return _reject("not_owner", "this booking belongs to someone else"), []
         del self.bookings[cmd.booking_id]
+        self.cancelled[cmd.booking_id] = booking.seats
         changes = self._set(booking.seats, "free", None)
         return c.Cancelled(cmd.booking_id, booking.seats), changes
 

@@ -9,7 +9,7 @@ import pytest
 
 from actors import commands as c
 from actors.layout import Layout, Rules, Seat, ShowConfig, grid_layout
-from actors.seatmap import IDEMPOTENCY_WINDOW, Outcome, SeatMap, Snapshot
+from actors.seatmap import ANSWER_MEMORY_MS, Outcome, SeatMap, Snapshot
 
 TTL = Rules().hold_ttl_ms
 LIFETIME = Rules().hold_max_lifetime_ms
@@ -56,6 +56,7 @@ def state(m: SeatMap, *, next_expiry: bool = True) -> dict[str, Any]:
         "bookings": msgspec.to_builtins(m.bookings),
         "answers": msgspec.to_builtins(list(m._answers.items())),
         "expired": msgspec.to_builtins(m.expired),
+        "cancelled": dict(m.cancelled),
     }
     if next_expiry:
         seen["next_expiry"] = m.next_expiry_ms()
@@ -611,12 +612,51 @@ def test_repeated_rejected_cmd_id_stays_rejected() -> None:
     assert state(m) == before
 
 
-def test_retry_cache_forgets_the_oldest_answers_beyond_its_window() -> None:
+def test_answers_are_remembered_by_time_not_by_count() -> None:
     m = new_map(1, 1)
     m.apply(c.Block("oldest", ["A1"]), 0)
-    for i in range(IDEMPOTENCY_WINDOW):
-        m.apply(c.Unblock(f"filler-{i}", ["A1"]), 0)
-    assert "oldest" not in m._answers and len(m._answers) == IDEMPOTENCY_WINDOW
+    for i in range(20_000):  # a rush: far more answers than any count window kept
+        m.apply(c.Unblock(f"filler-{i}", ["A1"]), ANSWER_MEMORY_MS - 1)
+    assert "oldest" in m._answers
+    m.apply(c.Unblock("later", ["A1"]), ANSWER_MEMORY_MS + 1)
+    assert "oldest" not in m._answers and "later" in m._answers
+    assert "filler-0" in m._answers  # given within the window of the newest
+
+
+def test_a_confirm_resent_after_its_answer_is_forgotten_is_still_confirmed() -> None:
+    m = new_map()
+    hold(m, ["A1"], hold_id="h", token="t")
+    first = m.apply(c.Confirm("conf", "h", "t", "b1", "pay", booking=b"facts"), 0)
+    assert isinstance(first.result, c.Confirmed)
+    m.apply(c.Block(cid(), ["B1"]), 3 * ANSWER_MEMORY_MS)  # the answer is forgotten
+    assert "conf" not in m._answers
+    before = state(m)
+    again = m.apply(c.Confirm("conf", "h", "t", "b1", "pay", booking=b"facts"),
+                    3 * ANSWER_MEMORY_MS)
+    assert again.result == first.result and not again.changed
+    assert state(m)["bookings"] == before["bookings"]
+    # another booking id for the same hold is not the same confirm
+    other = m.apply(c.Confirm(cid(), "h", "t", "b2", "pay"), 3 * ANSWER_MEMORY_MS)
+    assert isinstance(other.result, c.Rejected) and other.result.code == "hold_checked_out"
+    listed = m.apply(c.ListBookings(cid()), 0)
+    assert isinstance(listed.result, c.Bookings) and not listed.changed
+    assert [(b.booking_id, b.seats, b.booking) for b in listed.result.bookings] == [
+        ("b1", ["A1"], b"facts")]
+
+
+def test_a_cancel_resent_after_its_answer_is_forgotten_is_still_cancelled() -> None:
+    m = new_map()
+    hold(m, ["A1"], hold_id="h", token="t")
+    m.apply(c.Confirm(cid(), "h", "t", "b1", "pay"), 0)
+    first = m.apply(c.Cancel("cancel", "b1", "t"), 0)
+    assert isinstance(first.result, c.Cancelled)
+    m.apply(c.Block(cid(), ["B1"]), 3 * ANSWER_MEMORY_MS)
+    again = m.apply(c.Cancel("cancel", "b1", "t"), 3 * ANSWER_MEMORY_MS)
+    assert again.result == first.result and not again.changed
+    # and the cancelled id cannot be booked again
+    hold(m, ["A2"], hold_id="h2", token="t", at=3 * ANSWER_MEMORY_MS)
+    dup = m.apply(c.Confirm(cid(), "h2", "t", "b1", "pay"), 3 * ANSWER_MEMORY_MS)
+    assert isinstance(dup.result, c.Rejected) and dup.result.code == "duplicate_id"
 
 
 # --- versions and events ---------------------------------------------------------------

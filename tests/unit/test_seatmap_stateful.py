@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
-from hypothesis import settings
+from hypothesis import assume, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from actors import commands as c
 from actors.layout import Layout, Rules, Seat, ShowConfig
-from actors.seatmap import EXPIRED_MEMORY_MS, Outcome, SeatMap, SeatPlan, Snapshot
+from actors.seatmap import ANSWER_MEMORY_MS, EXPIRED_MEMORY_MS, Outcome, SeatMap, SeatPlan, Snapshot
 
 from .test_seatmap import state
 
@@ -87,6 +87,8 @@ class SeatMapMachine(RuleBasedStateMachine):
         # Every command applied, for retries and the replay check.
         self.history: list[tuple[c.Command, int]] = []
         self.answers: dict[str, c.Result] = {}
+        self.answered_at: dict[str, int] = {}
+        self.cancelled: dict[str, list[str]] = {}  # booking id -> its seats
         # Seat statuses before the last command, and its outcome (for check_changes).
         nothing = Outcome(c.ExpiredHolds([], []), [], False)
         self._pending: tuple[dict[str, str], Outcome] = ({}, nothing)
@@ -116,6 +118,7 @@ class SeatMapMachine(RuleBasedStateMachine):
         self.history.append((cmd, self.now))
         if not isinstance(cmd, c.Expire | c.Peek):
             self.answers[cmd.cmd_id] = out.result
+            self.answered_at[cmd.cmd_id] = self.now
         if isinstance(expected, str):
             assert isinstance(out.result, c.Rejected), (cmd, out.result)
             assert out.result.code == expected, (cmd, out.result)
@@ -298,9 +301,16 @@ class SeatMapMachine(RuleBasedStateMachine):
         hold_id, token = self.target(data, self.hold_owners())
         hold = self.live(hold_id, token)
         expected: c.Result | str
+        same = self.bookings.get(booking_id)
+        if same is not None and self.booked_hold.get(booking_id) == hold_id \
+                and same[0] == token:  # this booking of this hold again: from the books
+            self.run(c.Confirm(self.cid(), hold_id, token, booking_id, "pay"),
+                     c.Confirmed(booking_id, hold_id, same[1]), False)
+            self.check_changes()
+            return
         if isinstance(hold, str):
             expected = hold
-        elif self.id_taken(booking_id):
+        elif self.id_taken(booking_id) or booking_id in self.cancelled:
             expected = "duplicate_id"
         else:
             expected = c.Confirmed(booking_id, hold_id, hold.seats)
@@ -316,15 +326,19 @@ class SeatMapMachine(RuleBasedStateMachine):
         booking_id, token = self.target(data, {b: r[0] for b, r in self.bookings.items()})
         booking = self.bookings.get(booking_id)
         expected: c.Result | str
-        if booking is None:
+        changed = False
+        if booking is None and booking_id in self.cancelled:  # again: from the books
+            expected = c.Cancelled(booking_id, self.cancelled[booking_id])
+        elif booking is None:
             expected = "not_found"
         elif booking[0] != token:
             expected = "not_owner"
         else:
             expected = c.Cancelled(booking_id, booking[1])
+            changed = True
             del self.bookings[booking_id]
-        self.run(c.Cancel(self.cid(), booking_id, token), expected,
-                 isinstance(expected, c.Cancelled))
+            self.cancelled[booking_id] = booking[1]
+        self.run(c.Cancel(self.cid(), booking_id, token), expected, changed)
         self.check_changes()
 
     @rule(seats=seat_lists)
@@ -383,9 +397,12 @@ class SeatMapMachine(RuleBasedStateMachine):
     @precondition(lambda self: bool(self.answers))
     @rule(data=st.data())
     def retry(self, data: st.DataObject) -> None:
-        # A client retry: same command, same id, maybe much later. First answer, no change.
-        cmd = data.draw(st.sampled_from(
-            [cmd for cmd, _ in self.history if not isinstance(cmd, c.Expire | c.Peek)]))
+        # A client retry: same command, same id, within the answers' memory (by time, not
+        # by count; a client's retry window is far shorter). First answer, no change.
+        recent = [cmd for cmd, _ in self.history if not isinstance(cmd, c.Expire | c.Peek)
+                  and self.answered_at[cmd.cmd_id] >= self.now - ANSWER_MEMORY_MS]
+        assume(recent)
+        cmd = data.draw(st.sampled_from(recent))
         before = self.sut.version, dict(self.sut.status), msgspec.to_builtins(self.sut.holds)
         out = self.sut.apply(cmd, self.now)
         self.history.append((cmd, self.now))
