@@ -125,6 +125,22 @@ class Authorisation(msgspec.Struct, frozen=True):
     status: Literal["authorised", "pending"] = "authorised"
 
 
+class GatewayPayment(msgspec.Struct, frozen=True):
+    """A payment as the gateway has it, looked up by its ref or its idempotency key."""
+
+    ref: str
+    idempotency_key: str
+    # authorised | pending | captured | partially_refunded | refunded | voided | failed |
+    # declined
+    state: str
+    amount: int
+    currency: str
+    last4: str
+    brand: str
+    card_token: str
+    refunded: int = 0
+
+
 class WebhookEvent(msgspec.Struct, frozen=True):
     id: str
     type: Literal["payment.succeeded", "payment.failed"]
@@ -154,6 +170,13 @@ class PaymentGateway(Protocol):
     def verify_webhook(self, body: bytes, headers: Mapping[str, str]) -> WebhookEvent:
         """The event if `body` is signed by the gateway; raises WebhookError otherwise."""
         ...
+
+    async def lookup(self, idempotency_key: str) -> GatewayPayment | None:
+        """The payment made under this key (a declined one too), or None: what the
+        reconciler asks instead of guessing."""
+        ...
+
+    async def payment(self, ref: str) -> GatewayPayment | None: ...
 
 
 LedgerKind = Literal["authorise", "pending", "decline", "capture", "void", "refund", "failed"]
@@ -258,6 +281,22 @@ class SandboxGateway:
             if idempotency_key is not None:
                 self._refund_keys[idempotency_key] = done
             return done
+
+    async def lookup(self, idempotency_key: str) -> GatewayPayment | None:
+        self._reach()
+        known = self._by_key.get(idempotency_key)
+        if isinstance(known, CardDeclined):
+            return GatewayPayment("", idempotency_key, "declined", 0, "", "", "", "")
+        return None if known is None else await self.payment(known.ref)
+
+    async def payment(self, ref: str) -> GatewayPayment | None:
+        self._reach()
+        a = self._auths.get(ref)
+        if a is None:
+            return None
+        key = next(k for k, v in self._by_key.items() if v is a)
+        return GatewayPayment(ref, key, self._state[ref], a.amount, a.currency, a.last4,
+                              a.brand, a.card_token, self._refunded.get(ref, 0))
 
     # --- webhooks --------------------------------------------------------------------
 
