@@ -55,6 +55,7 @@ def main() -> None:
     except (dev_secrets.MissingSecrets, ValueError, OSError) as exc:
         sys.exit(f"Book My Movie cannot start: {exc}")
     runtime = Runtime(settings).start()
+    settings = runtime.settings  # with the payment gateway it started or was given
     if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # After Ray started (its processes must not inherit it), before prometheus_client
         # is imported (by .app); our web children inherit it.
@@ -101,7 +102,8 @@ def _start_workers(args: argparse.Namespace, settings: Settings,
     # The children join a real Redis, so they need the secrets in their environment
     # (generated ones included) rather than generating their own.
     env = {**os.environ, "BMM_SECRET": settings.secret, "BMM_ADMIN_KEY": settings.admin_key,
-           "BMM_DATA_KEY": settings.data_key}
+           "BMM_DATA_KEY": settings.data_key, "BMM_GATEWAY_URL": settings.gateway_url or "",
+           "BMM_GATEWAY_WEBHOOK_SECRET": settings.gateway_webhook_secret}
     return [subprocess.Popen(cmd, env=env) for _ in range(args.workers - 1)]
 
 

@@ -21,9 +21,11 @@ from server.appkeys import SERVICES, Services
 from server.booking import api as customer_api
 from server.booking import lifecycle_api
 from server.booking import mine_api
+from server.booking import reconciler
 from server.catalog.show_cache import ShowCache
 from server.commerce import api as offers_api
-from server.commerce.payments import GatewayGuard, SandboxGateway
+from server.commerce.gateway_client import HttpGateway
+from server.commerce.payments import GatewayGuard
 from server.core import openapi
 from server.core.errors import error_middleware
 from server.core.redis_retry import redis_retry
@@ -73,9 +75,18 @@ def create_app(settings: Settings, redis_url: str) -> web.Application:
         warm_up = asyncio.create_task(_warm_up(shows))
         show_cache = ShowCache(redis, listen_url=redis_url)
         show_cache.start()
-        app[SERVICES] = Services(settings, redis, shows, SandboxGateway(), GatewayGuard(),
-                                 show_cache)
+        # `python -m server` fills these in (the sandbox gateway it started); an app made
+        # some other way (tests, an embedding) may name them in the environment.
+        url = settings.gateway_url or os.environ.get("BMM_GATEWAY_URL")
+        secret = settings.gateway_webhook_secret or os.environ.get(
+            "BMM_GATEWAY_WEBHOOK_SECRET", "")
+        if not url:
+            raise RuntimeError("no payment gateway: set BMM_GATEWAY_URL (python -m server "
+                               "starts the sandbox gateway when it is unset)")
+        gateway = HttpGateway(url, secret)
+        app[SERVICES] = Services(settings, redis, shows, gateway, GatewayGuard(), show_cache)
         yield
+        await gateway.close()
         warm_up.cancel()
         await show_cache.close()
         await shows.close()
@@ -88,6 +99,8 @@ def create_app(settings: Settings, redis_url: str) -> web.Application:
     live.setup(app, redis_url)
     waiting_room.setup(app)
     search.set_rating_source(reviews.movie_ratings)  # sort=rating and each hit's rating
+    if settings.reconcile:
+        reconciler.setup(app)  # payment intents left open by a crash or an outage
     if settings.workers:
         notifications.setup(app, settings, redis_url)
         webhooks.setup(app, settings, redis_url)

@@ -1,9 +1,11 @@
-"""Shared fixtures: a real Redis server and a real local Ray, started once per session.
+"""Shared fixtures: a real Redis server, a real local Ray and the sandbox payment gateway
+(its own process, server/sandbox), started once per session.
 
 Every test gets fresh show ids (uuid), so tests never see each other's data.
 """
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -17,13 +19,36 @@ from actors.layout import Layout, Rules, ShowConfig, grid_layout
 from actors.host import ActorSettings
 from actors.pool import NAMESPACE
 from actors.store import put_config
-from server.core.embedded import RedisServer
+from server.core.embedded import RedisServer, SandboxGatewayServer
 
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     server = RedisServer(Path(tmp_path_factory.mktemp("redis"))).start()
     yield server
+    server.stop()
+
+
+PLATFORM_GATEWAY_SECRET = "whsec_platform_tests"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def platform_gateway(tmp_path_factory: pytest.TempPathFactory
+                     ) -> Iterator[SandboxGatewayServer]:
+    """The payment gateway every app the tests make talks to (create_app reads it from
+    the environment when its settings name none); the processes tests/cluster starts get
+    their own."""
+    server = SandboxGatewayServer(Path(tmp_path_factory.mktemp("platform-gateway")),
+                                  webhook_secret=PLATFORM_GATEWAY_SECRET).start()
+    saved = {k: os.environ.get(k) for k in ("BMM_GATEWAY_URL", "BMM_GATEWAY_WEBHOOK_SECRET")}
+    os.environ["BMM_GATEWAY_URL"] = server.url
+    os.environ["BMM_GATEWAY_WEBHOOK_SECRET"] = PLATFORM_GATEWAY_SECRET
+    yield server
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
     server.stop()
 
 

@@ -8,13 +8,13 @@ from aiohttp import web
 
 from server.accounts.users import current_user, link_booking
 from server.appkeys import Services
-from server.booking import lifecycle
+from server.booking import intents, lifecycle
 from server.booking import records as store
 from server.booking.ports import Booking
-from server.booking.records import BookingRecord, BulkRecord, CheckoutAttempt, HoldRecord
+from server.booking.intents import PaymentIntent
+from server.booking.records import BookingRecord, BulkRecord, HoldRecord
 from server.catalog.model import Show
 from server.commerce import offers
-from server.commerce.payments import Authorisation
 from server.commerce.pricing import Offer, PricingConfig, PromoCode
 from server.core.clock import SystemClock
 from server.core.outbox import booking_data, publish
@@ -58,17 +58,23 @@ class RedisCheckouts:
         self.svc = svc
         self.redis = svc.redis
 
-    async def claim(self, key: str, attempt: CheckoutAttempt) -> CheckoutAttempt | None:
-        return await store.claim_attempt(self.redis, key, attempt)
+    async def claim(self, intent: PaymentIntent) -> PaymentIntent | None:
+        return await intents.claim(self.redis, intent)
 
-    async def earlier(self, key: str) -> CheckoutAttempt | None:
-        return await store.load_attempt(self.redis, key)
+    async def load(self, key: str) -> PaymentIntent | None:
+        return await intents.load(self.redis, key)
 
-    async def finish(self, key: str, attempt: CheckoutAttempt) -> None:
-        await store.finish_attempt(self.redis, key, attempt)
+    async def save(self, intent: PaymentIntent) -> None:
+        await intents.save(self.redis, intent)
 
-    async def drop(self, key: str) -> None:
-        await store.drop_attempt(self.redis, key)
+    async def forget(self, intent: PaymentIntent) -> None:
+        await intents.forget(self.redis, intent)
+
+    async def take_lease(self, key: str, owner: str) -> bool:
+        return await intents.take_lease(self.redis, key, owner)
+
+    async def drop_lease(self, key: str) -> None:
+        await intents.drop_lease(self.redis, key)
 
     async def load_booking(self, booking_id: str) -> BookingRecord | None:
         return await store.load_booking(self.redis, booking_id)
@@ -83,12 +89,8 @@ class RedisCheckouts:
     async def after_booking(self, booking: BookingRecord) -> None:
         await lifecycle.after_confirm(self.svc, booking, publish_confirmed=False)
 
-    async def pending(self, hold: HoldRecord, auth: Authorisation, attempt: CheckoutAttempt,
-                      idem: str, *, email: str, name: str, customer_id: str | None,
-                      phone: str | None, id_number: str | None) -> tuple[int, bytes]:
-        return await lifecycle.start_pending(
-            self.svc, hold, auth, attempt, idem, email=email, name=name,
-            customer_id=customer_id, phone=phone, id_number=id_number)
+    async def pending(self, intent: PaymentIntent) -> None:
+        await lifecycle.start_pending(self.svc, intent)
 
     async def gateway_down(self, hold: HoldRecord, exc: Exception) -> Refused:
         return await lifecycle.gateway_down(self.svc, hold, exc)

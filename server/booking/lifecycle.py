@@ -66,15 +66,16 @@ from actors import commands as c
 from server.commerce import offers
 from server.commerce.quoting import promo_of
 from server.core.clock import as_utc, cmd_id, now_ms, utcnow
+from server.booking import intents
 from server.booking import records as store
+from server.booking.intents import PaymentIntent
 from server.core import outbox
-from server.booking.records import BookingRecord, BulkRecord, HoldRecord, PaymentInfo, bulk_key
+from server.booking.records import BookingRecord, BulkRecord, HoldRecord, bulk_key
 from server.catalog.model import Money, Show, catalog_key
 from server.core.circuit_breaker import CircuitOpen
 from server.core.errors import ApiError, error_response
 from server.commerce.payments import (
     GATEWAY_FAILURES,
-    Authorisation,
     GatewayTimeout,
     GatewayUnavailable,
     PaymentError,
@@ -228,50 +229,54 @@ def payref_key(ref: str) -> str:
 
 
 _pending_decoder = msgspec.json.Decoder(PendingPayment)
-_attempt_decoder = msgspec.json.Decoder(store.CheckoutAttempt)
 
 
-async def start_pending(svc: Services, hold: HoldRecord, auth: Authorisation,
-                        attempt: store.CheckoutAttempt, idem: str, *, email: str, name: str,
-                        customer_id: str | None = None, phone: str | None = None,
-                        id_number: str | None = None) -> tuple[int, bytes]:
-    lifetime_ms = hold.max_expires_ms - hold.created_ms
-    # Extended to its lifetime and locked: only the webhook's Confirm (or Release) ends it.
-    result = await svc.shows.submit(hold.show_id, c.Extend(
-        f"pending:{idem}", hold.hold_id, hold.token_hash, max(lifetime_ms, 1000),
-        lock=attempt.booking_id))
-    if isinstance(result, c.Extended):
-        hold.expires_ms = result.expires_at_ms
-    elif isinstance(result, c.Rejected) and result.code != "lifetime_exceeded":
-        await _refund_quietly(svc, auth.ref, f"void:{idem}")
-        payload = msgspec.json.encode({"error": {
+async def start_pending(svc: Services, intent: PaymentIntent) -> None:
+    """The gateway settles this payment later: the hold is extended to its lifetime and
+    locked (only the webhook's Confirm or Release ends it), the pending booking recorded,
+    and the intent answers 202 until the webhook settles it."""
+    assert intent.payment is not None
+    ref = intent.payment.ref
+    peek = await svc.shows.submit(intent.show_id, c.Peek(
+        f"peek:{intent.key}", intent.hold_id, intent.token_hash))
+    result: c.Result = peek
+    if isinstance(peek, c.HoldInfo):
+        lifetime_ms = peek.max_expires_ms - peek.created_ms
+        result = await svc.shows.submit(intent.show_id, c.Extend(
+            f"pending:{intent.key}", intent.hold_id, intent.token_hash, max(lifetime_ms, 1000),
+            lock=intent.booking_id))
+    if isinstance(result, c.Rejected) and result.code == "unavailable":
+        raise ApiError(503, "unavailable", "the show cannot be reached right now; retry "
+                       "with the same Idempotency-Key", retry_after_s=2)
+    if isinstance(result, c.Rejected) and result.code != "lifetime_exceeded":
+        await svc.payments.refund(ref, idempotency_key=f"void:{intent.key}")
+        intent.state, intent.status = "voided", 410
+        intent.body = msgspec.Raw(msgspec.json.encode({"error": {
             "code": "hold_expired", "message": "the hold's time is up; the payment was "
-            "refunded", "refunded": True, "seats": hold.seats}})
-        await store.finish_attempt(svc.redis, idem, msgspec.structs.replace(
-            attempt, state="done", status=410, body=msgspec.Raw(payload)))
-        return 410, payload
+            "refunded", "refunded": True, "seats": intent.seats}}))
+        await intents.save(svc.redis, intent)
+        return
+    expires_ms = result.expires_at_ms if isinstance(result, c.Extended | c.HoldInfo) else 0
     booking = BookingRecord(
-        booking_id=attempt.booking_id, show_id=hold.show_id, hold_id=hold.hold_id,
-        seats=hold.seats, quote=hold.quote,
-        payment=PaymentInfo(auth.ref, auth.card_token, auth.last4, auth.brand),
-        email=email, name=name, created_at=utcnow(), status="pending",
-        customer_id=customer_id, holder_hash=hold.token_hash, phone=phone,
-        id_number=id_number)
+        booking_id=intent.booking_id, show_id=intent.show_id, hold_id=intent.hold_id,
+        seats=intent.seats, quote=intent.quote, payment=intent.payment, email=intent.email,
+        name=intent.name, created_at=utcnow(), status="pending",
+        customer_id=intent.customer_id, holder_hash=intent.token_hash, phone=intent.phone,
+        id_number=intent.id_number)
     secret = svc.settings.secret
-    body = msgspec.json.encode(PendingCheckout(
-        "pending", booking.booking_id, booking_token(secret, booking.booking_id), hold.hold_id,
-        auth.ref, datetime.fromtimestamp(hold.expires_ms / 1000, UTC),
-        f"/api/bookings/{booking.booking_id}"))
-    done = msgspec.structs.replace(attempt, state="done", status=202, body=msgspec.Raw(body))
+    intent.state, intent.status = "pending", 202
+    intent.body = msgspec.Raw(msgspec.json.encode(PendingCheckout(
+        "pending", booking.booking_id, booking_token(secret, booking.booking_id),
+        intent.hold_id, ref, datetime.fromtimestamp(expires_ms / 1000, UTC),
+        f"/api/bookings/{booking.booking_id}")))
     async with svc.redis.pipeline(transaction=True) as pipe:
         pipe.set(store.booking_key(booking.show_id, booking.booking_id),
                  msgspec.json.encode(booking))
-        pipe.set(payref_key(auth.ref), msgspec.json.encode(PendingPayment(
-            auth.ref, hold.show_id, hold.hold_id, booking.booking_id, idem)),
+        pipe.set(payref_key(ref), msgspec.json.encode(PendingPayment(
+            ref, intent.show_id, intent.hold_id, booking.booking_id, intent.key)),
             ex=store.IDEMPOTENCY_TTL_S * 7)
-        pipe.set(idem, msgspec.json.encode(done), ex=store.IDEMPOTENCY_TTL_S)
         await pipe.execute()
-    return 202, body
+    await intents.save(svc.redis, intent)
 
 
 async def _refund_quietly(svc: Services, ref: str, key: str, amount: int | None = None) -> int:
@@ -283,12 +288,17 @@ async def _refund_quietly(svc: Services, ref: str, key: str, amount: int | None 
 
 
 async def _set_attempt(svc: Services, idem: str, status: int, body: bytes = b"null") -> None:
-    raw = await svc.redis.get(idem)
-    if raw is None:
+    """The pending payment's intent is settled: final, with this answer."""
+    intent = await intents.load(svc.redis, idem)
+    if intent is None:
         return
-    attempt = _attempt_decoder.decode(raw)
-    await store.finish_attempt(svc.redis, idem, msgspec.structs.replace(
-        attempt, state="done", status=status, body=msgspec.Raw(body)))
+    intent.state = "done" if status == 201 else "refunded" if status == 410 else "declined"
+    intent.status, intent.body, intent.updated_ms = status, msgspec.Raw(body), now_ms()
+    if status != 201 and intent.quote.promo_code and intent.promo_who is not None:
+        # no booking came of it: the promo use it consumed goes back
+        await offers.unconsume(svc.redis, intent.quote.promo_code, intent.hold_id,
+                               intent.promo_who)
+    await intents.save(svc.redis, intent)
 
 
 async def settle_payment(svc: Services, event: WebhookEvent) -> str:
@@ -311,7 +321,14 @@ async def settle_payment(svc: Services, event: WebhookEvent) -> str:
             return await _fail(svc, booking, pending, 402, "payment_failed",
                                "the payment failed; the seats were released", "failed")
         result = await svc.shows.submit(pending.show_id, c.Confirm(
-            f"confirm:{pending.idem}", pending.hold_id, token, booking.booking_id, event.ref))
+            f"confirm:{pending.idem}", pending.hold_id, token, booking.booking_id, event.ref,
+            booking=intents.facts_encoder.encode(intents.BookingFacts(
+                booking.email, booking.name, booking.payment,
+                int(booking.created_at.timestamp() * 1000), booking.customer_id,
+                booking.phone, booking.id_number))))
+        if isinstance(result, c.Rejected) and result.code == "unavailable":
+            raise ApiError(503, "unavailable", "the show cannot be reached right now",
+                           retry_after_s=2)
         if isinstance(result, c.Rejected):
             await _refund_quietly(svc, event.ref, f"void:{pending.idem}")
             return await _fail(svc, booking, pending, 410, "hold_expired",
@@ -420,6 +437,27 @@ def checkin_key(show_id: str, booking_id: str) -> str:
     return f"checkin:{{{show_id}}}:{booking_id}"
 
 
+def cancel_decided_key(show_id: str, booking_id: str) -> str:
+    """Set once a cancellation has begun (its refund may be made): no check-in after it."""
+    return f"cancel_decided:{{{show_id}}}:{booking_id}"
+
+
+# KEYS: check-in, cancel decided. ARGV: refuse if admitted (1/0), TTL s. 1 decided, 0 not.
+_DECIDE_CANCEL = """
+if ARGV[1] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('SET', KEYS[2], '1', 'EX', ARGV[2])
+return 1
+"""
+
+# KEYS: check-in, cancel decided. ARGV: the admission, TTL s. 1 admitted, 0 cancelled,
+# -1 admitted before.
+_ADMIT = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return 1 end
+return -1
+"""
+
+
 async def load_cancellation(redis: aioredis.Redis, booking: BookingRecord
                             ) -> Cancellation | None:
     raw = await redis.get(cancellation_key(booking.show_id, booking.booking_id))
@@ -454,6 +492,15 @@ async def cancel_booking(svc: Services, booking: BookingRecord, *, by: Cancelled
     lock = f"cancelling:{{{booking.show_id}}}:{booking.booking_id}"
     if not await svc.redis.set(lock, "1", nx=True, ex=LOCK_TTL_S):
         raise ApiError(409, "cancellation_in_progress", "this booking is being cancelled")
+    # Decided against a check-in in one atomic step: of a scan and a customer's cancel,
+    # exactly one wins (the partner and a cancelled show refund even an admitted ticket).
+    decided = await svc.redis.eval(
+        _DECIDE_CANCEL, 2, checkin_key(booking.show_id, booking.booking_id),
+        cancel_decided_key(booking.show_id, booking.booking_id),
+        "1" if by == "customer" else "0", CHECKIN_TTL_S)
+    if decided == 0:
+        await svc.redis.delete(lock)
+        raise ApiError(409, "already_admitted", "this ticket was used at the door")
     caller = booking
     try:
         fresh = await store.load_booking(svc.redis, booking.booking_id) or booking
@@ -471,8 +518,12 @@ async def cancel_booking(svc: Services, booking: BookingRecord, *, by: Cancelled
                 refunded = await svc.payment_guard.call(lambda: svc.payments.refund(
                     booking.payment.ref, amount, idempotency_key=key))
             except GATEWAY_FAILURES as exc:
+                if not isinstance(exc, GatewayTimeout):  # surely not refunded: undecided
+                    await svc.redis.delete(cancel_decided_key(booking.show_id,
+                                                              booking.booking_id))
                 raise gateway_retry(exc, svc) from None
             except PaymentError as exc:
+                await svc.redis.delete(cancel_decided_key(booking.show_id, booking.booking_id))
                 raise ApiError(409, exc.code, exc.message) from None
         token = booking.holder_hash
         result = await svc.shows.submit(booking.show_id, c.Cancel(key, booking.booking_id,
@@ -609,7 +660,12 @@ async def check_in(svc: Services, partner_id: str, code: str) -> Admission:
     admission = Admission(booking.booking_id, booking.show_id, booking.seats, booking.name,
                           utcnow())
     key = checkin_key(booking.show_id, booking.booking_id)
-    if not await svc.redis.set(key, msgspec.json.encode(admission), nx=True, ex=CHECKIN_TTL_S):
+    admitted = await svc.redis.eval(_ADMIT, 2, key,
+                                    cancel_decided_key(booking.show_id, booking.booking_id),
+                                    msgspec.json.encode(admission), CHECKIN_TTL_S)
+    if admitted == 0:
+        raise ApiError(409, "booking_cancelled", "this booking is being cancelled or was")
+    if admitted == -1:
         raw = await svc.redis.get(key)
         first = msgspec.json.decode(raw, type=Admission) if raw else admission
         raise ApiError(409, "already_admitted", "this ticket was admitted already",

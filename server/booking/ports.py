@@ -10,10 +10,11 @@ from typing import TYPE_CHECKING, Protocol
 from actors import commands as c
 
 if TYPE_CHECKING:
-    from server.booking.records import BookingRecord, BulkRecord, CheckoutAttempt, HoldRecord
+    from server.booking.intents import PaymentIntent
+    from server.booking.records import BookingRecord, BulkRecord, HoldRecord
     from server.catalog.model import Show
     from server.catalog.show_cache import CachedShow
-    from server.commerce.payments import Authorisation, GatewayGuard, PaymentGateway
+    from server.commerce.payments import GatewayGuard, PaymentGateway
     from server.commerce.pricing import Offer, PricingConfig, PromoCode
     from server.core.refusals import Refused
     from server.core.settings import Settings
@@ -55,29 +56,37 @@ class Promos(Protocol):
 
 
 class Checkouts(Protocol):
-    """Checkout's records: the idempotency-key attempts, the booking and its events, and
-    the slower paths the booking lifecycle owns (pending payments, a gateway outage)."""
+    """Checkout's records: the payment intents (booking/intents.py), the booking and its
+    events, and the slower paths the booking lifecycle owns (pending payments, a gateway
+    outage)."""
 
-    async def claim(self, key: str, attempt: CheckoutAttempt) -> CheckoutAttempt | None: ...
+    async def claim(self, intent: PaymentIntent) -> PaymentIntent | None:
+        """Write a new intent (None), or return the one that has its key already; raises
+        `intents.Busy` while another key checks the same hold out."""
 
-    async def earlier(self, key: str) -> CheckoutAttempt | None:
-        """The attempt under `key`, if any (read only)."""
+    async def load(self, key: str) -> PaymentIntent | None: ...
 
-    async def finish(self, key: str, attempt: CheckoutAttempt) -> None: ...
+    async def save(self, intent: PaymentIntent) -> None: ...
 
-    async def drop(self, key: str) -> None: ...
+    async def forget(self, intent: PaymentIntent) -> None:
+        """Nothing happened under this key: drop the intent, free the key and the hold."""
+
+    async def take_lease(self, key: str, owner: str) -> bool: ...
+
+    async def drop_lease(self, key: str) -> None: ...
 
     async def load_booking(self, booking_id: str) -> BookingRecord | None: ...
 
     async def booked(self, booking: BookingRecord) -> None:
-        """Save the booking, link it to its customer, publish `booking.confirmed`."""
+        """Save the booking, link it to its customer, publish `booking.confirmed`: each
+        idempotent (the event id is the booking's)."""
 
     async def after_booking(self, booking: BookingRecord) -> None:
         """Sold out now? Show cancelled meanwhile (then the booking is refunded)?"""
 
-    async def pending(self, hold: HoldRecord, auth: Authorisation, attempt: CheckoutAttempt,
-                      idem: str, *, email: str, name: str, customer_id: str | None,
-                      phone: str | None, id_number: str | None) -> tuple[int, bytes]: ...
+    async def pending(self, intent: PaymentIntent) -> None:
+        """An asynchronous payment: lock the hold for it, record the pending booking, and
+        move the intent to `pending` (its webhook settles it)."""
 
     async def gateway_down(self, hold: HoldRecord, exc: Exception) -> Refused: ...
 

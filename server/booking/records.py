@@ -5,8 +5,8 @@
   answers it to its holder (`c.Peek`).
 - `BookingRecord` (`booking:{<show>}:<booking_id>`): written at checkout. It keeps the
   gateway's card token and the last four digits, never the card number.
-- Checkout idempotency (`idem:{<show>}:<hold_id>:<sha256(key)>`): claimed with SET NX before
-  paying, overwritten with the final answer after.
+- Checkout idempotency (`idem:{<show>}:<hold_id>:<sha256(key)>`): the checkout's payment
+  intent (booking/intents.py), written before paying, final answer included.
 
 Keys carry the show's hash tag, like the actor's keys, so a show's data stays on one shard.
 """
@@ -23,7 +23,6 @@ from server.catalog.model import Money
 from server.commerce import pricing
 
 IDEMPOTENCY_TTL_S = 24 * 3600
-PENDING_TTL_S = 120                       # a crashed checkout's claim frees itself
 
 
 def token_hash(token: str) -> str:
@@ -117,50 +116,9 @@ async def load_booking(redis: aioredis.Redis, booking_id: str) -> BookingRecord 
 
 # --- checkout idempotency --------------------------------------------------------------
 
-class CheckoutAttempt(msgspec.Struct):
-    """`pending` while paying (holds the booking id chosen for this attempt); then the
-    final answer: HTTP status and JSON body, replayed for a retry with the same key."""
-
-    state: Literal["pending", "done"]
-    booking_id: str
-    fingerprint: str
-    status: int = 0
-    body: msgspec.Raw = msgspec.Raw(b"null")
-
-
 def idempotency_key(show_id: str, hold_id: str, key: str) -> str:
+    """Where a checkout's payment intent lives (booking/intents.py)."""
     return f"idem:{{{show_id}}}:{hold_id}:{hashlib.sha256(key.encode()).hexdigest()}"
-
-
-_attempt_decoder = msgspec.json.Decoder(CheckoutAttempt)
-
-
-async def claim_attempt(
-    redis: aioredis.Redis, key: str, attempt: CheckoutAttempt
-) -> CheckoutAttempt | None:
-    """Claim `key` for a new attempt (None), or return the attempt that already has it."""
-    if await redis.set(key, msgspec.json.encode(attempt), nx=True, ex=PENDING_TTL_S):
-        return None
-    raw = await redis.get(key)
-    if raw is None:  # the other claim just lapsed: try once more
-        if await redis.set(key, msgspec.json.encode(attempt), nx=True, ex=PENDING_TTL_S):
-            return None
-        raw = await redis.get(key)
-    return _attempt_decoder.decode(raw) if raw else attempt
-
-
-async def load_attempt(redis: aioredis.Redis, key: str) -> CheckoutAttempt | None:
-    raw = await redis.get(key)
-    return _attempt_decoder.decode(raw) if raw else None
-
-
-async def finish_attempt(redis: aioredis.Redis, key: str, attempt: CheckoutAttempt) -> None:
-    await redis.set(key, msgspec.json.encode(attempt), ex=IDEMPOTENCY_TTL_S)
-
-
-async def drop_attempt(redis: aioredis.Redis, key: str) -> None:
-    """Forget a claim whose request was rejected before anything happened (e.g. 422)."""
-    await redis.delete(key)
 
 
 # --- bulk bookings (a partner's, invoiced) ---------------------------------------------------

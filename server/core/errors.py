@@ -45,7 +45,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except Refused as exc:  # ApiError too
-        return error_response(exc.status, exc.code, exc.message, **exc.details)
+        resp = error_response(exc.status, exc.code, exc.message, **exc.details)
+        if exc.status == 503:  # an outage: say when to come back
+            resp.headers.setdefault("Retry-After", str(exc.details.get("retry_after_s", 1)))
+        return resp
     except msgspec.ValidationError as exc:
         return error_response(422, "invalid", str(exc))
     except msgspec.DecodeError as exc:

@@ -1,17 +1,21 @@
-"""Bring up what the web tier needs: Redis (embedded unless given) and Ray (local unless given)."""
+"""Bring up what the web tier needs: Redis (embedded unless given), the sandbox payment
+gateway (its own process unless a gateway URL is given) and Ray (local unless given)."""
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import msgspec
 import ray
 
 from actors import redis_conn
 from actors.pool import NAMESPACE
 
-from server.core.embedded import RedisServer
+from server.core.embedded import RedisServer, SandboxGatewayServer
 from server.core.settings import Settings
 from server.core.embedded import free_port
 
@@ -22,6 +26,7 @@ class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.redis_server: RedisServer | None = None
+        self.gateway_server: SandboxGatewayServer | None = None
         self.redis_url = settings.redis_url or ""
 
     def start(self) -> Runtime:
@@ -33,6 +38,7 @@ class Runtime:
         else:
             # Started side by side (Procfile): wait for Redis rather than fail.
             _retry(lambda: redis_conn.sync_client(self.redis_url).ping(), "Redis")
+        self._gateway()
         if not ray.is_initialized():
             if self.settings.ray_address:
                 _retry(lambda: ray.init(address=self.settings.ray_address, namespace=NAMESPACE),
@@ -41,9 +47,28 @@ class Runtime:
                 ray.init(namespace=NAMESPACE, include_dashboard=False, log_to_driver=False)
         return self
 
+    def _gateway(self) -> None:
+        """No gateway URL: the sandbox gateway in its own process, its ledger in data_dir
+        (a real deployment names its gateway with BMM_GATEWAY_URL)."""
+        s = self.settings
+        secret = s.gateway_webhook_secret or hmac.new(
+            s.secret.encode(), b"sandbox gateway webhooks", hashlib.sha256).hexdigest()
+        url = s.gateway_url
+        if not url:
+            data = Path(s.data_dir) / "gateway"
+            self.gateway_server = SandboxGatewayServer(
+                data, port=_port_from(data), webhook_secret=secret,
+                webhook_url=f"http://127.0.0.1:{s.port}/api/payments/webhook").start()
+            url = self.gateway_server.url
+            log.info("sandbox payment gateway at %s, ledger in %s", url, data)
+        self.settings = msgspec.structs.replace(s, gateway_url=url,
+                                                gateway_webhook_secret=secret)
+
     def stop(self) -> None:
         if ray.is_initialized():
             ray.shutdown()
+        if self.gateway_server:
+            self.gateway_server.stop()
         if self.redis_server:
             self.redis_server.stop()
 

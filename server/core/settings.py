@@ -82,6 +82,15 @@ class Settings(msgspec.Struct, frozen=True):
     hold_latency_target_ms: float = 0.0
     hold_cap_seats: int = 10           # seats one customer may hold at once on a show (0 = off)
     admission_ttl_s: int = 900         # how long a waiting-room admission stays valid
+    # Payments: the gateway's HTTP API (None: `python -m server` starts the sandbox
+    # gateway process, server/sandbox) and the secret its webhooks are signed with.
+    gateway_url: str | None = None
+    gateway_webhook_secret: str = ""
+    reconcile: bool = True             # run the payment reconciler here (booking/reconciler.py)
+    reconcile_after_s: float = 30.0    # an open intent untouched this long is the reconciler's
+    # Tests only: the checkout step after which this process kills itself with SIGKILL
+    # (checkout.CRASH_POINTS), to prove the reconciler repairs a crash at every step.
+    crash_at: str = ""
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -113,6 +122,11 @@ class Settings(msgspec.Struct, frozen=True):
             "hosts_per_node": os.environ.get("BMM_HOSTS_PER_NODE"),
             "access_log_every": os.environ.get("BMM_ACCESS_LOG_EVERY"),
             "uvloop": os.environ.get("BMM_UVLOOP"),
+            "gateway_url": os.environ.get("BMM_GATEWAY_URL"),
+            "gateway_webhook_secret": os.environ.get("BMM_GATEWAY_WEBHOOK_SECRET"),
+            "reconcile": os.environ.get("BMM_RECONCILE"),
+            "reconcile_after_s": os.environ.get("BMM_RECONCILE_AFTER_S"),
+            "crash_at": os.environ.get("BMM_CRASH_AT"),
         }
         env.update({name: os.environ.get("BMM_" + name.upper()) for name in _ON_SALE})
         sentinels = os.environ.get("BMM_REDIS_SENTINELS")

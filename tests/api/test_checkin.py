@@ -79,3 +79,26 @@ async def test_forged_foreign_and_cancelled_tickets_are_refused(api, redis, app_
         assert resp.status == 200
     status, got = await scan(api, partner.headers, code)
     assert (status, got["error"]["code"]) == (409, "booking_cancelled")
+
+
+async def test_a_scan_and_a_cancel_at_the_same_moment_never_both_win(api, redis):
+    # The review's race: a scan between the cancel's check and its refund gave both an
+    # admission and a refund. Now one atomic step decides: exactly one of them wins.
+    show_id, partner = await publish_show_via_feed(api)
+    outcomes = []
+    for seat in ("D1", "D2", "D3", "D4", "D5", "D6"):
+        b = await booked(api, show_id, [seat])
+
+        async def cancel() -> int:
+            async with api.post(f"/api/bookings/{b['booking_id']}/cancel",
+                                headers={"X-Booking-Token": b["booking_token"]}) as resp:
+                return resp.status
+
+        scans, cancels = await asyncio.gather(
+            asyncio.gather(*(scan(api, partner.headers, b["ticket"]["code"]) for _ in range(4))),
+            asyncio.gather(*(cancel() for _ in range(2))))
+        admitted = [s for s, _ in scans].count(200)
+        cancelled = cancels.count(200)
+        assert admitted + cancelled == 1, (scans, cancels)
+        outcomes.append("admitted" if admitted else "cancelled")
+    print(outcomes)

@@ -12,7 +12,8 @@ from aiohttp.test_utils import TestServer
 
 from actors.layout import Rules
 from server.appkeys import SERVICES
-from server.commerce.payments import Authorisation, CardDetails, SandboxGateway
+from server.commerce.gateway_client import HttpGateway
+from server.commerce.payments import Authorisation, CardDetails
 from server.booking.tickets import booking_token, verify_ticket
 
 from .builders import DECLINED_CARD, GOOD_CARD, publish_show, wait_for_status
@@ -20,7 +21,7 @@ from .builders import DECLINED_CARD, GOOD_CARD, publish_show, wait_for_status
 BUYER = {"email": "asha@example.com", "name": "Asha Rao"}
 
 
-def gateway(server: TestServer) -> SandboxGateway:
+def gateway(server: TestServer) -> HttpGateway:
     return server.app[SERVICES].payments
 
 
@@ -59,7 +60,7 @@ async def test_checkout_books_the_seats_and_issues_an_e_ticket(api, redis, serve
     st = await seat_status(api, pub.show_id)
     assert st["A4"] == st["C4"] == "booked"
 
-    ledger = gateway(server).entries(b["payment"]["ref"])
+    ledger = await gateway(server).entries(b["payment"]["ref"])
     assert [e.kind for e in ledger] == ["authorise", "capture"]
     assert ledger[0].amount == 70000
 
@@ -96,7 +97,7 @@ async def test_same_idempotency_key_gets_the_same_booking_and_one_charge(api, re
     second = await checkout(api, h, key=key)
     assert first[0] == second[0] == 201
     assert first[1] == second[1]
-    charges = [e for e in gateway(server).ledger
+    charges = [e for e in (await gateway(server).entries())
                if e.kind == "authorise" and e.ref == first[1]["payment"]["ref"]]
     assert len(charges) == 1
 
@@ -113,7 +114,7 @@ async def test_concurrent_retries_with_one_key_charge_once(api, redis, server):
             assert body["error"]["code"] == "checkout_in_progress"
     booking_ids = {b["booking_id"] for s, b in results if s == 201}
     assert len(booking_ids) == 1
-    charges = [e for e in gateway(server).ledger
+    charges = [e for e in (await gateway(server).entries())
                if e.kind == "authorise" and h["hold_id"] in e.idempotency_key]
     assert len(charges) == 1
 
@@ -137,7 +138,7 @@ async def test_declined_card_is_402_and_the_hold_stays(api, redis, server):
     assert (await seat_status(api, pub.show_id))["C8"] == "held"
     # The same key answers the same decline; a new attempt (new key) with a good card books.
     assert (await checkout(api, h, card=DECLINED_CARD, key=key))[0] == 402
-    assert len([e for e in gateway(server).ledger
+    assert len([e for e in (await gateway(server).entries())
                 if e.kind == "decline" and e.idempotency_key.startswith(f"idem:{{{pub.show_id}}}")]) == 1
     status, booking = await checkout(api, h)
     assert status == 201, booking
@@ -152,7 +153,7 @@ async def test_invalid_card_is_422_and_leaves_the_key_free(api, redis, server):
     assert (status, body["error"]["code"]) == (422, "card_invalid")
     status, body = await checkout(api, h, card={**GOOD_CARD, "exp_year": 2001}, key=key)
     assert (status, body["error"]["code"]) == (422, "card_expired")
-    assert not [e for e in gateway(server).ledger if pub.show_id in e.idempotency_key]
+    assert not [e for e in (await gateway(server).entries()) if pub.show_id in e.idempotency_key]
     assert (await checkout(api, h, key=key))[0] == 201
 
 
@@ -195,14 +196,15 @@ async def test_checkout_of_an_expired_hold_is_410_without_a_charge(api, redis, s
     await wait_for_status(redis, pub.show_id, ["D3"], "free")
     status, body = await checkout(api, h)
     assert (status, body["error"]["code"]) == (410, "hold_expired")
-    assert not [e for e in gateway(server).ledger if pub.show_id in e.idempotency_key]
+    assert not [e for e in (await gateway(server).entries()) if pub.show_id in e.idempotency_key]
 
 
-class ExpiresWhilePaying(SandboxGateway):
+class ExpiresWhilePaying(HttpGateway):
     """The real sandbox, except authorising takes until the hold's seats are freed."""
 
-    def __init__(self, redis: aioredis.Redis, show_id: str, seats: list[str]) -> None:
-        super().__init__()
+    def __init__(self, real: HttpGateway, redis: aioredis.Redis, show_id: str,
+                 seats: list[str]) -> None:
+        super().__init__(real.base_url, "")
         self.redis, self.show_id, self.seats = redis, show_id, seats
 
     async def authorise(self, *, amount: int, currency: str, card: CardDetails,
@@ -216,18 +218,20 @@ class ExpiresWhilePaying(SandboxGateway):
 async def test_hold_expiring_during_payment_is_refunded_and_410(api, redis, server):
     pub = await publish_show(redis, rules=Rules(hold_ttl_ms=1500))
     h = await hold(api, pub.show_id, ["E7", "E8"])
-    slow = ExpiresWhilePaying(redis, pub.show_id, ["E7", "E8"])
     services = server.app[SERVICES]
+    slow = ExpiresWhilePaying(services.payments, redis, pub.show_id, ["E7", "E8"])
     services.payments, original = slow, services.payments
     try:
         status, body = await checkout(api, h)
     finally:
         services.payments = original
+        await slow.close()
     assert (status, body["error"]["code"]) == (410, "hold_expired")
     assert body["error"]["refunded"] is True
-    [auth] = slow.entries(kind="authorise")
-    assert [e.kind for e in slow.entries(auth.ref)] == ["authorise", "void"]
-    assert slow.state(auth.ref) == "voided"
+    [auth] = [e for e in await original.entries(kind="authorise")
+              if e.idempotency_key.startswith(f"idem:{{{pub.show_id}}}")]
+    assert [e.kind for e in await original.entries(auth.ref)] == ["authorise", "void"]
+    assert await original.state(auth.ref) == "voided"
     st = await seat_status(api, pub.show_id)
     assert st["E7"] == st["E8"] == "free"
 

@@ -11,14 +11,14 @@ from aiohttp.test_utils import TestServer
 from actors.layout import grid_layout
 from server.core import outbox
 from server.appkeys import SERVICES
-from server.commerce.payments import SandboxGateway
+from server.commerce.gateway_client import HttpGateway
 
 from .builders import publish_show, publish_show_via_feed
 from .catalog_helpers import new_partner
 from .test_checkout import checkout, hold, seat_status
 
 
-def gateway(server: TestServer) -> SandboxGateway:
+def gateway(server: TestServer) -> HttpGateway:
     return server.app[SERVICES].payments
 
 
@@ -65,7 +65,7 @@ async def test_customer_cancel_refunds_per_the_default_policy(api, redis, server
     assert got["refund_percent"] == percent
     assert got["refund"] == {"amount": total * percent // 100, "currency": "INR"}
     ref = b["payment"]["ref"]
-    refunds = gateway(server).entries(ref, "refund")
+    refunds = await gateway(server).entries(ref, "refund")
     assert [e.amount for e in refunds] == ([total * percent // 100] if percent else [])
     st = await seat_status(api, pub.show_id)
     assert st["A2"] == st["C2"] == "free"  # back on sale
@@ -77,7 +77,7 @@ async def test_customer_cancel_refunds_per_the_default_policy(api, redis, server
     # Cancelling again changes nothing; another booking's token cannot cancel this one.
     status, again = await cancel(api, b)
     assert (status, again["error"]["code"]) == (409, "booking_cancelled")
-    assert len(gateway(server).entries(ref, "refund")) == len(refunds)
+    assert len(await gateway(server).entries(ref, "refund")) == len(refunds)
 
 
 async def test_cancel_needs_the_booking_token(api, redis):
@@ -132,7 +132,7 @@ async def test_partner_cancelling_a_show_cancels_and_refunds_every_booking(api, 
     gw = gateway(server)
     for b in (b1, b2):
         assert (await get_booking(api, b))["status"] == "cancelled"
-        [refund] = gw.entries(b["payment"]["ref"], "refund")
+        [refund] = await gw.entries(b["payment"]["ref"], "refund")
         assert refund.amount == b["amount"]["amount"]  # in full, whatever the policy
     view = await seat_status(api, show_id)
     assert all(view[s] == "free" for s in ("A1", "A2", "D4", "B1", "C3"))
@@ -150,7 +150,7 @@ async def test_partner_cancelling_a_show_cancels_and_refunds_every_booking(api, 
     # Repeating the request is safe: no second refund, no second notice.
     status, _ = await partner.call("DELETE", f"/partner/v1/shows/{show_id}")
     assert status == 200
-    assert len(gw.entries(b1["payment"]["ref"], "refund")) == 1
+    assert len(await gw.entries(b1["payment"]["ref"], "refund")) == 1
     assert len(await events(redis, show_id, "show.cancelled")) == 1
 
 
@@ -219,8 +219,8 @@ async def test_bulk_cancellation_frees_every_seat(api, redis, server):
     assert all(view[s] == "free" for s in bulk["seats"])
     cancelled = await events(redis, show_id, "booking.cancelled")
     assert len(cancelled) == len(bulk["bookings"])
-    assert not gateway(server).entries(kind="refund") or all(
-        not e.ref.startswith("inv_") for e in gateway(server).entries(kind="refund"))
+    assert not await gateway(server).entries(kind="refund") or all(
+        not e.ref.startswith("inv_") for e in await gateway(server).entries(kind="refund"))
 
 
 # --- sold out ---------------------------------------------------------------------------------

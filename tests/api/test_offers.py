@@ -296,3 +296,41 @@ async def test_offer_endpoints_are_in_the_openapi_document(api):
     for path in ("/partner/v1/offers", "/partner/v1/promo-codes", "/admin/v1/offers",
                  "/admin/v1/promo-codes/{code}/disable"):
         assert path in paths
+
+
+async def test_two_checkouts_of_one_hold_cannot_reuse_a_one_use_code(api, redis, server):
+    # The review's H2, as it reproduced it: attempt A with the timeout card holds its
+    # consumption for the guard's timeout while attempt B (another key) checks out the
+    # same hold; A then fails. Before, B booked with the discount and the use count was
+    # back at 0. Now B waits for A's answer, and the booking that uses the code counts.
+    from server.appkeys import SERVICES
+    from server.commerce.payments import TIMES_OUT, GatewayGuard
+
+    server.app[SERVICES].payment_guard = GatewayGuard(timeout_s=1.0)
+    partner, show_id = await partner_show(api)
+    code = f"ONCE{uuid.uuid4().hex[:6]}".upper()
+    status, _ = await partner.call("POST", "/partner/v1/promo-codes", {
+        "code": code, "name": "one use", "percent_off": 50, "max_uses": 1})
+    assert status == 201
+    status, h = await hold(api, show_id, ["A5"], promo_code=code, email="a@b.co")
+    assert status == 201, h
+
+    def pay(card: dict, key: str):  # type: ignore[no-untyped-def]
+        return post(api, f"/api/holds/{h['hold_id']}/checkout",
+                    {"card": card, "email": "a@b.co", "name": "A Buyer"},
+                    {"X-Holder-Token": h["holder_token"], "Idempotency-Key": key})
+
+    lock = f"checkout:{{{show_id}}}:{h['hold_id']}"
+    first = asyncio.create_task(pay({**GOOD_CARD, "number": TIMES_OUT}, "kA"))
+    while not await redis.exists(lock):  # A has claimed the hold (its intent is written)
+        await asyncio.sleep(0.01)
+    status, body = await pay(GOOD_CARD, "kB")
+    assert (status, body["error"]["code"]) == (409, "checkout_in_progress"), body
+    status, body = await first
+    assert (status, body["error"]["code"]) == (503, "payment_timeout"), body
+    status, booking = await pay(GOOD_CARD, "kB")  # A is finished first (abandoned)
+    assert status == 201, booking
+    assert booking["amount"]["amount"] == h["quote"]["total"]
+    assert h["quote"]["lines"][0]["discount"] > 0 and h["quote"]["promo_code"] == code
+    view = await promo_view(partner, code)
+    assert (view["used"], view["reserved"]) == (1, 0)

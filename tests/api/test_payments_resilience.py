@@ -3,10 +3,12 @@ down (circuit breaker opens, 503 fast with Retry-After, hold extended, half-open
 pending payments settled by a signed webhook, and no card number stored or logged."""
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
 from datetime import datetime
+from pathlib import Path
 
 import msgspec
 from aiohttp.test_utils import TestServer
@@ -14,14 +16,15 @@ from aiohttp.test_utils import TestServer
 from actors.layout import Rules
 from server.core import outbox
 from server.appkeys import SERVICES
+from server.commerce.gateway_client import HttpGateway
 from server.commerce.payments import (
     PENDING,
     TIMES_OUT,
     WEBHOOK_HEADER,
     GatewayGuard,
-    SandboxGateway,
     sign_webhook,
 )
+from server.core.embedded import SandboxGatewayServer
 
 from .builders import DECLINED_CARD, GOOD_CARD, publish_show, wait_for_status
 from .test_checkout import BUYER, hold, seat_status
@@ -30,8 +33,18 @@ TIMEOUT_CARD = {**GOOD_CARD, "number": TIMES_OUT}
 PENDING_CARD = {**GOOD_CARD, "number": PENDING}
 
 
-def gateway(server: TestServer) -> SandboxGateway:
+def gateway(server: TestServer) -> HttpGateway:
     return server.app[SERVICES].payments
+
+
+class CountingGateway(HttpGateway):
+    """The real client to a gateway process, counting the calls it tries."""
+
+    calls = 0
+
+    async def _call(self, *args, **kw):  # type: ignore[no-untyped-def]
+        self.calls += 1
+        return await super()._call(*args, **kw)
 
 
 class FakeClock:
@@ -86,61 +99,80 @@ async def test_gateway_timeout_is_503_with_retry_after_and_the_hold_is_extended(
     assert int(headers["Retry-After"]) >= 1
     assert iso(body["error"]["hold_expires_at"]) > iso(h["expires_at"])
     assert (await seat_status(api, pub.show_id))["A1"] == "held"
-    assert not [e for e in gateway(server).ledger if pub.show_id in e.idempotency_key]
-    # Nothing was remembered under the key: a retry with it (and a working card) books.
-    status, booking, _ = await pay(api, h, GOOD_CARD, key)
+    assert not [e for e in await gateway(server).entries() if pub.show_id in e.idempotency_key]
+    # The outcome under that key is unknown (a real gateway may still answer it), so the
+    # key stays with its attempt: the same request again is 503 again, quickly...
+    assert (await pay(api, h, TIMEOUT_CARD, key))[0] == 503
+    # ...and a new attempt (a new key, a working card) first asks the gateway what became
+    # of the first (nothing: it is abandoned), then books.
+    status, booking, _ = await pay(api, h, GOOD_CARD)
     assert status == 201, booking
     assert (await seat_status(api, pub.show_id))["A1"] == "booked"
+    status, first, _ = await pay(api, h, TIMEOUT_CARD, key)
+    assert (status, first["error"]["code"]) == (409, "checkout_abandoned")
 
 
 # --- gateway down: the circuit breaker ------------------------------------------------------
 
 async def test_gateway_down_opens_the_breaker_503_fast_hold_extended_then_half_open_recovery(
-        api, redis, server):
+        api, redis, server, tmp_path: Path):
     clock = FakeClock()
     guard = use_guard(server, timeout_s=5, failure_threshold=3, cooldown_s=30, clock=clock)
-    gw = gateway(server)
-    gw.down = True
-    pub = await publish_show(redis)
-    h = await hold(api, pub.show_id, ["B3", "B4"])
-    expiries = [iso(h["expires_at"])]
+    # A gateway process of this test's own, stopped: connections are refused.
+    own = SandboxGatewayServer(tmp_path / "gateway", webhook_secret="whsec_own")
+    await asyncio.to_thread(own.start)
+    gw = CountingGateway(own.url, own.webhook_secret)
+    services = server.app[SERVICES]
+    services.payments, original = gw, services.payments
+    await asyncio.to_thread(own.stop)
+    try:
+        pub = await publish_show(redis)
+        h = await hold(api, pub.show_id, ["B3", "B4"])
+        expiries = [iso(h["expires_at"])]
 
-    for _ in range(3):  # each of these reaches the gateway and fails
+        for _ in range(3):  # each of these reaches for the gateway and fails
+            status, body, headers = await pay(api, h)
+            assert (status, body["error"]["code"]) == (503, "payments_unavailable"), body
+            assert "Retry-After" in headers
+            expiries.append(iso(body["error"]["hold_expires_at"]))
+        assert gw.calls == 3
+        assert guard.breaker.state == "open"
+        assert expiries == sorted(expiries) and expiries[-1] > expiries[0]  # extended each time
+
+        # Open: answered at once, the gateway is not called, the hold is extended again.
+        started = time.monotonic()
         status, body, headers = await pay(api, h)
-        assert (status, body["error"]["code"]) == (503, "payments_unavailable"), body
-        assert "Retry-After" in headers
-        expiries.append(iso(body["error"]["hold_expires_at"]))
-    assert gw.calls == 3
-    assert guard.breaker.state == "open"
-    assert expiries == sorted(expiries) and expiries[-1] > expiries[0]  # extended each time
+        assert time.monotonic() - started < 1.0
+        assert (status, body["error"]["code"]) == (503, "payments_unavailable")
+        assert headers["Retry-After"] == "30" and body["error"]["retry_after_s"] == 30
+        assert gw.calls == 3
+        assert iso(body["error"]["hold_expires_at"]) > expiries[-1]
+        st = await seat_status(api, pub.show_id)
+        assert st["B3"] == st["B4"] == "held"  # not lost
 
-    # Open: answered at once, the gateway is not called, the hold is extended again.
-    started = time.monotonic()
-    status, body, headers = await pay(api, h)
-    assert time.monotonic() - started < 1.0
-    assert (status, body["error"]["code"]) == (503, "payments_unavailable")
-    assert headers["Retry-After"] == "30" and body["error"]["retry_after_s"] == 30
-    assert gw.calls == 3
-    assert iso(body["error"]["hold_expires_at"]) > expiries[-1]
-    st = await seat_status(api, pub.show_id)
-    assert st["B3"] == st["B4"] == "held"  # not lost
+        # Cool-down over, still down: the one half-open trial fails and the breaker re-opens.
+        clock.now += 30
+        assert guard.breaker.state == "half_open"
+        status, body, _ = await pay(api, h)
+        assert status == 503 and gw.calls == 4 and guard.breaker.state == "open"
+        status, body, _ = await pay(api, h)
+        assert status == 503 and gw.calls == 4  # fast again
 
-    # Cool-down over, still down: the one half-open trial fails and the breaker re-opens.
-    clock.now += 30
-    assert guard.breaker.state == "half_open"
-    status, body, _ = await pay(api, h)
-    assert status == 503 and gw.calls == 4 and guard.breaker.state == "open"
-    status, body, _ = await pay(api, h)
-    assert status == 503 and gw.calls == 4  # fast again
-
-    # The gateway is back; after the next cool-down the trial succeeds and closes it.
-    gw.down = False
-    clock.now += 30
-    status, booking, _ = await pay(api, h)
-    assert status == 201, booking
-    assert guard.breaker.state == "closed"
-    st = await seat_status(api, pub.show_id)
-    assert st["B3"] == st["B4"] == "booked"
+        # The gateway is back (same port, same ledger); after the next cool-down the
+        # trial succeeds and closes it.
+        await asyncio.to_thread(own.start)
+        clock.now += 30
+        status, booking, _ = await pay(api, h)
+        assert status == 201, booking
+        assert guard.breaker.state == "closed"
+        st = await seat_status(api, pub.show_id)
+        assert st["B3"] == st["B4"] == "booked"
+        assert [e.kind for e in await gw.entries(booking["payment"]["ref"])] == [
+            "authorise", "capture"]
+    finally:
+        services.payments = original
+        await gw.close()
+        await asyncio.to_thread(own.stop)
 
 
 async def test_declines_do_not_open_the_breaker(api, redis, server):
@@ -182,7 +214,7 @@ async def test_pending_payment_is_202_then_the_webhook_confirms_the_booking(
         assert resp.status == 409
 
     gw = gateway(server)
-    body, headers = gw.webhook(pending["payment_ref"], "succeeded")
+    body, headers = await gw.settle(pending["payment_ref"], "succeeded")
     assert await post_webhook(api, body, headers) == (200, {"received": True,
                                                             "outcome": "confirmed"})
     st = await seat_status(api, pub.show_id)
@@ -190,13 +222,13 @@ async def test_pending_payment_is_202_then_the_webhook_confirms_the_booking(
     async with api.get(booking_url, headers=auth) as resp:
         got = await resp.json()
     assert got["status"] == "confirmed" and got["seats"] == ["C4", "C5"]
-    assert [e.kind for e in gw.entries(pending["payment_ref"])] == ["pending", "capture"]
+    assert [e.kind for e in await gw.entries(pending["payment_ref"])] == ["pending", "capture"]
     # The checkout's key now answers the booking; a repeated webhook changes nothing.
     status, replay, _ = await pay(api, h, PENDING_CARD, key)
     assert status == 201 and replay["booking_id"] == pending["booking_id"]
     status, ack = await post_webhook(api, body, headers)
     assert status == 200 and ack["outcome"] in ("ignored", "already_settled")
-    assert len(gw.entries(pending["payment_ref"], "capture")) == 1
+    assert len(await gw.entries(pending["payment_ref"], "capture")) == 1
     confirmed = await events(redis, pub.show_id, "booking.confirmed")
     assert [e.data["booking_id"] for e in confirmed] == [pending["booking_id"]]
 
@@ -207,7 +239,7 @@ async def test_failed_webhook_releases_the_hold(api, redis, server):
     key = uuid.uuid4().hex
     status, pending, _ = await pay(api, h, PENDING_CARD, key)
     assert status == 202
-    body, headers = gateway(server).webhook(pending["payment_ref"], "failed")
+    body, headers = await gateway(server).settle(pending["payment_ref"], "failed")
     assert (await post_webhook(api, body, headers))[1]["outcome"] == "failed"
     assert (await seat_status(api, pub.show_id))["D6"] == "free"
     status, replay, _ = await pay(api, h, PENDING_CARD, key)
@@ -224,9 +256,9 @@ async def test_webhook_after_the_hold_ran_out_refunds(api, redis, server):
     assert status == 202
     await wait_for_status(redis, pub.show_id, ["E1"], "free")  # the maximum lifetime passed
     gw = gateway(server)
-    body, headers = gw.webhook(pending["payment_ref"], "succeeded")
+    body, headers = await gw.settle(pending["payment_ref"], "succeeded")
     assert (await post_webhook(api, body, headers))[1]["outcome"] == "refunded"
-    assert gw.state(pending["payment_ref"]) == "voided"
+    assert await gw.state(pending["payment_ref"]) == "voided"
     async with api.get(f"/api/bookings/{pending['booking_id']}",
                        headers={"X-Booking-Token": pending["booking_token"]}) as resp:
         assert (await resp.json())["status"] == "failed"
@@ -238,7 +270,7 @@ async def test_bad_webhook_signatures_are_refused_and_change_nothing(api, redis,
     status, pending, _ = await pay(api, h, PENDING_CARD)
     assert status == 202
     gw = gateway(server)
-    body, headers = gw.webhook(pending["payment_ref"], "succeeded")
+    body, headers = await gw.settle(pending["payment_ref"], "succeeded")
     ts = int(time.time())
     cases = [
         (body.replace(b"succeeded", b"failed"), headers, 401, "bad_signature"),   # tampered
@@ -254,7 +286,7 @@ async def test_bad_webhook_signatures_are_refused_and_change_nothing(api, redis,
         status, got = await post_webhook(api, raw, hdrs)
         assert (status, got["error"]["code"]) == (want_status, want_code), got
     assert (await seat_status(api, pub.show_id))["E5"] == "held"
-    assert gw.entries(pending["payment_ref"], "capture") == []
+    assert await gw.entries(pending["payment_ref"], "capture") == []
     assert (await post_webhook(api, body, headers))[1]["outcome"] == "confirmed"
 
 
@@ -268,7 +300,7 @@ async def test_no_card_number_is_stored_or_logged_on_the_new_paths(api, redis, s
     assert (await pay(api, h, TIMEOUT_CARD))[0] == 503
     status, pending, _ = await pay(api, h, PENDING_CARD)
     assert status == 202
-    body, headers = gateway(server).webhook(pending["payment_ref"], "succeeded")
+    body, headers = await gateway(server).settle(pending["payment_ref"], "succeeded")
     assert (await post_webhook(api, body, headers))[0] == 200
     async with api.post(f"/api/bookings/{pending['booking_id']}/cancel",
                         headers={"X-Booking-Token": pending["booking_token"]}) as resp:

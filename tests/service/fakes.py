@@ -9,15 +9,18 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
+import msgspec
+
 from actors import commands as c
 from actors.layout import Layout, Rules, ShowConfig, grid_layout
 from actors.seatmap import SeatMap, SeatPlan
 
 from server.booking.ports import Booking
-from server.booking.records import BookingRecord, BulkRecord, CheckoutAttempt, HoldRecord
+from server.booking.intents import Busy, PaymentIntent
+from server.booking.records import BookingRecord, BulkRecord, HoldRecord
 from server.catalog.model import Money, Show
 from server.catalog.show_cache import CachedShow
-from server.commerce.payments import Authorisation, CardDetails, GatewayGuard, SandboxGateway
+from server.commerce.payments import CardDetails, GatewayGuard, SandboxGateway
 from server.commerce.pricing import Offer, PricingConfig, PromoCode
 from server.commerce.quoting import quote_hold
 from server.core.refusals import Refused
@@ -136,25 +139,50 @@ class Promos:
 
 
 class Checkouts:
+    """The intents in a dict, with the same claim rules as booking/intents.py: one key
+    one intent, one open intent per hold, a lease per intent."""
+
     def __init__(self) -> None:
-        self.attempts: dict[str, CheckoutAttempt] = {}
+        self.intents: dict[str, PaymentIntent] = {}
+        self.hold_locks: dict[str, str] = {}
+        self.leases: set[str] = set()
         self.bookings: dict[str, BookingRecord] = {}
         self.events: list[tuple[str, str]] = []
 
-    async def claim(self, key: str, attempt: CheckoutAttempt) -> CheckoutAttempt | None:
-        if key in self.attempts:
-            return self.attempts[key]
-        self.attempts[key] = attempt
+    async def claim(self, intent: PaymentIntent) -> PaymentIntent | None:
+        if intent.key in self.intents:
+            return self.intents[intent.key]
+        other = self.hold_locks.get(intent.hold_id)
+        if other is not None and other != intent.key and self.intents[other].open:
+            raise Busy(other)
+        self.intents[intent.key] = intent
+        self.hold_locks[intent.hold_id] = intent.key
+        self.leases.add(intent.key)
         return None
 
-    async def earlier(self, key: str) -> CheckoutAttempt | None:
-        return self.attempts.get(key)
+    async def load(self, key: str) -> PaymentIntent | None:
+        found = self.intents.get(key)
+        return None if found is None else msgspec.structs.replace(found)
 
-    async def finish(self, key: str, attempt: CheckoutAttempt) -> None:
-        self.attempts[key] = attempt
+    async def save(self, intent: PaymentIntent) -> None:
+        self.intents[intent.key] = msgspec.structs.replace(intent)
+        if not intent.open and self.hold_locks.get(intent.hold_id) == intent.key:
+            del self.hold_locks[intent.hold_id]
 
-    async def drop(self, key: str) -> None:
-        self.attempts.pop(key, None)
+    async def forget(self, intent: PaymentIntent) -> None:
+        self.intents.pop(intent.key, None)
+        self.leases.discard(intent.key)
+        if self.hold_locks.get(intent.hold_id) == intent.key:
+            del self.hold_locks[intent.hold_id]
+
+    async def take_lease(self, key: str, owner: str) -> bool:
+        if key in self.leases:
+            return False
+        self.leases.add(key)
+        return True
+
+    async def drop_lease(self, key: str) -> None:
+        self.leases.discard(key)
 
     async def load_booking(self, booking_id: str) -> BookingRecord | None:
         return self.bookings.get(booking_id)
@@ -166,10 +194,10 @@ class Checkouts:
     async def after_booking(self, booking: BookingRecord) -> None:
         self.events.append(("after_booking", booking.booking_id))
 
-    async def pending(self, hold: HoldRecord, auth: Authorisation, attempt: CheckoutAttempt,
-                      idem: str, *, email: str, name: str, customer_id: str | None,
-                      phone: str | None, id_number: str | None) -> tuple[int, bytes]:
-        return 202, b'{"state": "pending"}'
+    async def pending(self, intent: PaymentIntent) -> None:
+        intent.state, intent.status = "pending", 202
+        intent.body = msgspec.Raw(b'{"state": "pending"}')
+        await self.save(intent)
 
     async def gateway_down(self, hold: HoldRecord, exc: Exception) -> Refused:
         return Refused("payment_unavailable", str(exc), status=503)

@@ -3,6 +3,8 @@ ports: no Redis, Ray or HTTP, so every branch of the decisions is cheap to reach
 parts are exercised by tests/api and tests/cluster."""
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from actors import commands as c
@@ -10,9 +12,10 @@ from actors.layout import Rules, grid_layout
 
 from server.booking import holding
 from server.booking.bulk import BulkAsk, bulk_book
-from server.booking.checkout import Answered, Booked, CheckoutAsk, checkout
+from server.booking.checkout import Answered, Booked, CheckoutAsk, checkout, drive
 from server.booking.holding import BestSeats, HoldAsk
 from server.booking.records import token_hash
+from server.commerce.payments import GatewayTimeout
 from server.commerce.pricing import PromoCode
 from server.core.refusals import REFUSAL_STATUS, Refused
 
@@ -250,7 +253,7 @@ async def test_an_expired_hold_is_not_paid_for(world: World):
     world.clock.advance(60_001)
     err = await refused(checkout(world.booking, hold.hold_id, token, "k1", ask(), GUEST))
     assert err.code == "hold_expired"
-    assert world.gateway.ledger == [] and world.checkouts.attempts == {}  # key free again
+    assert world.gateway.ledger == [] and world.checkouts.intents == {}  # key free again
 
 
 async def test_a_confirm_the_actor_refuses_is_refunded(world: World):
@@ -298,6 +301,104 @@ async def test_a_failed_checkout_gives_the_promo_use_back(world: World):
     done = await checkout(world.booking, hold.hold_id, token, "k2", ask(), GUEST)
     assert isinstance(done, Booked) and done.booking.quote.promo_code == "ONE"
     assert world.promos.used["ONE"] == {hold.hold_id: "email:a@example.com"}
+
+
+def _one_use_hold(world: World):  # type: ignore[no-untyped-def]
+    world.promos.codes["ONE"] = PromoCode("ONE", "One", amount_off=50, max_uses=1)
+    show = world.add_show()
+    return show, holding.place_hold(
+        world.booking, HoldAsk(show.show_id, ["A1"], promo_code="ONE", email="a@example.com"),
+        GUEST)
+
+
+async def test_two_keys_cannot_check_one_hold_out_at_once_and_the_promo_use_counts(
+        world: World):
+    # The review's race: a second key while the first is paying used to consume "repeat",
+    # and the first's failure gave the use back under the second's discounted booking.
+    show, placing = _one_use_hold(world)
+    hold, token = await placing
+    entered, go_on = asyncio.Event(), asyncio.Event()
+    authorise = world.gateway.authorise
+
+    async def slow(**kw):  # type: ignore[no-untyped-def]
+        entered.set()
+        await go_on.wait()
+        return await authorise(**kw)
+
+    world.gateway.authorise = slow  # type: ignore[method-assign]
+    first = asyncio.create_task(checkout(world.booking, hold.hold_id, token, "k1",
+                                         ask(card=DECLINED), GUEST))
+    await entered.wait()
+    err = await refused(checkout(world.booking, hold.hold_id, token, "k2", ask(), GUEST))
+    assert (err.code, err.status) == ("checkout_in_progress", 409)
+    go_on.set()
+    out = await first
+    assert isinstance(out, Answered) and out.status == 402
+    world.gateway.authorise = authorise  # type: ignore[method-assign]
+    done = await checkout(world.booking, hold.hold_id, token, "k2", ask(), GUEST)
+    assert isinstance(done, Booked) and done.booking.quote.promo_code == "ONE"
+    assert world.promos.used["ONE"] == {hold.hold_id: "email:a@example.com"}
+
+
+async def test_a_new_key_finishes_an_attempt_that_met_a_timeout_first(world: World):
+    show, placing = _one_use_hold(world)
+    hold, token = await placing
+    authorise = world.gateway.authorise
+
+    async def times_out(**kw):  # type: ignore[no-untyped-def]
+        raise GatewayTimeout("the payment gateway did not answer")
+
+    world.gateway.authorise = times_out  # type: ignore[method-assign]
+    err = await refused(checkout(world.booking, hold.hold_id, token, "k1", ask(), GUEST))
+    assert err.status == 503
+    world.gateway.authorise = authorise  # type: ignore[method-assign]
+    # k1 never reached the gateway (lookup by its key finds nothing): it is abandoned,
+    # its promo use given back, and k2 books with the use counted once.
+    done = await checkout(world.booking, hold.hold_id, token, "k2", ask(), GUEST)
+    assert isinstance(done, Booked)
+    assert world.promos.used["ONE"] == {hold.hold_id: "email:a@example.com"}
+    [k1] = [i for i in world.checkouts.intents.values() if i.booking_id != done.booking.booking_id]
+    assert k1.state == "abandoned"
+
+
+async def test_an_authorised_attempt_is_finished_from_its_intent_alone(world: World):
+    # What the reconciler does after a crash: no card, no request, only the intent.
+    show = world.add_show()
+    hold, token = await holding.place_hold(world.booking, HoldAsk(show.show_id, ["A1"]), GUEST)
+    capture = world.gateway.capture
+
+    class Died(BaseException):
+        """The process "dies" after the confirm (nothing below catches a BaseException)."""
+
+    async def dies(ref: str) -> None:
+        raise Died
+
+    world.gateway.capture = dies  # type: ignore[method-assign]
+    with pytest.raises(Died):
+        await checkout(world.booking, hold.hold_id, token, "k1", ask(), GUEST)
+    [intent] = world.checkouts.intents.values()
+    assert intent.state == "confirmed" and world.checkouts.bookings == {}
+    world.gateway.capture = capture  # type: ignore[method-assign]
+    out = await drive(world.booking, intent, None, None)
+    assert isinstance(out, Booked) and intent.state == "done"
+    assert world.gateway.state(out.booking.payment.ref) == "captured"
+    assert list(world.checkouts.bookings) == [out.booking.booking_id]
+    # the confirm in the show's log carries the booking
+    [confirm] = [cmd for cmd in world.shows.commands if isinstance(cmd, c.Confirm)]
+    assert b"a@example.com" in confirm.booking
+
+
+async def test_no_checkout_after_the_show_started_or_was_cancelled(world: World):
+    show = world.add_show(starts_in_s=120)
+    hold, token = await holding.place_hold(world.booking, HoldAsk(show.show_id, ["A1"]), GUEST)
+    world.catalog.shows[show.show_id].show.status = "cancelled"  # type: ignore[union-attr]
+    err = await refused(checkout(world.booking, hold.hold_id, token, "k1", ask(), GUEST))
+    assert err.code == "show_cancelled"
+    world.catalog.shows[show.show_id].show.status = "scheduled"  # type: ignore[union-attr]
+    world.clock.advance(121_000)
+    err = await refused(checkout(world.booking, hold.hold_id, token, "k1", ask(), GUEST))
+    assert err.code in ("show_started", "hold_expired")
+    assert world.gateway.ledger == []
 
 
 # --- house seats and bulk bookings ------------------------------------------------------------

@@ -340,8 +340,9 @@ async function pay(ev) {
     email: $("pay-email").value.trim(),
     name: $("pay-name").value.trim(),
   };
-  // One key per attempt: a network retry reuses it (never charged twice), a new
-  // attempt after a decline gets a new one.
+  // One key per attempt, kept until the attempt has a final answer: a retry after a
+  // network error, a 503 or "in progress" resends it (never charged twice, and it picks
+  // up where the first stopped); a new attempt after a decline gets a new one.
   state.payKey = state.payKey || uuid();
   const button = $("pay-btn");
   busy(button, true);
@@ -352,7 +353,8 @@ async function pay(ev) {
     });
     confirmed(booking);
   } catch (e) {
-    if (e.code !== "network" && e.code !== "checkout_in_progress") state.payKey = null;
+    const unsettled = e.status === 0 || e.status >= 500 || e.code === "checkout_in_progress";
+    if (!unsettled) state.payKey = null;
     if (e.code === "hold_expired") holdTrouble(e);
     else if (e.code === "hold_checked_out") say("These seats were booked already.", "info");
     else say(e.message);
