@@ -1,8 +1,10 @@
 """A real multi-process platform on loopback, for the scale-out and fault tests (and scripts).
 
-    with Cluster(web=2, ray_nodes=2) as cl:       # Redis + Ray head + Ray worker + 2 web
-        cl.web[0].url                             # http://127.0.0.1:<port>
+    with Cluster(web=2, ray_nodes=2) as cl:       # Redis + the sandbox payment gateway +
+        cl.web[0].url                             # Ray head + Ray worker + 2 web
         cl.redis.kill9(); cl.restart_redis()      # same AOF dir, same port
+        cl.gateway.kill9(); cl.restart_gateway()  # same ledger, same port
+        cl.audit()                                # python -m server.audit: (exit code, report)
         cl.web[1].kill9(); cl.web[1].start()      # same port
         cl.probe.actors("shows.")                 # Ray's actor table, from a helper process
 
@@ -42,13 +44,16 @@ import redis
 from actors.client import ShowDirectory
 from actors.pool import Pool, pool_key
 from loadtest.scenario import ADMIN_KEY as SCENARIO_ADMIN_KEY
-from server.core.embedded import RedisServer, free_port
+from server.core.embedded import RedisServer, SandboxGatewayServer, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
 RAY = str(Path(PYTHON).with_name("ray"))
 ADMIN_KEY = SCENARIO_ADMIN_KEY  # what loadtest.scenario.publish_rush sends
 SECRET = "cluster-test-secret-shared-by-every-web-process"
+GATEWAY_SECRET = "whsec_cluster_tests"
+# Open payment intents are the reconciler's after this long (the web processes run it).
+RECONCILE_AFTER_S = "2"
 DATA_KEY = "Y2x1c3Rlci10ZXN0LWRhdGEta2V5LTMyLWJ5dGVzISE="  # base64 of 32 bytes (PII at rest)
 
 # A slow 2-core machine shared with other work: generous, but bounded.
@@ -171,8 +176,10 @@ class WebProcess:
     """`python -m server` joining the cluster's Redis and Ray head; restartable on its port."""
 
     def __init__(self, base: Path, index: int, redis_url: str, ray_address: str,
-                 port: int | None = None, extra_env: dict[str, str] | None = None) -> None:
+                 port: int | None = None, extra_env: dict[str, str] | None = None,
+                 gateway_url: str = "") -> None:
         self.index = index
+        self.gateway_url = gateway_url
         self.port = port or free_port()
         self.redis_url = redis_url
         self.ray_address = ray_address
@@ -206,7 +213,9 @@ class WebProcess:
         # them). A test can turn them back on with extra_env.
         env = _env(BMM_DATA_DIR=str(self.dir / "data"), BMM_ADMIN_KEY=ADMIN_KEY,
                    BMM_SECRET=SECRET, BMM_DATA_KEY=DATA_KEY, BMM_SEED_DEMO="0",
-                   BMM_RATE_LIMITS="false", **self.extra_env)
+                   BMM_RATE_LIMITS="false", BMM_GATEWAY_URL=self.gateway_url,
+                   BMM_GATEWAY_WEBHOOK_SECRET=GATEWAY_SECRET,
+                   BMM_RECONCILE_AFTER_S=RECONCILE_AFTER_S, **self.extra_env)
         log = open(self.dir / f"web-{self.starts}.log", "wb")  # noqa: SIM115
         self.proc = _Owned(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log,
                                             stderr=subprocess.STDOUT, start_new_session=True),
@@ -261,6 +270,7 @@ class Cluster:
         self.cpus_per_node = cpus_per_node
         self.web_env = web_env or {}
         self.redis: RedisServer | None = None
+        self.gateway: SandboxGatewayServer | None = None
         self.nodes: list[RayNode] = []
         self.web: list[WebProcess] = []
         self._probe: RayProbe | None = None
@@ -280,6 +290,8 @@ class Cluster:
     def start(self) -> Cluster:
         try:
             self.redis = RedisServer(self.base / "redis").start(timeout=30)
+            self.gateway = SandboxGatewayServer(self.base / "gateway",
+                                                webhook_secret=GATEWAY_SECRET).start()
             self._start_node("head")
             for i in range(1, self.n_ray):
                 self._start_node(f"worker{i}")
@@ -287,7 +299,8 @@ class Cluster:
                   f"{self.n_ray} alive Ray nodes")
             for i in range(self.n_web):
                 self.web.append(WebProcess(self.base, i, self.redis.url, self.ray_address,
-                                           extra_env=self.web_env).start())
+                                           extra_env=dict(self.web_env),
+                                           gateway_url=self.gateway.url).start())
             for w in self.web:
                 w.wait_ready()
         except BaseException:
@@ -344,6 +357,19 @@ class Cluster:
         assert self.redis is not None
         self.redis = RedisServer(self.redis.data_dir, port=self.redis.port).start(timeout=60)
 
+    def restart_gateway(self) -> None:
+        """After a crash: the same ledger and the same port."""
+        assert self.gateway is not None
+        self.gateway.start()
+
+    def audit(self, show_id: str | None = None) -> tuple[int, str]:
+        """`python -m server.audit` over this cluster's Redis and gateway."""
+        assert self.gateway is not None
+        cmd = [PYTHON, "-m", "server.audit", "--redis-url", self.redis_url,
+               "--gateway-url", self.gateway.url] + (["--show", show_id] if show_id else [])
+        done = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, timeout=120)
+        return done.returncode, (done.stdout + done.stderr).decode()
+
     def restart_web(self, index: int) -> WebProcess:
         self.web[index].start()
         return self.web[index].wait_ready()
@@ -365,6 +391,8 @@ class Cluster:
             list(stopping.map(lambda n: n.stop(), self.nodes))
         if self.redis is not None:
             self.redis.stop()
+        if self.gateway is not None:
+            self.gateway.stop()
         if self._own_base and not os.environ.get("BMM_KEEP_CLUSTER_DIR"):
             shutil.rmtree(self.base, ignore_errors=True)
 

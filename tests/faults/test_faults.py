@@ -16,7 +16,9 @@ two-node Ray cluster started with the Ray CLI, Redis with AOF fsync always
 4. Redis: restarted on the same port and AOF dir; everything that was acknowledged is
    there.
 
-After each: no seat sold twice; every booking a client got a 201 for exists with its seats
+After each: every payment intent reaches a final state (the reconciler the web processes
+run) and `python -m server.audit` finds money, seats and bookings in agreement; no seat
+sold twice; every booking a client got a 201 for exists with its seats
 (`loadtest.run_locust`'s end-state check, plus the booking records and the show's log in
 Redis); every hold either completed or expired (the shows' holds last 6 s; the test polls
 for the seat map to have no held seat, with a deadline); and every watcher ends with a
@@ -102,6 +104,7 @@ async def _rush_through(cluster: Cluster, tmp_path: Path,
         await check_store(cluster.redis_url, rush, [show_id])
         # Watchers resync: same seq, same seat map as REST, no gap.
         await watchers_converge(watchers, urls, show_id, timeout=SETTLE_S)
+        await reconciled_and_audited(cluster)
         rush.watcher_connects = [w.connects for w in watchers]  # type: ignore[attr-defined]
         return rush
     except BaseException:
@@ -263,6 +266,7 @@ async def test_kill9_host_during_a_rush_across_50_shows(cluster: Cluster, tmp_pa
         problems = await asyncio.to_thread(check_ledger, urls[0], rush)
         assert problems == [], problems
         await check_store(cluster.redis_url, rush, shows)  # one owner a seat, no booking lost
+        await reconciled_and_audited(cluster)
         # The logs' history never gives a seat two holders, and every acknowledged hold is
         # logged with the seats its client was told.
         logged = await check_history(cluster.redis_url, shows + quiet)
@@ -285,6 +289,22 @@ async def test_kill9_host_during_a_rush_across_50_shows(cluster: Cluster, tmp_pa
         raise
     finally:
         await redis.aclose()
+
+
+async def reconciled_and_audited(cluster: Cluster) -> None:
+    """Every payment intent final (the reconciler's work), then the audit: no captured
+    payment without its booking, no booking without its capture or its seats."""
+    redis = aioredis.Redis.from_url(cluster.redis_url)
+    try:
+        async def closed() -> bool:
+            return await redis.zcard("intents:open") == 0
+
+        await poll(closed, SETTLE_S, "every payment intent to reach a final state")
+    finally:
+        await redis.aclose()
+    code, report = await asyncio.to_thread(cluster.audit)
+    print(report)
+    assert code == 0, report
 
 
 def _state(seatmap: SeatMap) -> dict[str, Any]:
