@@ -8,6 +8,7 @@ which is how the show actor recovers from its log.
 from __future__ import annotations
 
 from collections import OrderedDict
+from itertools import islice
 from collections.abc import Callable
 
 import msgspec
@@ -20,7 +21,14 @@ from .layout import Layout, Seat, ShowConfig
 # would be gone in seconds), so a client resending within its retry window (the web
 # tier's RETRY_FOR_S, 30 s) gets the first answer. Confirm and Cancel need no window:
 # they are answered from the books for as long as the show lives (see `_confirm`).
-ANSWER_MEMORY_MS = 120 * 1000
+# Kept encoded (bytes are not traced by the garbage collector: a rush keeps ~10^5).
+ANSWER_MEMORY_MS = 60 * 1000
+# A snapshot carries the newest answers only: what a restarted host needs is the answers
+# of the commands in flight when it died, which are the newest (and the log after the
+# snapshot rebuilds the rest). Carrying a whole minute of a rush would make every
+# snapshot megabytes.
+SNAPSHOT_ANSWERS = 4096
+_result_decoder = msgspec.msgpack.Decoder(c.Result)
 # An expired hold is remembered this long, so its holder hears "expired" (410), not "no
 # such hold" (404); a hold can live at most its lifetime (30 min by default) anyway.
 EXPIRED_MEMORY_MS = 60 * 60 * 1000
@@ -65,9 +73,10 @@ class Snapshot(msgspec.Struct):
     blocked: list[str]
     holds: dict[str, HoldRecord]
     bookings: dict[str, BookingRecord]
-    answers: list[tuple[str, c.Result]]
+    answers: list[tuple[str, c.Result]]  # from before answers were kept encoded
     expired: dict[str, ExpiredHold] = {}
-    answered_ms: list[int] = []  # when each of `answers` was given
+    # (command id, when answered, the encoded result), oldest first
+    answered: list[tuple[str, int, bytes]] = []
     cancelled: dict[str, list[str]] = {}  # booking id -> its seats, once cancelled
 
 
@@ -118,7 +127,7 @@ class SeatMap:
         self.bookings: dict[str, BookingRecord] = {}
         # in expiry order (oldest first), so forgetting them is a pop from the front
         self.expired: dict[str, ExpiredHold] = {}
-        self._answers: OrderedDict[str, tuple[int, c.Result]] = OrderedDict()
+        self._answers: OrderedDict[str, tuple[int, bytes]] = OrderedDict()
         self.cancelled: dict[str, list[str]] = {}  # so a resent Cancel is answered alike
 
     # --- the entry point -------------------------------------------------------------
@@ -135,7 +144,7 @@ class SeatMap:
                 [], False)
         sweep = isinstance(cmd, c.Expire)
         if not sweep and (known := self._answers.get(cmd.cmd_id)) is not None:
-            return Outcome(known[1], [], False)
+            return Outcome(_result_decoder.decode(known[1]), [], False)
         handler = _HANDLERS[type(cmd)]
         result, changes = handler(self, cmd, now_ms)
         # Extended is the one success that changes state (an expiry) but no seat.
@@ -155,7 +164,7 @@ class SeatMap:
             if answers[first][0] >= horizon:
                 break
             del answers[first]
-        answers[cmd_id] = (now_ms, result)
+        answers[cmd_id] = (now_ms, c.command_encoder.encode(result))
 
     # --- queries ---------------------------------------------------------------------
 
@@ -177,9 +186,10 @@ class SeatMap:
             blocked=sorted(s for s, st in self.status.items() if st == "blocked"),
             holds={k: msgspec.structs.replace(v) for k, v in self.holds.items()},
             bookings=dict(self.bookings),
-            answers=[(k, r) for k, (_, r) in self._answers.items()],
+            answers=[],
             expired=dict(self.expired),
-            answered_ms=[at for at, _ in self._answers.values()],
+            answered=[(k, at, r) for k, (at, r) in reversed(list(
+                islice(reversed(self._answers.items()), SNAPSHOT_ANSWERS)))],
             cancelled=dict(self.cancelled),
         )
 
@@ -202,10 +212,9 @@ class SeatMap:
             for seat in booking.seats:
                 m.status[seat], m.holder[seat] = "booked", booking_id
         m.expired = dict(snap.expired)
-        # a snapshot from before answers had times: they count as given at version time 0
-        times = snap.answered_ms if len(snap.answered_ms) == len(snap.answers) \
-            else [0] * len(snap.answers)
-        m._answers = OrderedDict((k, (at, r)) for (k, r), at in zip(snap.answers, times))
+        # a snapshot from before answers had times: they count as given at time 0
+        m._answers = OrderedDict((k, (0, c.command_encoder.encode(r))) for k, r in snap.answers)
+        m._answers.update((k, (at, r)) for k, at, r in snap.answered)
         m.cancelled = dict(snap.cancelled)
         return m
 

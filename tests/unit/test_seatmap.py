@@ -9,7 +9,7 @@ import pytest
 
 from actors import commands as c
 from actors.layout import Layout, Rules, Seat, ShowConfig, grid_layout
-from actors.seatmap import ANSWER_MEMORY_MS, Outcome, SeatMap, Snapshot
+from actors.seatmap import ANSWER_MEMORY_MS, SNAPSHOT_ANSWERS, Outcome, SeatMap, Snapshot
 
 TTL = Rules().hold_ttl_ms
 LIFETIME = Rules().hold_max_lifetime_ms
@@ -621,6 +621,16 @@ def test_answers_are_remembered_by_time_not_by_count() -> None:
     m.apply(c.Unblock("later", ["A1"]), ANSWER_MEMORY_MS + 1)
     assert "oldest" not in m._answers and "later" in m._answers
     assert "filler-0" in m._answers  # given within the window of the newest
+
+
+def test_a_snapshot_carries_the_newest_answers() -> None:
+    m = new_map(1, 1)
+    for i in range(SNAPSHOT_ANSWERS + 10):
+        m.apply(c.Unblock(f"u-{i}", ["A1"]), i)
+    back = SeatMap.from_snapshot(m.snapshot())
+    assert list(back._answers) == list(m._answers)[-SNAPSHOT_ANSWERS:]
+    again = back.apply(c.Unblock(f"u-{SNAPSHOT_ANSWERS + 9}", ["A1"]), 0)
+    assert again.result == c.UnblockedSeats(["A1"]) and not again.changed
 
 
 def test_a_confirm_resent_after_its_answer_is_forgotten_is_still_confirmed() -> None:
