@@ -271,7 +271,7 @@ async def test_slow_client_is_dropped_with_resync_while_fast_one_gets_everything
     front = [s.id for s in layout.seats[:200]]
     back = [s.id for s in layout.seats[200:]]
     dropped_before = hub.dropped
-    hub.queue_size = 4
+    hub.queue_size = 8
     try:
         await _slow_and_fast(server, shows, show_id, hub, front, back, dropped_before)
     finally:
@@ -288,19 +288,29 @@ async def _slow_and_fast(server: TestServer, shows: ShowDirectory, show_id: str,
     rounds = 60
     fast_seqs: list[int] = []
 
+    got_more = asyncio.Condition()
+
     async def read_fast() -> None:
         while len(fast_seqs) < rounds * 4:
             msg = await recv(fast)
             assert msg["type"] == "events"
             fast_seqs.extend(e["seq"] for e in msg["events"])
+            async with got_more:
+                got_more.notify_all()
 
     reader = asyncio.create_task(read_fast())
 
-    async def churn(seats: list[str]) -> None:
-        for _ in range(rounds):
-            await release(shows, show_id, await hold(shows, show_id, seats))
+    async def cycle(seats: list[str]) -> None:
+        await release(shows, show_id, await hold(shows, show_id, seats))
 
-    await asyncio.gather(churn(front), churn(back))
+    # Round by round, each after the fast reader has had the last one: however slow the
+    # machine, it is at most one round (4 frames) behind, far inside its queue, while
+    # the slow one, which reads nothing, falls 240 entries behind.
+    for r in range(rounds):
+        await asyncio.gather(cycle(front), cycle(back))
+        async with got_more:
+            await asyncio.wait_for(got_more.wait_for(
+                lambda: len(fast_seqs) >= 4 * (r + 1) or reader.done()), TIMEOUT)
     await asyncio.wait_for(reader, TIMEOUT * 3)
     assert fast_seqs == list(range(1, rounds * 4 + 1))  # every entry, in order, no gaps
 
