@@ -41,6 +41,15 @@ class Hold(_Cmd, tag="hold"):
     # `SeatPlan.quoter`). They travel in the logged command, so a replay prices the hold
     # exactly as the first time did, whatever the offers are by then.
     pricing: bytes = b""
+    # The holder's device and network (opaque keys, "" = none) with their caps on this
+    # show, and the show's hold period and lifetime (0 = the show's rules): as the
+    # customer's cap, they travel in the command so a replay decides the same way.
+    device: str = ""
+    device_max_seats: int = 0
+    network: str = ""
+    network_max_seats: int = 0
+    ttl_ms: int = 0
+    max_lifetime_ms: int = 0
 
 
 class HoldBest(_Cmd, tag="hold_best"):
@@ -54,6 +63,12 @@ class HoldBest(_Cmd, tag="hold_best"):
     customer: str = ""        # as in Hold
     customer_max_seats: int = 0
     pricing: bytes = b""      # as in Hold: best-available picks are priced where made
+    device: str = ""          # as in Hold
+    device_max_seats: int = 0
+    network: str = ""
+    network_max_seats: int = 0
+    ttl_ms: int = 0
+    max_lifetime_ms: int = 0
 
 
 class Extend(_Cmd, tag="extend"):
@@ -212,6 +227,8 @@ ErrorCode = Literal[
     "unknown_seats",       # seat ids not in this show's layout
     "too_many_seats",      # over the per-hold maximum
     "customer_limit",      # the customer would hold more seats on this show than allowed
+    "device_limit",        # so would this device (a browser, whoever is logged in)
+    "network_limit",       # so would this network (an address; an IPv6 /64)
     "seats_unavailable",   # held, booked or blocked by someone else
     "not_enough_seats",    # best-available could not find `count` free seats
     "not_found",           # no such hold / booking (or released)

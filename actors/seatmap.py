@@ -48,6 +48,13 @@ class HoldRecord(msgspec.Struct):
     customer: str = ""  # who holds it, for the per-customer cap ("" = anonymous)
     quote: bytes = b""  # the quoter's answer when the hold was made
     lock: str = ""      # a pending booking's id: being paid for, cannot be released
+    device: str = ""    # the holder's device and network, for their caps
+    network: str = ""
+    max_expires_ms: int = 0  # its lifetime's end (0: created + the rules' lifetime)
+
+    def holders(self) -> tuple[str, ...]:
+        """The keys its seats count against (customer, device, network; each distinct)."""
+        return tuple(k for k in (self.customer, self.device, self.network) if k)
 
 
 class BookingRecord(msgspec.Struct):
@@ -204,8 +211,8 @@ class SeatMap:
         m.holds = {k: msgspec.structs.replace(v) for k, v in snap.holds.items()}
         m.bookings = dict(snap.bookings)
         for hold_id, hold in m.holds.items():
-            if hold.customer:
-                m.held_by[hold.customer] = m.held_by.get(hold.customer, 0) + len(hold.seats)
+            for who in hold.holders():
+                m.held_by[who] = m.held_by.get(who, 0) + len(hold.seats)
             for seat in hold.seats:
                 m.status[seat], m.holder[seat] = "held", hold_id
         for booking_id, booking in m.bookings.items():
@@ -252,7 +259,7 @@ class SeatMap:
         hold, err = self._live_hold(cmd.hold_id, cmd.token, now_ms)
         if err:
             return err, []
-        cap = hold.created_ms + self.rules.hold_max_lifetime_ms
+        cap = self._lifetime_end(hold)
         if hold.expires_ms >= cap:
             return _reject("lifetime_exceeded", "this hold cannot be extended any further"), []
         hold.expires_ms = min(hold.expires_ms + cmd.extra_ms, cap)
@@ -284,8 +291,7 @@ class SeatMap:
             return err
         state: c.HoldState = "paying" if hold.lock else "active"
         return c.HoldInfo(cmd.hold_id, hold.seats, hold.created_ms, hold.expires_ms,
-                          hold.created_ms + self.rules.hold_max_lifetime_ms, hold.quote, state,
-                          hold.lock)
+                          self._lifetime_end(hold), hold.quote, state, hold.lock)
 
     def _confirm(self, cmd: c.Confirm, now_ms: int) -> tuple[c.Result, list[c.SeatChange]]:
         # The same booking of the same hold asked again (a checkout resumed, a reconciler
@@ -365,11 +371,17 @@ class SeatMap:
             )
         if cmd.hold_id in self.holds or cmd.hold_id in self.bookings:
             return _reject("duplicate_id", f"hold id {cmd.hold_id!r} is taken")
-        cap = cmd.customer_max_seats
-        if cmd.customer and cap > 0 and self.held_by.get(cmd.customer, 0) + count > cap:
-            return _reject("customer_limit",
-                           f"at most {cap} seats held at once per customer on this show")
+        for who, cap, code, whom in (
+                (cmd.customer, cmd.customer_max_seats, "customer_limit", "customer"),
+                (cmd.device, cmd.device_max_seats, "device_limit", "device"),
+                (cmd.network, cmd.network_max_seats, "network_limit", "network")):
+            if who and cap > 0 and self.held_by.get(who, 0) + count > cap:
+                return _reject(code,  # type: ignore[arg-type]
+                               f"at most {cap} seats held at once per {whom} on this show")
         return None
+
+    def _lifetime_end(self, hold: HoldRecord) -> int:
+        return hold.max_expires_ms or hold.created_ms + self.rules.hold_max_lifetime_ms
 
     def _known(self, seats: list[str]) -> c.Rejected | None:
         if not seats:
@@ -418,22 +430,25 @@ class SeatMap:
                     s for s in seats if quoter(cmd.pricing, [(s, self.seats[s].category)],
                                                now_ms) is None]), []
             quote = priced
-        expires = now_ms + self.rules.hold_ttl_ms
-        self.holds[cmd.hold_id] = HoldRecord(cmd.token, seats, now_ms, expires, cmd.customer,
-                                             quote)
-        if cmd.customer:
-            self.held_by[cmd.customer] = self.held_by.get(cmd.customer, 0) + len(seats)
+        expires = now_ms + (cmd.ttl_ms or self.rules.hold_ttl_ms)
+        rec = HoldRecord(cmd.token, seats, now_ms, expires, cmd.customer, quote,
+                         device=cmd.device, network=cmd.network,
+                         max_expires_ms=now_ms + cmd.max_lifetime_ms if cmd.max_lifetime_ms
+                         else 0)
+        self.holds[cmd.hold_id] = rec
+        for who in rec.holders():
+            self.held_by[who] = self.held_by.get(who, 0) + len(seats)
         return c.Held(cmd.hold_id, seats, expires, quote), self._set(seats, "held", cmd.hold_id)
 
     def _forget_hold(self, hold_id: str) -> HoldRecord:
         """Remove a hold from the books (its seats are the caller's business)."""
         hold = self.holds.pop(hold_id)
-        if hold.customer:
-            left = self.held_by[hold.customer] - len(hold.seats)
+        for who in hold.holders():
+            left = self.held_by[who] - len(hold.seats)
             if left > 0:
-                self.held_by[hold.customer] = left
+                self.held_by[who] = left
             else:
-                del self.held_by[hold.customer]
+                del self.held_by[who]
         return hold
 
     def _drop_hold(self, hold_id: str) -> list[c.SeatChange]:

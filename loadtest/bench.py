@@ -99,7 +99,8 @@ class Server:
         # Every simulated customer comes from 127.0.0.1: per-IP rate limits and the hold
         # in-flight cap would measure themselves, so both are off unless the environment
         # says otherwise (loadtest/shed.py measures the cap).
-        env = {"BMM_RATE_LIMITS": "0", "BMM_HOLD_MAX_INFLIGHT": "0", **os.environ,
+        env = {"BMM_RATE_LIMITS": "0", "BMM_HOLD_MAX_INFLIGHT": "0", "BMM_HOLDER_CAPS": "0",
+               **os.environ,
                "BMM_DATA_DIR": str(self.dir)}
         return self.launch(cmd, env, "server", timeout)
 

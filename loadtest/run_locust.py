@@ -32,7 +32,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def start_platform(data_dir: str) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     # All Locust users share 127.0.0.1: per-IP limits and the in-flight cap off unless set.
-    env = {"BMM_RATE_LIMITS": "0", "BMM_HOLD_MAX_INFLIGHT": "0", **os.environ,
+    env = {"BMM_RATE_LIMITS": "0", "BMM_HOLD_MAX_INFLIGHT": "0", "BMM_HOLDER_CAPS": "0",
+           **os.environ,
            "BMM_DATA_DIR": data_dir, "BMM_SEED_DEMO": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "server", "--port", str(port)], cwd=ROOT,
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

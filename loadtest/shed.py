@@ -178,6 +178,7 @@ def _overload(host: str, show: str, seats: list[str], rate: float, secs: float,
 def _platform(cap: int, target_ms: float | None, extra: list[str]
               ) -> tuple[Server, str, list[str]]:
     os.environ["BMM_RATE_LIMITS"] = "0"
+    os.environ["BMM_HOLDER_CAPS"] = "0"  # every client is 127.0.0.1: one network
     os.environ["BMM_HOLD_MAX_INFLIGHT"] = str(cap)
     if target_ms is not None:
         os.environ["BMM_HOLD_LATENCY_TARGET_MS"] = str(target_ms)

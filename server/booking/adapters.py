@@ -7,10 +7,10 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from server.accounts.users import current_user, link_booking
-from server.appkeys import Services
+from server.appkeys import Services, services
 from server.booking import intents, lifecycle
 from server.booking import records as store
-from server.booking.ports import Booking
+from server.booking.ports import Booking, Holder
 from server.booking.intents import PaymentIntent
 from server.booking.records import BookingRecord, BulkRecord, HoldRecord
 from server.catalog.model import Show
@@ -19,9 +19,11 @@ from server.commerce.pricing import Offer, PricingConfig, PromoCode
 from server.core.clock import SystemClock
 from server.core.outbox import booking_data, publish
 from server.core.refusals import Refused
-from server.onsale import admission
+from server.onsale import admission, identity
 
 CLOCK = SystemClock()
+# A device cookie to give the browser with the answer (a device seen for the first time).
+NEW_DEVICE = web.RequestKey("new_device", str)
 
 
 class RedisPromos:
@@ -127,8 +129,13 @@ class RequestCustomer:
     def __init__(self, request: web.Request) -> None:
         self.request = request
 
-    async def admission(self, show_id: str) -> tuple[str, int]:
-        return await admission.hold_gate(self.request, show_id)
+    async def holder(self, show_id: str) -> Holder:
+        customer, cap = await admission.hold_gate(self.request, show_id)
+        secret = services(self.request).settings.secret
+        dev = identity.device(self.request, secret)
+        if dev.new_cookie:  # the handler gives the browser its device cookie
+            self.request[NEW_DEVICE] = dev.new_cookie
+        return Holder(customer, cap, dev.key, identity.network(self.request, secret))
 
     async def user_id(self) -> str | None:
         user = await current_user(self.request)

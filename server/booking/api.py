@@ -28,7 +28,7 @@ from aiohttp import web
 
 from server.appkeys import services
 from server.booking import holding, lifecycle
-from server.booking.adapters import RequestCustomer, booking_ports
+from server.booking.adapters import NEW_DEVICE, RequestCustomer, booking_ports
 from server.booking.checkout import Answered, CheckoutAsk
 from server.booking.checkout import checkout as checkout_hold
 from server.booking.holding import BestSeats, HoldAsk
@@ -39,6 +39,7 @@ from server.booking.wire import (
     DEFAULT_EXTEND_S, BookingResponse, CategoryView, CheckoutRequest, ExtendRequest, HoldRequest,
     HoldResponse, HoldView, Released, SeatMapResponse, SeatView,
 )
+from server.catalog.model import HoldPolicy
 from server.catalog.seat_status import read_seat_statuses
 from server.booking.tickets import qr_svg
 from server.commerce.payments import CardDetails
@@ -46,6 +47,7 @@ from server.core.clock import from_ms
 from server.core.errors import ApiError
 from server.core.openapi import Header, Query, operation
 from server.core.wire import json_response, read_json
+from server.onsale import identity
 
 routes = web.RouteTableDef()
 
@@ -89,12 +91,24 @@ async def get_seatmap(request: web.Request) -> web.Response:
     categories.sort(key=lambda cat: (cat.price.amount if cat.price else -1, cat.name),
                     reverse=True)
     rules = view.config.rules
+    policy = show.hold_policy
+    ttl_s = policy.hold_minutes * 60 if policy else rules.hold_ttl_ms // 1000
+    max_s = policy.max_hold_minutes * 60 if policy else rules.hold_max_lifetime_ms // 1000
+    caps = policy or HoldPolicy()
     body = SeatMapResponse(
         show=await describe_show(request, show), seq=view.seq, seats=seats, categories=categories,
         counts=view.counts(), focal_x=layout.focal_x, focal_y=layout.focal_y,
-        max_seats_per_hold=rules.max_seats_per_hold, hold_ttl_seconds=rules.hold_ttl_ms // 1000,
+        max_seats_per_hold=rules.max_seats_per_hold, hold_ttl_seconds=ttl_s,
+        hold_max_seconds=max_s, seats_per_device=caps.seats_per_device,
+        seats_per_network=caps.seats_per_network,
     )
-    return json_response(body)
+    resp = json_response(body)
+    settings = services(request).settings
+    if identity.DEVICE_COOKIE not in request.cookies:  # the page's first visit
+        new = identity.device(request, settings.secret).new_cookie
+        if new:
+            identity.set_device_cookie(resp, new, settings.cookie_secure)
+    return resp
 
 
 # --- holds -----------------------------------------------------------------------------
@@ -121,8 +135,11 @@ async def create_hold(request: web.Request) -> web.Response:
     best = body.best and BestSeats(body.best.count, body.best.category, body.best.accessible)
     ask = HoldAsk(request.match_info["show_id"], body.seats, best, body.promo_code, body.email)
     hold, token = await holding.place_hold(_booking(request), ask, RequestCustomer(request))
-    return json_response(HoldResponse(hold.hold_id, token, hold.show_id, hold.seats,
+    resp = json_response(HoldResponse(hold.hold_id, token, hold.show_id, hold.seats,
                                       from_ms(hold.expires_ms), hold.quote), status=201)
+    if cookie := request.get(NEW_DEVICE):
+        identity.set_device_cookie(resp, cookie, services(request).settings.cookie_secure)
+    return resp
 
 
 @routes.patch("/api/holds/{hold_id}")

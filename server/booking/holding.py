@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 
 from actors import commands as c
 
-from server.booking.ports import Booking, Customer
+from server.booking.ports import Booking, Customer, Holder
 from server.booking.records import HoldRecord, HoldState, Quote, show_of, token_hash
-from server.catalog.model import Show
+from server.catalog.model import HoldPolicy, Show
 from server.catalog.show_cache import CachedShow
 from server.commerce.pricing import PromoCode, ShowFacts, promo_problem
 from server.commerce.quoting import PriceInputs, pack, promo_of, read_quote
@@ -84,8 +85,10 @@ async def place_hold(booking: Booking, ask: HoldAsk, who: Customer) -> tuple[Hol
         raise Refused("invalid", f"no seat category {ask.best.category!r} on sale")
 
     # A show in its waiting room refuses here without this visitor's admission; the
-    # customer and their seat cap go to the actor, which enforces the cap in order.
-    customer, cap = await who.admission(show_id)
+    # holder (customer, device, network) and the show's caps go to the actor, which
+    # enforces them in order.
+    holder = await who.holder(show_id)
+    caps = holder_caps(show, holder, booking.settings.holder_caps)
     base, pricing = await pricing_inputs(booking, cached)
     promo, promo_who = await promo_inputs(booking, base.facts, ask.promo_code, ask.email, who)
     if promo is not None:
@@ -94,12 +97,10 @@ async def place_hold(booking: Booking, ask: HoldAsk, who: Customer) -> tuple[Hol
     digest = token_hash(token)
     cmd: c.Command
     if ask.best is None:
-        cmd = c.Hold(cmd_id(), hold_id, digest, seats, customer=customer, customer_max_seats=cap,
-                     pricing=pricing)
+        cmd = c.Hold(cmd_id(), hold_id, digest, seats, pricing=pricing, **caps)
     else:
         cmd = c.HoldBest(cmd_id(), hold_id, digest, ask.best.count, ask.best.category,
-                         ask.best.accessible, customer=customer, customer_max_seats=cap,
-                         pricing=pricing)
+                         ask.best.accessible, pricing=pricing, **caps)
     result = await booking.shows.submit(show_id, cmd)
     if isinstance(result, c.Rejected):
         if result.code == "not_for_sale" and ask.best is not None:
@@ -113,7 +114,24 @@ async def place_hold(booking: Booking, ask: HoldAsk, who: Customer) -> tuple[Hol
         await _reserve_promo(booking, promo, promo_who, quote, result, show_id, hold_id, digest)
     now = booking.clock.now_ms()
     return HoldRecord(hold_id, show_id, digest, result.seats, quote, now, result.expires_at_ms,
-                      now + config.rules.hold_max_lifetime_ms), token
+                      now + (caps.get("max_lifetime_ms") or config.rules.hold_max_lifetime_ms)
+                      ), token
+
+
+def holder_caps(show: Show, holder: Holder, device_network_caps: bool) -> dict[str, Any]:
+    """The hold command's holder fields: who, the show's caps on each, its hold period."""
+    policy = show.hold_policy or HoldPolicy()
+    caps: dict[str, Any] = {
+        "customer": holder.customer,
+        "customer_max_seats": min(holder.customer_cap, policy.seats_per_customer)
+        if holder.customer and holder.customer_cap else 0}
+    if device_network_caps:
+        caps.update(device=holder.device, device_max_seats=policy.seats_per_device,
+                    network=holder.network, network_max_seats=policy.seats_per_network)
+    if show.hold_policy is not None:  # else the show's rules decide (and the tests' short ones)
+        caps.update(ttl_ms=policy.hold_minutes * 60_000,
+                    max_lifetime_ms=policy.max_hold_minutes * 60_000)
+    return caps
 
 
 def named_seats(show: Show, category_of: dict[str, str], asked: list[str]) -> list[str]:

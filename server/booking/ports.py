@@ -102,13 +102,25 @@ class Bulks(Protocol):
         """`booking.confirmed` for each booking, then `show.sold_out` if it is."""
 
 
+@dataclass(frozen=True)
+class Holder:
+    """Who would hold seats: the customer (an account or a queued visitor; "" anonymous)
+    with the platform's cap on them (0 = none), their device and their network (opaque
+    keys, server/onsale/identity.py)."""
+
+    customer: str
+    customer_cap: int
+    device: str = ""
+    network: str = ""
+
+
 class Customer(Protocol):
     """Who is asking, read from the request only when a use case needs it (most holds
     never need the account, which costs a Redis read)."""
 
-    async def admission(self, show_id: str) -> tuple[str, int]:
-        """(customer key, their seat cap on this show); refuses without admission to a show
-        in its waiting room."""
+    async def holder(self, show_id: str) -> Holder:
+        """Who holds on this show; refuses without admission to a show in its waiting
+        room."""
 
     async def user_id(self) -> str | None:
         """The logged-in user, if any (promo codes count their uses per customer)."""

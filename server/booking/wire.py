@@ -65,6 +65,11 @@ class SeatMapResponse(msgspec.Struct):
     focal_y: float
     max_seats_per_hold: int
     hold_ttl_seconds: int
+    # The show's hold policy (catalog.model.HoldPolicy): how long a hold may live with its
+    # extensions, and the seats one holder may hold at once (per device, per network).
+    hold_max_seconds: int = 0
+    seats_per_device: int = 0
+    seats_per_network: int = 0
 
 
 class BestRequest(msgspec.Struct, forbid_unknown_fields=True):

@@ -62,6 +62,19 @@ class Movie(msgspec.Struct, forbid_unknown_fields=True):
 ShowStatus = Literal["scheduled", "cancelled"]
 
 
+class HoldPolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """How a show's seats may be held: set by the partner per show (and for an on-sale).
+    The seats one holder may hold at once count per customer (an account or a queued
+    visitor), per device (a browser's signed cookie) and per network (an address; an IPv6
+    /64): a client that drops its cookies is still one network."""
+
+    hold_minutes: Annotated[int, msgspec.Meta(ge=2, le=30)] = 10
+    max_hold_minutes: Annotated[int, msgspec.Meta(ge=2, le=60)] = 30  # with extensions
+    seats_per_customer: Annotated[int, msgspec.Meta(ge=1, le=100)] = 10
+    seats_per_device: Annotated[int, msgspec.Meta(ge=1, le=100)] = 10
+    seats_per_network: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 40
+
+
 class Show(msgspec.Struct, forbid_unknown_fields=True):
     show_id: Id
     movie_id: Id
@@ -75,6 +88,8 @@ class Show(msgspec.Struct, forbid_unknown_fields=True):
     city: str = ""        # derived from the theatre
     ends_at: datetime | None = None  # derived from the movie's runtime
     status: ShowStatus = "scheduled"
+    # None: the platform's defaults (HoldPolicy()), and the hold period of the show's rules
+    hold_policy: HoldPolicy | None = None
 
     @property
     def starts_at_utc(self) -> datetime:
@@ -124,9 +139,10 @@ class ShowIn(msgspec.Struct, forbid_unknown_fields=True):
     language: Name
     format: Annotated[str, msgspec.Meta(min_length=1, max_length=20)]
     prices: dict[str, Money]  # every seat category of the screen's layout needs a price
+    hold_policy: HoldPolicy | None = None
 
 
-class BulkShow(ShowIn, forbid_unknown_fields=True):
+class BulkShow(ShowIn, forbid_unknown_fields=True, kw_only=True):
     show_id: Id
 
 

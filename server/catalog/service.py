@@ -48,6 +48,7 @@ from server.catalog.model import (
     Screen,
     ScreenIn,
     Show,
+    HoldPolicy,
     ShowIn,
     ShowTime,
     Theatre,
@@ -316,6 +317,13 @@ async def put_show(redis: aioredis.Redis, partner_id: str, show_id: str, body: S
     if starts_at <= now:
         raise ApiError(422, "starts_in_past", "a show must start in the future",
                        field="starts_at")
+    policy = body.hold_policy or HoldPolicy()
+    if policy.max_hold_minutes < policy.hold_minutes:
+        raise ApiError(422, "invalid_hold_policy", "max_hold_minutes (a hold's whole "
+                       "lifetime) must be at least hold_minutes", field="hold_policy")
+    if policy.seats_per_network < max(policy.seats_per_device, policy.seats_per_customer):
+        raise ApiError(422, "invalid_hold_policy", "seats_per_network must be at least the "
+                       "per-device and per-customer caps", field="hold_policy")
     currencies = {m.currency for m in body.prices.values()}
     if len(currencies) > 1:
         raise ApiError(422, "mixed_currencies", "all prices of a show need one currency",
@@ -373,7 +381,7 @@ async def put_show(redis: aioredis.Redis, partner_id: str, show_id: str, body: S
                            "booked or blocked", show_id=show_id)
         new = Show(show_id, body.movie_id, body.screen_id, starts_at, body.language,
                    body.format, body.prices, partner_id, theatre.theatre_id, theatre.city,
-                   ends_at, "scheduled")
+                   ends_at, "scheduled", body.hold_policy)
         if old is not None:
             old_theatre = await load(pipe, Theatre, old.theatre_id)
             old_partner_idx, old_listings = _show_indexes(old, old_theatre.timezone

@@ -12,6 +12,8 @@ REFUSAL_STATUS: dict[str, int] = {
     "unknown_seats": 422,
     "too_many_seats": 422,
     "customer_limit": 409,
+    "device_limit": 409,
+    "network_limit": 409,
     "seats_unavailable": 409,
     "not_enough_seats": 409,
     "not_found": 404,

@@ -81,6 +81,9 @@ class Settings(msgspec.Struct, frozen=True):
     # them per second (0 = fixed cap; loadtest/shed.py runs with 150).
     hold_latency_target_ms: float = 0.0
     hold_cap_seats: int = 10           # seats one customer may hold at once on a show (0 = off)
+    # The per-device and per-network caps of a show's hold policy (catalog.model.HoldPolicy).
+    # Off only for load tests, whose clients all share one loopback address.
+    holder_caps: bool = True
     admission_ttl_s: int = 900         # how long a waiting-room admission stays valid
     # Payments: the gateway's HTTP API (None: `python -m server` starts the sandbox
     # gateway process, server/sandbox) and the secret its webhooks are signed with.
@@ -145,7 +148,7 @@ _ON_SALE = ("rate_limits", "trusted_proxies", "rl_ip_read_per_s", "rl_ip_read_bu
             "rl_ip_write_per_s", "rl_ip_write_burst", "rl_customer_write_per_s",
             "rl_customer_write_burst", "rl_partner_per_s", "rl_partner_burst",
             "hold_max_inflight", "hold_latency_target_ms", "hold_cap_seats",
-            "admission_ttl_s")
+            "holder_caps", "admission_ttl_s")
 
 
 def _split(raw: str | None) -> list[str] | None:

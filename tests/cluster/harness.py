@@ -213,7 +213,8 @@ class WebProcess:
         # them). A test can turn them back on with extra_env.
         env = _env(BMM_DATA_DIR=str(self.dir / "data"), BMM_ADMIN_KEY=ADMIN_KEY,
                    BMM_SECRET=SECRET, BMM_DATA_KEY=DATA_KEY, BMM_SEED_DEMO="0",
-                   BMM_RATE_LIMITS="false", BMM_GATEWAY_URL=self.gateway_url,
+                   BMM_RATE_LIMITS="false", BMM_HOLDER_CAPS="false",
+                   BMM_GATEWAY_URL=self.gateway_url,
                    BMM_GATEWAY_WEBHOOK_SECRET=GATEWAY_SECRET,
                    BMM_RECONCILE_AFTER_S=RECONCILE_AFTER_S, **self.extra_env)
         log = open(self.dir / f"web-{self.starts}.log", "wb")  # noqa: SIM115

@@ -15,7 +15,7 @@ from actors import commands as c
 from actors.layout import Layout, Rules, ShowConfig, grid_layout
 from actors.seatmap import SeatMap, SeatPlan
 
-from server.booking.ports import Booking
+from server.booking.ports import Booking, Holder
 from server.booking.intents import Busy, PaymentIntent
 from server.booking.records import BookingRecord, BulkRecord, HoldRecord
 from server.catalog.model import Money, Show
@@ -224,10 +224,14 @@ class Visitor:
     cap: int = 0
     admitted: bool = True
 
-    async def admission(self, show_id: str) -> tuple[str, int]:
+    device: str = ""
+    network: str = ""
+
+    async def holder(self, show_id: str) -> Holder:
         if not self.admitted:
             raise Refused("queue_required", "join the queue for this show first")
-        return (f"user:{self.user}" if self.user else ""), self.cap
+        return Holder(f"user:{self.user}" if self.user else "", self.cap, self.device,
+                      self.network)
 
     async def user_id(self) -> str | None:
         return self.user

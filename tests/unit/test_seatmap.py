@@ -840,3 +840,36 @@ def test_results_round_trip_as_a_batch() -> None:
 def test_seat_change_is_a_pair_on_the_wire() -> None:
     # The live page expects ["A1", "held"], not an object.
     assert msgspec.json.encode(c.SeatChange("A1", "held")) == b'["A1","held"]'
+
+
+# --- holder caps and the show's hold period (issue 15) ----------------------------------
+
+def test_device_and_network_caps_count_every_hold_of_their_holder() -> None:
+    m = new_map()
+
+    def hold_as(hold_id: str, seats: list[str], device: str, network: str = "n1") -> Outcome:
+        return m.apply(c.Hold(cid(), hold_id, "t", seats, device=device, device_max_seats=3,
+                              network=network, network_max_seats=5), 0)
+
+    assert isinstance(hold_as("h1", ["A1", "A2"], "d1").result, c.Held)
+    assert rejected(hold_as("h2", ["A3", "A4"], "d1"), "device_limit")  # 2 + 2 > 3
+    assert isinstance(hold_as("h3", ["A3"], "d1").result, c.Held)       # 3, at the cap
+    # a new device (cookies dropped) on the same network: the network's cap binds
+    assert isinstance(hold_as("h4", ["B1", "B2"], "d2").result, c.Held)  # network at 5
+    assert rejected(hold_as("h5", ["B3"], "d3"), "network_limit")
+    assert isinstance(hold_as("h6", ["B3"], "d3", network="n2").result, c.Held)
+    # freed seats count no more, and a snapshot rebuilds the counts
+    m.apply(c.Release(cid(), "h1", "t"), 0)
+    back = SeatMap.from_snapshot(m.snapshot())
+    assert back.held_by == m.held_by == {"d1": 1, "d2": 2, "d3": 1, "n1": 3, "n2": 1}
+
+
+def test_a_hold_lasts_the_period_and_lifetime_its_command_carries() -> None:
+    m = new_map()
+    out = m.apply(c.Hold(cid(), "h", "t", ["A1"], ttl_ms=120_000, max_lifetime_ms=300_000), 1_000)
+    assert isinstance(out.result, c.Held) and out.result.expires_at_ms == 121_000
+    ext = m.apply(c.Extend(cid(), "h", "t", 1_000_000), 2_000)
+    assert isinstance(ext.result, c.Extended) and ext.result.expires_at_ms == 301_000
+    rejected(m.apply(c.Extend(cid(), "h", "t", 1_000), 3_000), "lifetime_exceeded")
+    peek = m.apply(c.Peek(cid(), "h", "t"), 3_000).result
+    assert isinstance(peek, c.HoldInfo) and peek.max_expires_ms == 301_000
