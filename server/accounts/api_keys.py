@@ -14,7 +14,6 @@ digits of its digest; revoking deletes the index entry, so the key stops working
 from __future__ import annotations
 
 import hashlib
-import hmac
 import ipaddress
 import secrets
 import time
@@ -27,6 +26,8 @@ from aiohttp import web
 from redis.exceptions import WatchError
 
 from server.core.errors import ApiError
+from server.accounts.bearer_auth import bearer, require_admin  # noqa: F401 (the API, here too)
+from server.accounts.users import SESSION_COOKIE, require_role
 
 KEY_PREFIX = "bmm_"
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -64,20 +65,6 @@ def new_api_key() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(32)
 
 
-def bearer(request: web.Request) -> str:
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise ApiError(401, "unauthorized", "send the API key as 'Authorization: Bearer <key>'")
-    return token.strip()
-
-
-def require_admin(request: web.Request, admin_key: str) -> None:
-    token = bearer(request)
-    if not admin_key or not hmac.compare_digest(token.encode(), admin_key.encode()):
-        raise ApiError(401, "unauthorized", "not a valid admin key")
-
-
 def key_meta(digest: str) -> str:
     return f"partnerkey:{digest}:meta"
 
@@ -90,7 +77,13 @@ async def partner_of(request: web.Request, redis: aioredis.Redis,
                      write: bool | None = None) -> str:
     """The partner id the request's API key belongs to: 401 if no such key (or revoked),
     403 if the key is read-only and this is a write (`write=None`: any method but
-    GET/HEAD/OPTIONS), 403 if the caller's address is not on the key's allow-list."""
+    GET/HEAD/OPTIONS), 403 if the caller's address is not on the key's allow-list.
+
+    Without an Authorization header, the partner portal's logged-in user (session cookie,
+    two-factor done) acts for their partner: the portal in the browser uses these same
+    endpoints. Its writes need the browser's Origin header, naming this site."""
+    if "Authorization" not in request.headers and SESSION_COOKIE in request.cookies:
+        return await _portal_partner(request)
     token = bearer(request)
     digest = hash_key(token)
     async with redis.pipeline(transaction=False) as pipe:
@@ -107,6 +100,16 @@ async def partner_of(request: web.Request, redis: aioredis.Redis,
     if write and scope == b"read":
         raise ApiError(403, "insufficient_scope", "this API key is read-only")
     return partner_id.decode()
+
+
+async def _portal_partner(request: web.Request) -> str:
+    user = await require_role(request, "partner")  # checks a cross-site Origin too
+    if request.method not in READ_METHODS and "Origin" not in request.headers:
+        raise ApiError(403, "origin_required",
+                       "a browser write needs its Origin header (cross-site protection)")
+    if not user.partner_id:
+        raise ApiError(403, "forbidden", "this account acts for no partner")
+    return user.partner_id
 
 
 def _ip_allowed(remote: str | None, networks: list[str]) -> bool:

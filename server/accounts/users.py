@@ -49,7 +49,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from redis.exceptions import WatchError
 
-from server.accounts import api_keys
+from server.accounts import bearer_auth
 from server.appkeys import services
 from server.core.errors import ApiError
 
@@ -424,7 +424,7 @@ async def require_admin(request: web.Request) -> str:
     """The admin key (`Authorization: Bearer`) or a logged-in admin user with MFA; returns
     who it was, for the record."""
     if request.headers.get("Authorization"):
-        api_keys.require_admin(request, services(request).settings.admin_key)
+        bearer_auth.require_admin(request, services(request).settings.admin_key)
         return "admin-key"
     return (await require_role(request, "admin")).user_id
 

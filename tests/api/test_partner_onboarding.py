@@ -212,3 +212,22 @@ async def test_an_approved_address_cannot_apply_or_sign_up_again(clients) -> Non
         "email": p.email, "password": PASSWORD, "name": "Y"})
     assert status == 409
     assert accounts.normalise_email(p.email) == p.email
+
+
+async def test_the_portal_session_uses_the_partner_feed_and_its_writes_need_an_origin(
+        clients) -> None:
+    # The portal in the browser calls the same /partner/v1 endpoints with its session
+    # cookie (no API key); a write without the browser's Origin header is refused, a
+    # cross-site Origin too.
+    p, done = await approved_partner(clients, clients())
+    theatre = uid("th")
+    path = f"/partner/v1/theatres/{theatre}"
+    status, out = await p.call("PUT", path, THEATRE)
+    assert (status, out["error"]["code"]) == (403, "origin_required"), out
+    status, out = await p.call("PUT", path, THEATRE, headers={"Origin": "https://evil.example"})
+    assert status == 403, out
+    origin = str(p.http._base_url).rstrip("/")  # the site's own origin
+    status, out = await p.call("PUT", path, THEATRE, headers={"Origin": origin})
+    assert status == 201, out
+    status, out = await p.call("GET", "/partner/v1/shows?date=2030-01-01")
+    assert status == 200, out
