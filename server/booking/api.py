@@ -203,7 +203,9 @@ async def checkout(request: web.Request) -> web.Response:
     body = await read_json(request, CheckoutRequest)
     card = CardDetails(body.card.number.replace(" ", "").replace("-", ""),
                        body.card.exp_month, body.card.exp_year, body.card.cvc)
-    ask = CheckoutAsk(card, body.email, body.name, body.phone, body.id_number)
+    settings = services(request).settings
+    ask = CheckoutAsk(card, body.email, body.name, body.phone, body.id_number,
+                      source=identity.network(request, settings.secret))
     token = holder_token(request)
     try:
         outcome = await checkout_hold(_booking(request), request.match_info["hold_id"], token,

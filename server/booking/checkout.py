@@ -13,6 +13,7 @@ where it is, answered 503 with Retry-After, and is asked again."""
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
 import signal
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ class CheckoutAsk:
     name: str
     phone: str | None = None
     id_number: str | None = None
+    source: str = ""  # the client's network (the payment breaker's blame for a timeout)
 
 
 @dataclass(frozen=True)
@@ -66,10 +68,15 @@ class Answered:
 Outcome = Booked | Answered
 
 
-def fingerprint(ask: CheckoutAsk) -> str:
-    """What makes two requests with one key the same checkout."""
-    return hashlib.sha256(f"{ask.email}\n{ask.name}\n{ask.card.number[-4:]}".encode()
-                          ).hexdigest()
+def fingerprint(secret: str, ask: CheckoutAsk) -> str:
+    """What makes two requests with one key the same checkout: all of it (the card's
+    every detail, the contact, the documents). Keyed with the platform secret, so the
+    stored digest cannot be searched for a card number."""
+    card = ask.card
+    canon = msgspec.json.encode([card.number, card.exp_month, card.exp_year, card.cvc,
+                                 ask.email, ask.name, ask.phone, ask.id_number])
+    return hmac.new(f"checkout-fingerprint:{secret}".encode(), canon, hashlib.sha256
+                    ).hexdigest()
 
 
 def retry_later(message: str, seconds: int = 2, **details: object) -> Refused:
@@ -80,14 +87,14 @@ def retry_later(message: str, seconds: int = 2, **details: object) -> Refused:
 async def checkout(booking: Booking, hold_id: str, token: str, key: str, ask: CheckoutAsk,
                    who: Customer) -> Outcome:
     """`key` is the client's Idempotency-Key (1-255 characters), one per attempt."""
-    print_ = fingerprint(ask)
+    print_ = fingerprint(booking.settings.secret, ask)
     show_id = show_of(hold_id)
     if show_id is None:
         raise Refused("not_found", f"no hold {hold_id!r}")
     idem = store.idempotency_key(show_id, hold_id, key)
     earlier = await booking.checkouts.load(idem)
     if earlier is not None:  # a retry: the first answer, or finish what the first began
-        return await _resume(booking, earlier, print_, ask.card)
+        return await _resume(booking, earlier, print_, ask.card, ask.source)
     hold = await holders_hold(booking, hold_id, token)
     now = booking.clock.now_ms()
     require_active(hold, now)
@@ -123,10 +130,10 @@ async def checkout(booking: Booking, hold_id: str, token: str, key: str, ask: Ch
             raise Refused("checkout_in_progress", "another checkout of this hold is in "
                           "progress; wait for its answer") from None
     if earlier is not None:  # the same key, a moment ago
-        return await _resume(booking, earlier, print_, ask.card)
+        return await _resume(booking, earlier, print_, ask.card, ask.source)
     _crash(booking, "claimed")
     try:
-        return await drive(booking, intent, ask.card, hold)
+        return await drive(booking, intent, ask.card, hold, source=ask.source)
     finally:
         await booking.checkouts.drop_lease(intent.key)
 
@@ -153,7 +160,7 @@ async def _take_over(booking: Booking, key: str, hold: HoldRecord) -> None:
 
 
 async def _resume(booking: Booking, intent: PaymentIntent, print_: str,
-                  card: CardDetails | None) -> Outcome:
+                  card: CardDetails | None, source: str = "") -> Outcome:
     if intent.fingerprint != print_:
         raise Refused("idempotency_key_reused",
                       "this Idempotency-Key was used for a different checkout request")
@@ -163,7 +170,7 @@ async def _resume(booking: Booking, intent: PaymentIntent, print_: str,
         raise Refused("checkout_in_progress",
                       "a checkout with this Idempotency-Key is in progress; retry shortly")
     try:
-        return await drive(booking, intent, card, None)
+        return await drive(booking, intent, card, None, source=source)
     finally:
         await booking.checkouts.drop_lease(intent.key)
 
@@ -179,13 +186,14 @@ async def answer(booking: Booking, intent: PaymentIntent) -> Outcome:
 
 
 async def drive(booking: Booking, intent: PaymentIntent, card: CardDetails | None,
-                hold: HoldRecord | None, *, customer_here: bool = False) -> Outcome:
+                hold: HoldRecord | None, *, customer_here: bool = False,
+                source: str = "") -> Outcome:
     """Move `intent` on until it is final (or pending, or blocked on an outage: then
     `Refused` 503 and it stays where it is). `card` is there only in the request that
     brought it: without it (the reconciler, a later attempt of the same customer:
     `customer_here`) the gateway is asked by the intent's key."""
     if intent.state == "created":
-        await _authorise(booking, intent, card, hold, customer_here)
+        await _authorise(booking, intent, card, hold, customer_here, source)
         if not intent.open:
             return await answer(booking, intent)
     if intent.state == "authorised" and intent.async_payment:
@@ -209,7 +217,7 @@ async def drive(booking: Booking, intent: PaymentIntent, card: CardDetails | Non
 
 
 async def _authorise(booking: Booking, intent: PaymentIntent, card: CardDetails | None,
-                     hold: HoldRecord | None, customer_here: bool) -> None:
+                     hold: HoldRecord | None, customer_here: bool, source: str) -> None:
     await _consume_promo(booking, intent)
     gateway = booking.payments
     auth: Authorisation | None = None
@@ -217,7 +225,7 @@ async def _authorise(booking: Booking, intent: PaymentIntent, card: CardDetails 
         if card is not None:
             auth = await booking.payment_guard.call(lambda: gateway.authorise(
                 amount=intent.quote.total, currency=intent.quote.currency, card=card,
-                idempotency_key=intent.key))
+                idempotency_key=intent.key), source=source)
         else:
             found = await booking.payment_guard.call(lambda: gateway.lookup(intent.key))
             if found is None:  # the gateway never took it: nothing to undo but the promo

@@ -277,3 +277,20 @@ async def test_card_numbers_are_never_stored(api, redis):
         for blob in blobs:
             assert b"4242424242424242" not in blob and b"4000000000000002" not in blob, key
             assert h["holder_token"].encode() not in blob, key  # only its hash is kept
+
+
+async def test_a_key_reused_with_any_other_detail_is_422_not_the_first_answer(api, redis):
+    # L10: the fingerprint covered only e-mail, name and the card's last four, so another
+    # card with the same last four, or another phone, replayed the first booking.
+    pub = await publish_show(redis)
+    h = await hold(api, pub.show_id, ["E3"])
+    key = uuid.uuid4().hex
+    assert (await checkout(api, h, key=key))[0] == 201
+    for changed in ({"card": {**GOOD_CARD, "exp_year": GOOD_CARD["exp_year"] + 1}, **BUYER},
+                    {"card": {**GOOD_CARD, "cvc": "999"}, **BUYER},
+                    {"card": GOOD_CARD, **BUYER, "phone": "+919800000001"}):
+        status, body = await checkout(api, h, key=key, body=changed)
+        assert (status, body["error"]["code"]) == (422, "idempotency_key_reused"), changed
+    raw = b"".join([await redis.get(k) or b"" async for k in
+                    redis.scan_iter(match=f"idem:{{{pub.show_id}}}:*")])
+    assert raw and GOOD_CARD["number"].encode() not in raw  # the digest is keyed, not the number
