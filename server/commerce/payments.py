@@ -371,12 +371,16 @@ class GatewayGuard:
     """Timeout and circuit breaker around gateway calls (one per web process)."""
 
     def __init__(self, *, timeout_s: float = 10.0, failure_threshold: int = 5,
-                 cooldown_s: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
+                 cooldown_s: float = 30.0, clock: Callable[[], float] = time.monotonic,
+                 min_sources: int = 3) -> None:
         self.timeout_s = timeout_s
+        # Timeouts open it only from at least `min_sources` client networks: one customer
+        # timing out their own payments cannot fail everyone's (M9).
         self.breaker = CircuitBreaker("payment gateway", failure_threshold=failure_threshold,
-                                      cooldown_s=cooldown_s, clock=clock)
+                                      cooldown_s=cooldown_s, clock=clock,
+                                      min_sources=min_sources)
 
-    async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
+    async def call(self, fn: Callable[[], Awaitable[T]], source: str = "") -> T:
         """Run `fn()` with the timeout, through the breaker. Raises CircuitOpen (not
         called), GatewayTimeout or GatewayUnavailable; the gateway's own answers
         (PaymentError and subclasses) pass through and do not trip the breaker."""
@@ -390,7 +394,11 @@ class GatewayGuard:
             except (OSError, ConnectionError) as exc:
                 raise GatewayUnavailable(f"the payment gateway is unreachable: {exc}") from None
 
-        return await self.breaker.call(timed, failures=(GatewayUnavailable,))
+        # A timeout can be the caller's own doing (a card that makes the gateway hang);
+        # a refused connection or a 5xx is the gateway's.
+        return await self.breaker.call(
+            timed, failures=(GatewayUnavailable,),
+            blame=lambda exc: source if isinstance(exc, GatewayTimeout) else None)
 
 
 def _check_card(card: CardDetails) -> None:

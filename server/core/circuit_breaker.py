@@ -3,7 +3,12 @@
 States:
 
 - **closed**: calls go through; each failure counts, a success resets the count. After
-  `failure_threshold` failures in a row the breaker **opens**.
+  `failure_threshold` failures in a row the breaker **opens**. A failure the caller can be
+  blamed for (`blame(exc)` names its source: for payments, a timeout of that client's
+  network) counts towards opening only once such failures came from at least
+  `min_sources` distinct sources, so one client that fails its own calls (the sandbox's
+  timeout card, a card that makes the gateway hang) cannot open it for everyone; a failure
+  nobody can be blamed for (connection refused, a 5xx) opens it as before.
 - **open**: calls fail at once with `CircuitOpen` (carrying `retry_after_s`), without
   touching the dependency, until `cooldown_s` has passed since it opened.
 - **half-open**: after the cool-down, exactly one trial call goes through (concurrent
@@ -40,9 +45,13 @@ class CircuitOpen(Exception):
 
 class CircuitBreaker:
     def __init__(self, name: str = "dependency", *, failure_threshold: int = 5,
-                 cooldown_s: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
+                 cooldown_s: float = 30.0, clock: Callable[[], float] = time.monotonic,
+                 min_sources: int = 1) -> None:
         self.name = name
         self.failure_threshold = failure_threshold
+        self.min_sources = min_sources
+        self._sources: set[str] = set()
+        self._unblamed = False
         self.cooldown_s = cooldown_s
         self.clock = clock
         self._state: State = "closed"
@@ -66,12 +75,13 @@ class CircuitBreaker:
         return float(max(1, math.ceil(left)))
 
     async def call(self, fn: Callable[[], Awaitable[T]],
-                   failures: tuple[type[BaseException], ...] = (Exception,)) -> T:
+                   failures: tuple[type[BaseException], ...] = (Exception,),
+                   blame: Callable[[BaseException], str | None] = lambda exc: None) -> T:
         self._before()
         try:
             result = await fn()
-        except failures:
-            self._failure()
+        except failures as exc:
+            self._failure(blame(exc))
             raise
         except Exception:
             # Not a failure of the dependency (e.g. a decline): it answered, so a
@@ -100,17 +110,26 @@ class CircuitBreaker:
     def _success(self) -> None:
         self._state = "closed"
         self._failures = 0
+        self._sources.clear()
+        self._unblamed = False
         self._trial_in_flight = False
 
-    def _failure(self) -> None:
+    def _failure(self, source: str | None) -> None:
         self._trial_in_flight = False
         if self._state == "half_open":
             self._open()
             return
         self._failures += 1
-        if self._failures >= self.failure_threshold:
+        if source is None:
+            self._unblamed = True
+        elif len(self._sources) < self.min_sources:
+            self._sources.add(source)
+        spread = self._unblamed or len(self._sources) >= self.min_sources
+        if self._failures >= self.failure_threshold and spread:
             self._open()
 
     def _open(self) -> None:
         self._state = "open"
         self._opened_at = self.clock()
+        self._sources.clear()
+        self._unblamed = False

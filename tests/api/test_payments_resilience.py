@@ -325,3 +325,18 @@ async def test_no_card_number_is_stored_or_logged_on_the_new_paths(api, redis, s
         f"booking:{{{pub.show_id}}}:{pending['booking_id']}"))
     assert stored["payment"]["last4"] == PENDING[-4:]
     assert stored["payment"]["card_token"].startswith("tok_")
+
+
+async def test_one_customer_on_the_timeout_card_cannot_open_the_breaker_for_everyone(
+        api, redis, server):
+    # M9: ~5 concurrent checkouts on the documented timeout card opened the per-process
+    # breaker, and every customer's checkout got 503 for 30 s.
+    guard = use_guard(server, timeout_s=0.3, failure_threshold=3)
+    pub = await publish_show(redis)
+    holds = [await hold(api, pub.show_id, [seat]) for seat in ("D1", "D2", "D3", "D4", "D5")]
+    results = await asyncio.gather(*(pay(api, h, TIMEOUT_CARD) for h in holds))
+    assert [s for s, _, _ in results] == [503] * 5
+    assert guard.breaker.state == "closed"
+    other = await hold(api, pub.show_id, ["D6"])
+    status, booking, _ = await pay(api, other)
+    assert status == 201, booking

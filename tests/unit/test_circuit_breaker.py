@@ -102,3 +102,33 @@ async def test_non_failures_do_not_count():
 def test_default_refund_policy(hours, percent):
     now = datetime(2030, 1, 1, tzinfo=UTC)
     assert refund_percent(DEFAULT_POLICY, now + timedelta(hours=hours), now) == percent
+
+
+async def test_failures_blamed_on_one_source_do_not_open_it_for_everyone() -> None:
+    # M9: one client's own timeouts (the sandbox's timeout card) opened the breaker and
+    # failed every checkout for 30 s. Blamed failures need `min_sources` distinct sources.
+    breaker = CircuitBreaker("gw", failure_threshold=3, min_sources=3)
+
+    async def fails() -> None:
+        raise TimeoutError
+
+    for _ in range(10):
+        with pytest.raises(TimeoutError):
+            await breaker.call(fails, failures=(TimeoutError,), blame=lambda exc: "net-a")
+    assert breaker.state == "closed"
+    for source in ("net-b", "net-c"):
+        with pytest.raises(TimeoutError):
+            await breaker.call(fails, failures=(TimeoutError,), blame=lambda exc, s=source: s)
+    assert breaker.state == "open"  # three networks time out: the gateway is the problem
+
+
+async def test_an_unblamed_failure_counts_as_before() -> None:
+    breaker = CircuitBreaker("gw", failure_threshold=3, min_sources=3)
+
+    async def refused() -> None:
+        raise ConnectionRefusedError
+
+    for _ in range(3):
+        with pytest.raises(ConnectionRefusedError):
+            await breaker.call(refused, failures=(ConnectionRefusedError,))
+    assert breaker.state == "open"
