@@ -24,10 +24,21 @@ class TargetRefused(OSError):
     """Counted as a failed delivery, like a refused connection."""
 
 
+# IPv6 prefixes that carry an IPv4 address in their low 32 bits (RFC 6052 NAT64, the
+# well-known and the local-use prefix): on a NAT64 network they reach that IPv4 host, so
+# they are judged by it.
+_NAT64 = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("64:ff9b:1::/48"))
+
+
 def is_public(address: str) -> bool:
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        elif any(ip in net for net in _NAT64):
+            ip = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        elif ip.sixtofour is not None:  # 2002::/16 embeds an IPv4 address too
+            ip = ip.sixtofour
     return ip.is_global and not ip.is_multicast
 
 

@@ -77,6 +77,11 @@ def test_address_rules() -> None:
     for private in ("127.0.0.1", "10.1.1.1", "172.16.0.1", "192.168.0.1", "169.254.169.254",
                     "::1", "fd00::1", "fe80::1", "::ffff:127.0.0.1", "224.0.0.1", "0.0.0.0"):
         assert not is_public(private), private
+    # L13: NAT64 (and 6to4) addresses reach the IPv4 host they embed
+    for embedded in ("64:ff9b::a9fe:a9fe", "64:ff9b::7f00:1", "64:ff9b:1::a00:1",
+                     "2002:a9fe:a9fe::1"):
+        assert not is_public(embedded), embedded
+    assert is_public("64:ff9b::808:808")  # 8.8.8.8 through NAT64
     check_target("https://hooks.example.test/x", allow_private=False)  # names: at connect
     check_target("http://127.0.0.1:9/x", allow_private=True)
     with pytest.raises(OSError):
