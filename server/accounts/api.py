@@ -194,6 +194,54 @@ async def log_out(request: web.Request) -> web.Response:
     return json_response(LoggedOut())
 
 
+@routes.post("/api/logout/everywhere")
+@operation("POST", "/api/logout/everywhere", summary="Log out of every session",
+           response=LoggedOut, errors=(401,), tags=TAGS, security=SESSION)
+async def log_out_everywhere(request: web.Request) -> web.Response:
+    """Ends every session of this account, on every device, this one included (a copied
+    cookie stops working at once)."""
+    user = await accounts.require_user(request)
+    redis = services(request).redis
+
+    def bump(u: User) -> None:
+        u.session_version += 1
+
+    await accounts.update_user(redis, user.user_id, bump)
+    await accounts.end_all_sessions(redis, user.user_id)
+    await accounts.end_session(request)
+    return json_response(LoggedOut())
+
+
+class PasswordChange(msgspec.Struct, forbid_unknown_fields=True):
+    current_password: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+    new_password: Password
+
+
+@routes.post("/api/me/password")
+@operation("POST", "/api/me/password", summary="Change my password", request=PasswordChange,
+           response=Me, errors=(401, 422, 429), tags=TAGS, security=SESSION)
+async def change_password(request: web.Request) -> web.Response:
+    """Needs the current password. Every other session of the account ends; this one goes
+    on with a new session."""
+    user = await accounts.require_user(request)
+    body = await read_json(request, PasswordChange)
+    redis = services(request).redis
+    await accounts.check_throttle(redis, user.email)
+    if not await accounts.verify_password(user.password_hash, body.current_password):
+        await accounts.record_failure(redis, user.email)
+        raise ApiError(401, "invalid_credentials", "the current password is not right")
+    new_hash = await accounts.hash_password(body.new_password)
+
+    def change(u: User) -> None:
+        u.password_hash = new_hash
+        u.session_version += 1
+
+    user = await accounts.update_user(redis, user.user_id, change)
+    await accounts.end_all_sessions(redis, user.user_id)
+    await accounts.start_session(request, user)
+    return json_response(me_view(user))
+
+
 # --- me --------------------------------------------------------------------------------
 
 @routes.get("/api/me")

@@ -14,6 +14,8 @@ Storage (Redis):
 - `useremail:<normalised email>` -> user id (one account per e-mail address).
 - `user:<user_id>:bookings` -> sorted set of booking ids by creation time.
 - `loginfail:<sha256(email)>` -> failed attempts in the current 15-minute window.
+- `user:<user_id>:sessions` -> hash of live session ids (the cookie names one); a cookie
+  whose session is not there is logged out.
 
 Sessions live in an encrypted, authenticated cookie (aiohttp-session's
 EncryptedCookieStorage = Fernet: AES-CBC + HMAC-SHA256, keyed from `settings.secret`
@@ -33,8 +35,10 @@ import hashlib
 import hmac
 import secrets
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Literal, TypeVar
 
 import msgspec
 import pyotp
@@ -52,6 +56,8 @@ from redis.exceptions import WatchError
 from server.accounts import bearer_auth
 from server.appkeys import services
 from server.core.errors import ApiError
+
+T = TypeVar("T")
 
 Role = Literal["customer", "partner", "admin"]
 ROLES: tuple[str, ...] = ("customer", "partner", "admin")
@@ -161,8 +167,29 @@ def now() -> datetime:
 
 # --- passwords --------------------------------------------------------------------------
 
+# argon2 runs in a pool of its own (M1): in the default executor, a log-in flood queued
+# ahead of the hold path's and /readyz's work. Bounded, and beyond its queue a request is
+# shed at once (503 + Retry-After) instead of waiting behind the flood.
+HASH_THREADS = 2
+HASH_QUEUE = 32
+_hash_pool = ThreadPoolExecutor(max_workers=HASH_THREADS, thread_name_prefix="argon2")
+_hash_waiting = 0
+
+
+async def _in_hash_pool(fn: Callable[[], T]) -> T:
+    global _hash_waiting
+    if _hash_waiting >= HASH_THREADS + HASH_QUEUE:
+        raise ApiError(503, "busy", "too many log-ins at once; try again in a moment",
+                       retry_after_s=1)
+    _hash_waiting += 1
+    try:
+        return await asyncio.get_running_loop().run_in_executor(_hash_pool, fn)
+    finally:
+        _hash_waiting -= 1
+
+
 async def hash_password(password: str) -> str:
-    return await asyncio.to_thread(_hasher.hash, password)
+    return await _in_hash_pool(lambda: _hasher.hash(password))
 
 
 async def new_user(email: str, name: str, role: Role, password: str) -> User:
@@ -190,7 +217,7 @@ async def verify_password(password_hash: str | None, password: str) -> bool:
         except (VerificationError, InvalidHashError):
             return False
 
-    return await asyncio.to_thread(check)
+    return await _in_hash_pool(check)
 
 
 # --- users in Redis ---------------------------------------------------------------------
@@ -384,16 +411,27 @@ def same_origin(request: web.Request) -> None:
         raise ApiError(403, "cross_origin", "cross-site requests are not accepted")
 
 
+def sessions_key(user_id: str) -> str:
+    """The user's live sessions: a hash of session id -> when it began (L1: log-out,
+    "log out everywhere" and a password change end sessions on the server, not only in
+    the browser that holds the cookie)."""
+    return f"user:{user_id}:sessions"
+
+
 async def current_user(request: web.Request) -> User | None:
     """The logged-in user (password and, when enabled, MFA done), or None."""
     if _USER in request:
         return request[_USER]
     user = None
     session = await _session(request)
-    user_id = session.get("uid")
-    if isinstance(user_id, str):
-        found = await load_user(services(request).redis, user_id)
-        if found is not None and session.get("sv") == found.session_version:
+    user_id, sid = session.get("uid"), session.get("sid")
+    if isinstance(user_id, str) and isinstance(sid, str):
+        async with services(request).redis.pipeline(transaction=False) as pipe:
+            pipe.get(user_key(user_id))
+            pipe.hexists(sessions_key(user_id), sid)
+            raw, live = await pipe.execute()
+        found = _user_decoder.decode(raw) if raw else None
+        if found is not None and live and session.get("sv") == found.session_version:
             user = found
     request[_USER] = user
     return user
@@ -431,10 +469,22 @@ async def require_admin(request: web.Request) -> str:
 
 async def start_session(request: web.Request, user: User) -> None:
     session = await new_session(request)
+    sid = secrets.token_urlsafe(16)
+    now_s = int(time.time())
     session["uid"] = user.user_id
+    session["sid"] = sid
     session["sv"] = user.session_version
-    session["iat"] = int(time.time())
+    session["iat"] = now_s
+    async with services(request).redis.pipeline(transaction=True) as pipe:
+        pipe.hset(sessions_key(user.user_id), sid, now_s)
+        pipe.expire(sessions_key(user.user_id), SESSION_MAX_AGE_S)
+        await pipe.execute()
     request[_USER] = user
+
+
+async def end_all_sessions(redis: aioredis.Redis, user_id: str) -> None:
+    """Every session of this user ends (their cookies stop working at once)."""
+    await redis.delete(sessions_key(user_id))
 
 
 async def start_mfa_challenge(request: web.Request, user: User) -> None:
@@ -460,5 +510,8 @@ async def mfa_challenge_version(request: web.Request) -> int | None:
 
 async def end_session(request: web.Request) -> None:
     session = await _session(request)
+    user_id, sid = session.get("uid"), session.get("sid")
+    if isinstance(user_id, str) and isinstance(sid, str):
+        await services(request).redis.hdel(sessions_key(user_id), sid)
     session.invalidate()
     request[_USER] = None

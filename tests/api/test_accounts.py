@@ -326,3 +326,68 @@ async def test_session_cookie_is_secure_only_when_configured(
             assert cookie["httponly"]
         finally:
             await srv.close()
+
+
+def _copy_cookies(src, dst) -> None:  # type: ignore[no-untyped-def]
+    """What someone who copied the browser's cookie has."""
+    for cookie in src.jar:
+        dst.jar.update_cookies({cookie.key: cookie.value})
+
+
+async def test_log_out_ends_the_session_on_the_server_not_only_in_the_browser(clients):
+    # L1: log-out only cleared the cookie; a copied cookie worked for 14 days.
+    a = clients()
+    await a.sign_up()
+    thief = clients()
+    _copy_cookies(a, thief)
+    assert (await thief.call("GET", "/api/me"))[0] == 200
+    assert (await a.call("POST", "/api/logout"))[0] == 200
+    assert (await thief.call("GET", "/api/me"))[0] == 401
+
+
+async def test_log_out_everywhere_and_a_password_change_end_the_other_sessions(clients):
+    a = clients()
+    await a.sign_up()
+    laptop = clients()
+    assert (await laptop.login(a.email))[0] == 200
+    phone = clients()
+    assert (await phone.login(a.email))[0] == 200
+    # a password change: this session goes on, the others end, the old password is gone
+    status, _ = await laptop.call("POST", "/api/me/password",
+                                  {"current_password": "wrong one", "new_password": "x" * 12})
+    assert status == 401
+    status, me = await laptop.call("POST", "/api/me/password",
+                                   {"current_password": PASSWORD,
+                                    "new_password": "a much newer secret"})
+    assert status == 200, me
+    assert (await laptop.call("GET", "/api/me"))[0] == 200
+    assert (await phone.call("GET", "/api/me"))[0] == 401
+    assert (await a.call("GET", "/api/me"))[0] == 401
+    assert (await phone.login(a.email))[0] == 401
+    assert (await phone.login(a.email, "a much newer secret"))[0] == 200
+    # log out everywhere: every session ends, this one too
+    assert (await phone.call("POST", "/api/logout/everywhere"))[0] == 200
+    assert (await phone.call("GET", "/api/me"))[0] == 401
+    assert (await laptop.call("GET", "/api/me"))[0] == 401
+
+
+async def test_a_log_in_flood_is_shed_and_does_not_stall_holds_or_readiness(api, clients):
+    # M1: argon2 ran in the default executor, shared with the hold path and /readyz.
+    import asyncio
+
+    from .builders import publish_show_via_feed
+
+    show_id, _ = await publish_show_via_feed(api)
+    async with api.post(f"/api/shows/{show_id}/holds", json={"seats": ["A2"]}) as resp:
+        assert resp.status == 201  # the show hosts are up: readiness is all theirs now
+    flood = [clients() for _ in range(80)]
+    logins = [asyncio.create_task(c.call("POST", "/api/login", {
+        "email": new_email("flood"), "password": "not the password"})) for c in flood]
+    async with api.get("/readyz") as resp:
+        ready = resp.status, await resp.text()
+    async with api.post(f"/api/shows/{show_id}/holds", json={"seats": ["A1"]}) as resp:
+        held = resp.status
+    answers = await asyncio.gather(*logins)
+    assert ready[0] == 200 and held == 201, ready
+    codes = sorted({(s, b["error"]["code"]) for s, b in answers})
+    assert codes == [(401, "invalid_credentials"), (503, "busy")], codes
