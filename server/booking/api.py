@@ -12,7 +12,7 @@ show cannot be reached right now: retry).
     DELETE /api/holds/{hold_id}               -> 200 {hold_id, seats, released: true}
     POST   /api/holds/{hold_id}/checkout      Idempotency-Key header; {card, email, name} -> 201 booking
     GET    /api/bookings/{booking_id}         the booking with its signed e-ticket
-    GET    /api/bookings/{booking_id}/ticket.svg?token=...   the e-ticket's QR code
+    GET    /api/bookings/{booking_id}/ticket.svg?t=...       the e-ticket's QR code
 
 Holds need the holder token (returned once by POST .../holds) in `X-Holder-Token: <token>`
 or `Authorization: Bearer <token>`. Bookings need the booking token (returned by checkout)
@@ -224,8 +224,9 @@ def _booking(request: web.Request) -> Booking:
 
 # --- bookings --------------------------------------------------------------------------
 
-_TOKEN_PARAMS = (Header("X-Booking-Token", description="the booking token"),
-                 Query("token", description="the booking token (alternative to the header)"))
+_TOKEN_PARAMS = (Header("X-Booking-Token", description="the booking token"),)
+_IMAGE_PARAMS = (Header("X-Booking-Token", description="the booking token"),
+                 Query("t", description="the image's own short-lived token (ticket.svg_url)"))
 
 
 @routes.get("/api/bookings/{booking_id}")
@@ -239,10 +240,13 @@ async def get_booking(request: web.Request) -> web.Response:
 
 @routes.get("/api/bookings/{booking_id}/ticket.svg")
 @operation("GET", "/api/bookings/{booking_id}/ticket.svg", summary="The e-ticket's QR code (SVG)",
-           errors=(401, 403, 404), tags=TAGS, params=_TOKEN_PARAMS)
+           errors=(401, 403, 404, 409), tags=TAGS, params=_IMAGE_PARAMS)
 async def get_ticket_svg(request: web.Request) -> web.Response:
     """An `image/svg+xml` QR code of the signed e-ticket (`ticket.code`)."""
-    booking = await authorised_booking(request)
+    booking = await authorised_booking(request, image=True)
     view = await booking_view(request, booking)
+    if view.ticket is None:
+        raise ApiError(409, f"booking_{booking.status}", f"this booking is {booking.status}: "
+                       "it has no e-ticket")
     return web.Response(body=qr_svg(view.ticket.code), content_type="image/svg+xml",
                         headers={"Cache-Control": "private, max-age=3600"})

@@ -82,7 +82,8 @@ from server.commerce.payments import (
     WebhookEvent,
 )
 from server.catalog.seat_status import read_seat_statuses
-from server.booking.tickets import TicketPayload, booking_token, sign_ticket, verify_ticket
+from server.booking import views
+from server.booking.tickets import booking_token, ticket_valid, token_expiry, verify_ticket
 from server.catalog import service as catalog
 
 if TYPE_CHECKING:
@@ -266,7 +267,8 @@ async def start_pending(svc: Services, intent: PaymentIntent) -> None:
     secret = svc.settings.secret
     intent.state, intent.status = "pending", 202
     intent.body = msgspec.Raw(msgspec.json.encode(PendingCheckout(
-        "pending", booking.booking_id, booking_token(secret, booking.booking_id),
+        "pending", booking.booking_id,
+        booking_token(secret, booking.booking_id, token_expiry(None, booking.created_at)),
         intent.hold_id, ref, datetime.fromtimestamp(expires_ms / 1000, UTC),
         f"/api/bookings/{booking.booking_id}")))
     async with svc.redis.pipeline(transaction=True) as pipe:
@@ -629,10 +631,7 @@ async def bulk_cancel(svc: Services, show: Show, bulk: BulkRecord) -> list[Cance
     return out
 
 
-def ticket_code(secret: str, booking: BookingRecord, show: Show | None) -> str:
-    return sign_ticket(secret, TicketPayload(1, booking.booking_id, booking.show_id,
-                                             booking.seats, show.starts_at if show else None,
-                                             booking.name))
+ticket_code = views.ticket_code
 
 
 # --- check-in ------------------------------------------------------------------------------
@@ -649,6 +648,9 @@ async def check_in(svc: Services, partner_id: str, code: str) -> Admission:
     payload = verify_ticket(svc.settings.secret, code)
     if payload is None:
         raise ApiError(400, "invalid_ticket", "the ticket's signature does not verify")
+    if (why := ticket_valid(payload)) is not None:
+        raise ApiError(409, f"ticket_{why}", "this ticket does not admit (it is "
+                       f"{why.replace('_', ' ')})")
     await catalog.owned_show(svc.redis, partner_id, payload.show_id)  # 404 / 403
     booking = await store.load_booking(svc.redis, payload.booking_id)
     if booking is None or booking.show_id != payload.show_id:

@@ -155,7 +155,7 @@ class BookingResponse(msgspec.Struct):
     name: str
     created_at: datetime
     url: str
-    ticket: Ticket
+    ticket: Ticket | None  # confirmed bookings only
     # Masked (last three digits): this view is also cached for idempotent retries and
     # sent in e-mails, so the full number never leaves the encrypted record here.
     phone: str | None = None

@@ -3,7 +3,9 @@ Redis and Ray."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import aiohttp
 import pytest
@@ -14,7 +16,10 @@ from actors.layout import Rules
 from server.appkeys import SERVICES
 from server.commerce.gateway_client import HttpGateway
 from server.commerce.payments import Authorisation, CardDetails
-from server.booking.tickets import booking_token, verify_ticket
+from server.booking.tickets import (
+    TicketPayload, booking_token, check_booking_token, sign_ticket, ticket_expiry, ticket_valid,
+    token_expiry, verify_ticket,
+)
 
 from .builders import DECLINED_CARD, GOOD_CARD, publish_show, wait_for_status
 
@@ -247,16 +252,65 @@ async def test_booking_needs_its_token(api, redis, app_settings):
         assert resp.status == 403
     async with api.get(url, headers={"Authorization": f"Bearer {b['booking_token']}"}) as resp:
         assert resp.status == 200
-    async with api.get(f"{url}/ticket.svg?token=wrong") as resp:
-        assert resp.status == 403
+    # L20: the booking token stays out of URLs; a query token opens nothing
+    async with api.get(url, params={"token": b["booking_token"]}) as resp:
+        assert resp.status == 401
+    assert b["booking_token"] not in b["ticket"]["svg_url"]
+    async with api.get(b["ticket"]["svg_url"]) as resp:  # its own short-lived token
+        assert resp.status == 200 and resp.content_type == "image/svg+xml"
+    async with api.get(f"{url}/ticket.svg?t=wrong") as resp:
+        assert resp.status == 401
     other = await hold(api, pub.show_id, ["E10"])
     _, b2 = await checkout(api, other)
-    async with api.get(url, params={"token": b2["booking_token"]}) as resp:
+    async with api.get(url, headers={"X-Booking-Token": b2["booking_token"]}) as resp:
         assert resp.status == 403  # another booking's token opens only that booking
+    async with api.get(b2["ticket"]["svg_url"].replace(b2["booking_id"], b["booking_id"])
+                       ) as resp:
+        assert resp.status == 401  # nor does its image token
     ghost = f"{pub.show_id}.ghost"
-    async with api.get(f"/api/bookings/{ghost}",
-                       params={"token": booking_token(app_settings.secret, ghost)}) as resp:
+    future = int(time.time()) + 3600
+    async with api.get(f"/api/bookings/{ghost}", headers={
+            "X-Booking-Token": booking_token(app_settings.secret, ghost, future)}) as resp:
         assert resp.status == 404
+
+
+def test_booking_tokens_expire_a_month_after_the_show() -> None:
+    # L20: booking tokens never expired.
+    show_at = datetime(2030, 1, 1, 18, tzinfo=UTC)
+    exp = token_expiry(show_at, show_at)
+    token = booking_token("s" * 20, "b1", exp)
+    assert check_booking_token("s" * 20, "b1", token, now=show_at.timestamp())
+    assert not check_booking_token("s" * 20, "b1", token, now=exp + 1)
+    assert exp == int((show_at + timedelta(days=30)).timestamp())
+    forged = f"{exp + 10**6}.{token.split('.', 1)[1]}"  # a later expiry, same signature
+    assert not check_booking_token("s" * 20, "b1", forged, now=show_at.timestamp())
+
+
+def test_tickets_carry_their_status_and_expiry() -> None:
+    # L3: tickets of any booking were validly signed, with no status and no expiry.
+    starts = datetime(2030, 1, 1, 18, tzinfo=UTC)
+    code = sign_ticket("s" * 20, TicketPayload(2, "b1", "s1", ["A1"], starts, "N",
+                                               "confirmed", ticket_expiry(starts, None)))
+    payload = verify_ticket("s" * 20, code)
+    assert payload is not None and ticket_valid(payload, now=starts.timestamp()) is None
+    assert ticket_valid(payload, now=payload.exp + 1) == "expired"
+    assert payload.exp == int((starts + timedelta(hours=4 + 6)).timestamp())
+
+
+async def test_a_booking_that_is_not_confirmed_has_no_ticket(api, redis):
+    from server.commerce.payments import PENDING
+
+    pub = await publish_show(redis)
+    h = await hold(api, pub.show_id, ["E5"])
+    status, pending = await checkout(api, h, card={**GOOD_CARD, "number": PENDING})
+    assert status == 202, pending
+    headers = {"X-Booking-Token": pending["booking_token"]}
+    async with api.get(f"/api/bookings/{pending['booking_id']}", headers=headers) as resp:
+        view = await resp.json()
+    assert view["status"] == "pending" and view["ticket"] is None
+    async with api.get(f"/api/bookings/{pending['booking_id']}/ticket.svg",
+                       headers=headers) as resp:
+        assert resp.status == 409
 
 
 async def test_card_numbers_are_never_stored(api, redis):

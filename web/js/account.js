@@ -62,8 +62,8 @@ async function loadBookings() {
         ? `${b.show.theatre_name} · ${dayOf(b.show.starts_at, b.show.timezone)} ${localTime(b.show.starts_at, b.show.timezone)}` : "" }),
       el("div", { class: "small", text: `Seats ${b.seats.join(", ")} · ${money(b.amount)} · ${b.status}` }),
       b.show && b.status === "confirmed" ? reviewBox(b.show) : null),
-    el("a", { class: "button", href: b.ticket.svg_url, target: "_blank", rel: "noopener",
-              text: "E-ticket" }))));
+    b.ticket ? el("a", { class: "button", href: b.ticket.svg_url, target: "_blank", rel: "noopener",
+                         text: "E-ticket" }) : null)));
   $("no-bookings").hidden = bookings.length > 0;
 }
 
