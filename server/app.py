@@ -16,6 +16,7 @@ from actors.host import ActorSettings
 
 from server import appkeys
 from server.accounts import api as account_api
+from server.accounts import key_usage, oauth
 from server.accounts import users as accounts
 from server.appkeys import SERVICES, Services
 from server.booking import api as customer_api
@@ -52,9 +53,11 @@ def create_app(settings: Settings, redis_url: str) -> web.Application:
     sessions = accounts.middleware(settings.secret, secure=settings.cookie_secure)
     # Outermost first: request id and metrics see every answer, security headers go on
     # every page and error, rate limits run inside the session (per-customer limits).
+    # Partner API key usage (and the WWW-Authenticate challenge) sees the answer as sent.
     app = web.Application(middlewares=[observability.request_id_middleware,
                                        observability.metrics_middleware,
                                        security.security_headers_middleware,
+                                       key_usage.middleware,
                                        error_middleware, sessions,
                                        ratelimit.rate_limit_middleware],
                           client_max_size=1 << 20)
@@ -106,6 +109,7 @@ def create_app(settings: Settings, redis_url: str) -> web.Application:
         webhooks.setup(app, settings, redis_url)
         recommend_store.setup(app, redis_url)
         analytics.setup(app, redis_url, Path(settings.data_dir) / "analytics")
+        partner_api.changes.setup(app, redis_url)  # bookings into partners' change feeds
     app.add_routes(customer_api.routes)
     app.add_routes(partner_api.routes)
     app.add_routes(lifecycle_api.routes)
@@ -123,6 +127,8 @@ def create_app(settings: Settings, redis_url: str) -> web.Application:
     app.add_routes(reports_api.routes)
     app.add_routes(observability.routes)
     app.add_routes(waiting_room.routes)
+    app.add_routes(oauth.routes)       # /oauth/token, /.well-known/jwks.json, key rotation
+    app.add_routes(key_usage.routes)   # /partner/v1/usage
     app.router.add_get("/", _index)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/api/_stats", _stats)
@@ -151,6 +157,7 @@ async def _stats(request: web.Request) -> web.Response:
     calls, so commands / calls is the mean batch size across shows; `fanout_lag_ms` lists,
     per live frame since the previous call, the ms from its oldest event's apply to the
     frame written to every in-sync socket."""
+    observability.require_operator(request)
     shows = appkeys.services(request).shows
     clients = shows.clients()
     return json_response({

@@ -142,6 +142,10 @@ http {{
             proxy_pass http://bmm_web;
         }}
 
+        # The operators' endpoints are scraped on the machines, never through the edge.
+        location = /metrics {{ return 404; }}
+        location = /api/_stats {{ return 404; }}
+
         location / {{
             proxy_pass http://bmm_web;
         }}

@@ -84,6 +84,9 @@ class Settings(msgspec.Struct, frozen=True):
     # The per-device and per-network caps of a show's hold policy (catalog.model.HoldPolicy).
     # Off only for load tests, whose clients all share one loopback address.
     holder_caps: bool = True
+    # /metrics and /api/_stats: for the operators only (L4): a scraper that sends this token
+    # as a bearer, or one on the machine itself (a loopback peer, not through a proxy).
+    metrics_token: str = ""
     admission_ttl_s: int = 900         # how long a waiting-room admission stays valid
     # Payments: the gateway's HTTP API (None: `python -m server` starts the sandbox
     # gateway process, server/sandbox) and the secret its webhooks are signed with.
@@ -130,6 +133,7 @@ class Settings(msgspec.Struct, frozen=True):
             "reconcile": os.environ.get("BMM_RECONCILE"),
             "reconcile_after_s": os.environ.get("BMM_RECONCILE_AFTER_S"),
             "crash_at": os.environ.get("BMM_CRASH_AT"),
+            "metrics_token": os.environ.get("BMM_METRICS_TOKEN"),
         }
         env.update({name: os.environ.get("BMM_" + name.upper()) for name in _ON_SALE})
         sentinels = os.environ.get("BMM_REDIS_SENTINELS")

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import re
 import random
 import time
@@ -99,8 +100,23 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
 
 # --- /metrics and /readyz --------------------------------------------------------------------
 
+def require_operator(request: web.Request) -> None:
+    """The operators' endpoints answer a scraper with the metrics token, or one on this
+    machine: a loopback peer whose request came through no proxy (the shipped edge does not
+    proxy them either). Anyone else gets 404, as if they were not there."""
+    token = services(request).settings.metrics_token
+    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    if token and hmac.compare_digest(given.encode(), token.encode()):
+        return
+    peer = request.remote or ""
+    local = peer.startswith("127.") or peer == "::1"
+    if not local or "X-Forwarded-For" in request.headers or "Forwarded" in request.headers:
+        raise web.HTTPNotFound()
+
+
 @routes.get("/metrics")
 async def metrics_endpoint(request: web.Request) -> web.Response:
+    require_operator(request)
     gc_pauses.flush()
     body = await metrics.exposition(services(request).redis)
     response = web.Response(body=body)

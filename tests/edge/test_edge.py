@@ -281,3 +281,17 @@ def test_render_refuses_what_nginx_would_misread(tmp_path: Any) -> None:
         render(18080, ["127.0.0.1:1"], 0, 1, prefix=tmp_path)
     with pytest.raises(ValueError):
         render(18080, ["127.0.0.1:1"], 10, 1, prefix=tmp_path / "a;b")
+
+
+async def test_the_operators_endpoints_are_not_public(edge: Edge, api, server) -> None:
+    # L4: /metrics and /api/_stats were public and proxied by the shipped edge.
+    async with aiohttp.ClientSession() as http:
+        for path in ("/metrics", "/api/_stats"):
+            async with http.get(edge.url + path) as resp:
+                assert resp.status == 404, path
+            # straight to the app, but from another machine's address (a forwarded one)
+            async with http.get(f"http://127.0.0.1:{server.port}{path}",
+                                headers={"X-Forwarded-For": "203.0.113.9"}) as resp:
+                assert resp.status == 404, path
+            async with http.get(f"http://127.0.0.1:{server.port}{path}") as resp:
+                assert resp.status == 200, path  # a scraper on the machine itself
