@@ -401,11 +401,19 @@ async def _session(request: web.Request) -> Session:
 
 
 def same_origin(request: web.Request) -> None:
-    """Cookie-authenticated writes must come from our own pages: SameSite=Lax already keeps
-    the cookie off cross-site POSTs; a foreign Origin header is refused outright too."""
-    origin = request.headers.get("Origin")
-    if origin is None or request.method in ("GET", "HEAD", "OPTIONS"):
+    """Cookie-authenticated writes must come from our own pages (L8), and not only
+    because SameSite=Lax keeps the cookie off cross-site POSTs: a write must name its
+    origin (browsers send Origin on every POST/PUT/PATCH/DELETE), and it must be ours; a
+    JSON body (core/wire.read_json) cannot be sent cross-site without a preflight either.
+    A client that is not a browser sends Origin like one (or uses an API credential)."""
+    if request.method in ("GET", "HEAD", "OPTIONS"):
         return
+    origin = request.headers.get("Origin")
+    if origin is None:
+        if request.headers.get("Sec-Fetch-Site") == "same-origin":
+            return
+        raise ApiError(403, "origin_required",
+                       "a cookie-authenticated write needs its Origin header")
     host = origin.split("://", 1)[-1].rstrip("/")
     if origin == "null" or host.lower() != request.host.lower():
         raise ApiError(403, "cross_origin", "cross-site requests are not accepted")

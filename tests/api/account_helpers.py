@@ -35,6 +35,8 @@ class Client:
 
     async def call(self, method: str, path: str, body: Any = None,
                    headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        # As a browser does: every write names its origin (the site's own).
+        headers = {"Origin": str(self.http._base_url).rstrip("/"), **(headers or {})}
         async with self.http.request(method, path, json=body, headers=headers) as resp:
             data = await resp.json() if resp.content_type == "application/json" else \
                 await resp.text()

@@ -184,7 +184,8 @@ async def test_a_tampered_session_cookie_is_an_anonymous_request(clients, server
 async def test_session_cookie_is_httponly_and_samesite(clients) -> None:
     a = clients()
     async with a.http.post("/api/accounts", json={"email": new_email(), "password": PASSWORD,
-                                                  "name": "A"}) as resp:
+                                                  "name": "A"},
+                           headers={"Origin": str(a.http._base_url).rstrip("/")}) as resp:
         header = resp.headers["Set-Cookie"]
     assert "bmm_session=" in header and "HttpOnly" in header and "SameSite=Lax" in header
 
@@ -194,6 +195,24 @@ async def test_cross_site_post_with_the_cookie_is_refused(clients) -> None:
     await a.sign_up()
     status, body = await a.call("POST", "/api/me/mfa", headers={"Origin": "https://evil.test"})
     assert status == 403 and body["error"]["code"] == "cross_origin"
+
+
+async def test_a_cookie_write_needs_its_origin_and_a_json_body(clients) -> None:
+    # L8: writes passed without an Origin header, and text/plain bodies (which a foreign
+    # form or fetch sends without a preflight) were read as JSON.
+    a = clients()
+    await a.sign_up()
+    async with a.http.post("/api/me/mfa") as resp:  # the cookie, no Origin
+        assert (resp.status, (await resp.json())["error"]["code"]) == (403, "origin_required")
+    origin = {"Origin": str(a.http._base_url).rstrip("/")}
+    async with a.http.post("/api/logout/everywhere", headers=origin) as resp:
+        assert resp.status == 200
+    assert (await a.login())[0] == 200
+    async with a.http.post("/api/me/password", data='{"current_password": "x", '
+                           '"new_password": "yyyyyyyyy"}',
+                           headers={**origin, "Content-Type": "text/plain"}) as resp:
+        assert (resp.status, (await resp.json())["error"]["code"]) == (
+            415, "unsupported_media_type")
 
 
 async def test_my_bookings_export_and_who_sees_what(clients, show) -> None:
@@ -319,7 +338,8 @@ async def test_session_cookie_is_secure_only_when_configured(
             async with aiohttp.ClientSession(base_url=str(srv.make_url(""))) as http:
                 async with http.post("/api/accounts", json={
                         "email": new_email("secure"), "password": PASSWORD,
-                        "name": "Asha Rao"}) as resp:
+                        "name": "Asha Rao"}, headers={"Origin": str(srv.make_url("")).rstrip("/")}
+                        ) as resp:
                     assert resp.status == 201
                     cookie = resp.cookies["bmm_session"]
             assert bool(cookie["secure"]) is secure

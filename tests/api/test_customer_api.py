@@ -191,9 +191,13 @@ async def test_hold_unknown_seats_are_named(api, redis):
 
 async def test_hold_bad_json_is_400(api, redis):
     pub = await publish_show(redis)
-    async with api.post(f"/api/shows/{pub.show_id}/holds", data=b"{nope") as resp:
+    async with api.post(f"/api/shows/{pub.show_id}/holds", data=b"{nope",
+                        headers={"Content-Type": "application/json"}) as resp:
         assert resp.status == 400
         assert (await resp.json())["error"]["code"] == "bad_json"
+    async with api.post(f"/api/shows/{pub.show_id}/holds", data=b'{"seats": ["A1"]}') as resp:
+        assert resp.status == 415  # not declared JSON (L8): a cross-site form could send it
+        assert (await resp.json())["error"]["code"] == "unsupported_media_type"
 
 
 async def test_hold_not_enough_seats_is_409(api, redis):

@@ -81,12 +81,13 @@ def credentials(live: LiveServer) -> dict[str, dict[str, str]]:
     made.raise_for_status()
     signup = http.post(f"{live.url}/api/accounts", timeout=30, json={
         "email": f"fuzz-{uuid.uuid4().hex[:8]}@example.test", "password": "a long fuzz password",
-        "name": "Fuzz"})
+        "name": "Fuzz"}, headers={"Origin": live.url})
     signup.raise_for_status()
     cookie = "; ".join(f"{c.name}={c.value}" for c in http.cookies)
+    # the customer is a browser: its cookie, and the Origin it names on every write
     return {"/partner/": {"Authorization": f"Bearer {made.json()['api_key']}"},
             "/admin/": {"Authorization": f"Bearer {ADMIN_KEY}"},
-            "/api/": {"Cookie": cookie}}
+            "/api/": {"Cookie": cookie, "Origin": live.url}}
 
 
 # The document GET /api/openapi.json serves, built the same way (importing server.app

@@ -95,7 +95,8 @@ async def test_https_with_hsts_and_secure_cookie(tls_server: TlsServer) -> None:
             assert resp.headers["Strict-Transport-Security"].startswith("max-age=")
         async with http.post(f"https://{tls_server.url}/api/accounts", json={
                 "email": f"tls-{uuid.uuid4().hex[:8]}@example.test",
-                "password": "a long password", "name": "T"}) as resp:
+                "password": "a long password", "name": "T"},
+                headers={"Origin": f"https://{tls_server.url}"}) as resp:
             assert resp.status == 201, await resp.text()
             cookie = resp.headers["Set-Cookie"]
             assert "Secure" in cookie and "HttpOnly" in cookie, cookie

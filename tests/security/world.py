@@ -42,6 +42,8 @@ class World:
 
     async def anon(self, method: str, path: str, body: Any = None,
                    headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        # a browser names its origin on every write
+        headers = {"Origin": str(self.api._base_url).rstrip("/"), **(headers or {})}
         async with self.api.request(method, path, json=body, headers=headers) as resp:
             out = await resp.json() if resp.content_type == "application/json" \
                 else await resp.text()
