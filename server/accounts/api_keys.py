@@ -9,7 +9,20 @@ Each key has metadata (`partnerkey:<sha256 hex>:meta`, a hash): a name, a scope 
 GET only; `write`: everything), an optional IP allow-list (addresses / CIDR networks; a
 call from elsewhere is 403) and its creation time. Keys made before metadata existed have
 none and act as `write` keys without an allow-list. A key's public id is the first 16 hex
-digits of its digest; revoking deletes the index entry, so the key stops working at once.
+digits of its digest (`partnerkeyid:<id>` -> the digest, for the access tokens below);
+revoking deletes the index entries, so the key stops working at once.
+
+The allow-list is checked against the client's address as the rate limiter sees it
+(server/core/client_address.py): X-Forwarded-For counts only from `settings.trusted_proxies`.
+
+`partner_of` also takes an OAuth 2.0 access token (`Authorization: Bearer <JWT>`, told
+from a key by its two dots) that `POST /oauth/token` gave for one of the partner's keys
+(server/accounts/oauth.py, access_tokens.py). Its signature, type, issuer, audience and
+expiry are checked without I/O (the signing keys are cached in the process), and then the
+key it was issued for is read just as a key would be: a token of a revoked key stops at
+once, the key's IP allow-list applies to the token's requests too, and a `read` token
+cannot write. Errors carry RFC 6750's `WWW-Authenticate: Bearer error=...` (set by the
+partner-request middleware, key_usage.py, from `bearer_auth.CHALLENGE`).
 """
 from __future__ import annotations
 
@@ -25,9 +38,13 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from redis.exceptions import WatchError
 
-from server.core.errors import ApiError
+from server.accounts import access_tokens
+from server.accounts.bearer_auth import AUTH_KEY_ID, CHALLENGE
 from server.accounts.bearer_auth import bearer, require_admin  # noqa: F401 (the API, here too)
 from server.accounts.users import SESSION_COOKIE, require_role
+from server.appkeys import services
+from server.core.client_address import client_ip, trusted_networks
+from server.core.errors import ApiError
 
 KEY_PREFIX = "bmm_"
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -73,33 +90,142 @@ def key_id_of(digest: str) -> str:
     return digest[:16]
 
 
+def key_id_index(key_id: str) -> str:
+    return f"partnerkeyid:{key_id}"
+
+
+class KeyRecord(msgspec.Struct, frozen=True):
+    """What a request needs of a live key."""
+
+    partner_id: str
+    digest: str
+    scope: Scope
+    allowed_ips: tuple[str, ...]
+
+    @property
+    def key_id(self) -> str:
+        return key_id_of(self.digest)
+
+
+async def key_record(redis: aioredis.Redis, digest: str) -> KeyRecord | None:
+    """The live key with this digest (one round trip), None if there is none (or it was
+    revoked)."""
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.get(key_index(digest))
+        pipe.hmget(key_meta(digest), "scope", "ips")
+        partner_id, (scope, ips) = await pipe.execute()
+    if partner_id is None:
+        return None
+    return KeyRecord(partner_id.decode(), digest, "read" if scope == b"read" else "write",
+                     tuple(ips.decode().split()) if ips else ())
+
+
+def client_address(request: web.Request) -> str:
+    """The caller's address through the trusted proxies (the rate limiter's rule)."""
+    trusted = trusted_networks(services(request).settings.trusted_proxies)
+    return client_ip(request.remote, request.headers.get("X-Forwarded-For"), trusted)
+
+
+def address_allowed(request: web.Request, key: KeyRecord) -> bool:
+    """Whether the key's IP allow-list (if it has one) admits the caller."""
+    return not key.allowed_ips or _ip_allowed(client_address(request), list(key.allowed_ips))
+
+
+def check_allowed_address(request: web.Request, key: KeyRecord) -> None:
+    if not address_allowed(request, key):
+        raise ApiError(403, "ip_not_allowed", "this API key may not be used from this address")
+
+
+def _challenge(request: web.Request, challenge: str) -> None:
+    request[CHALLENGE] = challenge
+
+
 async def partner_of(request: web.Request, redis: aioredis.Redis,
                      write: bool | None = None) -> str:
-    """The partner id the request's API key belongs to: 401 if no such key (or revoked),
-    403 if the key is read-only and this is a write (`write=None`: any method but
-    GET/HEAD/OPTIONS), 403 if the caller's address is not on the key's allow-list.
+    """The partner id the request's API key (or access token) belongs to: 401 if no such
+    key (or revoked), or an invalid token; 403 if the key or token is read-only and this is
+    a write (`write=None`: any method but GET/HEAD/OPTIONS), 403 if the caller's address
+    is not on the key's allow-list.
 
     Without an Authorization header, the partner portal's logged-in user (session cookie,
     two-factor done) acts for their partner: the portal in the browser uses these same
     endpoints. Its writes need the browser's Origin header, naming this site."""
     if "Authorization" not in request.headers and SESSION_COOKIE in request.cookies:
         return await _portal_partner(request)
-    token = bearer(request)
-    digest = hash_key(token)
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.get(key_index(digest))
-        pipe.hmget(key_meta(digest), "scope", "ips")
-        partner_id, (scope, ips) = await pipe.execute()
-    if partner_id is None:
-        raise ApiError(401, "unauthorized", "not a valid partner API key")
-    if ips and not _ip_allowed(request.remote, ips.decode().split()):
-        raise ApiError(403, "ip_not_allowed",
-                       "this API key may not be used from this address")
+    try:
+        token = bearer(request)
+    except ApiError:
+        _challenge(request, 'Bearer realm="partner"')
+        raise
     if write is None:
         write = request.method not in READ_METHODS
-    if write and scope == b"read":
+    if access_tokens.looks_like_jwt(token):
+        return await _token_partner(request, redis, token, write)
+    key = await key_record(redis, hash_key(token))
+    if key is None:
+        _challenge(request, 'Bearer realm="partner", error="invalid_token"')
+        raise ApiError(401, "unauthorized", "not a valid partner API key")
+    request[AUTH_KEY_ID] = key.key_id
+    check_allowed_address(request, key)
+    if write and key.scope == "read":
+        _challenge(request, 'Bearer realm="partner", error="insufficient_scope", scope="write"')
         raise ApiError(403, "insufficient_scope", "this API key is read-only")
-    return partner_id.decode()
+    return key.partner_id
+
+
+def _invalid_token(request: web.Request, why: str) -> ApiError:
+    _challenge(request, 'Bearer realm="partner", error="invalid_token", '
+                        f'error_description="{_quotable(why)}"')
+    return ApiError(401, "invalid_token", why)
+
+
+def _quotable(text: str) -> str:
+    """RFC 6750 error_description: printable ASCII without '"' and '\\'."""
+    return "".join(c for c in text if " " <= c <= "~" and c not in '"\\')[:200]
+
+
+async def _token_partner(request: web.Request, redis: aioredis.Redis, token: str,
+                         write: bool) -> str:
+    try:
+        claims = await access_tokens.verify(redis, token)
+    except access_tokens.InvalidToken as exc:
+        raise _invalid_token(request, str(exc)) from None
+    digest = await _digest_of(redis, claims.client_id)
+    key = await key_record(redis, digest) if digest else None
+    if key is None or key.partner_id != claims.partner_id:
+        raise _invalid_token(request, "the API key this token was issued for is revoked")
+    request[AUTH_KEY_ID] = key.key_id
+    check_allowed_address(request, key)
+    if write and not (claims.can_write and key.scope == "write"):
+        _challenge(request, 'Bearer realm="partner", error="insufficient_scope", scope="write"')
+        raise ApiError(403, "insufficient_scope", "this access token is read-only")
+    return key.partner_id
+
+
+# key id -> digest never changes once made, so this process remembers it (bounded).
+_DIGESTS: dict[str, str] = {}
+_DIGESTS_KEPT = 16384
+
+
+async def _digest_of(redis: aioredis.Redis, key_id: str) -> str | None:
+    digest = _DIGESTS.get(key_id)
+    if digest is None:
+        raw = await redis.get(key_id_index(key_id))
+        if raw is None:
+            return None
+        digest = raw.decode()
+        if key_id_of(digest) != key_id:  # not ours
+            return None
+        if len(_DIGESTS) >= _DIGESTS_KEPT:
+            _DIGESTS.clear()
+        _DIGESTS[key_id] = digest
+    return digest
+
+
+async def remember_key_id(redis: aioredis.Redis, digest: str) -> None:
+    """The key-id index entry of a live key (keys made before it existed get it at their
+    first token request)."""
+    await redis.set(key_id_index(key_id_of(digest)), digest, nx=True)
 
 
 async def _portal_partner(request: web.Request) -> str:
@@ -169,6 +295,7 @@ async def create_partner(redis: aioredis.Redis, name: str, partner_id: str | Non
                 pipe.hset(partner_key(partner_id), mapping={
                     "name": name, "created_ms": str(time.time_ns() // 1_000_000)})
                 pipe.set(key_index(digest), partner_id)
+                pipe.set(key_id_index(key_id_of(digest)), digest)
                 pipe.hset(key_meta(digest), mapping=_meta("initial", "write", [], api_key))
                 pipe.sadd(partner_keys_key(partner_id), digest)
                 await pipe.execute()
@@ -185,6 +312,7 @@ async def issue_key(redis: aioredis.Redis, partner_id: str, name: str = "key",
     ips = normalise_networks(allowed_ips or [])
     async with redis.pipeline(transaction=True) as pipe:
         pipe.set(key_index(digest), partner_id)
+        pipe.set(key_id_index(key_id_of(digest)), digest)
         pipe.hset(key_meta(digest), mapping=_meta(name, scope, ips, api_key))
         pipe.sadd(partner_keys_key(partner_id), digest)
         await pipe.execute()
@@ -214,7 +342,7 @@ async def revoke_key(redis: aioredis.Redis, partner_id: str, key_id: str) -> boo
         digest = raw.decode()
         if key_id_of(digest) == key_id:
             async with redis.pipeline(transaction=True) as pipe:
-                pipe.delete(key_index(digest), key_meta(digest))
+                pipe.delete(key_index(digest), key_meta(digest), key_id_index(key_id))
                 pipe.srem(partner_keys_key(partner_id), digest)
                 await pipe.execute()
             return True

@@ -42,6 +42,9 @@ from redis.commands.core import AsyncScript
 from server.appkeys import services
 from server.onsale.admission import session_customer
 from server.onsale.keys import ON_SALE, room_config_key
+# The address helpers live in core (the accounts layer needs them too, for the IP
+# allow-list); re-exported here for this module's callers.
+from server.core.client_address import client_ip, parse_networks  # noqa: F401
 from server.core.errors import Handler, error_response
 from server.core.settings import Settings
 
@@ -159,44 +162,6 @@ def classify(method: str, path: str) -> Kind | None:
 
 def show_of_hold_path(path: str) -> str:
     return path[len("/api/shows/"):-len("/holds")]
-
-
-def parse_networks(spec: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-    """`"10.0.0.0/8, 127.0.0.1"` -> networks; raises ValueError on a bad entry (at start)."""
-    return tuple(ipaddress.ip_network(p.strip(), strict=False)
-                 for p in spec.replace(";", ",").split(",") if p.strip())
-
-
-def client_ip(remote: str | None, forwarded_for: str | None,
-              trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> str:
-    """The caller's address. X-Forwarded-For is believed only when the peer is a trusted
-    proxy, and then read from the right: the first hop that is not a trusted proxy is the
-    client (entries further left are whatever the client chose to send)."""
-    ip = remote or "unknown"
-    if not trusted or not forwarded_for or not _trusted(ip, trusted):
-        return ip
-    for hop in reversed([h.strip() for h in forwarded_for.split(",") if h.strip()]):
-        if not _trusted(hop, trusted):
-            return hop if _valid(hop) else ip
-        ip = hop
-    return ip
-
-
-def _valid(addr: str) -> bool:
-    try:
-        ipaddress.ip_address(addr)
-    except ValueError:
-        return False
-    return True
-
-
-def _trusted(addr: str, trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
-             ) -> bool:
-    try:
-        ip = ipaddress.ip_address(addr)
-    except ValueError:
-        return False
-    return any(ip in net for net in trusted)
 
 
 @dataclass

@@ -9,6 +9,7 @@
     GET    /api/partner/keys                          portal: the partner's API keys
     POST   /api/partner/keys                          {name, scope, allowed_ips} -> the key, once
     DELETE /api/partner/keys/{key_id}                 revoke
+    GET    /api/partner/keys/{key_id}/usage?days=7    requests, errors, p95 per day
     GET    /api/partner/shows?date=YYYY-MM-DD         the partner's own shows
 
 Portal endpoints need a logged-in partner user with MFA on (accounts.require_role). The
@@ -30,6 +31,7 @@ from redis.exceptions import WatchError
 from server.appkeys import services
 from server.accounts import users as accounts
 from server.accounts import api_keys as auth
+from server.accounts import key_usage
 from server.catalog import service as catalog
 from server.accounts.api import Email, Me, Name, Password, me_view
 from server.accounts.users import User
@@ -354,6 +356,26 @@ async def portal_revoke_key(request: web.Request) -> web.Response:
     if not await auth.revoke_key(services(request).redis, user.partner_id, key_id):
         raise ApiError(404, "not_found", f"no API key {key_id!r}")
     return json_response(Revoked(key_id))
+
+
+@routes.get("/api/partner/keys/{key_id}/usage")
+@operation("GET", "/api/partner/keys/{key_id}/usage", summary="An API key's usage per day",
+           response=key_usage.KeyUsage, errors=(403, 404, 422), tags=PORTAL_TAGS,
+           security="sessionCookie", params=(key_usage.DAYS,))
+async def portal_key_usage(request: web.Request) -> web.Response:
+    """Per UTC day, oldest first: the requests made with this key or its access tokens,
+    their 4xx and 5xx answers and the 95th percentile latency in ms. 404 if the partner
+    has no such key (a revoked key's usage goes with it)."""
+    user = await _partner_user(request)
+    key_id = request.match_info["key_id"]
+    days = key_usage.parse_days(request)
+    redis = services(request).redis
+    key = next((k for k in await auth.list_keys(redis, user.partner_id) if k.key_id == key_id),
+               None)
+    if key is None:
+        raise ApiError(404, "not_found", f"no API key {key_id!r}")
+    (found,) = await key_usage.usage(redis, [key], days)
+    return json_response(found)
 
 
 @routes.get("/api/partner/shows")

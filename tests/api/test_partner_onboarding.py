@@ -3,7 +3,15 @@ approval -> portal log-in that needs MFA -> API keys with a name, a scope and an
 allow-list, enforced on the partner feed; revocation; least privilege between roles."""
 from __future__ import annotations
 
+from contextlib import asynccontextmanager
+
+import aiohttp
+import msgspec
+from aiohttp.test_utils import TestServer
+
+from server.accounts import api_keys
 from server.accounts import users as accounts
+from server.app import create_app
 
 from .account_helpers import PASSWORD, Client, new_email
 from .catalog_helpers import ADMIN, new_partner, uid
@@ -174,6 +182,65 @@ async def test_keys_scope_ip_allow_list_and_revocation(clients) -> None:
         "reporting", "office only"]
 
 
+@asynccontextmanager
+async def through(server: TestServer, peer: str):
+    """A client session connecting from `peer` (a loopback address of its own)."""
+    connector = aiohttp.TCPConnector(local_addr=(peer, 0))
+    async with aiohttp.ClientSession(base_url=str(server.make_url("")),
+                                     connector=connector) as session:
+        yield session
+
+
+async def _status(session: aiohttp.ClientSession, key: str, forwarded: str | None) -> tuple:
+    headers = bearer(key) | ({"X-Forwarded-For": forwarded} if forwarded else {})
+    async with session.get("/partner/v1/shows?date=2030-01-01", headers=headers) as resp:
+        body = await resp.json()
+        return resp.status, body.get("error", {}).get("code")
+
+
+async def test_the_allow_list_sees_the_client_through_trusted_proxies(
+        api, server, redis, redis_server, app_settings) -> None:
+    # Security review M4: behind the edge proxy the allow-list must see the client the
+    # proxy forwards (X-Forwarded-For, believed from trusted proxies only), as the rate
+    # limiter does, not the proxy's own address.
+    partner = await new_partner(api)
+    key = await api_keys.issue_key(redis, partner.partner_id, "box office", "read",
+                                   ["198.51.100.7"])
+    proxied = TestServer(create_app(msgspec.structs.replace(
+        app_settings, trusted_proxies="127.0.0.2/32"), redis_server.url), host="127.0.0.1")
+    await proxied.start_server()
+    try:
+        async with through(proxied, "127.0.0.2") as proxy:  # the trusted proxy
+            assert await _status(proxy, key, "198.51.100.7") == (200, None)
+            assert await _status(proxy, key, "203.0.113.9") == (403, "ip_not_allowed")
+            # what a client writes at the left is not believed: the client is the
+            # rightmost address that is not a trusted proxy
+            assert await _status(proxy, key, "198.51.100.7, 203.0.113.9") == \
+                (403, "ip_not_allowed")
+            assert await _status(proxy, key, "203.0.113.9, 198.51.100.7, 127.0.0.2") == \
+                (200, None)
+            # the same goes for an access token of the key
+            form = {"grant_type": "client_credentials"}
+            auth = aiohttp.encode_basic_auth(api_keys.key_id_of(api_keys.hash_key(key)), key)
+            async with proxy.post("/oauth/token", data=form, headers={
+                    "Authorization": auth, "X-Forwarded-For": "203.0.113.9"}) as resp:
+                assert resp.status == 400
+                assert (await resp.json())["error"] == "unauthorized_client"
+            async with proxy.post("/oauth/token", data=form, headers={
+                    "Authorization": auth, "X-Forwarded-For": "198.51.100.7"}) as resp:
+                assert resp.status == 200
+                token = (await resp.json())["access_token"]
+            assert await _status(proxy, token, "198.51.100.7") == (200, None)
+            assert await _status(proxy, token, "203.0.113.9") == (403, "ip_not_allowed")
+        async with through(proxied, "127.0.0.3") as direct:  # not a proxy we trust
+            assert await _status(direct, key, "198.51.100.7") == (403, "ip_not_allowed")
+    finally:
+        await proxied.close()
+    # Without trusted proxies the header is ignored: the peer is the client.
+    async with through(server, "127.0.0.2") as proxy:
+        assert await _status(proxy, key, "198.51.100.7") == (403, "ip_not_allowed")
+
+
 async def test_a_partner_cannot_touch_another_partners_keys_or_theatres(clients) -> None:
     admin = clients()
     a, done_a = await approved_partner(clients, admin, "A Cinemas")
@@ -222,8 +289,8 @@ async def test_the_portal_session_uses_the_partner_feed_and_its_writes_need_an_o
     p, done = await approved_partner(clients, clients())
     theatre = uid("th")
     path = f"/partner/v1/theatres/{theatre}"
-    status, out = await p.call("PUT", path, THEATRE)
-    assert (status, out["error"]["code"]) == (403, "origin_required"), out
+    async with p.http.put(path, json=THEATRE) as resp:  # no Origin header
+        assert (resp.status, (await resp.json())["error"]["code"]) == (403, "origin_required")
     status, out = await p.call("PUT", path, THEATRE, headers={"Origin": "https://evil.example"})
     assert status == 403, out
     origin = str(p.http._base_url).rstrip("/")  # the site's own origin
