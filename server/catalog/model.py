@@ -8,7 +8,7 @@ the show actor reads. Ids are `[A-Za-z0-9_-]{1,64}` so they can be composed with
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -25,6 +25,11 @@ class Money(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     currency: Currency
 
 
+# A theatre, screen or movie is "active" until its partner retires it (DELETE): a retired
+# one gets no new shows and leaves customer browse; a PUT of it makes it active again.
+ItemStatus = Literal["active", "retired"]
+
+
 class Theatre(msgspec.Struct, forbid_unknown_fields=True):
     theatre_id: Id
     name: str
@@ -32,6 +37,7 @@ class Theatre(msgspec.Struct, forbid_unknown_fields=True):
     address: str
     partner_id: str = ""  # set by the server from the API key, never by the body
     timezone: str = "UTC"
+    status: ItemStatus = "active"
 
 
 class ScreenLayout(msgspec.Struct, forbid_unknown_fields=True):
@@ -46,6 +52,7 @@ class Screen(msgspec.Struct, forbid_unknown_fields=True):
     name: str
     layout: ScreenLayout
     partner_id: str = ""
+    status: ItemStatus = "active"
 
 
 class Movie(msgspec.Struct, forbid_unknown_fields=True):
@@ -57,6 +64,7 @@ class Movie(msgspec.Struct, forbid_unknown_fields=True):
     certificate: str
     synopsis: str = ""
     partner_id: str = ""
+    status: ItemStatus = "active"
 
 
 ShowStatus = Literal["scheduled", "cancelled"]
@@ -201,6 +209,42 @@ class PartnerShow(msgspec.Struct):
 class PartnerShowList(msgspec.Struct):
     date: str
     shows: list[PartnerShow]
+
+
+class PartnerShowPage(msgspec.Struct):
+    """GET /partner/v1/shows: a page of the partner's shows by start time (one local date,
+    or every future show). `shows` repeats `items` when a date was asked for: the answer's
+    shape before it had pages."""
+
+    items: list[PartnerShow]
+    next_cursor: str | None = None
+    date: str | None = None
+    shows: list[PartnerShow] | msgspec.UnsetType = msgspec.UNSET
+
+
+CHANGE_TYPES = ("show.created", "show.updated", "show.cancelled",
+                "theatre.upserted", "theatre.retired", "screen.upserted", "screen.retired",
+                "movie.upserted", "movie.retired", "booking.confirmed", "booking.cancelled")
+# A string, not an enum in the document: a client generated today must still read a feed
+# that later gains a type.
+ChangeType = Annotated[str, msgspec.Meta(
+    description="one of " + ", ".join(CHANGE_TYPES) + " (more may be added: skip others)")]
+
+
+class Change(msgspec.Struct):
+    """One entry of GET /partner/v1/changes. `data` is the record as stored (plus its
+    `etag`; a screen without its seat layout, with `seat_count`) for catalog changes, the
+    booking (no customer contact data) plus the show's `availability` for bookings."""
+
+    id: str            # the change's position in the partner's change stream
+    type: ChangeType
+    at: datetime       # when it happened (UTC)
+    data: dict[str, Any]
+
+
+class ChangesPage(msgspec.Struct):
+    items: list[Change]
+    next_cursor: str   # always given: poll again with ?since=<next_cursor>
 
 
 class PartnerCreate(msgspec.Struct, forbid_unknown_fields=True):

@@ -9,18 +9,32 @@ Records are JSON under `catalog:<kind>:<id>` (catalog_model.catalog_key). Indexe
     idx:shows:movie:<movie_id>      zset  scheduled show ids by start (ms)
     idx:shows:screen:<screen_id>    zset  scheduled show ids by start (ms): the overlap check
     idx:partner:<pid>:shows:<date>  zset  all of a partner's shows (cancelled too) by start
+    idx:partner:<pid>:shows-by-start zset the same over every date (pages of future shows;
+                                          entries older than PARTNER_SHOWS_KEEP are trimmed)
+    idx:partner:<pid>:theatres      zset  the partner's theatre ids, score 0 (pages by id:
+    idx:partner:<pid>:screens       zset    ZRANGEBYLEX), retired ones too
+    idx:partner:<pid>:movies        zset
+    changes:{<pid>}                 stream  what changed for the partner (GET
+                                          /partner/v1/changes), capped at ~CHANGES_MAXLEN:
+                                          entries `type`, `at` (ISO 8601), `data` (JSON)
     catalog:generation              int   bumped by every catalog write (in its MULTI): the
                                           search cache keys on it (server/discovery/search.py)
 
-Every write reads under WATCH and writes all its keys (record, indexes and, for shows, the
-actor's `ShowConfig`) in one MULTI, retried if a watched key moved: validation and write
-see the same state, and nothing is ever half-written. Validation failures raise ApiError
-(4xx) before anything is queued.
+Every write reads under WATCH and writes all its keys (record, indexes, its change entry
+and, for shows, the actor's `ShowConfig`) in one MULTI, retried if a watched key moved:
+validation and write see the same state, and nothing is ever half-written. Validation
+failures raise ApiError (4xx) before anything is queued. A write may carry a
+`Precondition` (the feed's If-Match / If-None-Match): it is checked against the record
+read under WATCH, so two writers holding the same ETag cannot both win.
+
+A theatre, screen or movie is never deleted, only retired (`status: "retired"`), and only
+while no future scheduled show uses it; a retired one gets no new shows.
 """
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -113,6 +127,24 @@ def partner_shows_key(partner_id: str, date: str) -> str:
     return f"idx:partner:{partner_id}:shows:{date}"
 
 
+def partner_all_shows_key(partner_id: str) -> str:
+    return f"idx:partner:{partner_id}:shows-by-start"
+
+
+def partner_items_key(partner_id: str, kind: str) -> str:
+    """The partner's theatres, screens or movies (`kind`: theatre|screen|movie)."""
+    return f"idx:partner:{partner_id}:{kind}s"
+
+
+def changes_key(partner_id: str) -> str:
+    return f"changes:{{{partner_id}}}"
+
+
+CHANGES_MAXLEN = 100_000  # per partner, approximate (XADD MAXLEN ~)
+PARTNER_SHOWS_KEEP = dt.timedelta(days=90)  # shows-by-start keeps shows this far back
+IN_USE_MAX = 20  # blocking show ids named by a refused retire
+
+
 GENERATION = "catalog:generation"  # INCR'd in the MULTI of every catalog write
 
 
@@ -174,6 +206,68 @@ def _owned(record: Any, partner_id: str, what: str, item_id: str) -> None:
                        **{f"{what}_id": item_id})
 
 
+# --- ETags, preconditions, the change stream ------------------------------------------
+
+def etag_of(record: msgspec.Struct) -> str:
+    """The record's entity tag: a hash of its stored (canonical JSON) form, quoted."""
+    return '"' + hashlib.blake2b(encode(record), digest_size=16).hexdigest() + '"'
+
+
+class Precondition(msgspec.Struct, frozen=True):
+    """A write's conditions (HTTP If-Match / If-None-Match): ETags, or ["*"] = any."""
+
+    if_match: tuple[str, ...] | None = None
+    if_none_match: tuple[str, ...] | None = None
+
+    def check(self, current: msgspec.Struct | None) -> None:
+        tag = etag_of(current) if current is not None else None
+        if self.if_match is not None:
+            ok = tag is not None and ("*" in self.if_match or tag in self.if_match)
+            if not ok:
+                raise ApiError(412, "precondition_failed",
+                               "If-Match: the record does not exist" if tag is None else
+                               "If-Match: the record changed since that ETag was read",
+                               etag=tag)
+        if self.if_none_match is not None and tag is not None:
+            if "*" in self.if_none_match or tag in self.if_none_match:
+                raise ApiError(412, "precondition_failed",
+                               "If-None-Match: the record exists already", etag=tag)
+
+
+def _check(pre: Precondition | None, current: msgspec.Struct | None) -> None:
+    if pre is not None:
+        pre.check(current)
+
+
+def change_fields(type_: str, data: Any, at: dt.datetime | None = None) -> dict[str, bytes]:
+    """A change stream entry's fields."""
+    when = (at or utcnow()).astimezone(dt.UTC)
+    return {"type": type_.encode(),
+            "at": when.isoformat(timespec="milliseconds").replace("+00:00", "Z").encode(),
+            "data": _enc.encode(data)}
+
+
+def _record_change(kind: str, record: msgspec.Struct) -> dict[str, Any]:
+    data = msgspec.to_builtins(record)
+    if kind == "screen":  # up to MAX_SEATS seats: GET the screen for its layout
+        data["seat_count"] = len(data.pop("layout")["seats"])
+    data["etag"] = etag_of(record)
+    return data
+
+
+def _queue_change(p: Pipeline, partner_id: str, type_: str, kind: str,
+                  record: msgspec.Struct) -> None:
+    p.xadd(changes_key(partner_id), change_fields(type_, _record_change(kind, record)),
+           maxlen=CHANGES_MAXLEN, approximate=True)
+
+
+def _retired(record: Any, what: str, field: str) -> None:
+    if record is not None and getattr(record, "status", "active") == "retired":
+        item_id = getattr(record, f"{what}_id")
+        raise ApiError(422, f"{what}_retired", f"{what} {item_id!r} is retired; PUT it "
+                       "again to use it", field=field, **{f"{what}_id": item_id})
+
+
 Commit = Callable[[Pipeline], None]
 
 
@@ -201,13 +295,15 @@ async def transact(redis: aioredis.Redis, watch: list[str],
 # --- theatres, screens, movies -------------------------------------------------------
 
 async def put_theatre(redis: aioredis.Redis, partner_id: str, theatre_id: str,
-                      body: TheatreIn) -> tuple[Theatre, bool]:
+                      body: TheatreIn, pre: Precondition | None = None
+                      ) -> tuple[Theatre, bool]:
     zone(body.timezone)
     key = catalog_key("theatre", theatre_id)
 
     async def run(pipe: Pipeline) -> tuple[tuple[Theatre, bool], Commit]:
         old = await load(pipe, Theatre, theatre_id)
         _owned(old, partner_id, "theatre", theatre_id)
+        _check(pre, old)
         new = Theatre(theatre_id, body.name, " ".join(body.city.split()), body.address,
                       partner_id, body.timezone)
         if old is not None and (city_slug(old.city) != city_slug(new.city)
@@ -223,6 +319,9 @@ async def put_theatre(redis: aioredis.Redis, partner_id: str, theatre_id: str,
                 p.srem(city_theatres_key(old.city), theatre_id)
             p.sadd(city_theatres_key(new.city), theatre_id)
             p.hsetnx(CITIES, city_slug(new.city), new.city)
+            p.zadd(partner_items_key(partner_id, "theatre"), {theatre_id: 0})
+            if old != new:
+                _queue_change(p, partner_id, "theatre.upserted", "theatre", new)
             p.incr(GENERATION)
 
         return (new, old is None), commit
@@ -244,7 +343,7 @@ def _layout(screen_layout: Any) -> Layout:
 
 
 async def put_screen(redis: aioredis.Redis, partner_id: str, screen_id: str,
-                     body: ScreenIn) -> tuple[Screen, bool]:
+                     body: ScreenIn, pre: Precondition | None = None) -> tuple[Screen, bool]:
     if len(body.layout.seats) > MAX_SEATS:
         raise ApiError(422, "invalid_layout", f"a screen has at most {MAX_SEATS} seats")
     try:
@@ -257,11 +356,13 @@ async def put_screen(redis: aioredis.Redis, partner_id: str, screen_id: str,
     async def run(pipe: Pipeline) -> tuple[tuple[Screen, bool], Commit]:
         old = await load(pipe, Screen, screen_id)
         _owned(old, partner_id, "screen", screen_id)
+        _check(pre, old)
         theatre = await load(pipe, Theatre, body.theatre_id)
         if theatre is None:
             raise ApiError(422, "unknown_theatre", f"no theatre {body.theatre_id!r}; PUT it first",
                            theatre_id=body.theatre_id)
         _owned(theatre, partner_id, "theatre", body.theatre_id)
+        _retired(theatre, "theatre", "theatre_id")
         if old is not None and old.theatre_id != body.theatre_id:
             if await pipe.zcount(screen_shows_key(screen_id), to_ms(utcnow()), "+inf"):
                 raise ApiError(409, "screen_has_shows",
@@ -274,6 +375,9 @@ async def put_screen(redis: aioredis.Redis, partner_id: str, screen_id: str,
             if old is not None and old.theatre_id != new.theatre_id:
                 p.srem(theatre_screens_key(old.theatre_id), screen_id)
             p.sadd(theatre_screens_key(new.theatre_id), screen_id)
+            p.zadd(partner_items_key(partner_id, "screen"), {screen_id: 0})
+            if old != new:
+                _queue_change(p, partner_id, "screen.upserted", "screen", new)
             p.incr(GENERATION)
 
         return (new, old is None), commit
@@ -282,22 +386,139 @@ async def put_screen(redis: aioredis.Redis, partner_id: str, screen_id: str,
 
 
 async def put_movie(redis: aioredis.Redis, partner_id: str, movie_id: str,
-                    body: MovieIn) -> tuple[Movie, bool]:
+                    body: MovieIn, pre: Precondition | None = None) -> tuple[Movie, bool]:
     key = catalog_key("movie", movie_id)
 
     async def run(pipe: Pipeline) -> tuple[tuple[Movie, bool], Commit]:
         old = await load(pipe, Movie, movie_id)
         _owned(old, partner_id, "movie", movie_id)
+        _check(pre, old)
         new = Movie(movie_id, body.title, body.languages, body.genres, body.runtime_min,
                     body.certificate, body.synopsis, partner_id)
 
         def commit(p: Pipeline) -> None:
             p.set(key, encode(new))
+            p.zadd(partner_items_key(partner_id, "movie"), {movie_id: 0})
+            if old != new:
+                _queue_change(p, partner_id, "movie.upserted", "movie", new)
             p.incr(GENERATION)
 
         return (new, old is None), commit
 
     return await transact(redis, [key], run)
+
+
+# --- reading, listing and retiring theatres, screens, movies -------------------------
+
+Item = TypeVar("Item", Theatre, Screen, Movie)
+ITEM_TYPES: dict[str, type] = {"theatre": Theatre, "screen": Screen, "movie": Movie}
+
+
+async def owned(redis: aioredis.Redis, kind: type[T], partner_id: str, item_id: str) -> T:
+    """One of the partner's records (any kind): 404 if there is none, 403 if not theirs."""
+    what = _KIND[kind]
+    record = await load(redis, kind, item_id)
+    if record is None:
+        raise ApiError(404, "not_found", f"no {what} {item_id!r}", **{f"{what}_id": item_id})
+    _owned(record, partner_id, what, item_id)
+    return record
+
+
+async def partner_items(redis: aioredis.Redis, kind: type[Item], partner_id: str,
+                        after: str | None, limit: int) -> tuple[list[Item], str | None]:
+    """A page of the partner's theatres, screens or movies by id (retired ones too), after
+    id `after`; returns (records, the id to continue after, or None on the last page)."""
+    ids = [i.decode() for i in await redis.zrangebylex(
+        partner_items_key(partner_id, _KIND[kind]), "-" if after is None else f"({after}",
+        "+", start=0, num=limit + 1)]
+    more = len(ids) > limit
+    ids = ids[:limit]
+    records = await load_many(redis, kind, ids)
+    return records, (ids[-1] if more and ids else None)
+
+
+async def _future_shows(pipe: Pipeline, index_keys: list[str], limit: int) -> list[str]:
+    """Up to `limit` ids of scheduled shows not yet started in these listing indexes."""
+    now = to_ms(utcnow())
+    found: list[tuple[float, str]] = []
+    for k in index_keys:
+        rows = await pipe.zrangebyscore(k, now, "+inf", start=0, num=limit, withscores=True)
+        found.extend((score, m.decode()) for m, score in rows)
+    return [i for _, i in sorted(found)[:limit]]
+
+
+async def retire(redis: aioredis.Redis, kind: type[Item], partner_id: str, item_id: str,
+                 pre: Precondition | None = None) -> Item:
+    """Retire a theatre, screen or movie: 409 `in_use` (naming up to IN_USE_MAX shows)
+    while a future scheduled show uses it (a theatre: through its screens). Retiring a
+    retired one changes nothing."""
+    what = _KIND[kind]
+    key = catalog_key(what, item_id)
+    watch = [key]
+    if kind is Theatre:
+        watch.append(theatre_screens_key(item_id))
+    elif kind is Screen:
+        watch.append(screen_shows_key(item_id))
+    else:
+        watch.append(movie_shows_key(item_id))
+
+    async def run(pipe: Pipeline) -> tuple[Item, Commit]:
+        old = await load(pipe, kind, item_id)
+        if old is None:
+            raise ApiError(404, "not_found", f"no {what} {item_id!r}", **{f"{what}_id": item_id})
+        _owned(old, partner_id, what, item_id)
+        _check(pre, old)
+        if old.status == "retired":
+            return old, lambda p: None
+        if kind is Theatre:
+            screens = sorted(m.decode() for m in await pipe.smembers(watch[1]))
+            indexes = [screen_shows_key(sid) for sid in screens]
+            if indexes:  # a show put on one of them meanwhile moves one of these
+                await pipe.watch(*indexes)
+        else:
+            indexes = [watch[1]]
+        blocking = await _future_shows(pipe, indexes, IN_USE_MAX)
+        if blocking:
+            raise ApiError(409, "in_use", f"{what} {item_id!r} is used by "
+                           f"{len(blocking)}{'+' if len(blocking) == IN_USE_MAX else ''} "
+                           "future show(s); cancel them first", show_ids=blocking,
+                           **{f"{what}_id": item_id})
+        new = msgspec.structs.replace(old, status="retired")
+
+        def commit(p: Pipeline) -> None:
+            p.set(key, encode(new))
+            if isinstance(new, Theatre):  # out of customer browse (the city's theatres)
+                p.srem(city_theatres_key(new.city), item_id)
+            p.zadd(partner_items_key(partner_id, what), {item_id: 0})
+            _queue_change(p, partner_id, f"{what}.retired", what, new)
+            p.incr(GENERATION)
+
+        return new, commit
+
+    return await transact(redis, watch, run)
+
+
+async def index_existing(redis: aioredis.Redis) -> int:
+    """A one-off for records written before the per-partner list indexes existed: adds
+    every theatre, screen, movie and show to its partner's index. Not for a request path
+    (it SCANs the catalog's keys); safe to repeat. Returns how many records it indexed."""
+    n = 0
+    for what, kind in (*ITEM_TYPES.items(), ("show", Show)):
+        async for key in redis.scan_iter(match=f"catalog:{what}:*", count=1000):
+            try:
+                record = decode(kind, await redis.get(key))
+            except msgspec.DecodeError:
+                continue
+            if record is None or not record.partner_id:
+                continue
+            item_id = getattr(record, f"{what}_id")
+            if isinstance(record, Show):
+                await redis.zadd(partner_all_shows_key(record.partner_id),
+                                 {item_id: to_ms(record.starts_at_utc)})
+            else:
+                await redis.zadd(partner_items_key(record.partner_id, what), {item_id: 0})
+            n += 1
+    return n
 
 
 # --- shows ----------------------------------------------------------------------------
@@ -311,7 +532,8 @@ def _show_indexes(show: Show, tz: str) -> tuple[str, list[str]]:
 
 
 async def put_show(redis: aioredis.Redis, partner_id: str, show_id: str, body: ShowIn,
-                   now: dt.datetime | None = None) -> tuple[Show, bool]:
+                   now: dt.datetime | None = None, pre: Precondition | None = None
+                   ) -> tuple[Show, bool]:
     now = now or utcnow()
     starts_at = body.starts_at.astimezone(dt.UTC)
     if starts_at <= now:
@@ -336,6 +558,7 @@ async def put_show(redis: aioredis.Redis, partner_id: str, show_id: str, body: S
     async def run(pipe: Pipeline) -> tuple[tuple[Show, bool], Commit]:
         old = await load(pipe, Show, show_id)
         _owned(old, partner_id, "show", show_id)
+        _check(pre, old)
         if old is not None:
             if old.status == "cancelled":
                 raise ApiError(409, "show_cancelled", f"show {show_id!r} was cancelled; "
@@ -353,9 +576,14 @@ async def put_show(redis: aioredis.Redis, partner_id: str, show_id: str, body: S
             raise ApiError(422, "unknown_movie", f"no movie {body.movie_id!r}",
                            field="movie_id", movie_id=body.movie_id)
         _owned(movie, partner_id, "movie", body.movie_id)
+        # The screen's theatre, watched too: a retire of it must not pass this write by.
+        await pipe.watch(catalog_key("theatre", screen.theatre_id))
         theatre = await load(pipe, Theatre, screen.theatre_id)
         if theatre is None:  # a screen is only written with its theatre present
             raise ApiError(422, "unknown_theatre", f"no theatre {screen.theatre_id!r}")
+        _retired(screen, "screen", "screen_id")
+        _retired(movie, "movie", "movie_id")
+        _retired(theatre, "theatre", "screen_id")
         if body.language.casefold() not in {lang.casefold() for lang in movie.languages}:
             raise ApiError(422, "unknown_language",
                            f"{movie.title!r} is not available in {body.language!r}",
@@ -401,10 +629,16 @@ async def put_show(redis: aioredis.Redis, partner_id: str, show_id: str, body: S
                     p.zrem(k, show_id)
             p.set(key, encode(new))
             p.zadd(partner_idx, {show_id: score})
+            every = partner_all_shows_key(partner_id)
+            p.zadd(every, {show_id: score})
+            p.zremrangebyscore(every, "-inf", f"({to_ms(now - PARTNER_SHOWS_KEEP)}")
             for k in listings:
                 p.zadd(k, {show_id: score})
             if config is not None:
                 p.set(config_key(show_id), msgspec.json.encode(config))
+            if old != new:
+                _queue_change(p, partner_id, "show.created" if old is None else "show.updated",
+                              "show", new)
             p.publish(SHOWS_CHANNEL, show_id)  # web processes drop their cached copy
             p.incr(GENERATION)  # search results cached before this write are not read again
 
@@ -433,7 +667,7 @@ async def _overlapping(pipe: Pipeline, screen_id: str, show_id: str, starts_at: 
 
 
 async def cancel_show(redis: aioredis.Redis, partner_id: str, show_id: str,
-                      now: dt.datetime | None = None) -> Show:
+                      now: dt.datetime | None = None, pre: Precondition | None = None) -> Show:
     """Take a show off sale and out of the listings (only before it starts)."""
     now = now or utcnow()
     key = catalog_key("show", show_id)
@@ -443,6 +677,7 @@ async def cancel_show(redis: aioredis.Redis, partner_id: str, show_id: str,
         if old is None:
             raise ApiError(404, "not_found", f"no show {show_id!r}", show_id=show_id)
         _owned(old, partner_id, "show", show_id)
+        _check(pre, old)
         if old.status == "cancelled":
             return old, lambda p: None
         if old.starts_at <= now:
@@ -456,6 +691,7 @@ async def cancel_show(redis: aioredis.Redis, partner_id: str, show_id: str,
             p.set(key, encode(new))
             for k in listings:
                 p.zrem(k, show_id)
+            _queue_change(p, partner_id, "show.cancelled", "show", new)
             p.publish(SHOWS_CHANNEL, show_id)  # web processes drop their cached copy
             p.incr(GENERATION)  # search results cached before this write are not read again
 
@@ -482,7 +718,41 @@ async def scheduled_show(redis: aioredis.Redis, show_id: str) -> Show | None:
 
 async def partner_shows(redis: aioredis.Redis, partner_id: str, date: str) -> list[PartnerShow]:
     ids = [i.decode() for i in await redis.zrange(partner_shows_key(partner_id, date), 0, -1)]
-    shows = await load_many(redis, Show, ids)
+    return await _partner_show_rows(redis, await load_many(redis, Show, ids))
+
+
+async def partner_show_page(redis: aioredis.Redis, partner_id: str, date: str | None,
+                            after: tuple[int, str] | None, limit: int,
+                            now: dt.datetime | None = None
+                            ) -> tuple[list[PartnerShow], tuple[int, str] | None]:
+    """A page of the partner's shows by (start, id): on a theatre-local `date` (cancelled
+    too), or without one every show not yet started. `after` is the (start ms, id) of the
+    previous page's last show; returns the rows and the position to continue after (None
+    on the last page)."""
+    if date is not None:
+        key, lo = partner_shows_key(partner_id, date), "-inf"
+    else:
+        key, lo = partner_all_shows_key(partner_id), str(to_ms(now or utcnow()))
+    page: list[tuple[int, str]] = []
+    if after is not None:
+        score, last = after
+        # Shows starting at the same ms as the last one: those after it by id (Redis orders
+        # equal scores by member), then the later starts.
+        ties = [m.decode() for m in await redis.zrangebyscore(key, score, score)]
+        page = [(score, m) for m in ties if m > last]
+        lo = f"({score}"
+    if len(page) <= limit:
+        rows = await redis.zrangebyscore(key, lo, "+inf", start=0, num=limit + 1 - len(page),
+                                         withscores=True)
+        page += [(int(s), m.decode()) for m, s in rows]
+    more = len(page) > limit
+    page = page[:limit]
+    shows = await load_many(redis, Show, [i for _, i in page])
+    nxt = page[-1] if more and page else None
+    return await _partner_show_rows(redis, shows), nxt
+
+
+async def _partner_show_rows(redis: aioredis.Redis, shows: list[Show]) -> list[PartnerShow]:
     all_statuses = await asyncio.gather(*(read_seat_statuses(redis, s.show_id) for s in shows))
     out: list[PartnerShow] = []
     for show, statuses in zip(shows, all_statuses, strict=True):
@@ -553,7 +823,8 @@ async def browse_movies(redis: aioredis.Redis, city: str | None, language: str |
     by_movie: dict[str, list[Show]] = {}
     for s in shows:
         by_movie.setdefault(s.movie_id, []).append(s)
-    movies = await load_many(redis, Movie, sorted(by_movie))
+    movies = [m for m in await load_many(redis, Movie, sorted(by_movie))
+              if m.status != "retired"]
     if genre:
         movies = [m for m in movies if genre.casefold() in {g.casefold() for g in m.genres}]
     first = {m.movie_id: min(by_movie[m.movie_id], key=lambda s: s.starts_at) for m in movies}
@@ -571,7 +842,7 @@ async def browse_movies(redis: aioredis.Redis, city: str | None, language: str |
 
 async def movie(redis: aioredis.Redis, movie_id: str) -> MovieInfo:
     m = await load(redis, Movie, movie_id)
-    if m is None:
+    if m is None or m.status == "retired":  # a retired movie has left browse
         raise ApiError(404, "not_found", f"no movie {movie_id!r}", movie_id=movie_id)
     return movie_info(m)
 
@@ -613,6 +884,6 @@ def theatre_show_times(shows: list[Show], theatres: dict[str, Theatre],
             s.show_id, s.starts_at, s.ends_at, s.language, s.format, s.screen_id,
             screen.name if screen else "", prices[0], prices[-1]))
     out = [TheatreShows(t.theatre_id, t.name, t.city, t.address, grouped[tid], t.timezone)
-           for tid, t in theatres.items() if tid in grouped]
+           for tid, t in theatres.items() if tid in grouped and t.status != "retired"]
     out.sort(key=lambda t: (t.city.casefold(), t.name.casefold()))
     return out

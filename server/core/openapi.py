@@ -12,7 +12,8 @@ Each handler module declares its operations next to its handlers with `operation
 
 `operation` only records the declaration (the handler is returned unchanged), so the order
 of the two decorators does not matter. Path parameters are taken from `{name}` in the path;
-query parameters and headers are listed with `Query(...)` / `Header(...)`. The document
+query parameters and headers are listed with `Query(...)` / `Header(...)`, the headers of a
+success answer (e.g. `ETag`) with `response_headers=(Header(...),)`. The document
 (`GET /api/openapi.json`) is built from every operation registered by the modules the app
 imports; schemas come from `msgspec.json.schema_components`, so what the doc describes is
 exactly what `wire.read_json` accepts.
@@ -84,6 +85,7 @@ class Operation(msgspec.Struct, frozen=True):
     description: str = ""
     operation_id: str = ""
     also: tuple[int, ...] = ()    # other success statuses with the same body (201 on upsert)
+    response_headers: tuple[Param, ...] = ()  # headers of the success answers (ETag)
 
 
 REGISTRY: dict[tuple[str, str], Operation] = {}
@@ -102,7 +104,7 @@ def operation(
     method: str, path: str, *, summary: str, request: Any = None, response: Any = None,
     status: int = 200, errors: tuple[int, ...] = (), params: tuple[Param, ...] = (),
     tags: tuple[str, ...] = (), security: str | None = None, description: str = "",
-    also: tuple[int, ...] = (),
+    also: tuple[int, ...] = (), response_headers: tuple[Param, ...] = (),
 ) -> Callable[[F], F]:
     """Declare one operation for the OpenAPI document (returns the handler unchanged)."""
 
@@ -110,7 +112,7 @@ def operation(
         name = getattr(handler, "__name__", "") or ""
         op = Operation(method.upper(), path, summary, request, response, status, tuple(errors),
                        tuple(params), tuple(tags), security, description or (handler.__doc__ or "").strip(),
-                       name, tuple(also))
+                       name, tuple(also), tuple(response_headers))
         REGISTRY[(op.method, op.path)] = op
         return handler
 
@@ -134,6 +136,7 @@ def build_document(title: str = "Book My Movie API", version: str = "1") -> dict
         if op.response is not None:
             types.append(op.response)
         types.extend(p.type for p in op.params)
+        types.extend(h.type for h in op.response_headers)
     schemas, components = msgspec.json.schema_components(types, ref_template=REF_TEMPLATE)
     by_type = dict(zip(map(id, types), schemas, strict=True))
 
@@ -168,6 +171,11 @@ def build_document(title: str = "Book My Movie API", version: str = "1") -> dict
                 "content": {"application/json": {"schema": by_type[id(op.request)]}},
             }
         ok: dict[str, Any] = {"description": STATUS_TEXT.get(op.status, "Success")}
+        if op.response_headers:
+            ok["headers"] = {
+                h.name: {"schema": by_type[id(h.type)], "required": h.required,
+                         **({"description": h.description} if h.description else {})}
+                for h in op.response_headers}
         if op.response is not None:
             ok["content"] = {"application/json": {"schema": by_type[id(op.response)]}}
         responses: dict[str, Any] = {str(op.status): ok}

@@ -1,7 +1,9 @@
 """Partner show feed against a real server, Redis and Ray: auth, idempotent upserts,
-every validation error (and that nothing was written), bulk, cancel, house seats."""
+every validation error (and that nothing was written), bulk, cancel, house seats; lists
+with cursors, GET one, ETag / If-Match, retiring, the changes feed."""
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from zoneinfo import ZoneInfo
 
@@ -13,8 +15,10 @@ import redis.asyncio as aioredis
 from actors.layout import ShowConfig
 from actors.store import config_key
 from server.accounts.api_keys import hash_key
+from server.catalog import service as catalog_service
 from server.catalog.service import screen_shows_key
 
+from .builders import GOOD_CARD
 from .catalog_helpers import ADMIN, Partner, layout, new_partner, uid
 
 
@@ -341,3 +345,336 @@ async def test_sales_counts_follow_bookings(partner: Partner, server) -> None:
     assert row["availability"]["booked"] == 2
     # A1 is Silver (200.00), D1 is Gold (350.00)
     assert row["sales"] == {"seats_sold": 2, "gross": {"amount": 55000, "currency": "INR"}}
+
+
+# --- lists, cursors, GET one, ETags, retire, changes (issue 16) -----------------------
+
+async def _pages(partner: Partner, path: str, limit: int) -> list[list[dict]]:
+    pages: list[list[dict]] = []
+    cursor = None
+    sep = "&" if "?" in path else "?"
+    while True:
+        url = f"{path}{sep}limit={limit}" + (f"&cursor={cursor}" if cursor else "")
+        status, page = await partner.call("GET", url)
+        assert status == 200, page
+        pages.append(page["items"])
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return pages
+        assert len(pages) < 20
+
+
+async def test_lists_page_by_id_with_cursors(api: aiohttp.ClientSession,
+                                             partner: Partner) -> None:
+    theatre = {"name": "T", "city": partner.city, "address": "a"}
+    made = [partner.theatre]
+    for _ in range(4):
+        made.append(uid("th"))
+        assert (await partner.call("PUT", f"/partner/v1/theatres/{made[-1]}", theatre))[0] == 201
+    pages = await _pages(partner, "/partner/v1/theatres", 2)
+    assert [len(p) for p in pages] == [2, 2, 1]
+    assert [t["theatre_id"] for p in pages for t in p] == sorted(made)
+    assert all(t["partner_id"] == partner.partner_id for p in pages for t in p)
+    # Another partner's list is theirs alone.
+    other = await (await new_partner(api)).setup()
+    _, theirs = await other.call("GET", "/partner/v1/theatres")
+    assert [t["theatre_id"] for t in theirs["items"]] == [other.theatre]
+    assert theirs["next_cursor"] is None
+    # Screens and movies page the same way (default limit: all of these on one page).
+    _, screens = await partner.call("GET", "/partner/v1/screens")
+    assert [s["screen_id"] for s in screens["items"]] == [partner.screen]
+    assert screens["items"][0]["layout"]["seats"]
+    _, movies = await partner.call("GET", "/partner/v1/movies?limit=1")
+    assert [m["movie_id"] for m in movies["items"]] == [partner.movie]
+    assert movies["next_cursor"] is None
+
+
+async def test_show_list_pages_by_start_then_id(partner: Partner) -> None:
+    second = uid("sc")
+    assert (await partner.call("PUT", f"/partner/v1/screens/{second}",
+                               {"theatre_id": partner.theatre, "name": "2",
+                                "layout": layout()}))[0] == 201
+    hours = [(10, partner.screen), (14, partner.screen), (14, second), (18, partner.screen),
+             (18, second)]
+    base = partner.show(0)  # same start second for the pairs: ties across a page boundary
+    made = []
+    for h, screen in hours:
+        show_id = uid("sh")
+        body = partner.show(h, screen_id=screen)
+        body["starts_at"] = (dt.datetime.fromisoformat(base["starts_at"]) +
+                             dt.timedelta(hours=h)).isoformat()
+        status, show = await partner.call("PUT", f"/partner/v1/shows/{show_id}", body)
+        assert status == 201, show
+        made.append((show["starts_at"], show_id))
+    pages = await _pages(partner, "/partner/v1/shows", 2)
+    assert [len(p) for p in pages] == [2, 2, 1]
+    got = [(r["show"]["starts_at"], r["show"]["show_id"]) for p in pages for r in p]
+    assert got == sorted(made)
+    assert all(r["availability"]["free"] == 24 for p in pages for r in p)
+    # With a date: that day's shows, also as `shows` (the shape before pages).
+    day = local_date(made[0][0])
+    status, listing = await partner.call("GET", f"/partner/v1/shows?date={day}")
+    assert status == 200 and listing["date"] == day
+    assert listing["shows"] == listing["items"]
+    assert made[0][1] in [r["show"]["show_id"] for r in listing["items"]]
+    # A cursor is only good for the listing it came from.
+    _, first = await partner.call("GET", "/partner/v1/shows?limit=2")
+    status, err = await partner.call(
+        "GET", f"/partner/v1/shows?date={day}&cursor={first['next_cursor']}")
+    assert (status, err["error"]["code"]) == (422, "invalid_cursor")
+
+
+async def test_get_one_with_its_etag(api: aiohttp.ClientSession, partner: Partner) -> None:
+    show_id = uid("sh")
+    _, show = await partner.call("PUT", f"/partner/v1/shows/{show_id}", partner.show(30))
+    for path, field in [(f"/partner/v1/theatres/{partner.theatre}", "theatre_id"),
+                        (f"/partner/v1/screens/{partner.screen}", "screen_id"),
+                        (f"/partner/v1/movies/{partner.movie}", "movie_id"),
+                        (f"/partner/v1/shows/{show_id}", "show_id")]:
+        async with api.get(path, headers=partner.headers) as r:
+            assert r.status == 200
+            body = await r.json()
+            etag = r.headers["ETag"]
+        assert body[field] == path.rsplit("/", 1)[1] and body["partner_id"] == partner.partner_id
+        assert etag.startswith('"') and etag.endswith('"') and len(etag) > 10
+        # The same record, the same tag.
+        async with api.get(path, headers=partner.headers) as r:
+            assert r.headers["ETag"] == etag
+    _, theatre = await partner.call("GET", f"/partner/v1/theatres/{partner.theatre}")
+    assert theatre["status"] == "active"
+    for kind in ("theatres", "screens", "movies", "shows"):
+        status, err = await partner.call("GET", f"/partner/v1/{kind}/{uid('x')}")
+        assert (status, err["error"]["code"]) == (404, "not_found")
+    other = await new_partner(api)
+    assert (await other.call("GET", f"/partner/v1/movies/{partner.movie}"))[0] == 403
+    assert (await other.call("DELETE", f"/partner/v1/movies/{partner.movie}"))[0] == 403
+
+
+async def _put(api: aiohttp.ClientSession, partner: Partner, path: str, body: dict,
+               **headers: str) -> tuple[int, dict, str | None]:
+    async with api.put(path, json=body, headers={**partner.headers, **headers}) as r:
+        return r.status, await r.json(), r.headers.get("ETag")
+
+
+MOVIE = {"languages": ["Hindi", "English"], "genres": ["Drama"], "runtime_min": 120,
+         "certificate": "UA"}
+
+
+async def test_if_match_lets_exactly_one_of_two_writers_win(
+        api: aiohttp.ClientSession, partner: Partner) -> None:
+    path = f"/partner/v1/movies/{partner.movie}"
+    async with api.get(path, headers=partner.headers) as r:
+        etag = r.headers["ETag"]
+    results = await asyncio.gather(*(
+        _put(api, partner, path, {**MOVIE, "title": f"Writer {n}"}, **{"If-Match": etag})
+        for n in range(2)))
+    statuses = sorted(s for s, _, _ in results)
+    assert statuses == [200, 412], results
+    (won,) = [(out, tag) for s, out, tag in results if s == 200]
+    (lost,) = [out for s, out, _ in results if s == 412]
+    assert lost["error"]["code"] == "precondition_failed"
+    assert lost["error"]["etag"] == won[1]  # the current tag, to re-read and retry with
+    _, now = await partner.call("GET", path)
+    assert now["title"] == won[0]["title"]
+    # A stale tag changes nothing, on PUT or DELETE; the current one works; so does *.
+    status, err, _ = await _put(api, partner, path, {**MOVIE, "title": "stale"},
+                                **{"If-Match": etag})
+    assert (status, err["error"]["code"]) == (412, "precondition_failed")
+    async with api.delete(path, headers={**partner.headers, "If-Match": etag}) as r:
+        assert r.status == 412
+    assert (await partner.call("GET", path))[1]["title"] == won[0]["title"]
+    status, out, tag = await _put(api, partner, path, {**MOVIE, "title": "third"},
+                                  **{"If-Match": f'"nope", {won[1]}'})
+    assert status == 200 and tag != won[1]
+    status, _, _ = await _put(api, partner, path, {**MOVIE, "title": "fourth"},
+                              **{"If-Match": "*"})
+    assert status == 200
+    # If-Match on something that does not exist: 412, nothing made.
+    missing = f"/partner/v1/movies/{uid('mv')}"
+    status, _, _ = await _put(api, partner, missing, {**MOVIE, "title": "x"},
+                              **{"If-Match": "*"})
+    assert status == 412
+    assert (await partner.call("GET", missing))[0] == 404
+
+
+async def test_if_none_match_star_creates_only(api: aiohttp.ClientSession,
+                                               partner: Partner) -> None:
+    path = f"/partner/v1/theatres/{uid('th')}"
+    body = {"name": "New", "city": partner.city, "address": "a"}
+    status, out, tag = await _put(api, partner, path, body, **{"If-None-Match": "*"})
+    assert status == 201 and tag
+    status, err, _ = await _put(api, partner, path, {**body, "name": "Again"},
+                                **{"If-None-Match": "*"})
+    assert (status, err["error"]["code"]) == (412, "precondition_failed")
+    assert (await partner.call("GET", path))[1]["name"] == "New"
+    show_path = f"/partner/v1/shows/{uid('sh')}"
+    assert (await _put(api, partner, show_path, partner.show(30),
+                       **{"If-None-Match": "*"}))[0] == 201
+    assert (await _put(api, partner, show_path, partner.show(30),
+                       **{"If-None-Match": "*"}))[0] == 412
+
+
+async def test_retire_is_refused_while_a_future_show_uses_it(
+        api: aiohttp.ClientSession, partner: Partner) -> None:
+    show_id = uid("sh")
+    assert (await partner.call("PUT", f"/partner/v1/shows/{show_id}", partner.show(30)))[0] == 201
+    for kind, item in [("screens", partner.screen), ("theatres", partner.theatre),
+                       ("movies", partner.movie)]:
+        status, err = await partner.call("DELETE", f"/partner/v1/{kind}/{item}")
+        assert (status, err["error"]["code"]) == (409, "in_use"), (kind, err)
+        assert err["error"]["show_ids"] == [show_id]
+        assert (await partner.call("GET", f"/partner/v1/{kind}/{item}"))[1]["status"] == "active"
+    assert (await partner.call("DELETE", f"/partner/v1/shows/{show_id}"))[0] == 200
+    async with api.get("/api/cities") as r:
+        assert partner.city in [c["name"] for c in (await r.json())["cities"]]
+    for kind, item in [("screens", partner.screen), ("theatres", partner.theatre),
+                       ("movies", partner.movie)]:
+        async with api.delete(f"/partner/v1/{kind}/{item}", headers=partner.headers) as r:
+            out = await r.json()
+            assert (r.status, out["status"]) == (200, "retired"), out
+            assert r.headers["ETag"]
+        assert (await partner.call("DELETE", f"/partner/v1/{kind}/{item}"))[0] == 200  # again
+        _, listing = await partner.call("GET", f"/partner/v1/{kind}")
+        assert [i["status"] for i in listing["items"]] == ["retired"]
+    # Out of customer browse.
+    async with api.get("/api/cities") as r:
+        assert partner.city not in [c["name"] for c in (await r.json())["cities"]]
+    async with api.get(f"/api/movies/{partner.movie}") as r:
+        assert r.status == 404
+    status, err = await partner.call("DELETE", f"/partner/v1/screens/{uid('sc')}")
+    assert (status, err["error"]["code"]) == (404, "not_found")
+
+
+async def test_a_retired_movie_gets_no_new_shows_until_put_again(partner: Partner) -> None:
+    assert (await partner.call("DELETE", f"/partner/v1/movies/{partner.movie}"))[0] == 200
+    status, err = await partner.call("PUT", f"/partner/v1/shows/{uid('sh')}", partner.show(30))
+    assert (status, err["error"]["code"]) == (422, "movie_retired")
+    # A retired screen (and a theatre) likewise.
+    assert (await partner.call("PUT", f"/partner/v1/movies/{partner.movie}",
+                               {**MOVIE, "title": "Back"}))[1]["status"] == "active"
+    assert (await partner.call("DELETE", f"/partner/v1/theatres/{partner.theatre}"))[0] == 200
+    status, err = await partner.call("PUT", f"/partner/v1/shows/{uid('sh')}", partner.show(30))
+    assert (status, err["error"]["code"]) == (422, "theatre_retired")
+    status, err = await partner.call("PUT", f"/partner/v1/screens/{uid('sc')}",
+                                     {"theatre_id": partner.theatre, "name": "x",
+                                      "layout": layout()})
+    assert (status, err["error"]["code"]) == (422, "theatre_retired")
+    assert (await partner.call("PUT", f"/partner/v1/theatres/{partner.theatre}",
+                               {"name": "Regal", "city": partner.city, "address": "1 Main St",
+                                "timezone": "Asia/Kolkata"}))[0] == 200
+    assert (await partner.call("DELETE", f"/partner/v1/screens/{partner.screen}"))[0] == 200
+    status, err = await partner.call("PUT", f"/partner/v1/shows/{uid('sh')}", partner.show(30))
+    assert (status, err["error"]["code"]) == (422, "screen_retired")
+    assert (await partner.call("PUT", f"/partner/v1/screens/{partner.screen}",
+                               {"theatre_id": partner.theatre, "name": "1",
+                                "layout": layout()}))[0] == 200
+    assert (await partner.call("PUT", f"/partner/v1/shows/{uid('sh')}", partner.show(30)))[0] == 201
+
+
+async def _changes(partner: Partner, since: str | None = None, limit: int = 200) -> dict:
+    url = f"/partner/v1/changes?limit={limit}" + (f"&since={since}" if since else "")
+    status, page = await partner.call("GET", url)
+    assert status == 200, page
+    return page
+
+
+async def test_changes_feed_lists_catalog_writes_and_bookings_with_availability(
+        api: aiohttp.ClientSession, partner: Partner) -> None:
+    first = await _changes(partner)
+    assert [(c["type"], c["data"].get(f"{c['type'].split('.')[0]}_id")) for c in first["items"]] \
+        == [("theatre.upserted", partner.theatre), ("screen.upserted", partner.screen),
+            ("movie.upserted", partner.movie)]
+    assert "layout" not in first["items"][1]["data"]
+    assert first["items"][1]["data"]["seat_count"] == 24
+    cursor = first["next_cursor"]
+    empty = await _changes(partner, cursor)
+    assert empty["items"] == [] and empty["next_cursor"]  # always a cursor to poll from
+
+    show_id = uid("sh")
+    assert (await partner.call("PUT", f"/partner/v1/shows/{show_id}", partner.show(30)))[0] == 201
+    # The same body again changes nothing: no entry.
+    assert (await partner.call("PUT", f"/partner/v1/shows/{show_id}", partner.show(30)))[0] == 200
+    assert (await partner.call("PUT", f"/partner/v1/shows/{show_id}",
+                               partner.show(30, format="3D")))[0] == 200
+    # A customer books a seat (as tests/api/test_checkout.py does).
+    async with api.post(f"/api/shows/{show_id}/holds", json={"seats": ["A1", "A2"]}) as r:
+        assert r.status == 201, await r.text()
+        hold = await r.json()
+    async with api.post(f"/api/holds/{hold['hold_id']}/checkout",
+                        headers={"X-Holder-Token": hold["holder_token"],
+                                 "Idempotency-Key": uid("idem")},
+                        json={"card": GOOD_CARD, "email": "asha@example.com",
+                              "name": "Asha Rao"}) as r:
+        assert r.status == 201, await r.text()
+        booking = await r.json()
+    got: list[dict] = []
+    deadline = asyncio.get_running_loop().time() + 30
+    while not any(c["type"] == "booking.confirmed" for c in got):
+        assert asyncio.get_running_loop().time() < deadline, got
+        page = await _changes(partner, cursor, limit=2)  # small pages: the cursor moves on
+        got += page["items"]
+        if not page["items"]:
+            await asyncio.sleep(0.2)
+        cursor = page["next_cursor"]
+    assert [c["type"] for c in got] == ["show.created", "show.updated", "booking.confirmed"]
+    assert got[1]["data"]["format"] == "3D" and got[1]["data"]["etag"]
+    ids = [c["id"] for c in got]
+    assert ids == sorted(ids, key=lambda i: tuple(map(int, i.split("-"))))
+    event = got[2]
+    assert event["data"]["booking_id"] == booking["booking_id"]
+    assert event["data"]["seats"] == ["A1", "A2"]
+    assert "email" not in event["data"] and "name" not in event["data"]
+    assert event["data"]["availability"] == {"free": 22, "held": 0, "booked": 2,
+                                             "blocked": 0,
+                                             "seq": event["data"]["availability"]["seq"]}
+    dt.datetime.fromisoformat(event["at"].replace("Z", "+00:00"))
+    # Cancelling the show: show.cancelled (then the booking's cancellation).
+    assert (await partner.call("DELETE", f"/partner/v1/shows/{show_id}"))[0] == 200
+    deadline = asyncio.get_running_loop().time() + 30
+    later: list[dict] = []
+    while not any(c["type"] == "booking.cancelled" for c in later):
+        assert asyncio.get_running_loop().time() < deadline, later
+        page = await _changes(partner, cursor)
+        later += page["items"]
+        cursor = page["next_cursor"]
+        await asyncio.sleep(0.1)
+    assert [c["type"] for c in later] == ["show.cancelled", "booking.cancelled"]
+    assert later[1]["data"]["availability"]["booked"] == 0
+
+
+async def test_bad_cursor_and_bad_limit_are_422(partner: Partner) -> None:
+    assert (await partner.call("PUT", f"/partner/v1/theatres/{uid('th')}",
+                               {"name": "T", "city": partner.city, "address": "a"}))[0] == 201
+    _, page = await partner.call("GET", "/partner/v1/theatres?limit=1")
+    tampered = page["next_cursor"][:-2] + ("AA" if page["next_cursor"][-2:] != "AA" else "BB")
+    _, changes = await partner.call("GET", "/partner/v1/changes?limit=1")
+    for url in ["/partner/v1/theatres?cursor=nope", f"/partner/v1/theatres?cursor={tampered}",
+                # a cursor of another list
+                f"/partner/v1/movies?cursor={page['next_cursor']}",
+                f"/partner/v1/shows?cursor={page['next_cursor']}",
+                f"/partner/v1/theatres?cursor={changes['next_cursor']}"]:
+        status, err = await partner.call("GET", url)
+        assert (status, err["error"]["code"]) == (422, "invalid_cursor"), url
+    for since in ["nope", page["next_cursor"]]:
+        status, err = await partner.call("GET", f"/partner/v1/changes?since={since}")
+        assert (status, err["error"]["code"], err["error"]["field"]) == (
+            422, "invalid_cursor", "since")
+    for path in ("theatres", "screens", "movies", "shows", "changes"):
+        for limit in ("0", "201", "x", "-1"):
+            status, err = await partner.call("GET", f"/partner/v1/{path}?limit={limit}")
+            assert (status, err["error"]["code"]) == (422, "invalid_limit"), (path, limit)
+
+
+async def test_records_from_before_the_indexes_are_indexed_once(
+        partner: Partner, redis: aioredis.Redis) -> None:
+    show_id = uid("sh")
+    assert (await partner.call("PUT", f"/partner/v1/shows/{show_id}", partner.show(30)))[0] == 201
+    await redis.delete(*(catalog_service.partner_items_key(partner.partner_id, k)
+                         for k in ("theatre", "screen", "movie")),
+                       catalog_service.partner_all_shows_key(partner.partner_id))
+    assert (await partner.call("GET", "/partner/v1/movies"))[1]["items"] == []
+    assert await catalog_service.index_existing(redis) >= 4
+    assert [m["movie_id"] for m in (await partner.call("GET", "/partner/v1/movies"))[1]["items"]] \
+        == [partner.movie]
+    assert [r["show"]["show_id"] for r in (await partner.call("GET", "/partner/v1/shows"))[1]
+            ["items"]] == [show_id]
