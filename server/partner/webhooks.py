@@ -7,23 +7,39 @@ Two stages, both durable in Redis:
    each of that partner's endpoints subscribed to the event type, creates one delivery
    (id derived from event id + endpoint id, so a redelivered event creates nothing new)
    and schedules it in `webhooks:due`. The event is acknowledged after that.
-2. Delivery — a loop takes due deliveries (a lease: the delivery's due time is pushed
-   forward while it is being attempted, so a crashed worker's delivery is retried) and
-   POSTs the JSON body with
+2. Delivery — a loop takes due deliveries and starts each as its own task, never waiting
+   for one before taking the next: at most `MAX_INFLIGHT` in flight per process and
+   `PER_ENDPOINT` per endpoint (counted in Redis, across processes), so an endpoint that
+   hangs until the timeout holds its own few slots and nobody else's. Taking a delivery
+   is a lease (its due time pushed forward while it is attempted, and a slot in the
+   endpoint's in-flight set until then, so a crashed worker's delivery is retried and its
+   slots come back). A due delivery whose endpoint has its slots in use is parked on that
+   endpoint (out of the shared queue, so it does not hold up other receivers) and put
+   back when one of the endpoint's attempts ends. Each attempt POSTs the JSON body with
        X-BMM-Event-Id:   the event id (receivers dedupe on it)
        X-BMM-Timestamp:  Unix seconds of this attempt
        X-BMM-Signature:  sha256=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>
    A 2xx is success. Anything else (or a timeout / refused connection) is retried with
    exponential backoff (`webhook_retry_s` doubled per attempt, capped at
-   `webhook_retry_max_s`) up to `webhook_max_attempts`, then marked failed. Every attempt
-   is recorded in the delivery log the partner reads (webhooks_api.py).
+   `webhook_retry_max_s`) up to `webhook_max_attempts`, then marked failed. Of the
+   answer's body the first `RESPONSE_KEEP` bytes are kept for the log and the connection
+   is then closed: the rest is never read. Every attempt is recorded in the delivery log
+   the partner reads (webhooks_api.py), where a delivery can also be resent (a new
+   delivery of the same event, same event id).
+
+Signing secrets are encrypted at rest with the data key (server/core/pii.py, AES-256-GCM
+bound to `webhook:<id>:secret`), decrypted only to sign. Records written before that
+hold the secret in clear: they still sign, and are rewritten sealed on first use.
 
 Keys:
-    webhook:<id>                  JSON Endpoint (the secret is kept: HMAC needs it)
+    webhook:<id>                  JSON Endpoint (secret sealed: `pii1.…`; old records: clear)
     partner:<pid>:webhooks        set of endpoint ids
     whdelivery:<id>               JSON Delivery (body, attempts, status, next retry)
     webhook:<id>:deliveries       zset delivery id -> created ms (the endpoint's log)
+    webhook:<id>:inflight         zset delivery id -> lease end ms (attempts under way)
+    webhook:<id>:parked           zset delivery id -> due ms (due, waiting for a slot)
     webhooks:due                  zset delivery id -> due ms
+    webhooks:parked               set of endpoint ids with parked deliveries
 """
 from __future__ import annotations
 
@@ -43,8 +59,10 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError
 
 
+from server.core import pii
 from server.core.clock import from_ms, now_ms
 from server.catalog.model import Show, catalog_key
+from server.core.errors import ApiError
 from server.core.outbox import Event, GroupConsumer, cancel_and_wait, run_with_app
 from server.core.settings import Settings
 from server.partner.ssrf import PublicResolver, check_delivery
@@ -53,11 +71,18 @@ log = logging.getLogger(__name__)
 
 GROUP = "webhooks"
 DUE = "webhooks:due"
+PARKED = "webhooks:parked"
 LOG_LIMIT = 1000            # deliveries kept per endpoint log
 DELIVERY_TTL_S = 30 * 24 * 3600
 LEASE_MS = 60_000           # a delivery being attempted is not taken by another worker
 MAX_ENDPOINTS = 10          # per partner
-MAX_CONCURRENT = 16
+MAX_INFLIGHT = 64           # attempts under way in one process, all endpoints together
+PER_ENDPOINT = 4            # attempts under way to one endpoint, all processes together
+TAKE_AT_MOST = 256          # due deliveries looked at per pass
+SWEEP_EVERY_S = 1.0         # parked deliveries of endpoints whose worker died: put back
+RESPONSE_KEEP = 4096        # bytes of the receiver's answer kept in the log (newest attempt)
+OLD_RESPONSE_KEEP = 256     # ... and of earlier attempts' answers
+EXCERPT_WAIT_S = 2.0        # at most this long reading the excerpt once the status is in
 PARTNER_EVENTS = ("booking.confirmed", "booking.cancelled", "show.sold_out", "show.cancelled")
 # What a partner sees of a booking: no customer contact details.
 PRIVATE_FIELDS = ("email", "name", "phone", "customer_id")
@@ -67,7 +92,7 @@ class Endpoint(msgspec.Struct):
     webhook_id: str
     partner_id: str
     url: str
-    secret: str
+    secret: str     # sealed with the data key (`pii1.…`); records from before: in clear
     events: list[str]
     created_at: datetime
     description: str = ""
@@ -78,6 +103,7 @@ class Attempt(msgspec.Struct):
     status_code: int | None   # None: no HTTP answer (refused, timeout)
     error: str | None
     duration_ms: int
+    response_excerpt: str | None = None  # the answer's first bytes (RESPONSE_KEEP at most)
 
 
 class Delivery(msgspec.Struct):
@@ -90,6 +116,7 @@ class Delivery(msgspec.Struct):
     status: Literal["pending", "delivered", "failed"] = "pending"
     attempts: list[Attempt] = []
     next_retry_at: datetime | None = None
+    resend_of: str | None = None   # the delivery a partner asked to send again
 
 
 def endpoint_key(webhook_id: str) -> str:
@@ -106,6 +133,14 @@ def delivery_key(delivery_id: str) -> str:
 
 def endpoint_log_key(webhook_id: str) -> str:
     return f"webhook:{webhook_id}:deliveries"
+
+
+def inflight_key(webhook_id: str) -> str:
+    return f"webhook:{webhook_id}:inflight"
+
+
+def parked_key(webhook_id: str) -> str:
+    return f"webhook:{webhook_id}:parked"
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
@@ -129,6 +164,39 @@ def new_secret() -> str:
     return "whsec_" + secrets.token_urlsafe(32)
 
 
+# --- the signing secret at rest ------------------------------------------------------------
+
+def secret_context(webhook_id: str) -> str:
+    """Associated data: a sealed secret copied onto another endpoint does not decrypt."""
+    return f"webhook:{webhook_id}:secret"
+
+
+def is_sealed(stored: str) -> bool:
+    return stored.startswith(pii.PREFIX + ".")
+
+
+def seal_secret(settings: Settings, webhook_id: str, secret: str) -> str:
+    """503 `no_data_key` when the server has no data key (nothing is stored then)."""
+    return pii.settings_cipher(settings).encrypt(secret, secret_context(webhook_id))
+
+
+def signing_secret(settings: Settings, endpoint: Endpoint) -> str:
+    """The secret in clear, to sign with. ValueError / KeyError if it cannot be decrypted
+    (altered, or sealed with a key no longer configured); ApiError if there is no key."""
+    if not is_sealed(endpoint.secret):
+        return endpoint.secret  # written before secrets were sealed
+    return pii.settings_cipher(settings).decrypt(endpoint.secret,
+                                                 secret_context(endpoint.webhook_id))
+
+
+def needs_sealing(settings: Settings, endpoint: Endpoint) -> bool:
+    """In clear, or sealed with a retired key: rewrite it (with the current key)."""
+    if not is_sealed(endpoint.secret):
+        return True
+    return bool(settings.data_key) and pii.settings_cipher(settings).needs_rotation(
+        endpoint.secret)
+
+
 _endpoint_decoder = msgspec.json.Decoder(Endpoint)
 _delivery_decoder = msgspec.json.Decoder(Delivery)
 _encoder = msgspec.json.Encoder()
@@ -136,16 +204,20 @@ _encoder = msgspec.json.Encoder()
 
 # --- endpoints (used by webhooks_api.py) -------------------------------------------------
 
-async def create_endpoint(redis: aioredis.Redis, partner_id: str, url: str, events: list[str],
-                          description: str = "") -> Endpoint | None:
-    """A new endpoint with a fresh secret; None if the partner has MAX_ENDPOINTS already."""
-    endpoint = Endpoint("wh_" + secrets.token_hex(10), partner_id, url, new_secret(),
+async def create_endpoint(redis: aioredis.Redis, settings: Settings, partner_id: str, url: str,
+                          events: list[str], description: str = ""
+                          ) -> tuple[Endpoint, str] | None:
+    """A new endpoint and its fresh secret in clear (the endpoint holds it sealed); None if
+    the partner has MAX_ENDPOINTS already."""
+    webhook_id = "wh_" + secrets.token_hex(10)
+    secret = new_secret()
+    endpoint = Endpoint(webhook_id, partner_id, url, seal_secret(settings, webhook_id, secret),
                         events, datetime.now(UTC).replace(microsecond=0), description)
     ok = await _CREATE(keys=[partner_webhooks_key(partner_id),
                              endpoint_key(endpoint.webhook_id)],
                        args=[endpoint.webhook_id, _encoder.encode(endpoint), MAX_ENDPOINTS],
                        client=redis)
-    return endpoint if ok else None
+    return (endpoint, secret) if ok else None
 
 
 async def load_endpoint(redis: aioredis.Redis, webhook_id: str) -> Endpoint | None:
@@ -153,7 +225,18 @@ async def load_endpoint(redis: aioredis.Redis, webhook_id: str) -> Endpoint | No
     return _endpoint_decoder.decode(raw) if raw else None
 
 
+async def reseal_endpoint(redis: aioredis.Redis, settings: Settings, endpoint: Endpoint,
+                          secret: str, stored: bytes) -> bool:
+    """Save `endpoint` with `secret` sealed under the current key, if its record is still
+    `stored` (nobody changed or deleted it meanwhile). True if rewritten."""
+    sealed = msgspec.structs.replace(
+        endpoint, secret=seal_secret(settings, endpoint.webhook_id, secret))
+    return bool(await _REPLACE(keys=[endpoint_key(endpoint.webhook_id)],
+                               args=[stored, _encoder.encode(sealed)], client=redis))
+
+
 async def partner_endpoints(redis: aioredis.Redis, partner_id: str) -> list[Endpoint]:
+    """A partner's endpoints, oldest first (by creation time, then id)."""
     ids = sorted(m.decode() for m in await redis.smembers(partner_webhooks_key(partner_id)))
     if not ids:
         return []
@@ -168,20 +251,63 @@ async def delete_endpoint(redis: aioredis.Redis, endpoint: Endpoint) -> None:
         pipe.delete(endpoint_key(endpoint.webhook_id))
         pipe.expire(endpoint_log_key(endpoint.webhook_id), DELIVERY_TTL_S)
         await pipe.execute()
+    # Its parked deliveries go back to the queue, where the worker marks them failed.
+    await _UNPARK_ALL(keys=[DUE, PARKED, parked_key(endpoint.webhook_id),
+                            inflight_key(endpoint.webhook_id)],
+                      args=[endpoint.webhook_id], client=redis)
 
 
-async def endpoint_deliveries(redis: aioredis.Redis, webhook_id: str, limit: int = 50
-                              ) -> list[Delivery]:
-    ids = await redis.zrevrange(endpoint_log_key(webhook_id), 0, limit - 1)
-    if not ids:
-        return []
-    raws = await redis.mget([delivery_key(i.decode()) for i in ids])
-    return [_delivery_decoder.decode(r) for r in raws if r]
+async def endpoint_deliveries(redis: aioredis.Redis, webhook_id: str, limit: int = 50,
+                              after: tuple[int, str] | None = None
+                              ) -> tuple[list[Delivery], tuple[int, str] | None]:
+    """A page of the endpoint's log, newest first: the deliveries after position `after`
+    (created ms, delivery id) and the position to continue from (None: no more)."""
+    key = endpoint_log_key(webhook_id)
+    entries: list[tuple[bytes, float]] = []
+    if after is None:
+        entries = await redis.zrevrange(key, 0, limit, withscores=True)
+    else:
+        score, last = after[0], after[1].encode()
+        # Same time as the last one shown: those that sort before it (newest first is
+        # reverse order of (score, id)), then everything older.
+        ties = await redis.zrevrangebyscore(key, score, score, withscores=True)
+        entries = [(m, s) for m, s in ties if m < last][:limit + 1]
+        if len(entries) <= limit:
+            entries += await redis.zrevrangebyscore(key, f"({score}", "-inf", start=0,
+                                                    num=limit + 1 - len(entries),
+                                                    withscores=True)
+    more = len(entries) > limit
+    entries = entries[:limit]
+    if not entries:
+        return [], None
+    raws = await redis.mget([delivery_key(m.decode()) for m, _ in entries])
+    found = [_delivery_decoder.decode(r) for r in raws if r]
+    position = (int(entries[-1][1]), entries[-1][0].decode()) if more else None
+    return found, position
 
 
 async def load_delivery(redis: aioredis.Redis, delivery_id: str) -> Delivery | None:
     raw = await redis.get(delivery_key(delivery_id))
     return _delivery_decoder.decode(raw) if raw else None
+
+
+async def resend(redis: aioredis.Redis, original: Delivery) -> Delivery:
+    """Send `original`'s event to its endpoint again, now: a new delivery (its own
+    attempts, at the top of the log) with the same event id and body."""
+    now = now_ms()
+    delivery = Delivery("dlv_" + secrets.token_hex(12), original.webhook_id, original.event_id,
+                        original.event_type, from_ms(now), original.body,
+                        next_retry_at=from_ms(now), resend_of=original.delivery_id)
+    await schedule(redis, delivery, now)
+    return delivery
+
+
+async def schedule(redis: aioredis.Redis, delivery: Delivery, now: int) -> bool:
+    """Store a new delivery, due at `now`; False if one with its id exists already."""
+    return bool(await _SCHEDULE(keys=[delivery_key(delivery.delivery_id),
+                                      endpoint_log_key(delivery.webhook_id), DUE],
+                                args=[delivery.delivery_id, _encoder.encode(delivery), now,
+                                      DELIVERY_TTL_S, LOG_LIMIT], client=redis))
 
 
 # --- Lua: multi-key writes in one step ---------------------------------------------------
@@ -207,6 +333,13 @@ redis.call('SADD', KEYS[1], ARGV[1])
 return 1
 """)
 
+# KEYS: endpoint key. ARGV: the record as read, the new record. Compare and set.
+_REPLACE = _Script("""
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+return 1
+""")
+
 # KEYS: delivery key, endpoint log, due zset. ARGV: id, json, now ms, ttl s, log limit
 _SCHEDULE = _Script("""
 if not redis.call('SET', KEYS[1], ARGV[2], 'NX', 'EX', ARGV[4]) then return 0 end
@@ -217,11 +350,75 @@ if n > tonumber(ARGV[5]) then redis.call('ZREMRANGEBYRANK', KEYS[2], 0, n - tonu
 return 1
 """)
 
-# KEYS: due zset. ARGV: now ms, lease until ms, count. Takes due ids and leases them.
+# Lease due deliveries, at most `cap` in flight per endpoint and `room` in all; park the
+# due ones of endpoints with no slot free.
+# KEYS: due zset, parked set, then per endpoint: its in-flight zset, its parked zset.
+# ARGV: now ms, lease end ms, cap, room, then per endpoint: webhook id, n, n delivery ids.
+# Returns {leased ids, number parked}.
 _TAKE = _Script("""
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
-for _, id in ipairs(ids) do redis.call('ZADD', KEYS[1], ARGV[2], id) end
-return ids
+local now, lease = tonumber(ARGV[1]), tonumber(ARGV[2])
+local cap, room = tonumber(ARGV[3]), tonumber(ARGV[4])
+local taken, parked = {}, 0
+local a, k = 5, 3
+while a <= #ARGV do
+  local wid, n = ARGV[a], tonumber(ARGV[a + 1])
+  local inflight, park = KEYS[k], KEYS[k + 1]
+  redis.call('ZREMRANGEBYSCORE', inflight, '-inf', now)
+  local free = cap - redis.call('ZCARD', inflight)
+  for i = a + 2, a + 1 + n do
+    local id = ARGV[i]
+    local due = redis.call('ZSCORE', KEYS[1], id)
+    if due and tonumber(due) <= now then
+      if free <= 0 then
+        redis.call('ZREM', KEYS[1], id)
+        redis.call('ZADD', park, due, id)
+        redis.call('SADD', KEYS[2], wid)
+        parked = parked + 1
+      elseif room > 0 then
+        redis.call('ZADD', KEYS[1], lease, id)
+        redis.call('ZADD', inflight, lease, id)
+        taken[#taken + 1] = id
+        free = free - 1
+        room = room - 1
+      end
+    end
+  end
+  a = a + 2 + n
+  k = k + 2
+end
+return {taken, parked}
+""")
+
+# An attempt is over (or, id "", a sweep): free its slot, and put back as many of the
+# endpoint's parked deliveries as it has slots free.
+# KEYS: due zset, parked set, the endpoint's in-flight zset, its parked zset.
+# ARGV: delivery id, webhook id, now ms, cap, due again at ms (0: leave its due time).
+_RELEASE = _Script("""
+redis.call('ZREM', KEYS[3], ARGV[1])
+if tonumber(ARGV[5]) > 0 then redis.call('ZADD', KEYS[1], 'XX', ARGV[5], ARGV[1]) end
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[3])
+local free = tonumber(ARGV[4]) - redis.call('ZCARD', KEYS[3])
+local moved = 0
+if free > 0 then
+  local ids = redis.call('ZRANGE', KEYS[4], 0, free - 1, 'WITHSCORES')
+  for i = 1, #ids, 2 do
+    redis.call('ZADD', KEYS[1], ids[i + 1], ids[i])
+    redis.call('ZREM', KEYS[4], ids[i])
+    moved = moved + 1
+  end
+end
+if redis.call('EXISTS', KEYS[4]) == 0 then redis.call('SREM', KEYS[2], ARGV[2]) end
+return moved
+""")
+
+# The endpoint is gone: all its parked deliveries back to the queue.
+# KEYS: due zset, parked set, its parked zset, its in-flight zset. ARGV: webhook id.
+_UNPARK_ALL = _Script("""
+local ids = redis.call('ZRANGE', KEYS[3], 0, -1, 'WITHSCORES')
+for i = 1, #ids, 2 do redis.call('ZADD', KEYS[1], ids[i + 1], ids[i]) end
+redis.call('DEL', KEYS[3], KEYS[4])
+redis.call('SREM', KEYS[2], ARGV[1])
+return #ids / 2
 """)
 
 
@@ -240,12 +437,36 @@ def delivery_id_for(event_id: str, webhook_id: str) -> str:
     return "dlv_" + hashlib.sha256(f"{event_id}\n{webhook_id}".encode()).hexdigest()[:24]
 
 
+async def read_excerpt(content: aiohttp.StreamReader, limit: int = RESPONSE_KEEP
+                       ) -> tuple[bytes, bool]:
+    """At most `limit` bytes of a body, and whether that was all of it. The reader holds
+    at most its own small buffer: what is not asked for is never read into memory."""
+    got = bytearray()
+    while len(got) < limit:
+        chunk = await content.read(limit - len(got))
+        if not chunk:
+            return bytes(got), True
+        got += chunk
+    return bytes(got), content.at_eof()
+
+
+def clip(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` bytes of UTF-8 (never inside a character)."""
+    return text.encode()[:limit].decode("utf-8", "ignore")
+
+
+def excerpt_text(raw: bytes) -> str | None:
+    return clip(raw.decode("utf-8", "replace"), RESPONSE_KEEP) if raw else None
+
+
 class WebhookWorker:
     def __init__(self, redis: aioredis.Redis, settings: Settings) -> None:
         self.redis = redis
         self.settings = settings
         self.retry_ms = max(1, int(settings.webhook_retry_s * 1000))
         self.retry_max_ms = max(self.retry_ms, int(settings.webhook_retry_max_s * 1000))
+        # A lease outlives the attempt it covers (request timeout plus the Redis writes).
+        self.lease_ms = max(LEASE_MS, int(settings.webhook_timeout_s * 1000) + 30_000)
         self.consumer = GroupConsumer(redis, GROUP, self.fan_out,
                                       retry_s=min(settings.webhook_retry_s, 5.0),
                                       retry_max_s=settings.webhook_retry_max_s,
@@ -254,16 +475,21 @@ class WebhookWorker:
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
         self._inflight: set[asyncio.Task[None]] = set()
-        self._limit = asyncio.Semaphore(MAX_CONCURRENT)
+        self._swept = 0.0
 
     def start(self) -> None:
         # Public addresses only (server/partner/ssrf.py): partners choose these URLs.
         allow_private = self.settings.webhook_private_targets
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.settings.webhook_timeout_s),
-            connector=aiohttp.TCPConnector(resolver=PublicResolver(allow_private)))
+            connector=aiohttp.TCPConnector(resolver=PublicResolver(allow_private),
+                                           limit=MAX_INFLIGHT))
         self.consumer.start()
         self._task = asyncio.create_task(self._deliver_loop(), name="webhooks:deliver")
+
+    def wake(self) -> None:
+        """Something was scheduled (a resend): look at the queue now."""
+        self._wake.set()
 
     async def stop(self) -> None:
         await self.consumer.stop()
@@ -305,13 +531,9 @@ class WebhookWorker:
         body = partner_body(event).decode()
         now = now_ms()
         for endpoint in endpoints:
-            delivery = Delivery(delivery_id_for(event.id, endpoint.webhook_id),
-                                endpoint.webhook_id, event.id, event.type, from_ms(now), body,
-                                next_retry_at=from_ms(now))
-            await _SCHEDULE(keys=[delivery_key(delivery.delivery_id),
-                                  endpoint_log_key(endpoint.webhook_id), DUE],
-                            args=[delivery.delivery_id, _encoder.encode(delivery), now,
-                                  DELIVERY_TTL_S, LOG_LIMIT], client=self.redis)
+            await schedule(self.redis, Delivery(
+                delivery_id_for(event.id, endpoint.webhook_id), endpoint.webhook_id, event.id,
+                event.type, from_ms(now), body, next_retry_at=from_ms(now)), now)
         self._wake.set()
         return True
 
@@ -319,9 +541,12 @@ class WebhookWorker:
 
     async def _deliver_loop(self) -> None:
         while True:
+            self._wake.clear()  # before looking: a wake-up from now on is not missed
             try:
-                await self.deliver_due()
+                moved = await self.deliver_due()
                 wait = await self._next_wait()
+                if not moved:
+                    wait = max(wait, 0.05)  # nothing could be done: no busy loop
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
@@ -330,62 +555,169 @@ class WebhookWorker:
             except Exception:
                 log.exception("webhooks: unexpected error")
                 wait = 1.0
-            self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=wait)
-            except TimeoutError:
-                pass
+            if wait > 0:
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout=wait)
+                except TimeoutError:
+                    pass
 
     async def _next_wait(self) -> float:
         """Seconds until the next delivery is due (other processes may schedule some too:
-        never sleep longer than a second)."""
+        never sleep longer than a second); with every slot in use, until one is free."""
+        if len(self._inflight) >= MAX_INFLIGHT:
+            return 1.0  # an attempt ending sets _wake
         first = await self.redis.zrange(DUE, 0, 0, withscores=True)
         if not first:
             return 1.0
         return max(0.0, min(1.0, (first[0][1] - now_ms()) / 1000))
 
     async def deliver_due(self) -> int:
+        """Start an attempt for each due delivery there is a slot for, and return without
+        waiting for any. Returns how many due deliveries it acted on (started, parked,
+        or dropped as no longer pending)."""
+        acted = 0
+        if time.monotonic() - self._swept >= SWEEP_EVERY_S:
+            self._swept = time.monotonic()
+            acted += await self._sweep_parked()
+        room = MAX_INFLIGHT - len(self._inflight)
+        if room <= 0:
+            return acted
         now = now_ms()
-        ids = await _TAKE(keys=[DUE], args=[now, now + LEASE_MS, MAX_CONCURRENT],
-                          client=self.redis)
-        for raw in ids:
-            task = asyncio.create_task(self._attempt(raw.decode()))
-            self._inflight.add(task)
-            task.add_done_callback(self._inflight.discard)
-        if self._inflight:
-            await asyncio.gather(*list(self._inflight), return_exceptions=True)
-        return len(ids)
-
-    async def _attempt(self, delivery_id: str) -> None:
-        async with self._limit:
-            delivery = await load_delivery(self.redis, delivery_id)
+        ids = [i.decode() for i in await self.redis.zrangebyscore(
+            DUE, "-inf", now, start=0, num=min(TAKE_AT_MOST, room * 2))]
+        if not ids:
+            return acted
+        raws = await self.redis.mget([delivery_key(i) for i in ids])
+        by_endpoint: dict[str, list[str]] = {}
+        gone: list[str] = []
+        for delivery_id, raw in zip(ids, raws, strict=True):
+            delivery = self._decode(delivery_id, raw)
             if delivery is None or delivery.status != "pending":
-                await self.redis.zrem(DUE, delivery_id)
-                return
-            endpoint = await load_endpoint(self.redis, delivery.webhook_id)
-            if endpoint is None:  # deleted meanwhile
-                delivery.status, delivery.next_retry_at = "failed", None
-                delivery.attempts.append(Attempt(datetime.now(UTC), None,
-                                                 "webhook deleted", 0))
-                await self._save(delivery, done=True)
-                return
-            status, error, took = await self._post(endpoint, delivery)
-            delivery.attempts.append(Attempt(datetime.now(UTC), status, error, took))
-            if status is not None and 200 <= status < 300:
-                delivery.status, delivery.next_retry_at = "delivered", None
-                await self._save(delivery, done=True)
-            elif len(delivery.attempts) >= self.settings.webhook_max_attempts:
-                delivery.status, delivery.next_retry_at = "failed", None
-                await self._save(delivery, done=True)
+                gone.append(delivery_id)
             else:
-                n = len(delivery.attempts)
-                delay = min(self.retry_max_ms, self.retry_ms * 2 ** min(n - 1, 30))
-                due = now_ms() + delay
-                delivery.next_retry_at = from_ms(due)
-                await self._save(delivery, done=False, due_ms=due)
+                by_endpoint.setdefault(delivery.webhook_id, []).append(delivery_id)
+        if gone:
+            await self.redis.zrem(DUE, *gone)
+        keys, args = [DUE, PARKED], [now, now + self.lease_ms, PER_ENDPOINT, room]
+        for webhook_id, group in by_endpoint.items():
+            keys += [inflight_key(webhook_id), parked_key(webhook_id)]
+            args += [webhook_id, len(group), *group]
+        owner = {d: w for w, group in by_endpoint.items() for d in group}
+        taken, parked = (await _TAKE(keys=keys, args=args, client=self.redis)
+                         if by_endpoint else ([], 0))
+        for raw_id in taken:
+            delivery_id = raw_id.decode()
+            task = asyncio.create_task(self._attempt(delivery_id, owner[delivery_id]),
+                                       name=f"webhooks:{delivery_id}")
+            self._inflight.add(task)
+            task.add_done_callback(self._done)
+        return acted + len(gone) + len(taken) + int(parked)
 
-    async def _post(self, endpoint: Endpoint, delivery: Delivery
-                    ) -> tuple[int | None, str | None, int]:
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        self._wake.set()
+
+    @staticmethod
+    def _decode(delivery_id: str, raw: bytes | None) -> Delivery | None:
+        if not raw:
+            return None
+        try:
+            return _delivery_decoder.decode(raw)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            log.error("webhooks: unreadable delivery %s dropped", delivery_id)
+            return None
+
+    async def _sweep_parked(self) -> int:
+        """Put back parked deliveries of endpoints with a slot free: normally done when an
+        attempt ends; this covers a worker that died with its slots leased."""
+        moved = 0
+        now = now_ms()
+        for raw in await self.redis.smembers(PARKED):
+            webhook_id = raw.decode()
+            moved += int(await _RELEASE(
+                keys=[DUE, PARKED, inflight_key(webhook_id), parked_key(webhook_id)],
+                args=["", webhook_id, now, PER_ENDPOINT, 0], client=self.redis))
+        return moved
+
+    async def _release(self, delivery_id: str, webhook_id: str, *, again: bool) -> None:
+        """The attempt's slot is free (and, `again`, the delivery due now: an attempt cut
+        short by shutdown is not left waiting for its lease to run out)."""
+        now = now_ms()
+        try:
+            moved = await _RELEASE(
+                keys=[DUE, PARKED, inflight_key(webhook_id), parked_key(webhook_id)],
+                args=[delivery_id, webhook_id, now, PER_ENDPOINT, now if again else 0],
+                client=self.redis)
+        except (RedisError, OSError) as exc:  # the lease runs out: the sweep puts it back
+            log.warning("webhooks: releasing %s: %s", delivery_id, exc)
+            return
+        if moved:
+            self._wake.set()
+
+    async def _attempt(self, delivery_id: str, webhook_id: str) -> None:
+        cut_short = False
+        try:
+            await self._attempt_once(delivery_id)
+        except asyncio.CancelledError:  # shutting down: due again now, for another worker
+            cut_short = True
+            raise
+        except Exception:  # Redis down, a broken record: tried again when the lease ends
+            log.exception("webhooks: attempt of %s", delivery_id)
+        finally:
+            await asyncio.shield(self._release(delivery_id, webhook_id, again=cut_short))
+
+    async def _attempt_once(self, delivery_id: str) -> None:
+        delivery = await load_delivery(self.redis, delivery_id)
+        if delivery is None or delivery.status != "pending":
+            await self.redis.zrem(DUE, delivery_id)
+            return
+        stored = await self.redis.get(endpoint_key(delivery.webhook_id))
+        endpoint = _endpoint_decoder.decode(stored) if stored else None
+        if endpoint is None:  # deleted meanwhile
+            delivery.status, delivery.next_retry_at = "failed", None
+            delivery.attempts.append(Attempt(datetime.now(UTC), None, "webhook deleted", 0))
+            await self._save(delivery, done=True)
+            return
+        try:
+            secret: str | None = signing_secret(self.settings, endpoint)
+        except (ValueError, KeyError, ApiError) as exc:
+            log.error("webhooks: cannot decrypt the secret of %s: %s", endpoint.webhook_id, exc)
+            secret = None
+        if secret is None:
+            status, error, took, excerpt = None, "signing secret unavailable", 0, None
+        else:
+            status, error, took, excerpt = await self._post(endpoint, secret, delivery)
+            if needs_sealing(self.settings, endpoint) and stored is not None:
+                await self._reseal(endpoint, secret, stored)
+        for old in delivery.attempts:  # the newest answer is kept whole, earlier ones short
+            if old.response_excerpt:
+                old.response_excerpt = clip(old.response_excerpt, OLD_RESPONSE_KEEP)
+        delivery.attempts.append(Attempt(datetime.now(UTC), status, error, took, excerpt))
+        if status is not None and 200 <= status < 300:
+            delivery.status, delivery.next_retry_at = "delivered", None
+            await self._save(delivery, done=True)
+        elif len(delivery.attempts) >= self.settings.webhook_max_attempts:
+            delivery.status, delivery.next_retry_at = "failed", None
+            await self._save(delivery, done=True)
+        else:
+            n = len(delivery.attempts)
+            delay = min(self.retry_max_ms, self.retry_ms * 2 ** min(n - 1, 30))
+            due = now_ms() + delay
+            delivery.next_retry_at = from_ms(due)
+            await self._save(delivery, done=False, due_ms=due)
+
+    async def _reseal(self, endpoint: Endpoint, secret: str, stored: bytes) -> None:
+        """A record from before secrets were sealed (or sealed with a retired key):
+        rewritten sealed with the current key."""
+        try:
+            if await reseal_endpoint(self.redis, self.settings, endpoint, secret, stored):
+                log.info("webhooks: sealed the signing secret of %s", endpoint.webhook_id)
+        except ApiError:  # no data key on this server: stays as it is
+            pass
+
+    async def _post(self, endpoint: Endpoint, secret: str, delivery: Delivery
+                    ) -> tuple[int | None, str | None, int, str | None]:
+        """(status, error, duration ms, the answer's first RESPONSE_KEEP bytes)."""
         assert self._session is not None
         body = delivery.body.encode()
         timestamp = str(int(time.time()))
@@ -396,18 +728,28 @@ class WebhookWorker:
             "X-BMM-Event-Type": delivery.event_type,
             "X-BMM-Delivery-Id": delivery.delivery_id,
             "X-BMM-Timestamp": timestamp,
-            "X-BMM-Signature": sign(endpoint.secret, timestamp, body),
+            "X-BMM-Signature": sign(secret, timestamp, body),
         }
         started = time.monotonic()
+        excerpt: str | None = None
         try:
             await check_delivery(endpoint.url, self.settings.webhook_private_targets)
             async with self._session.post(endpoint.url, data=body, headers=headers,
                                           allow_redirects=False) as resp:
-                await resp.read()
                 status, error = resp.status, None if resp.status < 300 else f"HTTP {resp.status}"
+                # The status is the answer; of the body only an excerpt, read briefly.
+                raw, whole = b"", False
+                try:
+                    async with asyncio.timeout(EXCERPT_WAIT_S):
+                        raw, whole = await read_excerpt(resp.content)
+                except (aiohttp.ClientError, TimeoutError, OSError):
+                    pass
+                excerpt = excerpt_text(raw)
+                if not whole:
+                    resp.close()  # the rest is not read: the connection is dropped
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             status, error = None, f"{type(exc).__name__}: {exc}"[:300]
-        return status, error, int((time.monotonic() - started) * 1000)
+        return status, error, int((time.monotonic() - started) * 1000), excerpt
 
     async def _save(self, delivery: Delivery, *, done: bool, due_ms: int = 0) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:

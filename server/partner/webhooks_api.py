@@ -2,12 +2,18 @@
 
     POST   /partner/v1/webhooks                      {url, events?, description?}
                                                      -> 201 with the signing secret (shown once)
-    GET    /partner/v1/webhooks                      your endpoints (no secrets)
+    GET    /partner/v1/webhooks?limit=&cursor=       your endpoints (no secrets), oldest first
     GET    /partner/v1/webhooks/{webhook_id}         one endpoint
     DELETE /partner/v1/webhooks/{webhook_id}         -> 200 {webhook_id, deleted: true}
-    GET    /partner/v1/webhooks/{webhook_id}/deliveries?limit=50
+    GET    /partner/v1/webhooks/{webhook_id}/deliveries?limit=&cursor=
                                                      the delivery log: attempts, status codes,
-                                                     next retry (newest first)
+                                                     answer excerpts, next retry (newest first)
+    POST   /partner/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/resend
+                                                     -> 202 the new delivery (same event id)
+
+Lists are cursor-paginated (server/core/pagination.py): `{"items": [...], "next_cursor"}`,
+plus, for clients of the unpaginated lists, their old key with the same items (`webhooks`;
+`deliveries` and `webhook_id` in the log).
 
 URLs must be https://, or http:// to a loopback host (127.0.0.1, ::1, localhost: local
 development and tests). Another partner's endpoint answers 404, as if it did not exist.
@@ -29,6 +35,7 @@ from server.partner import webhooks as wh
 from server.core.errors import ApiError
 from server.partner.ssrf import TargetRefused, check_target
 from server.core.openapi import Query, operation
+from server.core.pagination import decode_cursor, encode_cursor, limit_of
 from server.core.wire import json_response, read_json
 
 routes = web.RouteTableDef()
@@ -57,7 +64,11 @@ class WebhookCreated(Webhook):
     secret: str = ""  # HMAC-SHA256 key for X-BMM-Signature; returned only here
 
 
-class WebhookList(msgspec.Struct):
+class WebhookPage(msgspec.Struct):
+    """A page of your webhooks (`Page`; `webhooks` repeats `items` for clients of the
+    unpaginated list, such as the portal's page until it moves to `items`)."""
+    items: list[Webhook]
+    next_cursor: str | None
     webhooks: list[Webhook]
 
 
@@ -71,6 +82,9 @@ class DeliveryAttempt(msgspec.Struct):
     status_code: int | None
     error: str | None
     duration_ms: int
+    # The first bytes of the receiver's answer (at most 4 KiB for the newest attempt,
+    # 256 for earlier ones); the rest is never read.
+    response_excerpt: str | None = None
 
 
 class DeliveryView(msgspec.Struct):
@@ -81,11 +95,22 @@ class DeliveryView(msgspec.Struct):
     created_at: datetime
     attempts: list[DeliveryAttempt]
     next_retry_at: datetime | None
+    resend_of: str | None = None  # set on a resend: the delivery it repeats
 
 
-class DeliveryList(msgspec.Struct):
+class DeliveryPage(msgspec.Struct):
+    """A page of the delivery log (`Page` plus the webhook id; `deliveries` repeats
+    `items` for clients of the unpaginated list)."""
+    items: list[DeliveryView]
+    next_cursor: str | None
     webhook_id: str
     deliveries: list[DeliveryView]
+
+
+LIST_PARAMS = (
+    Query("limit", int, description="1-200, default 50"),
+    Query("cursor", str, description="`next_cursor` of the previous page (absent: the first)"),
+)
 
 
 async def _partner(request: web.Request) -> str:
@@ -124,6 +149,29 @@ def validate_url(url: str) -> str:
     raise bad("must use https")
 
 
+def _cursor_secret(request: web.Request) -> str:
+    return services(request).settings.secret
+
+
+def _position(request: web.Request, kind: str, scope: str) -> list | None:
+    """The cursor's position, if it was given out for this list (`kind` of `scope`)."""
+    found = decode_cursor(_cursor_secret(request), request)
+    if found is None:
+        return None
+    if (not isinstance(found, list) or len(found) != 4 or found[:2] != [kind, scope]
+            or not isinstance(found[2], (int, str)) or not isinstance(found[3], str)):
+        raise ApiError(422, "invalid_cursor", "this cursor is not for this list",
+                       field="cursor")
+    return found[2:]
+
+
+def _delivery_view(d: wh.Delivery) -> DeliveryView:
+    return DeliveryView(d.delivery_id, d.event_id, d.event_type, d.status, d.created_at,
+                        [DeliveryAttempt(a.at, a.status_code, a.error, a.duration_ms,
+                                         a.response_excerpt) for a in d.attempts],
+                        d.next_retry_at, d.resend_of)
+
+
 def _view(endpoint: wh.Endpoint) -> Webhook:
     return Webhook(endpoint.webhook_id, endpoint.url, endpoint.events, endpoint.description,
                    endpoint.created_at)
@@ -160,23 +208,39 @@ async def create_webhook(request: web.Request) -> web.Response:
     if unknown or not events:
         raise ApiError(422, "invalid_events", "events must be a non-empty subset of "
                        + ", ".join(wh.PARTNER_EVENTS), field="events", events=unknown)
-    endpoint = await wh.create_endpoint(services(request).redis, partner, url, events,
-                                        body.description)
-    if endpoint is None:
+    made = await wh.create_endpoint(services(request).redis, services(request).settings,
+                                    partner, url, events, body.description)
+    if made is None:
         raise ApiError(409, "too_many_webhooks",
                        f"at most {wh.MAX_ENDPOINTS} webhooks per partner; delete one first")
+    endpoint, secret = made  # stored sealed with the data key; in clear only in this answer
     created = WebhookCreated(endpoint.webhook_id, endpoint.url, endpoint.events,
-                             endpoint.description, endpoint.created_at, endpoint.secret)
+                             endpoint.description, endpoint.created_at, secret)
     return json_response(created, status=201)
 
 
 @routes.get("/partner/v1/webhooks")
-@operation("GET", "/partner/v1/webhooks", summary="Your webhooks", response=WebhookList,
-           errors=(401,), tags=TAGS, security="partnerKey")
+@operation("GET", "/partner/v1/webhooks", summary="Your webhooks", response=WebhookPage,
+           errors=(401, 422), tags=TAGS, security="partnerKey", params=LIST_PARAMS)
 async def list_webhooks(request: web.Request) -> web.Response:
+    """Oldest first (by `created_at`, then id), `limit` per page; pass `next_cursor` back
+    as `cursor` for the next page (null: the last). No secrets."""
     partner = await _partner(request)
+    limit = limit_of(request)
+    after = _position(request, "webhooks", partner)
     endpoints = await wh.partner_endpoints(services(request).redis, partner)
-    return json_response(WebhookList([_view(e) for e in endpoints]))
+    if after is not None:
+        endpoints = [e for e in endpoints
+                     if (e.created_at.isoformat(), e.webhook_id) > (str(after[0]), after[1])]
+    page, more = endpoints[:limit], len(endpoints) > limit
+    cursor = None
+    if more:
+        last = page[-1]
+        cursor = encode_cursor(_cursor_secret(request), ["webhooks", partner,
+                                                         last.created_at.isoformat(),
+                                                         last.webhook_id])
+    views = [_view(e) for e in page]
+    return json_response(WebhookPage(views, cursor, views))
 
 
 @routes.get("/partner/v1/webhooks/{webhook_id}")
@@ -198,23 +262,47 @@ async def delete_webhook(request: web.Request) -> web.Response:
 
 @routes.get("/partner/v1/webhooks/{webhook_id}/deliveries")
 @operation("GET", "/partner/v1/webhooks/{webhook_id}/deliveries",
-           summary="A webhook's delivery log", response=DeliveryList, errors=(401, 404, 422),
-           tags=TAGS, security="partnerKey",
-           params=(Query("limit", int, description="newest first; 1-200, default 50"),))
+           summary="A webhook's delivery log", response=DeliveryPage, errors=(401, 404, 422),
+           tags=TAGS, security="partnerKey", params=LIST_PARAMS)
 async def list_deliveries(request: web.Request) -> web.Response:
-    """Every delivery with its attempts (time, HTTP status or error, duration), its status
-    (pending / delivered / failed) and, while pending, when it is retried next."""
+    """Every delivery, newest first, with its attempts (time, HTTP status or error,
+    duration, the first bytes of the answer), its status (pending / delivered / failed),
+    while pending when it is retried next, and for a resend the delivery it repeats.
+    Cursor-paginated: pass `next_cursor` back as `cursor` (null: the last page)."""
     endpoint = await _own_endpoint(request)
-    raw = request.query.get("limit", "50")
-    try:
-        limit = int(raw)
-    except ValueError:
-        limit = 0
-    if not 1 <= limit <= 200:
-        raise ApiError(422, "invalid_limit", "limit must be 1-200", field="limit")
-    deliveries = await wh.endpoint_deliveries(services(request).redis, endpoint.webhook_id,
-                                              limit)
-    views = [DeliveryView(d.delivery_id, d.event_id, d.event_type, d.status, d.created_at,
-                          [DeliveryAttempt(a.at, a.status_code, a.error, a.duration_ms)
-                           for a in d.attempts], d.next_retry_at) for d in deliveries]
-    return json_response(DeliveryList(endpoint.webhook_id, views))
+    limit = limit_of(request)
+    after = _position(request, "deliveries", endpoint.webhook_id)
+    if after is not None and not isinstance(after[0], int):
+        raise ApiError(422, "invalid_cursor", "this cursor is not for this list",
+                       field="cursor")
+    deliveries, position = await wh.endpoint_deliveries(
+        services(request).redis, endpoint.webhook_id, limit,
+        (after[0], after[1]) if after is not None else None)
+    cursor = None
+    if position is not None:
+        cursor = encode_cursor(_cursor_secret(request), ["deliveries", endpoint.webhook_id,
+                                                         *position])
+    views = [_delivery_view(d) for d in deliveries]
+    return json_response(DeliveryPage(views, cursor, endpoint.webhook_id, views))
+
+
+@routes.post("/partner/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/resend")
+@operation("POST", "/partner/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/resend",
+           summary="Send a delivery's event again", response=DeliveryView, status=202,
+           errors=(401, 404), tags=TAGS, security="partnerKey")
+async def resend_delivery(request: web.Request) -> web.Response:
+    """Queues the delivery's event for this webhook again, now, whatever its status: a new
+    delivery (its own id, attempts and retries, `resend_of` naming the original) at the
+    top of the log, with the same body and `X-BMM-Event-Id`, so a receiver that already
+    has the event can recognise it. No request body."""
+    endpoint = await _own_endpoint(request)
+    delivery_id = request.match_info["delivery_id"]
+    redis = services(request).redis
+    original = await wh.load_delivery(redis, delivery_id)
+    if original is None or original.webhook_id != endpoint.webhook_id:
+        raise ApiError(404, "not_found", f"no delivery {delivery_id!r} for this webhook")
+    again = await wh.resend(redis, original)
+    worker = request.app.get(wh.WEBHOOKS)  # this process's, if it runs one (else: <= 1 s)
+    if worker is not None:
+        worker.wake()
+    return json_response(_delivery_view(again), status=202)
