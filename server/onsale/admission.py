@@ -1,10 +1,15 @@
-"""Waiting-room admission tokens and the hold path's gate (issue 7, on-sale protection).
+"""Waiting-room admission tokens and the hold path's gate (issues 7 and 15, on-sale
+protection).
 
 A token is `<payload>.<mac>`, both url-safe base64: payload `show_id|visitor_id|exp_ms`,
 mac HMAC-SHA256 with a key derived from the platform secret for this purpose only. It is
-checked without any I/O. It is bound to the visitor id kept in the visitor's encrypted
-session cookie: a token copied into another browser (another session) is refused, and a
-forged or altered one fails the MAC.
+bound to the visitor id kept in the visitor's encrypted session cookie: a token copied into
+another browser (another session) is refused, and a forged or altered one fails the MAC.
+The token alone is not enough: the admission is recorded in Redis when it is given
+(`wr:<show>:v`, visitor id -> `ticket:exp_ms`, written by the waiting room's script), and
+the gate also wants that record to be alive and to carry the token's expiry. One HGET,
+only for holds on a show in its waiting room; the other shows' hold path reads nothing
+more. So a replayed cookie or token cannot outlive (or renew) the admission it came with.
 """
 from __future__ import annotations
 
@@ -20,7 +25,7 @@ from aiohttp_session import get_session
 from server.appkeys import services
 from server.accounts.users import SESSION_COOKIE, derive_key
 from server.core.errors import ApiError
-from server.onsale.keys import ON_SALE, room_config_key
+from server.onsale.keys import ON_SALE, room_config_key, room_visitors_key
 
 HEADER = "X-Admission-Token"
 COOKIE = "bmm_admit"   # set on /api/shows/<id>/ by GET /api/shows/<id>/queue once admitted
@@ -47,26 +52,67 @@ def sign(secret: str, show_id: str, visitor: str, exp_ms: int) -> str:
 
 def verify(secret: str, token: str, show_id: str, visitor: str | None,
            now_ms: int | None = None) -> str | None:
-    """None when the token admits `visitor` to `show_id` now; otherwise why not."""
+    """None when the token itself admits `visitor` to `show_id` now (signature, show,
+    visitor, expiry); otherwise why not. No I/O: `verify_live` adds the Redis record."""
+    return _check(secret, token, show_id, visitor, now_ms)[0]
+
+
+def _check(secret: str, token: str, show_id: str, visitor: str | None,
+           now_ms: int | None = None) -> tuple[str | None, int]:
+    """(why not or None, the token's expiry)."""
+    why, exp = _parse(secret, token, show_id, visitor)
+    if why is None and exp <= (now_ms if now_ms is not None else time.time_ns() // 1_000_000):
+        why = "expired"
+    return why, exp
+
+
+def _parse(secret: str, token: str, show_id: str, visitor: str | None
+           ) -> tuple[str | None, int]:
     try:
         payload_b64, mac_b64 = token.split(".")
         payload, mac = _unb64(payload_b64), _unb64(mac_b64)
     except (ValueError, UnicodeEncodeError):
-        return "malformed"
+        return "malformed", 0
     good = hmac.new(_key(secret), payload, hashlib.sha256).digest()
     if not hmac.compare_digest(mac, good):
-        return "bad_signature"
+        return "bad_signature", 0
     try:
         t_show, t_visitor, t_exp = payload.decode().split("|")
         exp = int(t_exp)
     except ValueError:
-        return "malformed"
+        return "malformed", 0
     if t_show != show_id:
-        return "other_show"
+        return "other_show", 0
     if not visitor or not hmac.compare_digest(t_visitor.encode(), visitor.encode()):
-        return "other_visitor"
-    if exp <= (now_ms if now_ms is not None else time.time_ns() // 1_000_000):
+        return "other_visitor", 0
+    return None, exp
+
+
+def record_expiry(record: bytes | str | None) -> int:
+    """The expiry (ms) in a visitor's `wr:<show>:v` record, 0 when not admitted."""
+    if record is None:
+        return 0
+    text = record.decode() if isinstance(record, bytes) else record
+    _, _, exp = text.partition(":")
+    return int(exp) if exp.isdigit() else 0
+
+
+async def verify_live(redis: object, secret: str, token: str, show_id: str,
+                      visitor: str | None, now_ms: int | None = None) -> str | None:
+    """`verify`, then the admission record in Redis: it must exist, be alive and carry
+    this token's expiry (`not_admitted` / `expired` / `superseded` otherwise). The Redis
+    read happens only for a token that verifies by itself."""
+    now_ms = now_ms if now_ms is not None else time.time_ns() // 1_000_000
+    why, exp = _check(secret, token, show_id, visitor, now_ms)
+    if why is not None:
+        return why
+    held = record_expiry(await redis.hget(room_visitors_key(show_id), visitor))  # type: ignore[attr-defined]
+    if not held:
+        return "not_admitted"
+    if held <= now_ms:
         return "expired"
+    if held != exp:
+        return "superseded"
     return None
 
 
@@ -87,7 +133,8 @@ async def session_customer(request: web.Request) -> tuple[str, str | None]:
 
 async def hold_customer(request: web.Request, show_id: str, on_sale: bool) -> str:
     """Who is holding (for the per-customer cap; `session_customer`). For a show in its
-    waiting room, 403 unless the request carries an admission token for this visitor."""
+    waiting room, 403 unless the request carries an admission token for this visitor whose
+    admission Redis still records (`verify_live`)."""
     customer, vid = await session_customer(request)
     if on_sale:
         token = request.headers.get(HEADER) or request.cookies.get(COOKIE)
@@ -95,7 +142,8 @@ async def hold_customer(request: web.Request, show_id: str, on_sale: bool) -> st
             raise ApiError(403, "admission_required",
                            "this show is selling through its waiting room: join the queue",
                            queue=f"/api/shows/{show_id}/queue")
-        why = verify(services(request).settings.secret, token.strip(), show_id, vid)
+        svc = services(request)
+        why = await verify_live(svc.redis, svc.settings.secret, token.strip(), show_id, vid)
         if why is not None:
             raise ApiError(403, "admission_invalid",
                            f"this admission token is not valid here ({why.replace('_', ' ')})",
