@@ -343,13 +343,14 @@ def _view(show_id: str, st: QueueState) -> WaitingRoomView:
 # --- partner / admin ---------------------------------------------------------------------
 
 async def _authorise_show(request: web.Request, show_id: str) -> None:
-    """The admin key, or a partner key whose partner owns the show."""
+    """The admin key, or the partner (key, token or portal session) that owns the show."""
     svc = services(request)
-    token = auth.bearer(request)
-    if svc.settings.admin_key and secrets.compare_digest(token.encode(),
-                                                          svc.settings.admin_key.encode()):
-        await _existing_show(request, show_id)
-        return
+    if "Authorization" in request.headers:
+        token = auth.bearer(request)
+        if svc.settings.admin_key and secrets.compare_digest(token.encode(),
+                                                              svc.settings.admin_key.encode()):
+            await _existing_show(request, show_id)
+            return
     partner = await auth.partner_of(request, svc.redis)
     await catalog.owned_show(svc.redis, partner, show_id)
 

@@ -298,3 +298,7 @@ async def test_the_portal_session_uses_the_partner_feed_and_its_writes_need_an_o
     assert status == 201, out
     status, out = await p.call("GET", "/partner/v1/shows?date=2030-01-01")
     assert status == 200, out
+    # the waiting-room switch takes the session too (it used to want a bearer first)
+    status, out = await p.call("PUT", f"/partner/v1/shows/{uid('sh')}/waiting-room",
+                               {"enabled": True, "admit_per_minute": 60})
+    assert (status, out["error"]["code"]) == (404, "not_found"), out
