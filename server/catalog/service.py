@@ -607,6 +607,13 @@ async def put_show(redis: aioredis.Redis, partner_id: str, show_id: str, body: S
             raise ApiError(409, "show_has_activity",
                            "cannot move a show to another screen once seats were held, "
                            "booked or blocked", show_id=show_id)
+        if old is not None and seq > 0 and old.starts_at_utc != starts_at:
+            # its customers bought tickets for that time: cancel it instead (refunds)
+            view = await read_seat_statuses(redis, show_id)
+            if view is not None and view.counts()["booked"] > 0:
+                raise ApiError(409, "show_has_bookings", "a show with bookings cannot be "
+                               "moved; cancel it (every booking is refunded) and publish "
+                               "another", show_id=show_id)
         new = Show(show_id, body.movie_id, body.screen_id, starts_at, body.language,
                    body.format, body.prices, partner_id, theatre.theatre_id, theatre.city,
                    ends_at, "scheduled", body.hold_policy)

@@ -4,6 +4,7 @@ with cursors, GET one, ETag / If-Match, retiring, the changes feed."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 import datetime as dt
 from zoneinfo import ZoneInfo
 
@@ -678,3 +679,21 @@ async def test_records_from_before_the_indexes_are_indexed_once(
         == [partner.movie]
     assert [r["show"]["show_id"] for r in (await partner.call("GET", "/partner/v1/shows"))[1]
             ["items"]] == [show_id]
+
+
+async def test_a_show_with_bookings_cannot_be_moved_to_another_time(api, redis):
+    # The portal lets a partner drag a show; the server is what refuses it once sold.
+    from .catalog_helpers import new_partner
+    from .test_checkout import checkout, hold
+
+    partner = await (await new_partner(api)).setup()
+    show_id = f"sh-{uuid.uuid4().hex[:10]}"
+    body = partner.show(48)
+    assert (await partner.call("PUT", f"/partner/v1/shows/{show_id}", body))[0] == 201
+    moved = partner.show(50)
+    assert (await partner.call("PUT", f"/partner/v1/shows/{show_id}", moved))[0] == 200
+    status, b = await checkout(api, await hold(api, show_id, ["A1"]))
+    assert status == 201, b
+    status, out = await partner.call("PUT", f"/partner/v1/shows/{show_id}", partner.show(52))
+    assert (status, out["error"]["code"]) == (409, "show_has_bookings"), out
+    assert (await partner.call("PUT", f"/partner/v1/shows/{show_id}", moved))[0] == 200
