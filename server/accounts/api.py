@@ -140,16 +140,17 @@ async def log_in(request: web.Request) -> web.Response:
     accounts.same_origin(request)
     body = await read_json(request, Login)
     redis = services(request).redis
-    await accounts.check_throttle(redis, body.email)
+    client = accounts.login_client(request)
+    await accounts.check_throttle(redis, body.email, client)
     user = await accounts.user_by_email(redis, body.email)
     ok = await accounts.verify_password(user.password_hash if user else None, body.password)
     if not ok or user is None:
-        await accounts.record_failure(redis, body.email)
+        await accounts.record_failure(redis, body.email, client)
         raise ApiError(401, "invalid_credentials", "wrong e-mail address or password")
     if user.mfa_enabled:
         await accounts.start_mfa_challenge(request, user)
         return json_response(LoginResult("mfa_required"))
-    await accounts.clear_failures(redis, body.email)
+    await accounts.clear_failures(redis, body.email, client)
     await accounts.start_session(request, user)
     return json_response(LoginResult("ok", me_view(user)))
 
@@ -170,16 +171,17 @@ async def log_in_mfa(request: web.Request) -> web.Response:
     if user is None or not user.mfa_enabled or \
             await accounts.mfa_challenge_version(request) != user.session_version:
         raise ApiError(401, "login_required", "log in with your password first")
-    await accounts.check_throttle(redis, user.email)
+    client = accounts.login_client(request)
+    await accounts.check_throttle(redis, user.email, client)
     if body.code is not None:
         ok = await accounts.use_totp(redis, _secret(request), user, body.code)
     else:
         ok = await accounts.use_recovery_code(redis, _secret(request), user.user_id,
                                               body.recovery_code)
     if not ok:
-        await accounts.record_failure(redis, user.email)
+        await accounts.record_failure(redis, user.email, client)
         raise ApiError(401, "invalid_code", "that code is not valid")
-    await accounts.clear_failures(redis, user.email)
+    await accounts.clear_failures(redis, user.email, client)
     user = await accounts.load_user(redis, user.user_id) or user
     await accounts.start_session(request, user)
     return json_response(LoginResult("ok", me_view(user)))
@@ -226,9 +228,10 @@ async def change_password(request: web.Request) -> web.Response:
     user = await accounts.require_user(request)
     body = await read_json(request, PasswordChange)
     redis = services(request).redis
-    await accounts.check_throttle(redis, user.email)
+    client = accounts.login_client(request)
+    await accounts.check_throttle(redis, user.email, client)
     if not await accounts.verify_password(user.password_hash, body.current_password):
-        await accounts.record_failure(redis, user.email)
+        await accounts.record_failure(redis, user.email, client)
         raise ApiError(401, "invalid_credentials", "the current password is not right")
     new_hash = await accounts.hash_password(body.new_password)
 

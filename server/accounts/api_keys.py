@@ -40,11 +40,14 @@ from redis.exceptions import WatchError
 
 from server.accounts import access_tokens
 from server.accounts.bearer_auth import AUTH_KEY_ID, CHALLENGE
-from server.accounts.bearer_auth import bearer, require_admin  # noqa: F401 (the API, here too)
+from server.accounts import bearer_auth
+from server.accounts.bearer_auth import bearer
 from server.accounts.users import SESSION_COOKIE, require_role
 from server.appkeys import services
 from server.core.client_address import client_ip, trusted_networks
 from server.core.errors import ApiError
+
+require_admin = bearer_auth.require_admin  # the admin key: callers know it from here
 
 KEY_PREFIX = "bmm_"
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})

@@ -55,6 +55,7 @@ from redis.exceptions import WatchError
 
 from server.accounts import bearer_auth
 from server.appkeys import services
+from server.core.client_address import client_ip, trusted_networks
 from server.core.errors import ApiError
 
 T = TypeVar("T")
@@ -66,7 +67,8 @@ MFA_REQUIRED_ROLES = frozenset({"partner", "admin"})
 SESSION_COOKIE = "bmm_session"
 SESSION_MAX_AGE_S = 14 * 24 * 3600
 MFA_PENDING_S = 300              # a password-checked login waits this long for its code
-LOGIN_MAX_FAILURES = 5           # per e-mail address ...
+LOGIN_MAX_FAILURES = 5           # per account and client address ...
+LOGIN_CLIENT_MAX_FAILURES = 50   # per client address, any accounts ...
 LOGIN_WINDOW_S = 15 * 60         # ... per 15 minutes, then 429
 RECOVERY_CODES = 10
 TOTP_ISSUER = "Book My Movie"
@@ -145,8 +147,22 @@ def user_bookings_key(user_id: str) -> str:
     return f"user:{user_id}:bookings"
 
 
-def fail_key(email: str) -> str:
-    return f"loginfail:{hashlib.sha256(normalise_email(email).encode()).hexdigest()}"
+def fail_key(email: str, client: str = "") -> str:
+    """Failed log-ins of this account from this client (L2: counted per client, so a
+    stranger who knows the address cannot lock its owner out from elsewhere)."""
+    base = f"loginfail:{hashlib.sha256(normalise_email(email).encode()).hexdigest()}"
+    return base + (f":{hashlib.sha256(client.encode()).hexdigest()[:16]}" if client else "")
+
+
+def client_fail_key(client: str) -> str:
+    """Failed log-ins from this client, whatever the account (credential stuffing)."""
+    return f"loginfail:client:{hashlib.sha256(client.encode()).hexdigest()[:16]}"
+
+
+def login_client(request: web.Request) -> str:
+    """Who is trying: the client address through the trusted proxies."""
+    trusted = trusted_networks(services(request).settings.trusted_proxies)
+    return client_ip(request.remote, request.headers.get("X-Forwarded-For"), trusted)
 
 
 def totp_used_key(user_id: str, code: str) -> str:
@@ -292,31 +308,37 @@ async def booking_ids(redis: aioredis.Redis, user_id: str) -> list[str]:
 
 # --- login throttling -------------------------------------------------------------------
 
-async def check_throttle(redis: aioredis.Redis, email: str) -> None:
-    """429 once an address has LOGIN_MAX_FAILURES failures in the current window (checked
-    before the password, so the right password does not get through either)."""
-    key = fail_key(email)
+async def check_throttle(redis: aioredis.Redis, email: str, client: str = "") -> None:
+    """429 once this client has LOGIN_MAX_FAILURES failures on this account in the current
+    window, or LOGIN_CLIENT_MAX_FAILURES on any accounts (checked before the password, so
+    the right password does not get through from there either). Another client (the
+    owner, elsewhere) is not affected."""
+    keys = [fail_key(email, client)] + ([client_fail_key(client)] if client else [])
     async with redis.pipeline(transaction=False) as pipe:
-        pipe.get(key)
-        pipe.ttl(key)
-        count, ttl = await pipe.execute()
-    if count is not None and int(count) >= LOGIN_MAX_FAILURES:
-        retry = max(int(ttl), 1)
-        raise ApiError(429, "too_many_attempts",
-                       f"too many failed log-ins for this account; try again in {retry} s",
-                       retry_after=retry)
+        for key in keys:
+            pipe.get(key)
+            pipe.ttl(key)
+        got = await pipe.execute()
+    for (count, ttl), limit in zip(zip(got[::2], got[1::2]),
+                                   (LOGIN_MAX_FAILURES, LOGIN_CLIENT_MAX_FAILURES)):
+        if count is not None and int(count) >= limit:
+            retry = max(int(ttl), 1)
+            raise ApiError(429, "too_many_attempts",
+                           f"too many failed log-ins from here; try again in {retry} s",
+                           retry_after=retry, retry_after_s=retry)
 
 
-async def record_failure(redis: aioredis.Redis, email: str) -> None:
-    key = fail_key(email)
+async def record_failure(redis: aioredis.Redis, email: str, client: str = "") -> None:
+    keys = [fail_key(email, client)] + ([client_fail_key(client)] if client else [])
     async with redis.pipeline(transaction=True) as pipe:
-        pipe.incr(key)
-        pipe.expire(key, LOGIN_WINDOW_S, nx=True)
+        for key in keys:
+            pipe.incr(key)
+            pipe.expire(key, LOGIN_WINDOW_S, nx=True)
         await pipe.execute()
 
 
-async def clear_failures(redis: aioredis.Redis, email: str) -> None:
-    await redis.delete(fail_key(email))
+async def clear_failures(redis: aioredis.Redis, email: str, client: str = "") -> None:
+    await redis.delete(fail_key(email, client))
 
 
 # --- TOTP -------------------------------------------------------------------------------

@@ -82,8 +82,27 @@ async def test_five_failures_lock_the_address_for_a_while(clients, redis) -> Non
     assert status == 429 and body["error"]["code"] == "too_many_attempts"
     assert 0 < body["error"]["retry_after"] <= accounts.LOGIN_WINDOW_S
     assert (await other.login())[0] == 200  # another address is not affected
-    await redis.delete(accounts.fail_key(a.email))  # the window passes
+    await redis.delete(accounts.fail_key(a.email, "127.0.0.1"))  # the window passes
     assert (await a.login())[0] == 200
+
+
+async def test_a_stranger_who_knows_the_address_cannot_lock_its_owner_out(
+        clients, server) -> None:
+    # L2: five failed log-ins locked any account for 15 minutes, for anyone who knew the
+    # e-mail address. Now the lock is the stranger's (their address, that account).
+    owner = clients()
+    await owner.sign_up()
+    await owner.call("POST", "/api/logout")
+    stranger = clients()
+    for _ in range(accounts.LOGIN_MAX_FAILURES + 3):
+        status, _ = await stranger.login(owner.email, "guess-guess")
+    assert status == 429
+    elsewhere = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))  # the owner's own network
+    async with aiohttp.ClientSession(base_url=str(server.make_url("")), connector=elsewhere,
+                                     cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+        async with http.post("/api/login", json={"email": owner.email, "password": PASSWORD},
+                             headers={"Origin": str(server.make_url("")).rstrip("/")}) as resp:
+            assert resp.status == 200, await resp.text()
 
 
 async def test_mfa_setup_then_login_needs_a_fresh_code(clients) -> None:
