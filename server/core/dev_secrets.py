@@ -71,7 +71,19 @@ def resolve(settings: Settings) -> Settings:
     return settings
 
 
+# Words of an example value left in place (L17: the KubeRay example's "change-me: 32+
+# random bytes..." passed the length check, and a deployment could ship a public secret).
+# (Long enough that a random secret never contains one by chance.)
+_PLACEHOLDERS = ("change-me", "changeme", "change me", "replace-me", "example", "<",
+                 "secret-here", "random bytes")
+
+
 def _check(settings: Settings) -> None:
+    for name, value in (("BMM_SECRET", settings.secret), ("BMM_ADMIN_KEY", settings.admin_key),
+                        ("BMM_DATA_KEY", settings.data_key)):
+        if any(p in value.lower() for p in _PLACEHOLDERS):
+            raise MissingSecrets(f"{name} is an example value: put a random secret there "
+                                 "(python -c 'import secrets; print(secrets.token_urlsafe(32))')")
     if len(settings.secret) < MIN_SECRET_LEN:
         raise MissingSecrets(f"BMM_SECRET must be at least {MIN_SECRET_LEN} characters")
     if len(settings.admin_key) < MIN_SECRET_LEN:

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
+import msgspec
 import pytest
 from aiohttp import web
 from cryptography import x509
@@ -173,6 +174,23 @@ def test_with_a_real_redis_missing_secrets_refuse(tmp_path: Path) -> None:
     ok = Settings(redis_url="redis://x", secret="s" * 20, admin_key="y" * 20,
                   data_key=TEST_DATA_KEY)
     assert dev_secrets.resolve(ok) == ok
+    # L17: the deployment example's placeholder passed the length check
+    example = yaml_value(Path(__file__).parents[2] / "docs/deploy/kuberay/web.yaml", "BMM_SECRET")
+    assert len(example) >= dev_secrets.MIN_SECRET_LEN
+    with pytest.raises(dev_secrets.MissingSecrets, match="example value"):
+        dev_secrets.resolve(msgspec.structs.replace(ok, secret=example))
+
+
+def yaml_value(path: Path, name: str) -> str:
+    line = next(x for x in path.read_text().splitlines() if x.strip().startswith(name + ":"))
+    return line.split(":", 1)[1].strip().strip('"')
+
+
+def test_the_procfile_web_does_not_seed_demo_data_into_a_real_redis() -> None:
+    # L17: the Procfile's web seeded the demo partner (and its write key) into a real Redis.
+    procfile = (Path(__file__).parents[2] / "Procfile").read_text()
+    web = next(line for line in procfile.splitlines() if line.startswith("web:"))
+    assert "--redis-url" in web and "--no-seed" in web
 
 
 def test_python_m_server_refuses_without_secrets(tmp_path: Path) -> None:
