@@ -65,6 +65,12 @@ local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
 if cur ~= tonumber(ARGV[1]) then
   return redis.error_reply('FENCED expected ' .. ARGV[1] .. ' found ' .. cur)
 end
+-- The first entry is also fenced on the config the seat map was built from: the partner
+-- feed may rewrite a show's config until its log has an entry, and a copy that loaded
+-- the old one must not log holds on seats the new layout does not have (M10).
+if cur == 0 and ARGV[5] ~= '' and redis.sha1hex(redis.call('GET', KEYS[4]) or '') ~= ARGV[5] then
+  return redis.error_reply('FENCED the config changed')
+end
 local seq = cur
 -- ARGV[4]: the entries' fields (at, command, event, ...), each a 4-byte length + bytes
 local blob, pos, f = ARGV[4], 1, {}
@@ -125,7 +131,11 @@ class ShowStore:
     def __init__(self, redis: aioredis.Redis, show_id: str) -> None:
         self.redis = redis
         self.show_id = show_id
-        self._keys = [seq_key(show_id), log_key(show_id), snap_key(show_id)]
+        self._keys = [seq_key(show_id), log_key(show_id), snap_key(show_id),
+                      config_key(show_id)]
+        # SHA-1 of the config a seat map with an empty log was built from (the fence of
+        # its first append); "" once it came from a snapshot or a log.
+        self.config_digest = ""
         self._append = redis.register_script(_APPEND)
         self.snapshot_version = 0  # version of the snapshot the last load started from
 
@@ -135,7 +145,7 @@ class ShowStore:
     ) -> int:
         try:
             return int(await self._append(keys=self._keys, args=append_args(
-                expected_seq, entries, snapshot, trim_below)))
+                expected_seq, entries, snapshot, trim_below, self.config_digest)))
         except ResponseError as exc:
             raise append_error(exc) from exc
     def queue_append(
@@ -148,7 +158,8 @@ class ShowStore:
         EVALSHA by hand: redis-py's pipelined scripts cost a SCRIPT EXISTS round trip
         on every execute."""
         pipe.evalsha(_APPEND_SHA, len(self._keys), *self._keys,
-                     *append_args(expected_seq, entries, snapshot, trim_below))
+                     *append_args(expected_seq, entries, snapshot, trim_below,
+                                  self.config_digest))
 
     @staticmethod
     async def load_script(redis: aioredis.Redis) -> None:
@@ -208,6 +219,8 @@ class ShowStore:
                 f"show {self.show_id}: replay reached version {seatmap.version}, log says {seq}"
             )
         self.snapshot_version = snapshot_version
+        self.config_digest = sha1(raw_config).hexdigest() \
+            if seq == 0 and not raw_snap and raw_config else ""
         return seatmap
 
     async def events_since(self, seq: int, limit: int = 10_000) -> list[tuple[int, bytes]]:
@@ -217,7 +230,7 @@ class ShowStore:
 
 
 def append_args(expected_seq: int, entries: list[LogEntry], snapshot: Snapshot | None,
-                trim_below: int | None) -> list[bytes | int | str]:
+                trim_below: int | None, config_digest: str = "") -> list[bytes | int | str]:
     # The entries travel as one length-prefixed argument the script splits (Redis's Lua
     # has `struct`, and its cmsgpack cannot read msgpack bin): packing three protocol
     # arguments per entry was ~12% of the actor's time under a rush.
@@ -231,6 +244,7 @@ def append_args(expected_seq: int, entries: list[LogEntry], snapshot: Snapshot |
         _snapshot_encoder.encode(snapshot) if snapshot else b"",
         f"{trim_below}-0" if trim_below else "",
         bytes(flat),
+        config_digest if expected_seq == 0 else "",
     ]
 
 

@@ -151,3 +151,26 @@ async def test_unknown_show_is_rejected_and_activates_nothing(directory):
     assert not await directory.is_loaded(show_id)
     after = await directory.host_stats()
     assert [h["pid"] for h in after] == [h["pid"] for h in before]
+
+
+async def test_a_config_rewritten_before_the_first_entry_fences_a_stale_copy(
+        directory, make_show, redis):
+    # M10 ("to verify"): the review feared a host that loaded a show (a rejected command
+    # writes no entry) would keep the old layout after the partner rewrote the screen,
+    # accept a hold on a seat the new layout lacks, and log what then replays differently.
+    # This sequence did not reproduce it on today's host; the first append is now fenced
+    # on the config's digest too, so such a copy could not log it in any case.
+    from actors.layout import ShowConfig
+    from actors.store import ShowStore, put_config
+
+    show_id = await make_show(grid_layout(2, 5))  # A1..A5, B1..B5
+    gone = await directory.submit(show_id, c.Release("r0", f"{show_id}.nope", "t"))
+    assert isinstance(gone, c.Rejected)  # the host has the show loaded, its log is empty
+    await put_config(redis, ShowConfig(show_id, grid_layout(1, 5)))  # only A1..A5 now
+    held = await directory.submit(show_id, c.Hold("h0", f"{show_id}.h", "t", ["B1"]))
+    assert isinstance(held, c.Rejected) and held.code == "unknown_seats", held
+    ok = await directory.submit(show_id, c.Hold("h1", f"{show_id}.h1", "t", ["A1"]))
+    assert isinstance(ok, c.Held)
+    replay = await ShowStore(redis, show_id).load()  # the log agrees with the new layout
+    assert set(replay.seats) == {f"A{n}" for n in range(1, 6)}
+    assert {h: r.seats for h, r in replay.holds.items()} == {f"{show_id}.h1": ["A1"]}
