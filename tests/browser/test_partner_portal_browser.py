@@ -278,15 +278,18 @@ async def test_new_partner_draws_a_screen_schedules_a_week_and_sees_a_sale_live(
         await cust.click("#hold-btn")
         await cust.wait_for_selector("#hold-panel:not([hidden])")
         # The hold shows on the portal at once...
-        await page.wait_for_selector('#show-map [data-seat="H7"][data-status="held"]', timeout=3000)
+        await page.wait_for_selector('#show-map [data-seat="H7"][data-status="held"]', timeout=15_000)
         await page.wait_for_function(
-            "() => document.getElementById('show-held').textContent === '2'", timeout=3000)
-        await cust.click("#pay-btn")
+            "() => document.getElementById('show-held').textContent === '2'", timeout=15_000)
+        # Pressed from the keyboard: on a phone-sized page under load the click can land
+        # on the label scrolling past it (Playwright: "<label> intercepts pointer events").
+        await cust.focus("#pay-btn")
+        await cust.keyboard.press("Enter")
         await cust.wait_for_selector("#done-panel:not([hidden])", timeout=20_000)
         # ...and the sale, without a reload.
-        await page.wait_for_selector('#show-map [data-seat="H8"][data-status="booked"]', timeout=3000)
+        await page.wait_for_selector('#show-map [data-seat="H8"][data-status="booked"]', timeout=15_000)
         await page.wait_for_function(
-            "() => document.getElementById('show-sold').textContent === '2 of 192'", timeout=3000)
+            "() => document.getElementById('show-sold').textContent === '2 of 192'", timeout=15_000)
         assert await page.text_content("#show-gross") == "₹700.00"
         assert await page.text_content("#show-occupancy") == "1.0 %"
         assert await page.evaluate("window.__sameDocument === true")
