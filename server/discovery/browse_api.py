@@ -9,7 +9,7 @@ from aiohttp import web
 
 from server.appkeys import services
 from server.catalog import service as catalog
-from server.discovery import reviews
+from server.discovery import listing, reviews
 from server.catalog.model import CityList, MovieInfo, MovieList, MovieShows
 from server.core.openapi import Query, operation
 from server.core.wire import json_response
@@ -38,7 +38,7 @@ async def list_cities(request: web.Request) -> web.Response:
                    Query("genre"), Query("date", description="YYYY-MM-DD, theatre-local")))
 async def list_movies(request: web.Request) -> web.Response:
     date = catalog.parse_date(_q(request, "date"))
-    movies = await catalog.browse_movies(services(request).redis, _q(request, "city"),
+    movies = await listing.browse_movies(services(request).redis, _q(request, "city"),
                                          _q(request, "language"), _q(request, "genre"), date)
     ratings = await reviews.ratings_of(services(request).redis, "movie",
                                        [m.movie.movie_id for m in movies])

@@ -24,7 +24,7 @@ from aiohttp import web
 
 from server.appkeys import services
 from server.catalog import service as catalog
-from server.discovery import recommend
+from server.discovery import listing, recommend
 from server.accounts.users import current_user
 from server.catalog.model import Movie, MovieInfo, MovieSummary
 from server.core.errors import ApiError
@@ -104,7 +104,7 @@ async def get_recommendations(request: web.Request) -> web.Response:
     user = await current_user(request)
     customer_id = user.user_id if user is not None and user.role == "customer" else None
 
-    summaries = await catalog.browse_movies(redis, city, None, None, None)
+    summaries = await listing.browse_movies(redis, city, None, None, None)  # from memory
     by_id = {s.movie.movie_id: s for s in summaries}
     candidates = {m: recommend.Candidate(m, frozenset(x.casefold() for x in s.languages_showing),
                                          int(s.next_show_at.timestamp() * 1000))

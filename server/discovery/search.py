@@ -10,13 +10,19 @@ Pure helpers (no I/O, unit-tested in tests/unit/test_search.py):
   cache key;
 - `sort_candidates` / `page_of`.
 
-`search` reads the listing indexes of `server/catalog/service.py` (scheduled shows that have not
-started, theatre-local dates, the coming week without `date`) and caches the encoded answer
-in Redis for CACHE_TTL_S under `search:<generation>:<normalised query>`. Every catalog write
+`search` filters the in-memory catalogue listing (server/discovery/listing.py: scheduled
+shows that have not started, theatre-local dates, the coming week without `date`, loaded
+once per process per `catalog.GENERATION`) and keeps the answer in a bounded in-process
+cache for CACHE_TTL_S under the generation and the normalised query. Every catalog write
 INCRs `catalog.GENERATION` in its own MULTI, so once a partner's write has committed no
-request reads a key of an older generation: the change is visible at once. (A fill computed
-while a write commits lands under the old generation, which nobody reads any more.) What
-the generation does not cover - shows starting, ratings moving - is at most CACHE_TTL_S old.
+request reads an answer of an older generation: the change is visible at once. What the
+generation does not cover - shows starting, ratings moving - is at most CACHE_TTL_S old.
+
+Bounded work per request (security review M7): `page` is at most MAX_PAGE, `q` at most
+MAX_QUERY_CHARS and MAX_QUERY_TOKENS words; the cache key is built from the folded,
+de-duplicated query words, so case, accents, punctuation and repeated words do not make
+new entries; a miss is a filter over the in-memory listing (one GET of the generation),
+and nothing is written to Redis.
 
 Rating sort: `set_rating_source(fn)` plugs in `async fn(redis, movie_ids) -> {movie_id:
 (average, count)}` for the rated ones (reviews.movie_ratings); until one is set
@@ -27,7 +33,9 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import re
+import time
 import unicodedata
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
@@ -37,8 +45,9 @@ import redis.asyncio as aioredis
 
 from server.core.clock import utcnow
 from server.catalog import service as catalog
-from server.catalog.model import MovieInfo, RatingSummary, Screen, Show, Theatre, TheatreShows
+from server.catalog.model import MovieInfo, RatingSummary, Show, TheatreShows
 from server.core.errors import ApiError
+from server.discovery.listing import listings
 
 CACHE_TTL_S = 30
 CACHE_PREFIX = "search:"
@@ -46,6 +55,8 @@ MAX_QUERY_CHARS = 200
 MAX_QUERY_TOKENS = 10
 DEFAULT_PER_PAGE = 20
 MAX_PER_PAGE = 50
+MAX_PAGE = 50        # 50 pages of up to 50 movies: deeper than any catalogue we list
+MAX_CACHED = 1024    # answers kept per process (LRU)
 SORTS = ("relevance", "next_show", "title", "rating")
 
 # Weights: (whole word, word start). Title above genres above synopsis.
@@ -199,14 +210,16 @@ class SearchParams:
         return cls(q=q, city=_text(query, "city"), language=_text(query, "language"),
                    genre=_text(query, "genre"), format=_text(query, "format"),
                    date=catalog.parse_date(_text(query, "date")), sort=sort,
-                   page=_int(query.get("page"), "page", 1, 1, 10_000),
+                   page=_int(query.get("page"), "page", 1, 1, MAX_PAGE),
                    per_page=_int(query.get("per_page"), "per_page", DEFAULT_PER_PAGE, 1,
                                  MAX_PER_PAGE))
 
     def cache_key(self, generation: int) -> str:
         """Equal for queries that answer alike: filters compared as the search compares
-        them (case, accents, spacing); q as echoed in the answer (spacing normalised)."""
-        parts = [self.q,
+        them (case, accents, spacing); q as the words it is matched by (folded, distinct,
+        at most MAX_QUERY_TOKENS), so "Amélie!", "amelie" and "AMELIE amelie" share one
+        entry. (The answer echoes each request's own `q`.)"""
+        parts = [" ".join(query_tokens(self.q)),
                  catalog.city_slug(self.city) if self.city else "",
                  fold(self.language or ""), fold(self.genre or ""), fold(self.format or ""),
                  self.date or "", self.sort, str(self.page), str(self.per_page)]
@@ -250,9 +263,10 @@ def page_of(items: list[Candidate], page: int, per_page: int) -> list[Candidate]
 
 async def run(redis: aioredis.Redis, params: SearchParams,
               now: dt.datetime | None = None) -> SearchResults:
-    """Search without the cache."""
+    """Search without the answer cache (the listing comes from memory)."""
     now = now or utcnow()
-    shows = await catalog._listed_shows(redis, params.city, params.date, now)
+    listing = await listings.get(redis, params.date, now)
+    shows = listing.upcoming(params.city, now)
     if params.language:
         shows = [s for s in shows if fold(s.language) == fold(params.language)]
     if params.format:
@@ -260,7 +274,7 @@ async def run(redis: aioredis.Redis, params: SearchParams,
     by_movie: dict[str, list[Show]] = {}
     for s in sorted(shows, key=lambda s: s.starts_at):
         by_movie.setdefault(s.movie_id, []).append(s)
-    movies = await catalog.load_many(redis, catalog.Movie, sorted(by_movie))
+    movies = [m for i in sorted(by_movie) if (m := listing.movies.get(i)) is not None]
     if params.genre:
         movies = [m for m in movies if fold(params.genre) in {fold(g) for g in m.genres}]
     words = query_tokens(params.q)
@@ -279,10 +293,10 @@ async def run(redis: aioredis.Redis, params: SearchParams,
     hits = page_of(ranked, params.page, params.per_page)
 
     page_shows = [s for c in hits for s in by_movie[c.movie_id]]
-    theatres = {t.theatre_id: t for t in await catalog.load_many(
-        redis, Theatre, sorted({s.theatre_id for s in page_shows}))}
-    screens = {s.screen_id: s for s in await catalog.load_many(
-        redis, Screen, sorted({s.screen_id for s in page_shows}))}
+    theatres = {i: listing.theatres[i] for i in sorted({s.theatre_id for s in page_shows})
+                if i in listing.theatres}
+    screens = {i: listing.screens[i] for i in sorted({s.screen_id for s in page_shows})
+               if i in listing.screens}
     info = {m.movie_id: catalog.movie_info(m) for m in movies}
     results = []
     for c in hits:
@@ -302,16 +316,33 @@ async def run(redis: aioredis.Redis, params: SearchParams,
                          len(ranked), results)
 
 
+# cache key -> (monotonic expiry, answer); bounded, in this process only
+_answers: OrderedDict[str, tuple[float, SearchResults]] = OrderedDict()
+
+
+def clear_cache() -> None:
+    _answers.clear()
+
+
 async def search(redis: aioredis.Redis, params: SearchParams) -> tuple[bytes, Literal["hit", "miss"]]:
     """The encoded SearchResults for `params`, from the cache when fresh: (body, hit|miss)."""
     generation = int(await redis.get(catalog.GENERATION) or 0)
     key = params.cache_key(generation)
-    cached = await redis.get(key)
-    if cached is not None:
-        return cached, "hit"
-    body = _enc.encode(await run(redis, params))
-    await redis.set(key, body, ex=CACHE_TTL_S)
-    return body, "miss"
+    now = time.monotonic()
+    cached = _answers.get(key)
+    if cached is not None and cached[0] > now:
+        _answers.move_to_end(key)
+        answer = cached[1]
+        if answer.query != params.q:  # same words, spelt differently: echo this request's
+            answer = msgspec.structs.replace(answer, query=params.q)
+        return _enc.encode(answer), "hit"
+    answer = await run(redis, params)
+    for stale in [k for k in _answers if not k.startswith(f"{CACHE_PREFIX}{generation}:")]:
+        del _answers[stale]
+    _answers[key] = (now + CACHE_TTL_S, answer)
+    while len(_answers) > MAX_CACHED:
+        _answers.popitem(last=False)
+    return _enc.encode(answer), "miss"
 
 
 def decode_results(body: bytes) -> SearchResults:

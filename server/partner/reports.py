@@ -13,6 +13,17 @@ Rules (also in the API description):
 - **booked_seats** / **sellable_seats**: the seat map's booked seats and its seats not
   blocked (read from Redis, never waking a show actor); **occupancy** = booked / sellable.
 - Rows are per (group key, currency): a partner selling in two currencies gets two rows.
+
+Bounded work per report (security review M6):
+- at most MAX_SHOWS shows per report (422 `too_many_shows`, asking for a shorter range);
+- bookings are found without a SCAN per show. There is no per-show booking index (the
+  records are `booking:{<show>}:<id>`, written in server/booking), so a report over more
+  than PER_SHOW_SCAN_MAX shows walks the keyspace once (`booking:*`) and keeps the keys of
+  its shows; a smaller one SCANs each show's own hash-tagged pattern;
+- at most REPLAYS seat-map replays (snapshot + log reads) run at once per process;
+- the facts of finished days (DONE_AFTER_DAYS before today, UTC: every show of them has
+  ended) are kept per partner and day in this process for FINISHED_TTL_S, so repeating a
+  long report reads only its recent days again.
 """
 from __future__ import annotations
 
@@ -20,6 +31,9 @@ import asyncio
 import csv
 import datetime as dt
 import io
+import time
+import weakref
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -33,12 +47,19 @@ from server.catalog import service as catalog
 from server.booking.records import BookingRecord
 from server.catalog.model import Money, Movie, Screen, Show, Theatre
 from server.core.errors import ApiError
-from server.booking.lifecycle import Cancellation, cancellation_key, show_bookings
+from server.booking.lifecycle import Cancellation, cancellation_key
 from server.catalog.seat_status import read_seat_statuses
 
 GroupBy = Literal["show", "screen", "theatre", "day"]
 GROUPS: tuple[str, ...] = ("show", "screen", "theatre", "day")
 MAX_DAYS = 93
+MAX_SHOWS = 500          # shows per report
+REPLAYS = 8              # seat-map replays at once (per process)
+PER_SHOW_SCAN_MAX = 2    # up to this many shows: SCAN each show's pattern; more: one walk
+SCAN_COUNT = 1000
+DONE_AFTER_DAYS = 3      # a local date this many days before today (UTC) has fully ended
+FINISHED_TTL_S = 600.0
+MAX_FINISHED = 4096      # (partner, day) entries kept
 
 
 class ReportRow(msgspec.Struct):
@@ -195,10 +216,56 @@ def heatmap(show_id: str, seq: int, seats: list, status: dict[str, SeatStatus]) 
 
 # --- loading ------------------------------------------------------------------------------
 
-async def _facts(redis: aioredis.Redis, show: Show, date: str, theatres: dict[str, Theatre],
-                 screens: dict[str, Screen], titles: dict[str, str]) -> ShowFacts:
-    records, statuses = await asyncio.gather(show_bookings(redis, show.show_id),
-                                             read_seat_statuses(redis, show.show_id))
+_booking_decoder = msgspec.json.Decoder(BookingRecord)
+_replay_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+    weakref.WeakKeyDictionary())
+# (partner, date) -> (monotonic expiry, the day's facts)
+_finished: OrderedDict[tuple[str, str], tuple[float, list[ShowFacts]]] = OrderedDict()
+
+
+def _replays() -> asyncio.Semaphore:
+    loop = asyncio.get_running_loop()
+    sem = _replay_slots.get(loop)
+    if sem is None:
+        sem = _replay_slots[loop] = asyncio.Semaphore(REPLAYS)
+    return sem
+
+
+def clear_cache() -> None:
+    _finished.clear()
+
+
+def finished(date: str, today: dt.date | None = None) -> bool:
+    """Every show starting on this theatre-local date has ended (any zone, any runtime)."""
+    today = today or dt.datetime.now(dt.UTC).date()
+    return dt.date.fromisoformat(date) <= today - dt.timedelta(days=DONE_AFTER_DAYS)
+
+
+async def _booking_keys(redis: aioredis.Redis, show_ids: list[str]) -> dict[str, list[bytes]]:
+    """show id -> its booking record keys, with no SCAN per show beyond PER_SHOW_SCAN_MAX."""
+    wanted = set(show_ids)
+    found: dict[str, list[bytes]] = {i: [] for i in show_ids}
+    if not wanted:
+        return found
+    if len(wanted) <= PER_SHOW_SCAN_MAX:
+        for i in show_ids:
+            found[i] = [k async for k in redis.scan_iter(match=f"booking:{{{i}}}:*",
+                                                         count=SCAN_COUNT)]
+        return found
+    async for key in redis.scan_iter(match="booking:{*}:*", count=SCAN_COUNT):
+        tag = key[len(b"booking:{"):key.find(b"}")].decode()
+        if tag in wanted:
+            found[tag].append(key)
+    return found
+
+
+async def _facts(redis: aioredis.Redis, show: Show, date: str, keys: list[bytes],
+                 theatres: dict[str, Theatre], screens: dict[str, Screen],
+                 titles: dict[str, str]) -> ShowFacts:
+    async with _replays():
+        raws = await redis.mget(keys) if keys else []
+        records = [_booking_decoder.decode(r) for r in raws if r]
+        statuses = await read_seat_statuses(redis, show.show_id)
     theatre, screen = theatres.get(show.theatre_id), screens.get(show.screen_id)
     f = ShowFacts(show, date, theatre.name if theatre else show.theatre_id,
                   screen.name if screen else show.screen_id,
@@ -216,13 +283,27 @@ async def _facts(redis: aioredis.Redis, show: Show, date: str, theatres: dict[st
     return f
 
 
-async def load_facts(redis: aioredis.Redis, partner_id: str, dates: list[str]
-                     ) -> list[ShowFacts]:
+async def load_facts(redis: aioredis.Redis, partner_id: str, dates: list[str],
+                     today: dt.date | None = None) -> list[ShowFacts]:
     async with redis.pipeline(transaction=False) as pipe:
         for d in dates:
             pipe.zrange(catalog.partner_shows_key(partner_id, d), 0, -1)
         per_day = await pipe.execute()
-    date_of = {i.decode(): d for d, ids in zip(dates, per_day, strict=True) for i in ids}
+    total = sum(len(ids) for ids in per_day)
+    if total > MAX_SHOWS:
+        raise ApiError(422, "too_many_shows",
+                       f"{total} shows in this range; a report covers at most {MAX_SHOWS} "
+                       "shows: ask for a shorter range (from/to)", field="to",
+                       shows=total, max_shows=MAX_SHOWS)
+    now = time.monotonic()
+    cached: dict[str, list[ShowFacts]] = {}
+    for d in dates:
+        hit = _finished.get((partner_id, d))
+        if hit is not None and hit[0] > now and finished(d, today):
+            _finished.move_to_end((partner_id, d))
+            cached[d] = hit[1]
+    date_of = {i.decode(): d for d, ids in zip(dates, per_day, strict=True)
+               if d not in cached for i in ids}
     shows = [s for s in await catalog.load_many(redis, Show, list(date_of))
              if s.partner_id == partner_id]
     theatres = {t.theatre_id: t for t in await catalog.load_many(
@@ -231,8 +312,19 @@ async def load_facts(redis: aioredis.Redis, partner_id: str, dates: list[str]
         redis, Screen, sorted({s.screen_id for s in shows}))}
     titles = {m.movie_id: m.title for m in await catalog.load_many(
         redis, Movie, sorted({s.movie_id for s in shows}))}
-    return list(await asyncio.gather(*(
-        _facts(redis, s, date_of[s.show_id], theatres, screens, titles) for s in shows)))
+    keys = await _booking_keys(redis, [s.show_id for s in shows])
+    fresh = list(await asyncio.gather(*(
+        _facts(redis, s, date_of[s.show_id], keys[s.show_id], theatres, screens, titles)
+        for s in shows)))
+    by_day: dict[str, list[ShowFacts]] = {}
+    for f in fresh:
+        by_day.setdefault(f.date, []).append(f)
+    for d in dates:
+        if d not in cached and finished(d, today):
+            _finished[(partner_id, d)] = (now + FINISHED_TTL_S, by_day.get(d, []))
+    while len(_finished) > MAX_FINISHED:
+        _finished.popitem(last=False)
+    return [f for d in dates for f in cached.get(d, by_day.get(d, []))]
 
 
 async def sales_report(redis: aioredis.Redis, partner_id: str, from_date: str | None,

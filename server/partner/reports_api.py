@@ -43,7 +43,9 @@ def _wants_csv(request: web.Request) -> bool:
            description="tickets and bookings count confirmed bookings; revenue (integer "
                        "minor units) is confirmed totals plus what cancelled bookings kept "
                        "after their refund; occupancy is booked / sellable (not blocked) "
-                       "seats. One row per group key and currency. At most 93 days.")
+                       "seats. One row per group key and currency. At most 93 days and "
+                       f"{reports.MAX_SHOWS} shows (422 too_many_shows: ask for a "
+                       "shorter range).")
 async def sales(request: web.Request) -> web.Response:
     redis = services(request).redis
     partner = await auth.partner_of(request, redis)

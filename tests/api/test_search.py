@@ -1,5 +1,5 @@
 """GET /api/search: filters, free-text ranking, sorting, pages, bad parameters, and the
-Redis cache (hits are the same body; a partner feed write is visible at once)."""
+answer cache (hits are the same body; a partner feed write is visible at once)."""
 from __future__ import annotations
 
 import datetime as dt
@@ -160,7 +160,7 @@ async def test_cache_hits_and_feed_writes_are_visible_at_once(
     same, state2 = await search(api, city=p.city.upper(), q=" cached ")  # same normalised query
     assert (state, state2) == ("miss", "hit") and same == first and ids(first) == [p.movie]
 
-    # A hit is served from Redis: a change behind the feed's back is not seen...
+    # A hit is served from the cache: a change behind the feed's back is not seen...
     raw = await redis.get(catalog.catalog_key("movie", p.movie))
     await redis.set(catalog.catalog_key("movie", p.movie),
                     raw.replace(b'"title":"Cached"', b'"title":"Cached (edited)"'))
