@@ -7,11 +7,19 @@ bookings (checkout links a booking to its customer), so these look down at both.
     GET    /api/me/bookings/{id}       one of them (404 for anyone else's)
     GET    /api/me/export              everything we hold about me, as JSON
     DELETE /api/me                     {password, code?} -> bookings kept, anonymised
+
+Features above this layer that keep personal data of their own (reviews, recommendation
+history: `server.discovery`) cannot be imported from here; they register a
+`PersonalData` section (`register_personal_data`) when their module is imported, and the
+export includes it and the deletion erases it (security review L15).
 """
 from __future__ import annotations
 
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 from aiohttp import web
@@ -30,6 +38,27 @@ from server.core.openapi import operation
 from server.core.wire import json_response, read_json
 
 routes = web.RouteTableDef()
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PersonalData:
+    """What another feature holds about a customer: `export(redis, user_id)` returns it as
+    JSON-able data, `erase(redis, user_id)` deletes or anonymises it (idempotent)."""
+
+    export: Callable[[Any, str], Awaitable[Any]]
+    erase: Callable[[Any, str], Awaitable[object]]
+
+
+_SECTIONS: dict[str, PersonalData] = {}
+SECTIONS = ("reviews", "recommendation_history")  # the export's fields they fill
+
+
+def register_personal_data(section: str, data: PersonalData) -> None:
+    """Called at import time by the feature holding the data (one entry per section)."""
+    if section not in SECTIONS:
+        raise ValueError(f"unknown personal-data section {section!r}")
+    _SECTIONS[section] = data
 
 
 class DeleteAccount(msgspec.Struct, forbid_unknown_fields=True):
@@ -46,6 +75,8 @@ class Export(msgspec.Struct):
     account: Me
     bookings: list[BookingResponse]
     profile: Profile | None = None  # phone and identity numbers, decrypted for their owner
+    reviews: list[dict[str, Any]] = []              # the reviews I wrote (hidden ones too)
+    recommendation_history: dict[str, Any] | None = None  # movies booked, languages
 
 
 class Deleted(msgspec.Struct):
@@ -91,12 +122,16 @@ async def my_booking(request: web.Request) -> web.Response:
 @operation("GET", "/api/me/export", summary="Export my data (JSON)", response=Export,
            tags=TAGS, security=SESSION)
 async def export_me(request: web.Request) -> web.Response:
-    """`{"exported_at", "account", "bookings": [...]}`: the account (never the password
-    hash, MFA secret or recovery codes) and every booking linked to it."""
+    """`{"exported_at", "account", "bookings": [...], "reviews": [...],
+    "recommendation_history": {...}}`: the account (never the password hash, MFA secret or
+    recovery codes), every booking linked to it, the reviews it wrote and what the
+    recommendations learnt from its bookings."""
     user = await accounts.require_user(request)
+    redis = services(request).redis
     views = await _booking_views(request, user) if user.role == "customer" else []
     profile = profile_of(services(request).settings, user)
-    return json_response(Export(accounts.now(), me_view(user), views, profile), headers={
+    extra = {name: await data.export(redis, user.user_id) for name, data in _SECTIONS.items()}
+    return json_response(Export(accounts.now(), me_view(user), views, profile, **extra), headers={
         "Content-Disposition": 'attachment; filename="book-my-movie-export.json"',
         "Cache-Control": "no-store"})
 
@@ -123,9 +158,22 @@ async def delete_me(request: web.Request) -> web.Response:
             redis, services(request).settings.secret, user, body.code)):
         await accounts.record_failure(redis, user.email)
         raise ApiError(401, "invalid_code", "a valid authenticator code is needed")
+    # Reviews and recommendation history first: if that fails the account is still there
+    # and the customer can try again. Again after the account is gone, for a review
+    # written by a request that was already past its log-in check.
+    await _erase_sections(redis, user.user_id)
     count = await _delete_account(redis, user)
     await accounts.end_session(request)
+    try:
+        await _erase_sections(redis, user.user_id)
+    except Exception:  # the first pass did the work; this one only closes a race
+        log.exception("account %s: second erasure pass failed", user.user_id)
     return json_response(Deleted(True, count))
+
+
+async def _erase_sections(redis, user_id: str) -> None:  # noqa: ANN001
+    for data in _SECTIONS.values():
+        await data.erase(redis, user_id)
 
 
 async def _delete_account(redis, user: User) -> int:  # noqa: ANN001

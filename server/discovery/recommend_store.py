@@ -17,6 +17,10 @@ a redelivered event is skipped by its `rec:applied` marker). Its refresh task mo
 popularity epoch to now every `refresh_s` (the sums become today's decayed values) and
 drops movies whose weight decayed below `MIN_WEIGHT`. Guest bookings (no customer id)
 count for popularity only. The scripts touch keys they compute (single Redis, no cluster).
+
+A customer's history and languages are theirs: the data export includes them and deleting
+the account deletes them (registered with `server.booking.mine_api`; security review L15).
+A booking event of an account deleted before the worker reached it counts as a guest's.
 """
 from __future__ import annotations
 
@@ -31,6 +35,8 @@ from redis.exceptions import RedisError
 
 from actors import redis_conn
 
+from server.accounts.users import user_key
+from server.booking import mine_api
 from server.discovery import recommend
 from server.booking.records import load_booking
 from server.catalog.service import city_slug, load
@@ -192,6 +198,26 @@ class RecommendStore:
                 for k, v in rows}
 
 
+async def export_history(redis: aioredis.Redis, customer_id: str) -> dict:
+    """For the customer's data export: the movies their bookings taught us (newest first,
+    with when) and the show languages they booked (with how often)."""
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.zrevrange(history_key(customer_id), 0, -1, withscores=True)
+        pipe.zrange(languages_key(customer_id), 0, -1, withscores=True)
+        movies, langs = await pipe.execute()
+    return {"movies": [{"movie_id": m.decode(), "last_booked_ms": int(t)} for m, t in movies],
+            "languages": {k.decode(): int(v) for k, v in langs}}
+
+
+async def erase_history(redis: aioredis.Redis, customer_id: str) -> int:
+    """Account deletion: forget the customer's history and languages."""
+    return int(await redis.delete(history_key(customer_id), languages_key(customer_id)))
+
+
+mine_api.register_personal_data("recommendation_history",
+                                mine_api.PersonalData(export_history, erase_history))
+
+
 class RecommendWorker:
     """The outbox consumer (group `recommend`) and the periodic refresh, per web process,
     on its own Redis connections (the consumer's blocking reads must not take the pool's)."""
@@ -239,6 +265,8 @@ class RecommendWorker:
         if "customer_id" not in data:  # older producers: the booking record has it
             record = await load_booking(self.redis, booking_id)
             customer_id = record.customer_id if record is not None else None
+        if isinstance(customer_id, str) and not await self.redis.exists(user_key(customer_id)):
+            customer_id = None  # the account was deleted since: no history to rebuild
         show = await load(self.redis, Show, show_id)
         if show is None:
             return True  # the show is gone: nothing to recommend from it

@@ -14,6 +14,12 @@ id is `<kind>.<item_id>.<random>`, so any review id routes to its item's keys:
 - `rv:{rv:<kind>:<item>}:stats` -> hash: `sum` and `count` of the visible ratings.
 - `rv:{rv:<kind>:<item>}:reports:<review_id>` -> hash: partner id -> report (JSON).
 - `rv:reported` / `rv:hidden` -> sorted sets of review ids waiting for / hidden by moderation.
+- `rv:mine:<customer_id>` -> set: the customer's review ids (their export and erasure; reviews
+  written before this index existed are found by a SCAN of the `:by` hashes as well).
+
+When a customer deletes their account (`server.booking.mine_api`), their reviews stay (the
+rating stays in the average, the text stays) but are no longer theirs: the author becomes
+`FORMER_CUSTOMER` and the customer id is removed (security review L15).
 
 Every change to a review and its item's sum and count is one Lua script, so the average is
 exact whatever runs concurrently, and a hidden review leaves the average (and the list).
@@ -32,6 +38,7 @@ from server.accounts import users as accounts
 from server.booking import records as bookings
 from server.catalog import service as catalog
 from server.catalog.model import RatingSummary, Show, Theatre, Movie
+from server.booking import mine_api
 from server.core.errors import ApiError
 
 Kind = Literal["movie", "theatre"]
@@ -42,6 +49,7 @@ MAX_PAGE = 50
 
 REPORTED = "rv:reported"
 HIDDEN = "rv:hidden"
+FORMER_CUSTOMER = "a former customer"
 
 
 # --- wire -------------------------------------------------------------------------------
@@ -134,6 +142,10 @@ def reports_key(kind: str, item_id: str, review_id: str) -> str:
     return f"{_tag(kind, item_id)}:reports:{review_id}"
 
 
+def mine_key(customer_id: str) -> str:
+    return f"rv:mine:{customer_id}"
+
+
 def parse_review_id(review_id: str) -> tuple[str, str] | None:
     """(kind, item_id) of `<kind>.<item_id>.<random>`, or None if it is not one."""
     parts = review_id.split(".")
@@ -213,6 +225,15 @@ else
   redis.call('HINCRBY', KEYS[3], 'sum', rating)
   redis.call('HINCRBY', KEYS[3], 'count', 1)
 end
+return 1
+"""
+
+
+# KEYS: by, review. ARGV: customer, review id, anonymous author. Returns 1 if anonymised.
+_ANONYMISE = """
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then redis.call('HDEL', KEYS[1], ARGV[1]) end
+if redis.call('HGET', KEYS[2], 'customer_id') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[2], 'author', ARGV[3], 'customer_id', '')
 return 1
 """
 
@@ -313,6 +334,7 @@ async def upsert(redis: aioredis.Redis, user: accounts.User, kind: str, item_id:
         _UPSERT, 3, by_key(kind, item_id), list_key(kind, item_id), stats_key(kind, item_id),
         user.user_id, rid, body.rating, body.text, user.name, at, kind, item_id,
         review_key(kind, item_id, ""))
+    await redis.sadd(mine_key(user.user_id), got_rid)
     record = await redis.hgetall(review_key(kind, item_id, got_rid.decode()))
     return view(record), bool(created)
 
@@ -334,6 +356,7 @@ async def delete(redis: aioredis.Redis, customer_id: str, kind: str, item_id: st
                            review_key(kind, item_id, ""), reports_key(kind, item_id, ""))
     if rid is None:
         return False
+    await redis.srem(mine_key(customer_id), rid)
     await redis.zrem(REPORTED, rid)
     await redis.zrem(HIDDEN, rid)
     return True
@@ -443,3 +466,44 @@ async def moderation_queue(redis: aioredis.Redis, status: str, offset: int, limi
         pipe.zrevrange(key, offset, offset + limit - 1)
         total, rids = await pipe.execute()
     return ModerationList(status, total, await moderated(redis, [r.decode() for r in rids]))
+
+
+# --- a customer's reviews: export and erasure (account deletion) ------------------------
+
+async def review_ids_of(redis: aioredis.Redis, customer_id: str) -> list[str]:
+    """The customer's review ids: the `rv:mine` index, plus those the `:by` hashes name
+    (reviews written before the index existed)."""
+    ids = {r.decode() for r in await redis.smembers(mine_key(customer_id))}
+    async for key in redis.scan_iter(match="rv:{rv:*}:by", count=1000):
+        rid = await redis.hget(key, customer_id)
+        if rid is not None:
+            ids.add(rid.decode())
+    return sorted(ids)
+
+
+async def export_of(redis: aioredis.Redis, customer_id: str) -> list[dict]:
+    """The customer's reviews for their data export (hidden ones too, flagged)."""
+    out = []
+    for rid in await review_ids_of(redis, customer_id):
+        record = await load_by_id(redis, rid)
+        if record is None or _s(record, "customer_id") != customer_id:
+            continue
+        out.append({**msgspec.to_builtins(view(record)), "hidden": _s(record, "hidden") == "1"})
+    return out
+
+
+async def anonymise_author(redis: aioredis.Redis, customer_id: str) -> int:
+    """Detach the customer's reviews from them: author `FORMER_CUSTOMER`, no customer id,
+    no `:by` entry (so it counts as nobody's). Text, rating and moderation state stay."""
+    count = 0
+    for rid in await review_ids_of(redis, customer_id):
+        where = parse_review_id(rid)
+        if where is None:
+            continue
+        count += int(await redis.eval(_ANONYMISE, 2, by_key(*where), review_key(*where, rid),
+                                      customer_id, rid, FORMER_CUSTOMER))
+    await redis.delete(mine_key(customer_id))
+    return count
+
+
+mine_api.register_personal_data("reviews", mine_api.PersonalData(export_of, anonymise_author))

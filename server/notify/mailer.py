@@ -3,7 +3,11 @@ the event loop never blocks on the network.
 
 `SmtpMailer` sends; `LogMailer` (used when no SMTP host is configured) only logs, so a
 development server works without a mail server. Both raise `MailError` when a message
-could not be handed over: the caller keeps the event and retries later.
+could not be handed over: the caller keeps the event and retries later (a bounded number
+of times: see notifications.py).
+
+Logs never carry a customer's address or the subject (which names the booking and the
+movie): `redact()` keeps the first character of the address and its domain (L16).
 """
 from __future__ import annotations
 
@@ -20,7 +24,23 @@ log = logging.getLogger(__name__)
 
 
 class MailError(Exception):
-    """The message was not accepted (server down, refused, timed out): retry later."""
+    """The message was not accepted (server down, refused, timed out): retry later.
+    `permanent`: the server refused every recipient for good (5xx): retrying is useless."""
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+def redact(address: str | None) -> str:
+    """`asha@example.com` -> `a***@example.com`, for logs and the dead-letter list."""
+    address = (address or "").strip()
+    if not address:
+        return "(none)"
+    local, at, domain = address.rpartition("@")
+    if not at:
+        return "***"
+    return f"{local[:1]}***@{domain}"
 
 
 class Mailer(Protocol):
@@ -39,6 +59,11 @@ class SmtpMailer:
     async def send(self, message: EmailMessage) -> None:
         try:
             await asyncio.to_thread(self._send_sync, message)
+        except smtplib.SMTPRecipientsRefused as exc:
+            permanent = bool(exc.recipients) and all(
+                isinstance(v, tuple) and int(v[0]) >= 500 for v in exc.recipients.values())
+            raise MailError(f"SMTP {self.host}:{self.port}: recipient refused "
+                            f"{_codes(exc.recipients)}", permanent=permanent) from exc
         except (smtplib.SMTPException, OSError) as exc:
             raise MailError(f"SMTP {self.host}:{self.port}: {exc}") from exc
 
@@ -53,6 +78,13 @@ class SmtpMailer:
             raise smtplib.SMTPRecipientsRefused(refused)
 
 
+def _codes(refused: dict) -> str:
+    """The SMTP answers of refused recipients, without the addresses."""
+    return ", ".join(f"{v[0]} {v[1].decode(errors='replace') if isinstance(v[1], bytes) else v[1]}"
+                     if isinstance(v, tuple) and len(v) == 2 else str(v)
+                     for v in refused.values())
+
+
 class LogMailer:
     """No SMTP server configured: log what would have been sent."""
 
@@ -62,8 +94,8 @@ class LogMailer:
     async def send(self, message: EmailMessage) -> None:
         self.sent.append(message)
         del self.sent[:-100]
-        log.info("e-mail (not sent, no SMTP host): to=%s subject=%s", message["To"],
-                 message["Subject"])
+        log.info("e-mail (not sent, no SMTP host): to=%s event=%s", redact(message["To"]),
+                 message["X-BMM-Event-Id"] or "-")
 
 
 def mailer_from(settings: Settings) -> Mailer:

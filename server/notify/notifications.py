@@ -16,6 +16,17 @@ event does not mail anyone twice.
 A booking told about its show's cancellation by both a `show.cancelled` and its own
 `booking.cancelled` gets one e-mail: that notice's key is per booking, not per event.
 
+Failures are bounded (security review L19):
+
+- a notice with no recipient (an erased customer's booking keeps `email=""`) is not sent:
+  it is recorded as skipped (its idempotency key holds `skipped:no_recipient`);
+- a mail the SMTP server does not accept is tried again with the event, at most
+  `max_attempts` times (`notify:attempts:<notice>` counts them), or once when the server
+  refused the recipient for good (5xx). Then it goes to the dead-letter list `DEAD_LETTERS`
+  (`notify:dead`, newest first, JSON: event id and type, template, booking id, the redacted
+  recipient, reason, attempts, time), its key holds `dead`, and the event is acknowledged.
+  An operator reads it with `LRANGE notify:dead 0 -1` or `dead_letters(redis)`.
+
 Templates are `server/templates/<name>.txt` (first line `Subject: ...`, a blank line, the
 plain-text body) and `<name>.html`, filled with `string.Template` (values HTML-escaped in
 the HTML part). SMS and push go through adapters whose defaults only log.
@@ -39,7 +50,7 @@ from aiohttp import web
 
 
 from server.catalog.model import Movie, Show, Theatre, catalog_key
-from server.notify.mailer import Mailer, mailer_from
+from server.notify.mailer import MailError, Mailer, mailer_from, redact
 from server.core.outbox import Event, GroupConsumer, run_with_app
 from server.core.settings import Settings
 
@@ -49,6 +60,9 @@ TEMPLATES = Path(__file__).resolve().parent / "templates"
 GROUP = "notifications"
 SENT_TTL_S = 30 * 24 * 3600
 SEND_LOCK_MS = 60_000
+MAX_ATTEMPTS = 8          # tries of one e-mail before it goes to the dead-letter list
+DEAD_LETTERS = "notify:dead"
+DEAD_LETTERS_KEPT = 10_000
 
 
 # --- SMS and push: adapters with log-only defaults --------------------------------------
@@ -68,7 +82,7 @@ class LogSms:
     async def send(self, to: str, text: str) -> None:
         self.sent.append((to, text))
         del self.sent[:-100]
-        log.info("sms (log only) to=%s: %s", to, text)
+        log.info("sms (log only) to=***%s (%d characters)", to[-2:], len(text))
 
 
 class LogPush:
@@ -78,7 +92,7 @@ class LogPush:
     async def send(self, user_id: str, title: str, body: str) -> None:
         self.sent.append((user_id, title, body))
         del self.sent[:-100]
-        log.info("push (log only) user=%s: %s", user_id, title)
+        log.info("push (log only) user=%s", user_id)
 
 
 # --- templates ------------------------------------------------------------------------
@@ -106,6 +120,31 @@ def money(amount: int | None, currency: str | None) -> str:
     if not currency:
         return "-"
     return f"{(amount or 0) / 100:,.2f} {currency}"
+
+
+# --- dead letters ---------------------------------------------------------------------
+
+class DeadLetter(msgspec.Struct, kw_only=True):
+    """An e-mail given up on (the `notify:dead` list holds these as JSON, newest first)."""
+
+    event_id: str
+    event_type: str
+    template: str
+    booking_id: str
+    recipient: str  # redacted: a***@example.com
+    reason: str
+    attempts: int
+    dead_at: datetime
+
+
+def attempts_key(notice_key: str) -> str:
+    return f"notify:attempts:{notice_key.removeprefix('notify:sent:')}"
+
+
+async def dead_letters(redis: aioredis.Redis, count: int = 100) -> list[DeadLetter]:
+    """The newest `count` e-mails given up on, for an operator."""
+    raws = await redis.lrange(DEAD_LETTERS, 0, max(0, count - 1))
+    return [msgspec.json.decode(r, type=DeadLetter) for r in raws]
 
 
 # --- the worker -----------------------------------------------------------------------
@@ -149,8 +188,10 @@ class Notifier:
 
     def __init__(self, redis: aioredis.Redis, settings: Settings, *,
                  mailer: Mailer | None = None, sms: SmsSender | None = None,
-                 push: PushSender | None = None, public_url: str = "") -> None:
+                 push: PushSender | None = None, public_url: str = "",
+                 max_attempts: int = MAX_ATTEMPTS) -> None:
         self.redis = redis
+        self.max_attempts = max(1, max_attempts)
         self.settings = settings
         self.mailer = mailer or mailer_from(settings)
         self.sms = sms or LogSms()
@@ -181,9 +222,20 @@ class Notifier:
         try:
             if await self.redis.exists(notice.key):
                 return
+            if not str(notice.booking.get("email") or "").strip():
+                await self.redis.set(notice.key, "skipped:no_recipient", ex=SENT_TTL_S)
+                log.info("e-mail %s for booking %s skipped: no recipient", notice.template,
+                         notice.booking.get("booking_id"))
+                return  # nothing to send to, nor an SMS or push for an erased customer
             message = await self._message(event, notice)
-            await self.mailer.send(message)  # MailError: not acknowledged, retried later
+            try:
+                await self.mailer.send(message)
+            except MailError as exc:
+                if not await self._give_up(event, notice, exc):
+                    raise  # not acknowledged: the event is retried later
+                return
             await self.redis.set(notice.key, event.id, ex=SENT_TTL_S)
+            await self.redis.delete(attempts_key(notice.key))
         finally:
             await self.redis.delete(lock)
         booking = notice.booking
@@ -193,6 +245,29 @@ class Notifier:
         if booking.get("customer_id"):
             await self.push.send(str(booking["customer_id"]), subject,
                                  f"Booking {booking.get('booking_id')}")
+
+    async def _give_up(self, event: Event, notice: Notice, exc: MailError) -> bool:
+        """Count a failed try; past `max_attempts` (or at once for a permanent refusal)
+        move the e-mail to the dead-letter list and say so (True)."""
+        akey = attempts_key(notice.key)
+        attempts = int(await self.redis.incr(akey))
+        await self.redis.expire(akey, SENT_TTL_S)
+        if attempts < self.max_attempts and not exc.permanent:
+            return False
+        letter = DeadLetter(
+            event_id=event.id, event_type=event.type, template=notice.template,
+            booking_id=str(notice.booking.get("booking_id") or ""),
+            recipient=redact(str(notice.booking.get("email") or "")), reason=str(exc),
+            attempts=attempts, dead_at=datetime.now(UTC))
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.lpush(DEAD_LETTERS, msgspec.json.encode(letter))
+            pipe.ltrim(DEAD_LETTERS, 0, DEAD_LETTERS_KEPT - 1)
+            pipe.set(notice.key, "dead", ex=SENT_TTL_S)
+            pipe.delete(akey)
+            await pipe.execute()
+        log.error("e-mail %s for booking %s to %s given up after %d attempts: %s",
+                  notice.template, letter.booking_id, letter.recipient, attempts, exc)
+        return True
 
     async def _message(self, event: Event, notice: Notice) -> EmailMessage:
         values = await self._values(notice.booking)

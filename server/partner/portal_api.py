@@ -1,7 +1,8 @@
 """Partner onboarding and the partner portal.
 
     POST   /api/partner-requests                      public: ask to become a partner
-    GET    /admin/v1/partner-requests?status=pending  admin key or an admin user
+    GET    /admin/v1/partner-requests?status=pending&limit=&cursor=
+                                                      admin key or an admin user, newest first
     POST   /admin/v1/partner-requests/{id}/approve    -> partner + its portal user
     POST   /admin/v1/partner-requests/{id}/reject
     POST   /admin/v1/users                            an admin user (admin key or admin)
@@ -15,9 +16,17 @@
 Portal endpoints need a logged-in partner user with MFA on (accounts.require_role). The
 request carries the applicant's password as an argon2 hash only; approval turns it into
 the partner's portal log-in, in one transaction with the partner record.
+
+Abuse (security review L18): a client address may file `REQUEST_QUOTA` requests per
+`REQUEST_WINDOW_S` (counted before the argon2 hash is computed; the address is the rate
+limiter's, i.e. seen through the trusted proxies), then 429 `too_many_requests` with
+Retry-After. Not counted: a loopback peer that came through no proxy (the machine itself,
+as for /metrics) and a server with rate limits off (BMM_RATE_LIMITS=0). The admin list is
+cursor-paginated (`limit`, `cursor` -> `next_cursor`), so no application is out of reach.
 """
 from __future__ import annotations
 
+import ipaddress
 import secrets
 import time
 from datetime import datetime
@@ -38,6 +47,8 @@ from server.accounts.users import User
 from server.catalog.model import PartnerShowList
 from server.core.errors import ApiError
 from server.core.openapi import Query, operation
+from server.core.pagination import Page, decode_cursor, encode_cursor, limit_of
+from server.onsale import ratelimit
 from server.core.wire import json_response, read_json
 
 routes = web.RouteTableDef()
@@ -90,8 +101,11 @@ class PartnerRequestView(msgspec.Struct):
     user_id: str | None = None
 
 
-class PartnerRequestList(msgspec.Struct):
-    requests: list[PartnerRequestView]
+class PartnerRequestList(Page[PartnerRequestView]):
+    """`items` + `next_cursor` (the API's pagination); `requests`: the same items, the
+    field this list always had."""
+
+    requests: list[PartnerRequestView] = []
 
 
 class RejectIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -139,6 +153,26 @@ def pending_email_key(email: str) -> str:
 
 
 REQUESTS = "partnerreqs"  # sorted set: request id by creation time
+REQUEST_QUOTA = 3         # requests per client address ...
+REQUEST_WINDOW_S = 3600   # ... per this window
+SCAN_BATCH = 200          # admin list: ids read per round trip while filtering by status
+SCAN_MAX = 5000           # ... and at most this many per page (then a shorter page + cursor)
+
+
+def quota_key(client: str) -> str:
+    return f"partnerreq:quota:{client}"
+
+
+# KEYS: the counter. ARGV: window ms. Returns {count, ms until the window ends}.
+_COUNT = """
+local n = redis.call('INCR', KEYS[1])
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+  ttl = tonumber(ARGV[1])
+end
+return {n, ttl}
+"""
 
 _record_decoder = msgspec.json.Decoder(PartnerRequestRecord)
 
@@ -154,13 +188,16 @@ def _view(r: PartnerRequestRecord) -> PartnerRequestView:
 @routes.post("/api/partner-requests")
 @operation("POST", "/api/partner-requests", summary="Ask to become a partner",
            request=PartnerRequestIn, response=PartnerRequestView, status=201,
-           errors=(409,), tags=("partner onboarding",))
+           errors=(409, 429), tags=("partner onboarding",))
 async def request_partnership(request: web.Request) -> web.Response:
     """Public. A platform admin approves or rejects it. 409 if the address has an account
     or a pending request already."""
     accounts.same_origin(request)
     body = await read_json(request, PartnerRequestIn)
     redis = services(request).redis
+    refused = await _over_quota(request, redis)
+    if refused is not None:
+        return refused
     email = accounts.normalise_email(body.email)
     if await redis.exists(accounts.email_key(email)):
         raise ApiError(409, "email_taken", "an account with this e-mail exists")
@@ -187,24 +224,90 @@ async def request_partnership(request: web.Request) -> web.Response:
     return json_response(_view(record), status=201)
 
 
+async def _over_quota(request: web.Request, redis: aioredis.Redis) -> web.Response | None:
+    """Count this request against its client address; the 429 answer past the quota."""
+    limiter = request.app[ratelimit.LIMITER]
+    if not limiter.settings.rate_limits:
+        return None
+    forwarded = request.headers.get("X-Forwarded-For")
+    if not forwarded and _loopback(request.remote):
+        return None  # the machine itself (no proxy in between)
+    client = limiter.client(request.remote, forwarded)
+    count, ttl_ms = await redis.eval(_COUNT, 1, quota_key(client), REQUEST_WINDOW_S * 1000)
+    if int(count) <= REQUEST_QUOTA:
+        return None
+    return ratelimit.too_many("too_many_requests",
+                              f"at most {REQUEST_QUOTA} partner requests per hour from one "
+                              "address; try again later", max(1, int(ttl_ms)))
+
+
+def _loopback(remote: str | None) -> bool:
+    try:
+        return remote is not None and ipaddress.ip_address(remote).is_loopback
+    except ValueError:
+        return False
+
+
 @routes.get("/admin/v1/partner-requests")
 @operation("GET", "/admin/v1/partner-requests", summary="Partner requests",
            response=PartnerRequestList, errors=(403, 422), tags=ADMIN_TAGS,
            security="adminKey",
-           params=(Query("status", description="pending | approved | rejected"),),
-           description="The admin key, or a logged-in admin user (session cookie).")
+           params=(Query("status", description="pending | approved | rejected"),
+                   Query("limit", description="1-200 (default 50)"),
+                   Query("cursor", description="`next_cursor` of the previous page")),
+           description="The admin key, or a logged-in admin user (session cookie). Newest "
+           "first, cursor-paginated.")
 async def list_partner_requests(request: web.Request) -> web.Response:
     await accounts.require_admin(request)
     status = request.query.get("status")
     if status is not None and status not in ("pending", "approved", "rejected"):
         raise ApiError(422, "invalid", "status is pending, approved or rejected",
                        field="status")
+    secret = services(request).settings.secret
+    limit = limit_of(request)
+    position = decode_cursor(secret, request)  # [created ms, request id] of the last one sent
+    if position is not None and not (
+            isinstance(position, list) and len(position) == 2
+            and isinstance(position[0], int) and isinstance(position[1], str)):
+        raise ApiError(422, "invalid_cursor", "this cursor is not one of this list",
+                       field="cursor")
     redis = services(request).redis
-    ids = [i.decode() for i in await redis.zrevrange(REQUESTS, 0, 499)]
-    raws = await redis.mget([request_key(i) for i in ids]) if ids else []
-    records = [_record_decoder.decode(r) for r in raws if r]
-    views = [_view(r) for r in records if status is None or r.status == status]
-    return json_response(PartnerRequestList(views))
+    views: list[PartnerRequestView] = []
+    scanned, exhausted = 0, False
+    while len(views) < limit and scanned < SCAN_MAX and not exhausted:
+        batch = await _ids_after(redis, position, SCAN_BATCH)
+        exhausted = len(batch) < SCAN_BATCH
+        raws = await redis.mget([request_key(i) for i, _ in batch]) if batch else []
+        for n, ((request_id, score), raw) in enumerate(zip(batch, raws, strict=True), 1):
+            scanned += 1
+            position = [score, request_id]
+            record = _record_decoder.decode(raw) if raw is not None else None
+            if record is not None and (status is None or record.status == status):
+                views.append(_view(record))
+            if len(views) >= limit:
+                exhausted = exhausted and n == len(batch)
+                break
+    cursor = None if exhausted or position is None else encode_cursor(secret, position)
+    return json_response(PartnerRequestList(views, cursor, views))
+
+
+async def _ids_after(redis: aioredis.Redis, position: list | None, count: int
+                     ) -> list[tuple[str, int]]:
+    """Up to `count` (request id, created ms) after `position`, newest first (ZREVRANGE
+    order: score descending, then id descending)."""
+    if position is None:
+        rows = await redis.zrevrange(REQUESTS, 0, count - 1, withscores=True)
+        return [(r.decode(), int(s)) for r, s in rows]
+    score, last = position
+    out: list[tuple[str, int]] = []
+    # The same millisecond as the last one sent: the ids below it.
+    same = await redis.zrevrangebyscore(REQUESTS, score, score)
+    out += [(r.decode(), score) for r in same if r.decode() < last][:count]
+    if len(out) < count:
+        rows = await redis.zrevrangebyscore(REQUESTS, f"({score}", "-inf", start=0,
+                                            num=count - len(out), withscores=True)
+        out += [(r.decode(), int(s)) for r, s in rows]
+    return out
 
 
 async def _decide(redis: aioredis.Redis, request_id: str, decide) -> PartnerRequestRecord:  # noqa: ANN001

@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import UTC, datetime
+from email.message import EmailMessage
 
 import pytest
 
+from server.notify.mailer import LogMailer, redact
 from server.notify.notifications import NOTIFIER
-from server.notify.notifications import render
-from server.core.outbox import STREAM, GroupConsumer, publish
+from server.notify.notifications import DEAD_LETTERS, dead_letters, notices, render
+from server.core.outbox import STREAM, Event, GroupConsumer, publish
 from server.core.settings import Settings
 
 from .builders import GOOD_CARD, publish_show
@@ -247,3 +250,59 @@ async def test_a_failed_event_is_retried_by_its_consumer_with_backoff(redis):
         assert await worker.attempts(entry) == 0  # forgotten once done
     finally:
         await redis.xgroup_destroy(STREAM, group)
+
+
+def test_the_log_mailer_logs_no_address_and_no_subject(caplog):
+    # Security review L16: without SMTP every address and subject went to the INFO log.
+    msg = EmailMessage()
+    msg["To"] = "asha.rao@example.com"
+    msg["Subject"] = "Booking confirmed: Secret Movie (bk_123)"
+    msg["X-BMM-Event-Id"] = "evt_1"
+    with caplog.at_level("INFO", logger="server.notify.mailer"):
+        asyncio.run(LogMailer().send(msg))
+    logged = caplog.text
+    assert "asha.rao@example.com" not in logged and "Secret Movie" not in logged
+    assert "a***@example.com" in logged and "evt_1" in logged
+    assert redact("") == "(none)" and redact("nobody") == "***"
+
+
+async def test_a_mail_with_no_recipient_is_skipped_not_retried(server, redis, smtp):
+    # Security review L19: an erased customer's booking has email "": smtplib raised and
+    # the event was retried for ever. Now it is recorded as skipped and acknowledged.
+    pub = await publish_show(redis)
+    event_id = await publish(redis, "booking.cancelled", {
+        "booking_id": f"{pub.show_id}.gone", "show_id": pub.show_id, "seats": ["D1"],
+        "email": "", "name": "(deleted account)"})
+    await until(lambda: acked(redis, "notifications", event_id), what="acknowledgement")
+    entry = await entry_of(redis, event_id)
+    assert await redis.hget("outbox:retries:notifications", entry) is None
+    key = notices(Event(event_id, "booking.cancelled", datetime.now(UTC),
+                        {"email": ""}))[0].key
+    assert await redis.get(key) == b"skipped:no_recipient"
+
+
+async def test_a_mail_that_keeps_failing_goes_to_the_dead_letter_list(server, redis, smtp):
+    # Security review L19: bounded attempts, then a dead letter an operator can read.
+    server.app[NOTIFIER].max_attempts = 3
+    pub = await publish_show(redis)
+    to = addr()
+    smtp.stop()
+    booking_id = f"{pub.show_id}.dl{uuid.uuid4().hex[:6]}"
+    event_id = await publish(redis, "booking.cancelled", {
+        "booking_id": booking_id, "show_id": pub.show_id, "seats": ["D2"], "email": to,
+        "name": "Ravi"})
+    await until(lambda: acked(redis, "notifications", event_id), timeout=20,
+                what="the event to be acknowledged once the mail is dead-lettered")
+    letters = [d for d in await dead_letters(redis, 1000) if d.event_id == event_id]
+    assert len(letters) == 1, letters
+    letter = letters[0]
+    assert letter.booking_id == booking_id and letter.attempts == 3
+    assert letter.template == "booking_cancelled" and letter.reason
+    assert to not in letter.recipient and letter.recipient.endswith("@example.com")
+    assert to.encode() not in b"".join(await redis.lrange(DEAD_LETTERS, 0, -1))
+    smtp.start()
+    marker = addr()  # a later event: once it is mailed, the dead one was not resent
+    await publish(redis, "booking.confirmed", {"booking_id": "m.k", "show_id": pub.show_id,
+                                               "email": marker, "seats": []})
+    await smtp.next_to(marker)
+    assert smtp.to(to) == []

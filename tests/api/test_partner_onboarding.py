@@ -302,3 +302,64 @@ async def test_the_portal_session_uses_the_partner_feed_and_its_writes_need_an_o
     status, out = await p.call("PUT", f"/partner/v1/shows/{uid('sh')}/waiting-room",
                                {"enabled": True, "admit_per_minute": 60})
     assert (status, out["error"]["code"]) == (404, "not_found"), out
+
+
+def _application(tag: str = "quota") -> dict:
+    return {"company": "Spam Cinemas", "contact_name": "Sam Pam", "email": new_email(tag),
+            "password": PASSWORD}
+
+
+async def test_partner_requests_have_a_quota_per_client_address(
+        server, redis, app_settings, redis_server) -> None:
+    # Security review L18: one argon2 hash per request and no quota let spam bury the
+    # real applications. Behind the trusted proxy each client has its own quota.
+    proxied = TestServer(create_app(msgspec.structs.replace(
+        app_settings, trusted_proxies="127.0.0.2/32"), redis_server.url), host="127.0.0.1")
+    await proxied.start_server()
+    spammer, other = "192.0.2.41", "203.0.113.77"
+    await redis.delete(f"partnerreq:quota:{spammer}", f"partnerreq:quota:{other}")
+    origin = str(proxied.make_url("")).rstrip("/")
+
+    async def post(session, client: str) -> tuple[int, dict, str | None]:
+        async with session.post("/api/partner-requests", json=_application(), headers={
+                "Origin": origin, "X-Forwarded-For": client}) as resp:
+            return resp.status, await resp.json(), resp.headers.get("Retry-After")
+
+    try:
+        async with through(proxied, "127.0.0.2") as proxy:
+            for _ in range(3):
+                assert (await post(proxy, spammer))[0] == 201
+            status, body, retry_after = await post(proxy, spammer)
+            assert (status, body["error"]["code"]) == (429, "too_many_requests")
+            assert retry_after is not None and 1 <= int(retry_after) <= 3600
+            assert (await post(proxy, other))[0] == 201  # another client is not affected
+    finally:
+        await proxied.close()
+
+
+async def test_the_admin_list_of_partner_requests_is_cursor_paginated(clients) -> None:
+    # Security review L18: the list showed only the newest 500; now every request is
+    # reachable page by page (and the old `requests` field is still there).
+    admin = clients()
+    made = []
+    for n in range(3):
+        p = clients()
+        made.append((await apply(p, f"Paged Cinemas {n}"))["request_id"])
+    seen: list[str] = []
+    cursor = None
+    for _ in range(50):
+        query = "?status=pending&limit=1" + (f"&cursor={cursor}" if cursor else "")
+        status, page = await admin.call("GET", f"/admin/v1/partner-requests{query}",
+                                        headers=ADMIN)
+        assert status == 200, page
+        assert len(page["items"]) <= 1 and page["requests"] == page["items"]
+        seen += [r["request_id"] for r in page["items"]]
+        cursor = page["next_cursor"]
+        if set(made) <= set(seen) or cursor is None:
+            break
+    assert set(made) <= set(seen)
+    assert len(seen) == len(set(seen))  # no request twice
+    assert seen.index(made[2]) < seen.index(made[1]) < seen.index(made[0])  # newest first
+    status, err = await admin.call("GET", "/admin/v1/partner-requests?cursor=forged",
+                                   headers=ADMIN)
+    assert (status, err["error"]["code"]) == (422, "invalid_cursor")

@@ -15,7 +15,7 @@ from server.accounts import users as accounts
 from server.discovery import reviews
 from server.discovery.reviews import ReviewIn
 
-from .account_helpers import Client, hold_and_checkout
+from .account_helpers import PASSWORD, Client, hold_and_checkout
 from .builders import PublishedShow, publish_show_via_feed
 from .catalog_helpers import ADMIN, new_partner
 
@@ -261,3 +261,33 @@ async def test_partner_reports_and_admin_moderation(api, clients) -> None:  # no
         assert resp.status == 404
     async with api.get("/admin/v1/reviews?status=weird", headers=ADMIN) as resp:
         assert resp.status == 422
+
+
+async def test_deleting_the_account_anonymises_the_author_of_its_reviews(
+        api, clients, redis: aioredis.Redis, show: PublishedShow) -> None:  # noqa: ANN001
+    # Security review L15: the deleted customer's name stayed the public author.
+    movie = show.movie.movie_id
+    c = clients()
+    me = await c.sign_up(name="Asha Deleteme")
+    await hold_and_checkout(c, show.show_id, ["E1"])
+    status, body = await c.call("PUT", mine("movie", movie), {"rating": 4, "text": "Great"})
+    assert status == 201, body
+    review_id = body["review"]["review_id"]
+    got = await listing(api, "movie", movie)
+    assert [r["author"] for r in got["reviews"] if r["review_id"] == review_id] == [
+        "Asha Deleteme"]
+
+    status, export = await c.call("GET", "/api/me/export")
+    assert status == 200, export
+    assert [(r["review_id"], r["text"]) for r in export["reviews"]] == [(review_id, "Great")]
+
+    status, _ = await c.call("DELETE", "/api/me", {"password": PASSWORD})
+    assert status == 200
+    got = await listing(api, "movie", movie)
+    [after] = [r for r in got["reviews"] if r["review_id"] == review_id]
+    assert after["author"] == reviews.FORMER_CUSTOMER and after["text"] == "Great"
+    assert got["rating"]["count"] >= 1  # the rating still counts
+    record = await reviews.load_by_id(redis, review_id)
+    assert record[b"customer_id"] == b"" and b"Asha Deleteme" not in b"".join(record.values())
+    assert await redis.hget(reviews.by_key("movie", movie), me["user_id"]) is None
+    assert await redis.exists(reviews.mine_key(me["user_id"])) == 0

@@ -4,6 +4,7 @@ export and delete still work, keys rotate, and a server without a data key refus
 store personal data before anything else happens."""
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import uuid
@@ -19,6 +20,7 @@ from server.accounts.users import user_key
 from server.app import create_app
 from server.booking.records import booking_key
 from server.core.embedded import RedisServer
+from server.discovery.recommend_store import history_key, languages_key
 from server.core.pii import DataCipher, key_id, mask, parse_key
 from server.core.settings import Settings
 
@@ -181,3 +183,35 @@ async def test_without_a_data_key_personal_data_is_refused_before_paying(
     finally:
         await c.close()
         await srv.close()
+
+
+async def test_the_export_has_the_recommendation_history_and_deletion_erases_it(
+        clients, redis: aioredis.Redis, show: PublishedShow) -> None:
+    # Security review L15: rec:hist / rec:lang outlived the account and the export
+    # left them (and the reviews) out.
+    c = clients()
+    me = await c.sign_up()
+    uid = me["user_id"]
+    status, hold = await c.call("POST", f"/api/shows/{show.show_id}/holds", {"seats": ["C2"]})
+    assert status == 201, hold
+    status, booking = await c.call(
+        "POST", f"/api/holds/{hold['hold_id']}/checkout",
+        {"card": GOOD_CARD, "email": c.email, "name": "Asha"},
+        headers={"Idempotency-Key": uuid.uuid4().hex, "X-Holder-Token": hold["holder_token"]})
+    assert status == 201, booking
+    for _ in range(200):  # the recommend worker learns from booking.confirmed
+        if await redis.exists(history_key(uid)):
+            break
+        await asyncio.sleep(0.05)
+    assert await redis.exists(history_key(uid), languages_key(uid)) == 2
+
+    status, export = await c.call("GET", "/api/me/export")
+    assert status == 200, export
+    history = export["recommendation_history"]
+    assert [m["movie_id"] for m in history["movies"]] == [show.movie.movie_id]
+    assert sum(history["languages"].values()) == 1
+    assert export["reviews"] == []
+
+    status, _ = await c.call("DELETE", "/api/me", {"password": PASSWORD})
+    assert status == 200
+    assert await redis.exists(history_key(uid), languages_key(uid)) == 0
