@@ -241,8 +241,9 @@ def _protected(args: argparse.Namespace, capacity: float, edge: bool
         if edge:
             rate = args.edge_rate * capacity
             burst = args.edge_burst if args.edge_burst >= 0 else max(1, round(rate / 10))
+            # every load client is 127.0.0.1: the per-client hold bucket would be all of it
             proxy = Edge(free_port(), [server.host.split("://", 1)[1]], rate, burst,
-                         hold_timing_log=True).start()
+                         hold_timing_log=True, client_hold_rate_per_s=0).start()
             host = proxy.url
             label = f"through nginx ({rate:,.0f} holds/s per show, burst {burst}), " + label
         print(f"protected: {label}: 1× then {args.factor:g}× capacity, open loop ...",

@@ -10,6 +10,11 @@ in C, before a request reaches Python:
   over it, 429 with the project's error body (`overloaded`), `Retry-After` and the
   request id, answered by nginx itself. Set the rate a little under the measured hold
   capacity of the web tier (loadtest/shed.py --edge uses 0.8×).
+- Before that bucket, one per show *and client address* (`client_hold_rate_per_s`,
+  `client_hold_burst`; L6): nginx charges a request to its zones only when all of them let
+  it through, so a client flooding a show is shed by its own bucket and takes at most its
+  own rate from the show's, which stays for the other clients. 0 turns it off (a load
+  generator whose clients all share one address).
 - Everything else is proxied as is: HTTP/1.1 with keep-alive to the upstreams, WebSockets
   (`Upgrade`/`Connection`, hour-long read timeouts on the live sockets), `Host`,
   `X-Forwarded-For` (appended: the web tier believes it only from `BMM_TRUSTED_PROXIES`, read
@@ -93,6 +98,11 @@ http {{
         POST    $bmm_show;
         default '';
     }}
+    # ... and per show and client address, checked first (L6).
+    map $request_method $bmm_hold_client_key {{
+        POST    "$bmm_show $binary_remote_addr";
+        default '';
+    }}
     # nginx's 429s: `overloaded` when the hold path sheds, `rate_limited` (as the app's
     # per-client limits) when a client has too many requests open (limit_conn).
     map $limit_conn_status $bmm_shed_code {{
@@ -110,7 +120,7 @@ http {{
     }}
 
 {timing_format}    limit_req_zone $bmm_hold_key zone=bmm_holds:{zone_size} rate={hold_rate};
-{total_zone}    limit_req_status 429;
+{client_zone}{total_zone}    limit_req_status 429;
     limit_req_log_level {shed_log_level};
 {conn_zone}
     server {{
@@ -130,7 +140,7 @@ http {{
         error_page 429 = @bmm_overloaded;
 
         location ~ ^/api/shows/(?<bmm_show>[^/]+)/holds$ {{
-            limit_req zone=bmm_holds burst={hold_burst} nodelay;
+{client_limit}            limit_req zone=bmm_holds burst={hold_burst} nodelay;
 {total_limit}{timing_log}            proxy_pass http://bmm_web;
         }}
 
@@ -181,6 +191,7 @@ def _rate(per_s: float) -> str:
 def render(listen_port: int, upstreams: Sequence[str], hold_rate_per_s: float,
            hold_burst: int, *, prefix: str | Path, listen_host: str = "127.0.0.1",
            total_hold_rate_per_s: float = 0, total_hold_burst: int | None = None,
+           client_hold_rate_per_s: float = 10, client_hold_burst: int = 20,
            conn_per_client: int = 0, retry_after_s: int = 1, workers: int = 1,
            worker_connections: int = 4096, upstream_keepalive: int = 128,
            read_timeout_s: int = 60, ws_timeout_s: int = 3600, max_body: str = "1m",
@@ -190,6 +201,9 @@ def render(listen_port: int, upstreams: Sequence[str], hold_rate_per_s: float,
     `upstreams` (`host:port` of each web process) and shedding holds beyond
     `hold_rate_per_s` per show (+ `hold_burst`) and, when `total_hold_rate_per_s` is set,
     beyond that many for all shows together (+ `total_hold_burst`, default `hold_burst`).
+    Before the show's bucket each client address has its own per show,
+    `client_hold_rate_per_s` (+ `client_hold_burst`; 0: none), so that one client's flood
+    cannot empty the show's bucket for the others.
     Every path it writes is under `prefix`.
     `shed_log_level` is the level of nginx's line per shed request: below `error_level`
     (the default) keeps thousands a second out of the error log. `hold_timing_log`
@@ -205,6 +219,8 @@ def render(listen_port: int, upstreams: Sequence[str], hold_rate_per_s: float,
         raise ValueError(f"unsafe prefix for nginx: {prefix!r}")
     if total_hold_rate_per_s < 0:
         raise ValueError("total hold rate must be >= 0 (0: none)")
+    if client_hold_rate_per_s < 0 or client_hold_burst < 0:
+        raise ValueError("client hold rate and burst must be >= 0 (rate 0: none)")
     listen = f"[{listen_host}]:{listen_port}" if ":" in listen_host else \
         f"{listen_host}:{listen_port}"
     return _TEMPLATE.format(
@@ -215,6 +231,11 @@ def render(listen_port: int, upstreams: Sequence[str], hold_rate_per_s: float,
         upstream_servers="\n".join(f"        server {_hostport(u)};" for u in upstreams),
         upstream_keepalive=upstream_keepalive, valid_request_id=_VALID_REQUEST_ID,
         zone_size="10m", hold_rate=_rate(hold_rate_per_s),
+        client_zone=(f"    limit_req_zone $bmm_hold_client_key zone=bmm_holds_client:10m "
+                     f"rate={_rate(client_hold_rate_per_s)};\n"
+                     if client_hold_rate_per_s else ""),
+        client_limit=(f"            limit_req zone=bmm_holds_client burst={client_hold_burst} "
+                      "nodelay;\n" if client_hold_rate_per_s else ""),
         total_zone=(f"    limit_req_zone $bmm_hold_all zone=bmm_holds_all:1m "
                     f"rate={_rate(total_hold_rate_per_s)};\n" if total_hold_rate_per_s else ""),
         total_limit=("            limit_req zone=bmm_holds_all burst="
@@ -336,6 +357,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--total-hold-burst", type=int,
                     default=int(env("BMM_EDGE_TOTAL_HOLD_BURST", "0")) or None,
                     help="burst of that ceiling (default: --hold-burst)")
+    ap.add_argument("--client-hold-rate", type=float,
+                    default=float(env("BMM_EDGE_CLIENT_HOLD_RATE", "10")),
+                    help="holds per second per show from one client address, checked before "
+                         "the show's bucket (BMM_EDGE_CLIENT_HOLD_RATE; 10; 0: none)")
+    ap.add_argument("--client-hold-burst", type=int,
+                    default=int(env("BMM_EDGE_CLIENT_HOLD_BURST", "20")),
+                    help="burst of that limit (BMM_EDGE_CLIENT_HOLD_BURST; 20)")
     ap.add_argument("--conn-per-client", type=int,
                     default=int(env("BMM_EDGE_CONN_PER_CLIENT", "0")),
                     help="concurrent requests per client address (0: no limit)")
@@ -354,6 +382,8 @@ def main(argv: list[str] | None = None) -> None:
                   listen_host=(host or "0.0.0.0").strip("[]"),
                   total_hold_rate_per_s=args.total_hold_rate,
                   total_hold_burst=args.total_hold_burst,
+                  client_hold_rate_per_s=args.client_hold_rate,
+                  client_hold_burst=args.client_hold_burst,
                   conn_per_client=args.conn_per_client, workers=args.workers,
                   access_log=args.access_log)
     if args.print:

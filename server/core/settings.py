@@ -88,6 +88,10 @@ class Settings(msgspec.Struct, frozen=True):
     # as a bearer, or one on the machine itself (a loopback peer, not through a proxy).
     metrics_token: str = ""
     admission_ttl_s: int = 900         # how long a waiting-room admission stays valid
+    # Open WebSockets (live seat map + queue position) per web process (M8): per client
+    # address (as the rate limiter sees it) and in all; 0 = no cap.
+    ws_per_client: int = 20            # BMM_WS_PER_CLIENT
+    ws_total: int = 10_000             # BMM_WS_TOTAL
     # Payments: the gateway's HTTP API (None: `python -m server` starts the sandbox
     # gateway process, server/sandbox) and the secret its webhooks are signed with.
     gateway_url: str | None = None
@@ -134,6 +138,8 @@ class Settings(msgspec.Struct, frozen=True):
             "reconcile_after_s": os.environ.get("BMM_RECONCILE_AFTER_S"),
             "crash_at": os.environ.get("BMM_CRASH_AT"),
             "metrics_token": os.environ.get("BMM_METRICS_TOKEN"),
+            "ws_per_client": os.environ.get("BMM_WS_PER_CLIENT"),
+            "ws_total": os.environ.get("BMM_WS_TOTAL"),
         }
         env.update({name: os.environ.get("BMM_" + name.upper()) for name in _ON_SALE})
         sentinels = os.environ.get("BMM_REDIS_SENTINELS")

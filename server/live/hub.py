@@ -74,6 +74,7 @@ from server.core.redis_retry import redis_retry
 from server.ops.security import check_origin
 from server.core.openapi import Query, operation
 from server.catalog.seat_status import read_seat_statuses
+from server.onsale.ratelimit import LIMITER
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ routes = web.RouteTableDef()
 _SHOW_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 RESYNC_CLOSE_CODE = 4000  # private range: "you fell behind, reconnect with since"
+MAX_CLIENT_MESSAGE = 1 << 12  # bytes; a larger client message closes the socket (1009)
 
 
 # --- the messages (documented in OpenAPI; events are forwarded as stored) ----------------
@@ -566,7 +568,8 @@ def _since(request: web.Request) -> int | None:
 @routes.get("/api/shows/{show_id}/live")
 @operation(
     "GET", "/api/shows/{show_id}/live", summary="Live seat map (WebSocket)",
-    response=LiveMessage, status=101, errors=(400, 403, 404, 426), tags=("customer", "live"),
+    response=LiveMessage, status=101, errors=(400, 403, 404, 426, 429, 503),
+    tags=("customer", "live"),
     params=(Query("since", int, description="the last seq the client applied; the server "
                   "sends exactly the entries after it, or a fresh snapshot when too old"),),
     description="Upgrade to a WebSocket. Messages (JSON text): first a `snapshot` (or, with "
@@ -575,7 +578,9 @@ def _since(request: web.Request) -> int | None:
     "\"event\",\"seq\":...,\"at\":...,\"changes\":[...]},...]}`, `seq` = the last one's); "
     "seqs are contiguous across frames. Under load one frame carries everything that changed "
     "in ~20 ms. A client that falls behind gets `resync` and the socket closes (code 4000); "
-    "reconnect with `since`.",
+    "reconnect with `since`. Open sockets are capped per client address (429 "
+    "`too_many_sockets`) and per server (503), both with `Retry-After`; a client message "
+    "over 4 KiB closes the socket (1009).",
 )
 async def live(request: web.Request) -> web.WebSocketResponse:
     show_id = request.match_info["show_id"]
@@ -583,6 +588,14 @@ async def live(request: web.Request) -> web.WebSocketResponse:
         raise ApiError(404, "not_found", f"no show {show_id!r}")
     since = _since(request)
     check_origin(request)  # before any work: a foreign page must not watch in our name
+    lim = request.app[LIMITER]
+    # One place per open socket, per client address and in all, taken before any I/O.
+    with lim.sockets.slot(lim.client(request.remote, request.headers.get("X-Forwarded-For"))):
+        return await _live(request, show_id, since)
+
+
+async def _live(request: web.Request, show_id: str, since: int | None
+                ) -> web.WebSocketResponse:
     hub = request.app[HUB]
     if hub.closed:
         raise ApiError(503, "unavailable", "the server is shutting down; reconnect shortly")
@@ -592,7 +605,7 @@ async def live(request: web.Request) -> web.WebSocketResponse:
         heartbeat=hub.heartbeat,
         compress=False,       # a batch's frame is built once and written to every socket
         writer_limit=1 << 15,  # wait for a slow peer early; its queue then takes the strain
-        max_msg_size=1 << 12,  # clients have nothing big to say
+        max_msg_size=MAX_CLIENT_MESSAGE,  # clients have nothing big to say (1009 past it)
     )
     if not ws.can_prepare(request).ok:
         raise ApiError(426, "upgrade_required", "this endpoint is a WebSocket")

@@ -14,6 +14,15 @@ Every request but static files and health probes is checked, in this order:
    charged atomically: a refused request charges none. Over a limit: 429 `rate_limited`
    with `Retry-After` (whole seconds, at least 1) and `error.retry_after_ms`.
 
+   A partner key's bucket is charged only by requests that authenticated with it from an
+   address its allow-list admits (L7): otherwise anyone holding a leaked, IP-restricted key
+   could keep its partner at 429. The middleware cannot know before the handler ran, so
+   this process remembers the (key, address) pairs that authenticated (`Verified`, no
+   I/O): theirs are charged up front as before; any other request with a key is only
+   *checked* against the key's bucket (refused if it is empty, charging nothing) and
+   charged to the caller's address bucket, and once its handler authenticated it the key's
+   bucket is charged after the fact (one coalesced script call, not awaited).
+
 For a hold (`POST /api/shows/{id}/holds`) the same script also reads the show's waiting-room
 flag, so the queue check (server/onsale/waiting_room.py) costs no second round trip.
 
@@ -28,17 +37,20 @@ answers 503 for a connection error, as before).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import ipaddress
 import math
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
 from aiohttp import web
 from redis.commands.core import AsyncScript
 
+from server.accounts.bearer_auth import AUTH_KEY_ID
 from server.appkeys import services
 from server.onsale.admission import session_customer
 from server.onsale.keys import ON_SALE, room_config_key
@@ -46,6 +58,7 @@ from server.onsale.keys import ON_SALE, room_config_key
 # allow-list); re-exported here for this module's callers.
 from server.core.client_address import client_ip, parse_networks  # noqa: F401
 from server.core.errors import Handler, error_response
+from server.core.refusals import Refused
 from server.core.settings import Settings
 
 Kind = Literal["read", "write", "hold"]
@@ -56,7 +69,9 @@ WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # GCRA over several requests' buckets at once, the requests in order, at one instant.
 # ARGV[1] describes the requests, 2 + n characters each: n (its buckets, '0'-'9'), '1' if
 # it wants the waiting-room flag else '0', then per bucket the number of its limit
-# ('1'-'9'); ARGV[2j], ARGV[2j + 1] are limit j's emission interval (ms) and burst. KEYS:
+# ('1'-'9'; 16 more, 'A'-'I', for a bucket only checked, never charged: it can refuse the
+# request but is not written); ARGV[2j], ARGV[2j + 1] are limit j's emission interval (ms)
+# and burst. KEYS:
 # per request its n buckets, then (when it wants the flag) a hash whose `enabled` field is
 # the flag. The clock is Redis's (TIME), so every web process agrees on it. Returns a
 # comma-separated string, per request 2 * retry_ms + (1 if the flag is "1" else 0):
@@ -82,6 +97,8 @@ while p <= #spec do
   for i = 0, n - 1 do
     local key = KEYS[k + i]
     local j = string.byte(spec, p + 2 + i) - 48
+    local peek = j > 16
+    if peek then j = j - 16 end
     local interval, burst = intervals[j], bursts[j]
     local cur = tat[key]
     if cur == nil then
@@ -95,15 +112,17 @@ while p <= #spec do
       local w = allow_at - now
       if w > wait then wait = w end
     end
-    new[i] = new_tat
+    if peek then new[i] = false else new[i] = new_tat end
   end
   if wait == 0 then
     for i = 0, n - 1 do
-      local key = KEYS[k + i]
-      local s = string.format('%.3f', new[i])
-      if dirty[key] == nil then dirty[#dirty + 1] = key end
-      dirty[key] = s
-      tat[key] = tonumber(s)
+      if new[i] then
+        local key = KEYS[k + i]
+        local s = string.format('%.3f', new[i])
+        if dirty[key] == nil then dirty[#dirty + 1] = key end
+        dirty[key] = s
+        tat[key] = tonumber(s)
+      end
     end
   end
   local bit = 0
@@ -296,6 +315,81 @@ class Batcher:
 
 # Each limit's number in the script's table of limits (`Limiter.limit_args`).
 LIMIT_NUMBER = {"read": "1", "write": "2", "customer": "3", "partner": "4"}
+# The same limit for a bucket the script only checks (refuses when empty, never charges).
+PEEK_NUMBER = {name: chr(ord(n) + 16) for name, n in LIMIT_NUMBER.items()}
+
+# A partner request's refusals that mean it did not authenticate (or came from an address
+# its key's allow-list refuses): its key's bucket is not charged for it.
+AUTH_REFUSALS = frozenset({"unauthorized", "invalid_token", "ip_not_allowed"})
+
+
+class Verified:
+    """The (key digest, client address) pairs whose requests authenticated lately, in this
+    process: only theirs are charged to the key's bucket before the handler runs. Bounded
+    (forgotten wholesale past `kept`) and each pair for `ttl_s` at most, so a key revoked
+    or an allow-list narrowed soon stops charging up front."""
+
+    def __init__(self, kept: int = 16_384, ttl_s: float = 300.0) -> None:
+        self.kept, self.ttl_s = kept, ttl_s
+        self._until: dict[tuple[str, str], float] = {}
+
+    def __contains__(self, pair: tuple[str, str]) -> bool:
+        until = self._until.get(pair)
+        return until is not None and until > time.monotonic()
+
+    def add(self, pair: tuple[str, str]) -> None:
+        if len(self._until) >= self.kept and pair not in self._until:
+            self._until.clear()
+        self._until[pair] = time.monotonic() + self.ttl_s
+
+    def discard(self, pair: tuple[str, str]) -> None:
+        self._until.pop(pair, None)
+
+
+class SocketCaps:
+    """Open WebSockets in this web process, per client address and in all (M8): each is a
+    file descriptor, and a watched show a blocking Redis connection. Checked before the
+    upgrade (no I/O): over a client's share 429 `too_many_sockets`, over the total 503
+    `unavailable`, both JSON with `Retry-After`. 0 = no such cap."""
+
+    RETRY_AFTER_S = 5
+
+    def __init__(self, per_client: int, total: int) -> None:
+        self.per_client, self.total = per_client, total
+        self.open = 0
+        self.by_client: dict[str, int] = {}
+
+    @contextlib.contextmanager
+    def slot(self, client: str) -> Iterator[None]:
+        """Hold one place for the socket's lifetime (raises the refusal when full)."""
+        mine = self.by_client.get(client, 0)
+        if self.total and self.open >= self.total:
+            raise _refusal(503, "unavailable",
+                           "this server has too many live connections; retry shortly")
+        if self.per_client and mine >= self.per_client:
+            raise _refusal(429, "too_many_sockets",
+                           f"at most {self.per_client} live connections per address; "
+                           "close one first")
+        self.open += 1
+        self.by_client[client] = mine + 1
+        try:
+            yield
+        finally:
+            self.open -= 1
+            left = self.by_client[client] - 1
+            if left:
+                self.by_client[client] = left
+            else:
+                del self.by_client[client]
+
+
+def _refusal(status: int, code: str, message: str) -> web.HTTPException:
+    resp = error_response(status, code, message, retry_after_ms=SocketCaps.RETRY_AFTER_S * 1000)
+    cls = web.HTTPTooManyRequests if status == 429 else web.HTTPServiceUnavailable
+    assert isinstance(resp.body, bytes)
+    # A JSON HTTPException passes the error middleware as it is.
+    return cls(text=resp.body.decode(), content_type="application/json",
+               headers={"Retry-After": str(SocketCaps.RETRY_AFTER_S)})
 
 
 @dataclass
@@ -310,6 +404,8 @@ class Limiter:
     shed: int = 0                     # requests shed since start (observability reads it)
     limited: int = 0                  # requests refused by a rate limit since start
     batcher: Batcher | None = field(default=None, repr=False)
+    sockets: SocketCaps = field(default_factory=lambda: SocketCaps(0, 0))
+    verified: Verified = field(default_factory=Verified, repr=False)
 
     CLIENTS_KEPT = 4096
 
@@ -344,10 +440,19 @@ class Limiter:
             "write": Limit(s.rl_ip_write_per_s, s.rl_ip_write_burst),
             "customer": Limit(s.rl_customer_write_per_s, s.rl_customer_write_burst),
             "partner": Limit(s.rl_partner_per_s, s.rl_partner_burst),
-        }, AdaptiveCap(s.hold_max_inflight, s.hold_latency_target_ms))
+        }, AdaptiveCap(s.hold_max_inflight, s.hold_latency_target_ms),
+            sockets=SocketCaps(s.ws_per_client, s.ws_total))
+
+    def _batcher(self, request: web.Request) -> Batcher:
+        if self.batcher is None:
+            self.batcher = Batcher(services(request).redis.register_script(_GCRA),
+                                   self.limit_args)
+        return self.batcher
 
 
 LIMITER = web.AppKey("rate_limiter", Limiter)
+# A partner request's (key digest, client address, charged up front?) for after its handler.
+_PARTNER = web.RequestKey("bmm.rl_partner", tuple)
 
 
 def setup(app: web.Application, settings: Settings) -> None:
@@ -374,7 +479,11 @@ async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.S
     lim = request.app[LIMITER]
     if kind != "hold":
         refused = await _check(request, lim, kind)
-        return refused or await handler(request)
+        if refused is not None:
+            return refused
+        if _PARTNER not in request:
+            return await handler(request)
+        return await _partner_request(request, lim, handler)
     if not lim.cap.admits(lim.inflight):
         lim.shed += 1
         return too_many("overloaded", "too many holds are being made right now; retry shortly",
@@ -390,6 +499,37 @@ async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.S
         lim.cap.done((now - start) * 1000, now)
 
 
+async def _partner_request(request: web.Request, lim: Limiter, handler: Handler
+                           ) -> web.StreamResponse:
+    """Run a partner request's handler, then settle its key's bucket: a request that
+    authenticated from an allowed address is (or was already) charged to it, any other
+    is not, and its (key, address) is forgotten."""
+    digest, ip, charged = request[_PARTNER]
+    authenticated = False
+    try:
+        resp = await handler(request)
+        authenticated = AUTH_KEY_ID in request
+        return resp
+    except Refused as exc:
+        authenticated = AUTH_KEY_ID in request and exc.code not in AUTH_REFUSALS
+        raise
+    finally:
+        pair = (digest, ip)
+        if authenticated:
+            lim.verified.add(pair)
+            if not charged:  # after the fact, not awaited: the answer need not wait
+                fut = lim._batcher(request).check(
+                    [lim.prefix["partner"] + digest], "10" + LIMIT_NUMBER["partner"])
+                fut.add_done_callback(_ignore)
+        elif charged:
+            lim.verified.discard(pair)
+
+
+def _ignore(fut: asyncio.Future[tuple[int, bool]]) -> None:
+    if not fut.cancelled():
+        fut.exception()  # retrieved: a Redis error here only means one request went free
+
+
 async def _check(request: web.Request, lim: Limiter, kind: Kind) -> web.Response | None:
     keys: list[str] = []
     limits = ""  # per bucket the number of its limit (LIMIT_NUMBER)
@@ -401,9 +541,13 @@ async def _check(request: web.Request, lim: Limiter, kind: Kind) -> web.Response
         if request.path.startswith("/partner/"):
             auth = request.headers.get("Authorization", "")
             if auth[:7].lower() == "bearer " and (token := auth[7:].strip()):
-                keys.append(lim.prefix["partner"]
-                            + hashlib.sha256(token.encode()).hexdigest()[:32])
-                limits += LIMIT_NUMBER["partner"]
+                digest = hashlib.sha256(token.encode()).hexdigest()[:32]
+                keys.append(lim.prefix["partner"] + digest)
+                # Charged up front only for a (key, address) that authenticated lately;
+                # otherwise only checked, and charged once the handler authenticated it.
+                charged = (digest, ip) in lim.verified
+                limits += (LIMIT_NUMBER if charged else PEEK_NUMBER)["partner"]
+                request[_PARTNER] = (digest, ip, charged)
         elif kind != "read" and (who := (await session_customer(request))[0]):
             keys.append(lim.prefix["customer"] + who)
             limits += LIMIT_NUMBER["customer"]
@@ -415,11 +559,7 @@ async def _check(request: web.Request, lim: Limiter, kind: Kind) -> web.Response
         return None
     else:
         spec = f"{n}0{limits}"
-    batcher = lim.batcher
-    if batcher is None:
-        batcher = lim.batcher = Batcher(services(request).redis.register_script(_GCRA),
-                                        lim.limit_args)
-    retry_ms, on_sale = await batcher.check(keys, spec)
+    retry_ms, on_sale = await lim._batcher(request).check(keys, spec)
     if kind == "hold":
         request[ON_SALE] = on_sale
     if retry_ms:

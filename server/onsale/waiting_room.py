@@ -50,6 +50,7 @@ from aiohttp_session import get_session
 
 from server.appkeys import services
 from server.onsale import admission, pow
+from server.onsale.ratelimit import LIMITER
 from server.onsale.keys import room_config_key, room_prequeue_key, room_visitors_key
 from server.ops.security import check_origin
 from server.accounts import api_keys as auth
@@ -587,15 +588,27 @@ def _iso(ms: int) -> str | None:
 @routes.get("/api/shows/{show_id}/queue/live")
 @operation("GET", "/api/shows/{show_id}/queue/live",
            summary="WebSocket: my waiting-room position, live", status=101,
-           errors=(403, 404, 409, 429), tags=("customer",))
+           errors=(403, 404, 409, 429, 503), tags=("customer",))
 async def queue_live(request: web.Request) -> web.WebSocketResponse:
     """Upgrade to a WebSocket (same session as the join). Messages (JSON):
     `{"type": "prequeue", "opens_at": "..."}` while I am in the pre-queue (again if the
     start moves), `{"type": "position", "position": N, "eta_seconds": S}` whenever it
     changes, then `{"type": "admitted"}` and the server closes (1000); fetch the token with
     `GET /api/shows/{id}/queue`. `{"type": "closed"}` if the waiting room is turned off
-    (hold directly). 409 `not_in_queue` before joining (or once my admission ran out)."""
+    (hold directly). 409 `not_in_queue` before joining (or once my admission ran out).
+    Open sockets are capped per client address (429 `too_many_sockets`) and per server
+    (503), with `Retry-After`; a client message over 4 KiB closes the socket (1009)."""
     check_origin(request)  # the session rides along: no foreign page may use it
+    lim = request.app[LIMITER]
+    # One place per open socket, per client address and in all, taken before any I/O.
+    with lim.sockets.slot(lim.client(request.remote, request.headers.get("X-Forwarded-For"))):
+        return await _queue_live(request)
+
+
+QUEUE_MAX_MESSAGE = 1 << 12  # bytes from the client (it says nothing); past it: 1009
+
+
+async def _queue_live(request: web.Request) -> web.WebSocketResponse:
     show_id = request.match_info["show_id"]
     await _existing_show(request, show_id)
     redis = services(request).redis
@@ -605,7 +618,7 @@ async def queue_live(request: web.Request) -> web.WebSocketResponse:
             mine.ticket == 0 or (mine.exp_ms and mine.exp_ms <= mine.now_ms))):
         raise ApiError(409, "not_in_queue", "join the queue first (POST .../queue)")
     ticket = mine.ticket
-    ws = web.WebSocketResponse(heartbeat=30, compress=False)
+    ws = web.WebSocketResponse(heartbeat=30, compress=False, max_msg_size=QUEUE_MAX_MESSAGE)
     await ws.prepare(request)
     request.app[SOCKETS].add(ws)
     watches = request.app[WATCHES]

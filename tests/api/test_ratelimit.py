@@ -186,3 +186,42 @@ async def test_overload_is_shed_at_once_with_429(redis_server: Any, ray_cluster:
         assert all(r[1]["error"]["code"] == "overloaded" and r[2] == "1" for r in shed)
     finally:
         await srv.close()
+
+
+async def test_a_leaked_ip_restricted_key_cannot_keep_its_partner_at_429(
+        api: aiohttp.ClientSession, redis: Any) -> None:
+    """L7: 30 requests with the partner's valid key from addresses its allow-list refuses
+    (403 each), and 30 with keys that are not valid (401 each), charge the key's bucket
+    (burst 12) nothing: the partner's own request from its allowed address is served. The
+    refused requests were charged to their caller's address instead. The key's bucket
+    still limits the partner itself."""
+    from server.accounts.api_keys import issue_key
+
+    partner = await new_partner(api)
+    office = new_ip()
+    key = await issue_key(redis, partner.partner_id, "box office", "write", [office])
+    mine = {"Authorization": f"Bearer {key}"}
+    statuses = [(await status_of(api, "GET", "/partner/v1/theatres",
+                                 as_ip(new_ip(), **mine)))[0] for _ in range(30)]
+    assert statuses == [403] * 30, statuses
+    forged = [(await status_of(api, "GET", "/partner/v1/theatres",
+                               as_ip(new_ip(), Authorization=f"Bearer bmm_{uuid.uuid4().hex}"))
+               )[0] for _ in range(30)]
+    assert forged == [401] * 30, forged
+    assert (await status_of(api, "GET", "/partner/v1/theatres", as_ip(office, **mine)))[0] \
+        == 200
+    # a refused caller spends its own address's bucket (reads: burst 5)
+    thief = new_ip()
+    codes = [(await status_of(api, "GET", "/partner/v1/theatres", as_ip(thief, **mine)))[0]
+             for _ in range(7)]
+    assert codes == [403] * 5 + [429] * 2, codes
+    # the partner's own requests are still charged to its key (burst 12, from many of its
+    # addresses: only the key's bucket can refuse)
+    own = [(await status_of(api, "GET", "/partner/v1/theatres", as_ip(office, **mine)))[0]
+           for _ in range(4)]
+    assert own == [200] * 4, own  # the office address: 1 + 4 of its read burst of 5
+    key2 = await issue_key(redis, partner.partner_id, "anywhere", "write")
+    anywhere = {"Authorization": f"Bearer {key2}"}
+    codes = [(await status_of(api, "GET", "/partner/v1/theatres", as_ip(new_ip(), **anywhere)))[0]
+             for _ in range(15)]
+    assert 429 in codes and codes.index(429) <= 12, codes

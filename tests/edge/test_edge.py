@@ -164,6 +164,54 @@ async def test_a_ceiling_for_all_shows_together(
         proxy.stop()
 
 
+async def test_one_clients_flood_on_a_show_does_not_starve_the_others(
+        server: TestServer, show: PublishedShow) -> None:
+    """L6: one client (its own loopback address) fires holds on a show as fast as it can,
+    ~hundreds a second, while another client makes one every 0.4 s. The show's bucket
+    (20/s + 10) would be emptied by the flood for everyone; the flooder's own bucket on the
+    show (5/s + 5) sheds it first, so the other client's holds all get through."""
+    from .conftest import free_port
+
+    proxy = Edge(free_port(), [f"127.0.0.1:{server.port}"], 20, 10,
+                 client_hold_rate_per_s=5, client_hold_burst=5).start()
+    n = random.randint(2, 250)
+    flooder, legit = f"127.0.{n}.7", f"127.0.{n}.8"
+    stop = asyncio.Event()
+    flood: list[int] = []
+
+    async def flood_holds() -> None:
+        async with aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(local_addr=(flooder, 0), limit=50)) as http:
+            while not stop.is_set():  # A1 again and again: past the edge it is a 409
+                flood.extend(r[0] for r in await asyncio.gather(
+                    *(post_hold(http, proxy.url, show.show_id, "A1") for _ in range(50))))
+
+    legit_codes: list[int] = []
+    try:
+        task = asyncio.create_task(flood_holds())
+        await asyncio.sleep(0.3)  # the flood is on
+        started = time.monotonic()
+        async with aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(local_addr=(legit, 0))) as http:
+            for seat in ("E1", "E2", "E3", "E4", "E5", "E6", "E7", "E8"):
+                status, body, _ = await post_hold(http, proxy.url, show.show_id, seat)
+                legit_codes.append(status)
+                await asyncio.sleep(0.4)
+        elapsed = time.monotonic() - started + 0.3
+        stop.set()
+        await task
+    finally:
+        stop.set()
+        proxy.stop()
+    assert legit_codes == [201] * 8, legit_codes
+    shed = flood.count(429)
+    passed = len(flood) - shed
+    assert len(flood) >= 200, len(flood)  # it was a flood
+    # the flooder got about its own rate through, nothing like the show's
+    assert passed <= 5 + 1 + int((elapsed + 2) * 5), (passed, shed, elapsed)
+    assert set(flood) <= {201, 409, 429}
+
+
 async def test_too_many_open_requests_from_one_client_get_429(
         server: TestServer, show: PublishedShow) -> None:
     """`conn_per_client=2`: two live sockets from one address stay open; a third is refused
@@ -256,7 +304,7 @@ async def test_the_apps_own_429_passes_through_unchanged(
 
 @pytest.mark.parametrize("options", [
     {}, {"conn_per_client": 20, "workers": 2, "access_log": True, "hold_timing_log": True,
-     "total_hold_rate_per_s": 0.5, "total_hold_burst": 9},
+     "total_hold_rate_per_s": 0.5, "total_hold_burst": 9, "client_hold_rate_per_s": 0},
 ])
 def test_rendered_configs_pass_nginx_t(tmp_path: Any, options: dict[str, Any]) -> None:
     text = render(18080, ["127.0.0.1:8080", "8081", "[::1]:8082"], 0.5, 3, prefix=tmp_path,
@@ -264,6 +312,11 @@ def test_rendered_configs_pass_nginx_t(tmp_path: Any, options: dict[str, Any]) -
     assert "rate=30r/m;" in text  # below 1/s nginx needs requests per minute
     assert ("zone=bmm_holds_all burst=9 nodelay;" in text) == bool(options)
     assert ("limit_conn bmm_conn 20;" in text) == bool(options)
+    # per show and client address, before the show's own bucket (L6); 0 turns it off
+    client = "limit_req zone=bmm_holds_client burst=20 nodelay;"
+    assert (client in text) == (not options.get("client_hold_rate_per_s") == 0)
+    if client in text:
+        assert text.index(client) < text.index("limit_req zone=bmm_holds burst=3 nodelay;")
     assert "server 127.0.0.1:8081;" in text and "server [::1]:8082;" in text
     prepare_prefix(tmp_path)
     conf = tmp_path / "nginx.conf"
