@@ -45,7 +45,7 @@ from server.booking.tickets import qr_svg
 from server.commerce.payments import CardDetails
 from server.core.clock import from_ms
 from server.core.errors import ApiError
-from server.core.openapi import Header, Query, operation
+from server.core.openapi import Header, Query, link, operation
 from server.core.wire import json_response, read_json
 from server.onsale import identity
 
@@ -216,6 +216,23 @@ async def checkout(request: web.Request) -> web.Response:
         return web.Response(status=outcome.status, body=outcome.body,
                             content_type="application/json")
     return json_response(await booking_view(request, outcome.booking), status=201)
+
+
+# The booking flow, for clients and for schemathesis' stateful mode: a hold's id and token
+# feed its extension, release and checkout; a booking's id and token feed its reads and
+# its cancellation.
+_HOLD = {"hold_id": "$response.body#/hold_id",
+         "header.X-Holder-Token": "$response.body#/holder_token"}
+_BOOKING = {"booking_id": "$response.body#/booking_id",
+            "header.X-Booking-Token": "$response.body#/booking_token"}
+for _name, _op in (("extend", "extend_hold"), ("release", "release_hold"),
+                   ("checkout", "checkout")):
+    link("POST", "/api/shows/{show_id}/holds", 201, _name, _op, _HOLD)
+link("PATCH", "/api/holds/{hold_id}", 200, "checkout", "checkout",
+     {"hold_id": "$request.path.hold_id", "header.X-Holder-Token":
+      "$request.header.X-Holder-Token"})
+for _name, _op in (("read", "get_booking"), ("cancel", "cancel_my_booking")):
+    link("POST", "/api/holds/{hold_id}/checkout", 201, _name, _op, _BOOKING)
 
 
 def _booking(request: web.Request) -> Booking:

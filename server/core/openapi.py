@@ -119,6 +119,19 @@ def operation(
     return register
 
 
+# OpenAPI links (how one answer feeds the next call: the booking flow): added to the
+# answers of `(method, path, status)`; schemathesis' stateful mode follows them.
+LINKS: dict[tuple[str, str, int], dict[str, dict[str, Any]]] = {}
+
+
+def link(method: str, path: str, status: int, name: str, operation_id: str,
+         parameters: dict[str, str], description: str = "") -> None:
+    entry: dict[str, Any] = {"operationId": operation_id, "parameters": parameters}
+    if description:
+        entry["description"] = description
+    LINKS.setdefault((method.upper(), path, status), {})[name] = entry
+
+
 def declare(op: Operation) -> None:
     """Register an operation without a decorator (e.g. for routes added elsewhere)."""
     REGISTRY[(op.method.upper(), op.path)] = op
@@ -185,7 +198,7 @@ def build_document(title: str = "Book My Movie API", version: str = "1") -> dict
         if "{" in op.path:
             errors |= {422}  # a path id that cannot be one (wrong shape) is refused as invalid
         if op.request is not None:
-            errors |= {400, 422}
+            errors |= {400, 415, 422}  # 415: a body not declared JSON (core/wire.read_json)
         if op.security:
             errors |= {401}
         errors |= {429}  # the rate-limit middleware (ratelimit.py) may answer any request
@@ -194,6 +207,9 @@ def build_document(title: str = "Book My Movie API", version: str = "1") -> dict
                 "description": STATUS_TEXT.get(status, "Error"),
                 "content": {"application/json": {"schema": {"$ref": REF_TEMPLATE.format(name="ErrorBody")}}},
             }
+        for (method, path, status), links in LINKS.items():
+            if (method, path) == (op.method, op.path) and str(status) in responses:
+                responses[str(status)] = {**responses[str(status)], "links": links}
         body["responses"] = responses
         if op.security:
             body["security"] = [{op.security: []}]

@@ -120,3 +120,73 @@ def test_api_conforms_to_its_document(case, live: LiveServer,
     if case.operation.path == "/api/me" and case.method.upper() == "DELETE":
         headers = {}
     case.call_and_validate(base_url=live.url, headers=headers, checks=CHECKS, timeout=30)
+
+
+# --- stateful: the booking flow, by the document's links ---------------------------------
+
+STATEFUL_EXAMPLES = 15  # sequences; each a few steps: hold -> extend / checkout -> cancel
+
+
+@pytest.fixture(scope="module")
+def flow_show(live: LiveServer, credentials: dict[str, dict[str, str]]) -> str:
+    """A published show the sequences start from (a random show id is only ever a 404)."""
+    from tests.api.catalog_helpers import PRICES, at, layout, uid
+
+    key = credentials["/partner/"]
+    theatre, screen, movie, show = uid("th"), uid("sc"), uid("mv"), uid("sh")
+    for path, body in [
+            (f"/partner/v1/theatres/{theatre}", {"name": "Fuzz", "city": "Pune",
+                                                  "address": "1 Road", "timezone": "Asia/Kolkata"}),
+            (f"/partner/v1/screens/{screen}", {"theatre_id": theatre, "name": "S1",
+                                                "layout": layout(10, 12)}),
+            (f"/partner/v1/movies/{movie}", {"title": "Fuzz", "languages": ["Hindi"],
+                                              "genres": ["Drama"], "runtime_min": 100,
+                                              "certificate": "UA"}),
+            (f"/partner/v1/shows/{show}", {"movie_id": movie, "screen_id": screen,
+                                            "starts_at": at(72), "language": "Hindi",
+                                            "format": "2D", "prices": PRICES})]:
+        assert requests.put(f"{live.url}{path}", json=body, headers=key,
+                            timeout=30).status_code == 201, path
+    return show
+
+
+def test_the_booking_flow_conforms_statefully(live: LiveServer, flow_show: str) -> None:
+    """Sequences along the document's links (a hold's id and token into its extension,
+    release and checkout; a booking's into its read and cancellation), each answer checked
+    as above: no 5xx, and every status and body as documented."""
+    # The partner feed stays in (its show ids make the customer's hold a reliable first
+    # step for schemathesis); every show id is then pointed at the published show.
+    flow = schemathesis.openapi.from_dict(DOCUMENT).include(
+        path_regex=r"^/(api/(shows/\{show_id\}/holds|holds/|bookings/\{booking_id\}(/cancel)?$)"
+                   r"|partner/v1/shows)"
+    ).as_state_machine()
+
+    seen: list[tuple[str, str, int]] = []
+
+    class Flow(flow):  # type: ignore[misc, valid-type]
+        def after_call(self, response, case) -> None:  # type: ignore[no-untyped-def]
+            seen.append((case.method.upper(), case.operation.path, response.status_code))
+
+        def before_call(self, case) -> None:  # type: ignore[no-untyped-def]
+            if "show_id" in (case.path_parameters or {}):
+                case.path_parameters["show_id"] = flow_show
+                if case.method.upper() == "POST":  # seats that exist: sequences go on from it
+                    case.body = {"best": {"count": 1 + len(seen) % 3}}
+            headers = dict(case.headers or {})
+            headers["Origin"] = live.url  # as a browser's page would
+            case.headers = headers
+
+        def get_call_kwargs(self, case) -> dict:  # type: ignore[no-untyped-def]
+            return {"base_url": live.url, "timeout": 30}
+
+        def validate_response(self, response, case, additional_checks=None,  # type: ignore[no-untyped-def]
+                              **kwargs) -> None:
+            case.validate_response(response, checks=CHECKS)
+
+    Flow.run(settings=settings(max_examples=STATEFUL_EXAMPLES, stateful_step_count=6,
+                               deadline=None, derandomize=True, database=None,
+                               suppress_health_check=list(HealthCheck)))
+    # the links were followed: a hold made, then used by the next call with its token
+    assert ("POST", "/api/shows/{show_id}/holds", 201) in seen, sorted(set(seen))
+    followed = [(m, p, st) for m, p, st in seen if p.startswith("/api/holds/") and st < 300]
+    assert followed, sorted(set(seen))
