@@ -18,8 +18,9 @@ already quoted keep their price.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import msgspec
 from aiohttp import web
@@ -29,9 +30,12 @@ from server.appkeys import services
 from server.accounts import api_keys as auth
 from server.commerce import offers as store
 from server.core.errors import ApiError
-from server.core.openapi import operation
+from server.core.openapi import Query, operation
+from server.core.pagination import decode_cursor, encode_cursor, limit_of
 from server.commerce.pricing import Offer, PromoCode, Rule, Scope
 from server.core.wire import json_response, read_json
+
+T = TypeVar("T")
 
 routes = web.RouteTableDef()
 
@@ -69,7 +73,9 @@ class PromoIn(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class OfferList(msgspec.Struct):
-    offers: list[Offer]
+    offers: list[Offer]  # this page (as `items`, kept for earlier clients)
+    items: list[Offer] = []
+    next_cursor: str | None = None
 
 
 class PromoView(msgspec.Struct):
@@ -79,7 +85,9 @@ class PromoView(msgspec.Struct):
 
 
 class PromoList(msgspec.Struct):
-    promo_codes: list[PromoView]
+    promo_codes: list[PromoView]  # this page (as `items`, kept for earlier clients)
+    items: list[PromoView] = []
+    next_cursor: str | None = None
 
 
 def _check_period(valid_from: datetime | None, valid_until: datetime | None, scope: Scope
@@ -110,9 +118,28 @@ async def _create_offer(request: web.Request, admin: bool) -> web.Response:
     return json_response(offer, status=201)
 
 
+_PAGE = (Query("limit", description="page size, 1-200 (default 50)"),
+         Query("cursor", description="the previous page's next_cursor"))
+
+
+def _page(request: web.Request, items: list[T], key: Callable[[T], str]
+          ) -> tuple[list[T], str | None]:
+    """One cursor page of a partner's (small) list, in key order."""
+    secret = services(request).settings.secret
+    after, limit = decode_cursor(secret, request), limit_of(request)
+    ordered = sorted(items, key=key)
+    if after is not None:
+        ordered = [i for i in ordered if key(i) > str(after)]
+    page = ordered[:limit]
+    more = len(ordered) > limit
+    return page, encode_cursor(secret, key(page[-1])) if more and page else None
+
+
 async def _list_offers(request: web.Request, admin: bool) -> web.Response:
     owner = await _owner(request, admin)
-    return json_response(OfferList(await store.list_offers(services(request).redis, owner)))
+    offers, nxt = _page(request, await store.list_offers(services(request).redis, owner),
+                        lambda o: o.offer_id)
+    return json_response(OfferList(offers, offers, nxt))
 
 
 async def _disable_offer(request: web.Request, admin: bool) -> web.Response:
@@ -149,8 +176,10 @@ async def _create_promo(request: web.Request, admin: bool) -> web.Response:
 
 async def _list_promos(request: web.Request, admin: bool) -> web.Response:
     owner = await _owner(request, admin)
-    promos = await store.list_promos(services(request).redis, owner)
-    return json_response(PromoList([await _view(request, p) for p in promos]))
+    promos, nxt = _page(request, await store.list_promos(services(request).redis, owner),
+                        lambda p: p.code)
+    views = [await _view(request, p) for p in promos]
+    return json_response(PromoList(views, views, nxt))
 
 
 async def _disable_promo(request: web.Request, admin: bool) -> web.Response:
@@ -191,13 +220,13 @@ def _register(prefix: str, admin: bool, tags: tuple[str, ...]) -> None:
         ("POST", f"{prefix}/offers", create_offer, f"Create one of {who} offers",
          dict(request=OfferIn, response=Offer, status=201, errors=(401, 403, 422))),
         ("GET", f"{prefix}/offers", list_offers, f"List {who} offers",
-         dict(response=OfferList, errors=(401, 403))),
+         dict(response=OfferList, errors=(401, 403, 422), params=_PAGE)),
         ("POST", f"{prefix}/offers/{{offer_id}}/disable", disable_offer,
          f"Disable one of {who} offers", dict(response=Offer, errors=(401, 403, 404))),
         ("POST", f"{prefix}/promo-codes", create_promo, f"Create one of {who} promo codes",
          dict(request=PromoIn, response=PromoView, status=201, errors=(401, 403, 409, 422))),
         ("GET", f"{prefix}/promo-codes", list_promos, f"List {who} promo codes with usage",
-         dict(response=PromoList, errors=(401, 403))),
+         dict(response=PromoList, errors=(401, 403, 422), params=_PAGE)),
         ("POST", f"{prefix}/promo-codes/{{code}}/disable", disable_promo,
          f"Disable one of {who} promo codes", dict(response=PromoView, errors=(401, 403, 404))),
     ]

@@ -334,3 +334,23 @@ async def test_two_checkouts_of_one_hold_cannot_reuse_a_one_use_code(api, redis,
     assert h["quote"]["lines"][0]["discount"] > 0 and h["quote"]["promo_code"] == code
     view = await promo_view(partner, code)
     assert (view["used"], view["reserved"]) == (1, 0)
+
+
+async def test_offers_and_promo_codes_list_in_cursor_pages(api):
+    partner, _ = await partner_show(api)
+    for i in range(5):
+        assert (await partner.call("POST", "/partner/v1/promo-codes", {
+            "code": f"PAGE{i}{uuid.uuid4().hex[:4]}".upper(), "name": "p",
+            "percent_off": 5}))[0] == 201
+    seen, cursor = [], None
+    for _ in range(3):
+        status, page = await partner.call(
+            "GET", "/partner/v1/promo-codes?limit=2" + (f"&cursor={cursor}" if cursor else ""))
+        assert status == 200 and page["items"] == page["promo_codes"], page
+        seen += [p["promo"]["code"] for p in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert len(seen) == 5 == len(set(seen)) and seen == sorted(seen)
+    status, out = await partner.call("GET", "/partner/v1/offers?cursor=forged")
+    assert (status, out["error"]["code"]) == (422, "invalid_cursor")
