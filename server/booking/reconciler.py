@@ -98,10 +98,10 @@ class Reconciler:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
+            # Bounded: a shutdown never waits on an intent's step (it is re-run later).
+            done, _ = await asyncio.wait({self._task}, timeout=5)
+            if not done:
+                log.warning("reconciler: did not stop within 5 s")
 
     async def _run(self) -> None:
         redis = self.svc.redis
