@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 LEASE_KEY = "reconciler:lease"
 LEASE_MS = 10_000
 INTERVAL_S = 1.0
+STEP_TIMEOUT_S = 45.0  # past the actor client's 30 s retries and the gateway's 10 s timeout
 
 
 async def reconcile_once(svc: Services, now_ms: int | None = None,
@@ -53,7 +54,14 @@ async def reconcile_once(svc: Services, now_ms: int | None = None,
         if not await intents.take_lease(svc.redis, key, "reconciler"):
             continue  # a request is driving it
         try:
-            await _drive(svc, intent)
+            # Bounded: one intent stuck on a step (an actor call retried, a gateway that
+            # hangs) must not stop the pass; it is asked again later.
+            await asyncio.wait_for(_drive(svc, intent), STEP_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("reconciler: %s stuck at %s for %.0f s; later", key, intent.state,
+                        STEP_TIMEOUT_S)
+            intent.updated_ms = now
+            await intents.save(svc.redis, intent)
         except Refused as exc:  # an outage, or a customer who may still come back
             log.info("reconciler: %s stays %s (%s)", key, intent.state, exc.message)
             intent.updated_ms = now  # asked again after another `reconcile_after_s`
