@@ -31,7 +31,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class RedisServer:
+class _ChildProcess:
+    """A server process this one started: crashed on purpose, or stopped."""
+
+    proc: subprocess.Popen[bytes] | None = None
+
+    def kill9(self) -> None:
+        """Crash it (SIGKILL): only what it made durable before answering survives (Redis:
+        the fsynced AOF; the gateway: every answered call's ledger entry)."""
+        if self.proc and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+
+
+class RedisServer(_ChildProcess):
     def __init__(self, data_dir: Path, port: int | None = None) -> None:
         self.data_dir = Path(data_dir).resolve()  # redis-server chdirs into it
         self.port = port or free_port()
@@ -71,22 +92,9 @@ class RedisServer:
         client.close()
         return self
 
-    def kill9(self) -> None:
-        """Crash it: no shutdown save, no flush beyond what fsync already did."""
-        if self.proc and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.kill9()
 
 
-class SandboxGatewayServer:
+class SandboxGatewayServer(_ChildProcess):
     """`python -m server.sandbox` on 127.0.0.1:`port`, its ledger and log
     (`gateway.log`) in `data_dir`. A new instance on the same data_dir (and port) after
     `kill9()` or `stop()` has the whole ledger. `webhook_secret` defaults to a random one."""
@@ -139,16 +147,3 @@ class SandboxGatewayServer:
         except (OSError, ValueError):  # URLError, refused, reset, timeout, bad JSON
             return False
 
-    def kill9(self) -> None:
-        """Crash it: whatever was committed (every answered call) stays in the ledger."""
-        if self.proc and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.kill9()

@@ -51,6 +51,7 @@ from server.commerce.payments import (
     CardDeclined,
     CardDetails,
     CardInvalid,
+    GatewayPayment,
     LedgerEntry,
     PaymentError,
     WebhookEvent,
@@ -97,18 +98,6 @@ class RefundResponse(msgspec.Struct, frozen=True):
     refunded: int
 
 
-class PaymentView(msgspec.Struct, frozen=True):
-    ref: str
-    idempotency_key: str
-    state: str
-    amount: int
-    currency: str
-    last4: str
-    brand: str
-    card_token: str
-    refunded: int
-
-
 class LedgerPage(msgspec.Struct, frozen=True):
     entries: list[LedgerEntry]
 
@@ -142,8 +131,8 @@ def error(status: int, code: str, message: str) -> web.Response:
     return answer(ErrorBody(ErrorDetail(code, message)), status)
 
 
-def view(p: PaymentRecord) -> PaymentView:
-    return PaymentView(p.ref, p.idempotency_key, p.state, p.amount, p.currency, p.last4,
+def view(p: PaymentRecord) -> GatewayPayment:
+    return GatewayPayment(p.ref, p.idempotency_key, p.state, p.amount, p.currency, p.last4,
                        p.brand, p.card_token, p.refunded)
 
 
