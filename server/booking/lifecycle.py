@@ -82,7 +82,6 @@ from server.commerce.payments import (
     WebhookEvent,
 )
 from server.catalog.seat_status import read_seat_statuses
-from server.booking import views
 from server.booking.tickets import booking_token, ticket_valid, token_expiry, verify_ticket
 from server.catalog import service as catalog
 
@@ -631,7 +630,6 @@ async def bulk_cancel(svc: Services, show: Show, bulk: BulkRecord) -> list[Cance
     return out
 
 
-ticket_code = views.ticket_code
 
 
 # --- check-in ------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from aiohttp import web
 from server.appkeys import services
 from server.accounts import api_keys as auth
 from server.catalog import service as catalog
-from server.booking import lifecycle
+from server.booking import lifecycle, views
 from server.booking.adapters import booking_ports
 from server.booking.bulk import BulkAsk, bulk_book
 from server.booking.records import BulkRecord
@@ -221,7 +221,7 @@ def _bulk_view(request: web.Request, bulk: BulkRecord, bookings, show  # noqa: A
     return BulkBookingResponse(
         bulk.bulk_id, bulk.show_id, bulk.status, bulk.seats, bulk.amount, bulk.email,
         bulk.name, bulk.reference, bulk.created_at,
-        [BulkTicket(b.booking_id, b.seats, lifecycle.ticket_code(secret, b, show))
+        [BulkTicket(b.booking_id, b.seats, views.ticket_code(secret, b, show))
          for b in bookings])
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.api.conftest import api, app_settings, server, show  # noqa: F401 (fixtures)
+from tests.api.conftest import api, app_settings, clients, server, show  # noqa: F401 (fixtures)
 
 CHROMIUM = os.environ.get("BMM_CHROMIUM", "/usr/bin/chromium")
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import msgspec
 import pyotp
-import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestServer
 
@@ -31,20 +29,6 @@ document.addEventListener("securitypolicyviolation", (e) => {
 });
 """
 TZ = "Asia/Kolkata"
-
-
-@pytest.fixture
-async def people(server: TestServer) -> AsyncIterator[Callable[[], Client]]:
-    """Browser-like API clients (each its own cookie jar), closed after the test."""
-    made: list[Client] = []
-
-    def make() -> Client:
-        made.append(Client(server))
-        return made[-1]
-
-    yield make
-    for c in made:
-        await c.close()
 
 
 async def new_page(browser, **context_args):
@@ -151,8 +135,8 @@ async def place_xy(page, r: int, c: int) -> tuple[float, float]:
 
 
 async def test_new_partner_draws_a_screen_schedules_a_week_and_sees_a_sale_live(
-        browser, server: TestServer, people, redis: aioredis.Redis, artifacts: Path) -> None:
-    admin = people()
+        browser, server: TestServer, clients, redis: aioredis.Redis, artifacts: Path) -> None:
+    admin = clients()
     ctx, page = await new_page(browser, viewport={"width": 1280, "height": 900})
     cust_ctx = None
     try:
@@ -341,10 +325,10 @@ async def press(page, *keys: str) -> None:
         await page.keyboard.press(k)
 
 
-async def portal_partner(people) -> Client:
+async def portal_partner(clients) -> Client:
     """A partner onboarded through the API, logged in with two-factor (its session is what
     the browser gets)."""
-    p, admin = people(), people()
+    p, admin = clients(), clients()
     p.email = new_email("kbd")
     status, req = await p.call("POST", "/api/partner-requests", {
         "company": "Keyboard Cinemas", "contact_name": "Asha", "email": p.email,
@@ -358,9 +342,9 @@ async def portal_partner(people) -> Client:
     return p
 
 
-async def test_keyboard_only_layout_editor(browser, server: TestServer, people,
+async def test_keyboard_only_layout_editor(browser, server: TestServer, clients,
                                            redis: aioredis.Redis) -> None:
-    partner = await portal_partner(people)
+    partner = await portal_partner(clients)
     origin = str(server.make_url("")).rstrip("/")
     theatre_id = uid("th")
     status, body = await partner.call("PUT", f"/partner/v1/theatres/{theatre_id}", {
@@ -458,11 +442,11 @@ async def test_keyboard_only_layout_editor(browser, server: TestServer, people,
 
 # --- thousands of seats ---------------------------------------------------------------------
 
-async def test_a_layout_of_thousands_of_seats_stays_quick(browser, server: TestServer, people,
+async def test_a_layout_of_thousands_of_seats_stays_quick(browser, server: TestServer, clients,
                                                           redis: aioredis.Redis) -> None:
     """60 x 80 places: one SVG with listeners on it alone; an edit (a key, a drag stroke)
     is handled in milliseconds, and the server takes the 4,800 seats."""
-    partner = await portal_partner(people)
+    partner = await portal_partner(clients)
     origin = str(server.make_url("")).rstrip("/")
     theatre_id = uid("th")
     status, body = await partner.call("PUT", f"/partner/v1/theatres/{theatre_id}", {
@@ -521,8 +505,8 @@ async def test_a_layout_of_thousands_of_seats_stays_quick(browser, server: TestS
 
 # --- offers, promo codes, webhooks, keys ------------------------------------------------------
 
-async def test_offers_promo_codes_webhooks_and_keys(browser, server: TestServer, people) -> None:
-    partner = await portal_partner(people)
+async def test_offers_promo_codes_webhooks_and_keys(browser, server: TestServer, clients) -> None:
+    partner = await portal_partner(clients)
     origin = str(server.make_url("")).rstrip("/")
     ctx, page = await new_page(browser, viewport={"width": 1100, "height": 900})
     try:
