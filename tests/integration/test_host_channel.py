@@ -4,6 +4,7 @@ test_actor_recovery.py: those calls now travel on it.)"""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import ray
 
@@ -45,16 +46,22 @@ async def test_a_restarted_host_has_a_new_stream(shows, directory):
     assert isinstance(await directory.submit(show_id, c.Block("chan-b1", ["A2"])),
                       c.BlockedSeats)
     ray.kill(handle, no_restart=False)
+    # ray.kill returns before the process is gone: the old host may still answer a call
+    # or two. Wait until the handle reaches its successor (a new token: Ray announces the
+    # restart to nobody, so this is polled, with a deadline).
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            after = await handle.endpoint.remote()
+            if after[2] != before[2]:
+                break
+        except ray.exceptions.ActorUnavailableError:
+            pass
+        assert time.monotonic() < deadline, "Ray did not restart the host"
+        await asyncio.sleep(0.1)
     # The directory's next command reaches the restarted host (a new stream).
     res = await directory.submit(show_id, c.Block("chan-b2", ["A3"]))
     assert isinstance(res, c.BlockedSeats), res
-    for _ in range(50):  # this handle may first hear of the restart itself
-        try:
-            after = await handle.endpoint.remote()
-            break
-        except ray.exceptions.ActorUnavailableError:
-            await asyncio.sleep(0.1)
-    assert after[2] != before[2]
     reader, writer = await asyncio.open_connection(after[0], after[1])
     writer.write(before[2] + HEADER.pack(1, 1) + b"x")
     assert await asyncio.wait_for(reader.read(), 10) == b""
