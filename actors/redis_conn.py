@@ -1,4 +1,4 @@
-"""Redis clients from one URL, plain or through Sentinel.
+"""Redis clients from one URL: plain, through Sentinel, or a Redis Cluster.
 
 The platform passes one Redis URL everywhere (web processes, the show actors on any Ray
 node, the workers). For a Redis with replicas and Sentinel the URL names the Sentinels and
@@ -11,6 +11,15 @@ and every client asks the Sentinels for the current master, and again after a fa
 dropped and re-resolved). `Settings.from_env` builds such a URL from
 `BMM_REDIS_SENTINELS=host:port,...` and `BMM_REDIS_MASTER=<name>` (plus the optional
 `BMM_REDIS_PASSWORD`, `BMM_REDIS_DB`).
+
+For a Redis Cluster the URL names some of its nodes (any, masters or replicas: the client
+reads the slot map from them and follows it through resharding and failovers):
+
+    redis+cluster://[:password@]host1:6379,host2:6379,host3:6379/
+
+and every client is a redis-py `RedisCluster`. Every key the platform writes is placed on
+purpose (docs/DESIGN.md "Key map"): the keys one script or transaction touches share a
+hash tag, so they live in one slot.
 """
 from __future__ import annotations
 
@@ -22,6 +31,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 
 SCHEME = "redis+sentinel"
+CLUSTER_SCHEME = "redis+cluster"
 
 
 class SentinelTarget:
@@ -64,6 +74,69 @@ def parse_sentinel(url: str) -> SentinelTarget | None:
                           password)
 
 
+class ClusterTarget:
+    def __init__(self, nodes: list[tuple[str, int]], password: str | None) -> None:
+        self.nodes = nodes
+        self.password = password
+
+
+def cluster_url(nodes: list[tuple[str, int]] | str, password: str | None = None) -> str:
+    """`[("127.0.0.1", 7000), ...]` or `"h1:7000,h2:7001"` -> `redis+cluster://h1:7000,.../`."""
+    hosts = (",".join(f"{h}:{p}" for h, p in nodes) if not isinstance(nodes, str)
+             else ",".join(h.strip() for h in nodes.split(",") if h.strip()))
+    if not hosts:
+        raise ValueError("a Redis Cluster URL needs at least one host:port")
+    auth = f":{quote(password, safe='')}@" if password else ""
+    return f"{CLUSTER_SCHEME}://{auth}{hosts}/"
+
+
+def parse_cluster(url: str) -> ClusterTarget | None:
+    """The nodes and password of a `redis+cluster://` URL; None for any other URL."""
+    if not url.startswith(CLUSTER_SCHEME + "://"):
+        return None
+    rest = url[len(CLUSTER_SCHEME) + 3:]
+    password = None
+    if "@" in rest:
+        auth, rest = rest.rsplit("@", 1)
+        password = unquote(auth.split(":", 1)[1] if ":" in auth else auth) or None
+    hosts, _, path = rest.partition("/")
+    if path.strip("/") not in ("", "0"):
+        raise ValueError(f"a Redis Cluster has only database 0, not {path!r} in {url!r}")
+    nodes = []
+    for hp in hosts.split(","):
+        host, _, port = hp.strip().rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"{hp!r} in {url!r} is not host:port")
+        nodes.append((host, int(port)))
+    return ClusterTarget(nodes, password)
+
+
+def is_cluster(url: str) -> bool:
+    return url.startswith(CLUSTER_SCHEME + "://")
+
+
+# A cluster client has one pool per node and no blocking pool: past max_connections it
+# raises MaxConnectionsError, a ConnectionError, so the web tier answers 503 like an outage.
+_CLUSTER_IGNORED = ("timeout", "connection_pool_class", "db")
+
+
+def _cluster_client(target: ClusterTarget, kwargs: dict[str, Any]) -> aioredis.RedisCluster:
+    from redis.asyncio.cluster import ClusterNode
+
+    options = {k: v for k, v in kwargs.items() if k not in _CLUSTER_IGNORED}
+    if target.password:
+        options["password"] = target.password
+    if "retry" not in options:
+        # A failover takes the cluster node timeout plus an election (seconds): a
+        # command retries through it (re-reading the slot map) before it gives up.
+        from redis.asyncio.retry import Retry
+        from redis.backoff import ExponentialBackoff
+
+        options["retry"] = Retry(ExponentialBackoff(cap=0.5, base=0.05), 8)
+    return aioredis.RedisCluster(
+        startup_nodes=[ClusterNode(h, p) for h, p in target.nodes], **options)
+
+
 class _BlockingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):
     """Sentinel-managed connections, waiting for a free one like BlockingConnectionPool
     (the web tier's request pool must not fail with "Too many connections")."""
@@ -73,6 +146,9 @@ def async_client(url: str, *, blocking: bool = False, **kwargs: Any) -> aioredis
     """An asyncio client: `Redis.from_url` for a plain URL, the master through Sentinel for
     a `redis+sentinel://` one. `blocking` asks for a pool that waits for a free connection
     (`max_connections`, `timeout` as for BlockingConnectionPool)."""
+    cluster = parse_cluster(url)
+    if cluster is not None:
+        return _cluster_client(cluster, kwargs)  # type: ignore[return-value]
     target = parse_sentinel(url)
     if target is None:
         if blocking:
@@ -92,6 +168,14 @@ def async_client(url: str, *, blocking: bool = False, **kwargs: Any) -> aioredis
 
 def sync_client(url: str, **kwargs: Any) -> redis.Redis:
     """A blocking client (start-up checks)."""
+    cluster = parse_cluster(url)
+    if cluster is not None:
+        from redis.cluster import ClusterNode, RedisCluster
+
+        if cluster.password:
+            kwargs = dict(kwargs, password=cluster.password)
+        return RedisCluster(  # type: ignore[return-value]
+            startup_nodes=[ClusterNode(h, p) for h, p in cluster.nodes], **kwargs)
     target = parse_sentinel(url)
     if target is None:
         return redis.Redis.from_url(url, **kwargs)
@@ -102,3 +186,18 @@ def sync_client(url: str, **kwargs: Any) -> redis.Redis:
     if target.password:
         options["password"] = target.password
     return sentinel.master_for(target.master, **options)
+
+
+def connection_option(client: Any, name: str) -> Any:
+    """A connection setting (`socket_timeout`, ...) of a plain, Sentinel or cluster client."""
+    pool = getattr(client, "connection_pool", None)
+    kwargs = pool.connection_kwargs if pool is not None else client.connection_kwargs
+    return kwargs.get(name)
+
+
+async def ready(client: Any) -> Any:
+    """The client, its slot map read first if it is a cluster client (a cluster pub/sub
+    needs it before its first SUBSCRIBE; commands read it themselves)."""
+    if isinstance(client, aioredis.RedisCluster):
+        await client.initialize()
+    return client

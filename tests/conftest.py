@@ -19,12 +19,36 @@ from actors.layout import Layout, Rules, ShowConfig, grid_layout
 from actors.host import ActorSettings
 from actors.pool import NAMESPACE
 from actors.store import put_config
-from server.core.embedded import RedisServer, SandboxGatewayServer
+from actors import redis_conn
+from server.core.embedded import RedisClusterServer, RedisServer, SandboxGatewayServer
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--redis-cluster", action="store_true",
+        help="run against a real Redis Cluster (3 masters, 3 replicas) instead of one "
+             "Redis; tests marked `single_redis` (they kill or restart the one server) "
+             "are skipped")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--redis-cluster"):
+        skip = pytest.mark.skip(reason="needs the one Redis server (--redis-cluster)")
+        for item in items:
+            if "single_redis" in item.keywords:
+                item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(Path(tmp_path_factory.mktemp("redis"))).start()
+def redis_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+                 ) -> Iterator[RedisServer | RedisClusterServer]:
+    """The session's Redis: one server, or with --redis-cluster a Redis Cluster (its
+    `.url` is a `redis+cluster://` URL every client of the platform understands)."""
+    data_dir = Path(tmp_path_factory.mktemp("redis"))
+    server: RedisServer | RedisClusterServer = (
+        RedisClusterServer(data_dir) if request.config.getoption("--redis-cluster")
+        else RedisServer(data_dir))
+    server.start()
     yield server
     server.stop()
 
@@ -62,7 +86,7 @@ def ray_cluster() -> Iterator[None]:
 
 @pytest.fixture
 async def redis(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_server.url)
+    client = redis_conn.async_client(redis_server.url)
     yield client
     await client.aclose()
 

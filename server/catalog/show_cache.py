@@ -112,6 +112,7 @@ class ShowCache:
         try:
             while True:
                 try:
+                    await redis_conn.ready(client)
                     async with client.pubsub() as pubsub:
                         await pubsub.subscribe(SHOWS_CHANNEL)
                         async for message in pubsub.listen():

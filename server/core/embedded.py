@@ -53,9 +53,11 @@ class _ChildProcess:
 
 
 class RedisServer(_ChildProcess):
-    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+    def __init__(self, data_dir: Path, port: int | None = None,
+                 extra_args: list[str] | None = None) -> None:
         self.data_dir = Path(data_dir).resolve()  # redis-server chdirs into it
         self.port = port or free_port()
+        self.extra_args = extra_args or []
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -73,6 +75,7 @@ class RedisServer(_ChildProcess):
                 "--dir", str(self.data_dir), "--appendonly", "yes",
                 "--appendfsync", "always", "--save", "",
                 "--daemonize", "no", "--logfile", str(self.data_dir / "redis.log"),
+                *self.extra_args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -92,6 +95,125 @@ class RedisServer(_ChildProcess):
         client.close()
         return self
 
+
+class RedisClusterServer:
+    """A Redis Cluster on loopback: `masters` masters with `replicas` replicas each, every
+    node a `RedisServer` (AOF, fsync always) with `--cluster-enabled yes`, joined by
+    `redis-cli --cluster create`. `node_timeout_ms` is how long a master may be silent
+    before its replica takes over (a production cluster keeps the default 15 s).
+
+    Writes are acknowledged by a master before its replicas have them (asynchronous
+    replication); `min_replicas_to_write` makes a master refuse writes while fewer replicas
+    are connected, and the show hosts `WAIT` for a replica before they answer (DESIGN
+    "Redis Cluster")."""
+
+    def __init__(self, data_dir: Path, masters: int = 3, replicas: int = 1,
+                 node_timeout_ms: int = 2000, min_replicas_to_write: int | None = None
+                 ) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.masters, self.replicas = masters, replicas
+        self.node_timeout_ms = node_timeout_ms
+        self.min_replicas_to_write = (min(1, replicas) if min_replicas_to_write is None
+                                      else min_replicas_to_write)
+        self.nodes: list[RedisServer] = []
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+        return f"redis+cluster://{hosts}/"
+
+    def _node(self, i: int) -> RedisServer:
+        # The bus port is named: the default (port + 10000) overflows for a random port.
+        return RedisServer(
+            self.data_dir / f"node{i}",
+            extra_args=["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                        "--cluster-port", str(free_port()),
+                        "--cluster-node-timeout", str(self.node_timeout_ms),
+                        "--min-replicas-to-write", str(self.min_replicas_to_write),
+                        "--min-replicas-max-lag", "10"])
+
+    def start(self, timeout: float = 60.0) -> RedisClusterServer:
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            raise RuntimeError("redis-cli not found: apt-get install redis-tools")
+        count = self.masters * (1 + self.replicas)
+        self.nodes = [self._node(i).start() for i in range(count)]
+        # A fresh node refuses writes until the cluster has replicas (min-replicas-to-
+        # write); `--cluster create` makes the first `masters` nodes the masters.
+        subprocess.run(
+            [cli, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes),
+             "--cluster-replicas", str(self.replicas), "--cluster-yes"],
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+            timeout=timeout)
+        self.wait_healthy(timeout)
+        return self
+
+    def wait_healthy(self, timeout: float = 60.0) -> None:
+        """Until every live node says the cluster is ok, every slot is served, and every
+        master has its replicas connected (a write needs `min_replicas_to_write` of them)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if all(self._healthy(n) for n in self.live_nodes()):
+                    return
+            except redis.exceptions.RedisError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the Redis Cluster in {self.data_dir} is not healthy")
+            time.sleep(0.05)
+
+    def _healthy(self, node: RedisServer) -> bool:
+        client = redis.Redis(port=node.port, socket_timeout=2)
+        try:
+            info = client.execute_command("CLUSTER", "INFO").decode()
+            fields = dict(line.split(":", 1) for line in info.split() if ":" in line)
+            if fields.get("cluster_state") != "ok" or fields.get("cluster_slots_ok") != "16384":
+                return False
+            role = client.info("replication")
+            if role.get("role") != "master":
+                return role.get("master_link_status") == "up"
+            me = client.execute_command("CLUSTER", "MYID").decode()
+            serves = any(s[2][2].decode() == me
+                         for s in client.execute_command("CLUSTER", "SLOTS"))
+            return not serves or int(role.get("connected_slaves", 0)) >= self.min_replicas_to_write
+        finally:
+            client.close()
+
+    def live_nodes(self) -> list[RedisServer]:
+        return [n for n in self.nodes if n.proc and n.proc.poll() is None]
+
+    def master_of(self, key: str) -> RedisServer:
+        """The node serving `key`'s slot now."""
+        client = redis.Redis(port=self.live_nodes()[0].port, socket_timeout=2)
+        try:
+            slot = client.execute_command("CLUSTER", "KEYSLOT", key)
+            for start, end, master, *_ in client.execute_command("CLUSTER", "SLOTS"):
+                if start <= slot <= end:
+                    port = int(master[1])
+                    return next(n for n in self.nodes if n.port == port)
+        finally:
+            client.close()
+        raise RuntimeError(f"no node serves {key!r}")
+
+    def masters_now(self) -> list[RedisServer]:
+        client = redis.Redis(port=self.live_nodes()[0].port, socket_timeout=2)
+        try:
+            ports = {int(s[2][1]) for s in client.execute_command("CLUSTER", "SLOTS")}
+        finally:
+            client.close()
+        return [n for n in self.nodes if n.port in ports]
+
+    def restart(self, node: RedisServer) -> RedisServer:
+        """Start a killed node again on its port and data (it rejoins, as a replica of
+        whoever took over its slots)."""
+        i = self.nodes.index(node)
+        self.nodes[i] = RedisServer(node.data_dir, port=node.port,
+                                    extra_args=node.extra_args).start()
+        return self.nodes[i]
+
+    def stop(self) -> None:
+        for n in self.nodes:
+            n.stop()
 
 
 class SandboxGatewayServer(_ChildProcess):

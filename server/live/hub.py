@@ -300,7 +300,7 @@ class Hub:
         self.queue_size = queue_size      # per-socket backlog (batches) before it is dropped
         self.heartbeat = heartbeat        # WebSocket ping interval (s); dead peers closed
         # A blocking read must end before the client's socket timeout would cut it.
-        timeout = redis.connection_pool.connection_kwargs.get("socket_timeout")
+        timeout = redis_conn.connection_option(redis, "socket_timeout")
         self.block_ms = block_ms if not timeout else min(block_ms, int(timeout * 500))
         self.read_count = read_count      # most entries per batch
         self.linger = linger              # under load, at most one frame per socket per this (s)

@@ -63,12 +63,12 @@ async def publish_show(
                 prices if prices is not None else PRICES, "partner-test", theatre.theatre_id,
                 theatre.city, starts + timedelta(minutes=movie.runtime_min), status)
     config = ShowConfig(show.show_id, layout, rules or Rules())
-    await redis.mset({
-        catalog_key("theatre", theatre.theatre_id): msgspec.json.encode(theatre),
-        catalog_key("screen", screen.screen_id): msgspec.json.encode(screen),
-        catalog_key("movie", movie.movie_id): msgspec.json.encode(movie),
-        catalog_key("show", show.show_id): msgspec.json.encode(show),
-    })
+    # Not MSET: on a Redis Cluster the records may live in different slots.
+    async with redis.pipeline(transaction=False) as pipe:
+        for kind, item in (("theatre", theatre), ("screen", screen), ("movie", movie),
+                           ("show", show)):
+            pipe.set(catalog_key(kind, getattr(item, f"{kind}_id")), msgspec.json.encode(item))
+        await pipe.execute()
     await put_config(redis, config)
     return PublishedShow(show.show_id, movie, theatre, screen, show, config)
 
