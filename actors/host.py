@@ -21,6 +21,7 @@ import importlib
 import logging
 import os
 import time
+from typing import Any
 from collections.abc import Iterable
 
 import msgspec
@@ -71,7 +72,7 @@ class Slot:
 
     __slots__ = ("show_id", "store", "lock", "map", "users", "dead", "missing",
                  "last_snapshot", "last_snapshot_at", "last_call", "batches", "commands",
-                 "indexed_due", "timer_due")
+                 "indexed_due", "timer_due", "unreplicated")
 
     def __init__(self, show_id: str, store: ShowStore) -> None:
         self.show_id = show_id
@@ -88,6 +89,9 @@ class Slot:
         self.commands = 0         # commands for this show
         self.indexed_due: int | None = None  # what this host last wrote to the due index
         self.timer_due: int | None = None    # the earliest entry of this show in the heap
+        # Loaded from a master that may hold writes its replicas lack (a write whose WAIT
+        # failed): answers from memory wait for a replica too, until one WAIT succeeds.
+        self.unreplicated = True
 
 
 class _Staged(msgspec.Struct):
@@ -108,6 +112,11 @@ class ShowHost:
         # A hung (not crashed) Redis must surface as an error the batch loop retries.
         self._redis = redis_conn.async_client(redis_url, socket_timeout=10,
                                               socket_connect_timeout=5)
+        # A write is acknowledged only once this many replicas have it (a Redis Cluster:
+        # asynchronous replication loses what a master acknowledged and then lost in a
+        # failover; DESIGN "Redis Cluster").
+        self._wait_replicas, self._wait_ms = redis_conn.replica_wait(redis_url)
+        self._cluster = redis_conn.is_cluster(redis_url)
         self._due_key = due_key(pool)
         self._slots: dict[str, Slot] = {}
         self._plans = PlanCache(load_quoter(settings.quoter))
@@ -355,19 +364,25 @@ class ShowHost:
             snapshot, trim = self._snapshot_plan(slot, seatmap)
             slot.store.queue_append(pipe, base, entries, snapshot, trim)
             staged.append(_Staged(slot, results, due, snapshot is not None))
-        if not staged and not unsure:
+        waiting = self._wait_replicas and (staged or unsure or any(
+            self._slots[sid].unreplicated for sid in out if sid in self._slots))
+        if not staged and not unsure and not waiting:
             return out
-        for slot, _, _ in unsure:  # last in the pipeline: the appends' replies come first
+        for slot, _, _ in unsure:  # after the appends: their replies come first
             pipe.get(seq_key(slot.show_id))
+        waits = self._queue_waits(pipe, staged, unsure, out) if waiting else []
         try:
             replies: list | None = await pipe.execute(raise_on_error=False)
         except (RedisError, OSError) as exc:
             log.warning("host %s: write of %d shows failed (%s)", self.name, len(staged), exc)
             replies = None
+        lost = self._unreplicated(waits, replies)
+        if replies is not None and waits:
+            replies = replies[:len(replies) - len(waits)]
         seqs = replies[len(replies) - len(unsure):] if replies is not None else [None] * len(unsure)
         for (slot, base, results), seq in zip(unsure, seqs, strict=True):
             if replies is not None and not isinstance(seq, BaseException) \
-                    and int(seq or 0) == base:
+                    and int(seq or 0) == base and slot.show_id not in lost:
                 out[slot.show_id] = results
             else:  # behind the log (or unreadable): forget it; the retry reloads
                 slot.map = None
@@ -385,6 +400,8 @@ class ShowHost:
                 pos += 1
                 if isinstance(reply, BaseException):
                     failure = append_error(reply)
+                elif st.slot.show_id in lost:
+                    failure = RedisError("no replica acknowledged the write in time")
             if failure is None:
                 out[st.slot.show_id] = st.results
                 if st.snapshot:
@@ -398,7 +415,58 @@ class ShowHost:
                 log.warning("show %s: %s; reloading", st.slot.show_id, failure)
             # In-memory state may be ahead of Redis: forget it; the retry reloads.
             st.slot.map = None
+        for show_id in list(out):
+            slot = self._slots.get(show_id)
+            if slot is None:
+                continue
+            if show_id in lost:  # answered from memory, but not yet safe to answer
+                del out[show_id]
+                slot.map = None
+            elif waiting:
+                slot.unreplicated = False
         return out
+
+    def _queue_waits(self, pipe: Any, staged: list[_Staged],
+                     unsure: list[tuple[Slot, int, list[c.Result]]],
+                     out: dict[str, list[c.Result]]) -> list[tuple[Any, list[str]]]:
+        """A WAIT after the batch's writes on each master they went to (a cluster pipeline
+        sends one connection's commands in order, and WAIT covers what that connection
+        wrote): [(node or None, the shows it covers)]. A show answered from memory after a
+        reload waits too, since its master may hold writes no replica has yet."""
+        shows = [st.slot.show_id for st in staged] + [slot.show_id for slot, _, _ in unsure]
+        shows += [sid for sid in out if sid in self._slots and self._slots[sid].unreplicated]
+        if not self._cluster:
+            pipe.execute_command("WAIT", self._wait_replicas, self._wait_ms)
+            return [(None, shows)]
+        by_node: dict[str, tuple[Any, list[str]]] = {}
+        for sid in shows:
+            node = self._redis.get_node_from_key(seq_key(sid))
+            by_node.setdefault(node.name, (node, []))[1].append(sid)
+        for node, _ in by_node.values():
+            pipe.execute_command("WAIT", self._wait_replicas, self._wait_ms, target_nodes=node)
+        return list(by_node.values())
+
+    def _unreplicated(self, waits: list[tuple[Any, list[str]]], replies: list | None
+                      ) -> set[str]:
+        """The shows whose WAIT did not see enough replicas (or failed)."""
+        if not waits:
+            return set()
+        if replies is None:
+            return {sid for _, shows in waits for sid in shows}
+        lost: set[str] = set()
+        for (node, shows), reply in zip(waits, replies[len(replies) - len(waits):], strict=True):
+            if isinstance(reply, BaseException) or int(reply) < self._wait_replicas:
+                log.warning("host %s: %s: a write not replicated in %d ms (%s)", self.name,
+                            node.name if node is not None else "redis", self._wait_ms, reply)
+                lost.update(shows)
+                continue
+            if self._cluster and any(
+                    self._redis.get_node_from_key(seq_key(sid)).name != node.name
+                    for sid in shows):
+                # The slot moved while the batch ran (a failover): the write may have been
+                # redirected past this WAIT.
+                lost.update(shows)
+        return lost
 
     async def _load(self, slot: Slot) -> None:
         slot.map = await slot.store.load(self._plans)
@@ -407,6 +475,7 @@ class ShowHost:
         # snapshot (nor trim) again.
         slot.last_snapshot = slot.store.snapshot_version
         slot.indexed_due = None  # unknown: the next hold writes it
+        slot.unreplicated = True
 
     async def _load_script(self) -> None:
         try:

@@ -15,7 +15,7 @@ dropped and re-resolved). `Settings.from_env` builds such a URL from
 For a Redis Cluster the URL names some of its nodes (any, masters or replicas: the client
 reads the slot map from them and follows it through resharding and failovers):
 
-    redis+cluster://[:password@]host1:6379,host2:6379,host3:6379/
+    redis+cluster://[:password@]host1:6379,host2:6379,host3:6379/[?wait_replicas=1&wait_ms=2000]
 
 and every client is a redis-py `RedisCluster`. Every key the platform writes is placed on
 purpose (docs/DESIGN.md "Key map"): the keys one script or transaction touches share a
@@ -24,7 +24,7 @@ hash tag, so they live in one slot.
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import quote, unquote
+from urllib.parse import parse_qsl, quote, unquote
 
 import redis
 import redis.asyncio as aioredis
@@ -75,9 +75,12 @@ def parse_sentinel(url: str) -> SentinelTarget | None:
 
 
 class ClusterTarget:
-    def __init__(self, nodes: list[tuple[str, int]], password: str | None) -> None:
+    def __init__(self, nodes: list[tuple[str, int]], password: str | None,
+                 wait_replicas: int = 1, wait_ms: int = 2000) -> None:
         self.nodes = nodes
         self.password = password
+        self.wait_replicas = wait_replicas
+        self.wait_ms = wait_ms
 
 
 def cluster_url(nodes: list[tuple[str, int]] | str, password: str | None = None) -> str:
@@ -99,16 +102,30 @@ def parse_cluster(url: str) -> ClusterTarget | None:
     if "@" in rest:
         auth, rest = rest.rsplit("@", 1)
         password = unquote(auth.split(":", 1)[1] if ":" in auth else auth) or None
+    rest, _, query = rest.partition("?")
     hosts, _, path = rest.partition("/")
     if path.strip("/") not in ("", "0"):
         raise ValueError(f"a Redis Cluster has only database 0, not {path!r} in {url!r}")
+    options = dict(parse_qsl(query))
+    unknown = set(options) - {"wait_replicas", "wait_ms"}
+    if unknown:
+        raise ValueError(f"unknown option(s) {sorted(unknown)} in {url!r}")
     nodes = []
     for hp in hosts.split(","):
         host, _, port = hp.strip().rpartition(":")
         if not host or not port.isdigit():
             raise ValueError(f"{hp!r} in {url!r} is not host:port")
         nodes.append((host, int(port)))
-    return ClusterTarget(nodes, password)
+    return ClusterTarget(nodes, password, int(options.get("wait_replicas", 1)),
+                         int(options.get("wait_ms", 2000)))
+
+
+def replica_wait(url: str) -> tuple[int, int]:
+    """(replicas, timeout ms) a write must reach before it is acknowledged: on a Redis
+    Cluster 1 replica within 2 s unless the URL says otherwise (`?wait_replicas=0` for a
+    cluster without replicas); elsewhere none (DESIGN "Redis Cluster")."""
+    target = parse_cluster(url)
+    return (target.wait_replicas, target.wait_ms) if target else (0, 0)
 
 
 def is_cluster(url: str) -> bool:
@@ -133,8 +150,10 @@ def _cluster_client(target: ClusterTarget, kwargs: dict[str, Any]) -> aioredis.R
         from redis.backoff import ExponentialBackoff
 
         options["retry"] = Retry(ExponentialBackoff(cap=0.5, base=0.05), 8)
-    return aioredis.RedisCluster(
+    client = aioredis.RedisCluster(
         startup_nodes=[ClusterNode(h, p) for h, p in target.nodes], **options)
+    client.bmm_replica_wait = (target.wait_replicas, target.wait_ms)  # for `replicated`
+    return client
 
 
 class _BlockingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):
@@ -201,3 +220,31 @@ async def ready(client: Any) -> Any:
     if isinstance(client, aioredis.RedisCluster):
         await client.initialize()
     return client
+
+
+def _same_slot(key: str) -> str:
+    """A marker key in `key`'s hash slot."""
+    start = key.find("{")
+    end = key.find("}", start + 1) if start >= 0 else -1
+    tag = key[start + 1:end] if start >= 0 and end > start + 1 else key
+    return f"replicated:{{{tag}}}"
+
+
+async def replicated(client: Any, key: str) -> bool:
+    """Whether what was written so far to `key`'s master is on the replicas the URL asks
+    for (`?wait_replicas`, 1 on a cluster): a marker write in the key's slot and `WAIT`
+    on the same connection (WAIT covers what that connection wrote, and a master
+    replicates in order, so every earlier write to it, from any connection, is covered).
+    True at once for a client that waits for no replica."""
+    replicas, wait_ms = getattr(client, "bmm_replica_wait", (0, 0))
+    if not replicas:
+        return True
+    node = client.get_node_from_key(key)
+    pipe = client.pipeline(transaction=False)
+    pipe.set(_same_slot(key), 1, px=60_000)
+    pipe.execute_command("WAIT", replicas, wait_ms, target_nodes=node)
+    try:
+        _, acked = await pipe.execute()
+    except redis.exceptions.RedisError:
+        return False
+    return int(acked) >= replicas and client.get_node_from_key(key).name == node.name

@@ -43,6 +43,15 @@ class _ChildProcess:
             os.kill(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
 
+    def pause(self) -> None:
+        """Freeze it (SIGSTOP): its connections stay open, it answers nothing."""
+        if self.proc and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)
+
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
@@ -194,6 +203,16 @@ class RedisClusterServer:
         finally:
             client.close()
         raise RuntimeError(f"no node serves {key!r}")
+
+    def replicas_of(self, master: RedisServer) -> list[RedisServer]:
+        client = redis.Redis(port=master.port, socket_timeout=2)
+        try:
+            info = client.info("replication")
+        finally:
+            client.close()
+        ports = {int(v["port"]) for k, v in info.items()
+                 if k.startswith("slave") and isinstance(v, dict)}
+        return [n for n in self.nodes if n.port in ports]
 
     def masters_now(self) -> list[RedisServer]:
         client = redis.Redis(port=self.live_nodes()[0].port, socket_timeout=2)

@@ -1,0 +1,188 @@
+"""A Redis Cluster losing a master in the middle of a rush (real processes on loopback: 3
+masters, 3 replicas; `kill -9` of the master serving some of the shows).
+
+Replication is asynchronous: a master answers a write before its replica has it, and a
+write it answered and then lost with the process is gone from the promoted replica. The
+show hosts therefore answer only after `WAIT 1` on that master saw a replica take the
+write (actors/host.py), and the masters run with `min-replicas-to-write 1`. What this test
+holds the platform to: every booking a client was told about is in the show's log after
+the failover, and no seat is in two bookings or holds.
+"""
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from actors import commands as c
+from actors import redis_conn
+from actors.client import ShowDirectory
+from actors.host import ActorSettings
+from actors.layout import Rules, ShowConfig, grid_layout
+from actors.store import ShowStore, config_key, put_config
+from server.core.embedded import RedisClusterServer
+
+SHOWS = 6
+CLIENTS = 60
+SETTINGS = ActorSettings(snapshot_every=50, keep_log=200, passivate_after_s=120)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[RedisClusterServer]:
+    server = RedisClusterServer(tmp_path / "cluster", node_timeout_ms=2000).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def cluster_redis(cluster: RedisClusterServer) -> AsyncIterator:
+    client = redis_conn.async_client(cluster.url)
+    yield client
+    await client.aclose()
+
+
+async def submit_until_final(directory: ShowDirectory, show_id: str, cmd: c.Command,
+                             deadline: float) -> c.Result:
+    """Resend the same command (same id: the show answers a replay as it did the first
+    time) while the answer is "try again" -- a failover in progress."""
+    while True:
+        try:
+            result = await directory.submit(show_id, cmd)
+        except Exception as exc:  # noqa: BLE001 -- a host call cut by the failover
+            result = c.Rejected("unavailable", str(exc))
+        if not (isinstance(result, c.Rejected) and result.code == "unavailable"):
+            return result
+        if time.monotonic() > deadline:
+            return result
+        await asyncio.sleep(0.1)
+
+
+async def test_kill9_of_a_master_mid_rush_loses_no_acknowledged_booking(
+        cluster: RedisClusterServer, cluster_redis, ray_cluster: None) -> None:
+    seats = [s.id for s in grid_layout(10, 20).seats]
+    show_ids = [f"t-{uuid.uuid4().hex[:12]}" for _ in range(SHOWS)]
+    for show_id in show_ids:
+        await put_config(cluster_redis, ShowConfig(show_id, grid_layout(10, 20), Rules()))
+    # The victim serves at least one show; some shows live on the other masters.
+    victim = cluster.master_of(config_key(show_ids[0]))
+    on_victim = [s for s in show_ids if cluster.master_of(config_key(s)) is victim]
+    assert len(on_victim) < SHOWS or pytest.skip("every show hashed to one master")
+
+    directory = await ShowDirectory(cluster.url, SETTINGS, pool="cluster-failover").start()
+    acked: dict[str, tuple[str, list[str]]] = {}  # booking id -> (show, seats)
+    held_seats: dict[tuple[str, str], str] = {}   # (show, seat) -> hold id told held
+    stop = asyncio.Event()
+    killed = asyncio.Event()
+    unavailable = 0
+
+    async def customer(n: int) -> None:
+        nonlocal unavailable
+        rng = random.Random(n)
+        i = 0
+        while not stop.is_set():
+            i += 1
+            show_id = rng.choice(show_ids)
+            hold_id = f"h-{n}-{i}"
+            deadline = time.monotonic() + 90
+            held = await submit_until_final(directory, show_id, c.Hold(
+                f"hold:{hold_id}", hold_id, f"tok-{hold_id}", [rng.choice(seats)]), deadline)
+            if not isinstance(held, c.Held):
+                unavailable += isinstance(held, c.Rejected) and held.code == "unavailable"
+                continue
+            for seat in held.seats:
+                held_seats[(show_id, seat)] = hold_id
+            booking_id = f"b-{hold_id}"
+            done = await submit_until_final(directory, show_id, c.Confirm(
+                f"confirm:{hold_id}", hold_id, f"tok-{hold_id}", booking_id, f"pay-{hold_id}"),
+                deadline)
+            if isinstance(done, c.Confirmed):
+                acked[booking_id] = (show_id, list(done.seats))
+
+    tasks = [asyncio.create_task(customer(n)) for n in range(CLIENTS)]
+    try:
+        while len(acked) < 100:  # the rush is on
+            await asyncio.sleep(0.05)
+        before = len(acked)
+        await asyncio.to_thread(victim.kill9)
+        killed.set()
+        # The victim's replica takes over its slots (cluster node timeout + election).
+        port = victim.port
+        deadline = time.monotonic() + 60
+        while any(n.port == port for n in await asyncio.to_thread(cluster.masters_now)) \
+                or len(await asyncio.to_thread(cluster.masters_now)) < 3:
+            assert time.monotonic() < deadline, "no replica was promoted"
+            await asyncio.sleep(0.1)
+        # The promoted master has no replica left: with min-replicas-to-write 1 it refuses
+        # writes (holds on its shows are answered "unavailable") until the old master
+        # comes back as its replica.
+        await asyncio.to_thread(cluster.restart, victim)
+        await asyncio.to_thread(cluster.wait_healthy, 60)
+        after_failover = len(acked)
+        while len(acked) < after_failover + 100:  # and it goes on on every shard
+            await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+    assert len(acked) > before
+
+    # The truth is what a fresh load from the cluster's logs says, not the hosts' memory.
+    booked_seats: dict[tuple[str, str], str] = {}
+    for show_id in show_ids:
+        replayed = await ShowStore(cluster_redis, show_id).load()
+        owners: dict[str, str] = {}
+        for kind in (replayed.holds, replayed.bookings):
+            for rid, rec in kind.items():
+                for seat in rec.seats:
+                    assert seat not in owners, f"{show_id} {seat}: {owners[seat]} and {rid}"
+                    owners[seat] = rid
+        for bid, rec in replayed.bookings.items():
+            for seat in rec.seats:
+                booked_seats[(show_id, seat)] = bid
+        listed = await directory.submit(show_id, c.ListBookings(f"list-{uuid.uuid4().hex}"))
+        assert {b.booking_id for b in listed.bookings} == set(replayed.bookings)
+    for booking_id, (show_id, seats_of) in acked.items():
+        for seat in seats_of:
+            assert booked_seats.get((show_id, seat)) == booking_id, \
+                f"acknowledged booking {booking_id} ({show_id} {seat}) lost in the failover"
+    await directory.close()
+
+
+async def test_a_write_no_replica_has_is_not_acknowledged(
+        cluster: RedisClusterServer, cluster_redis, ray_cluster: None) -> None:
+    """The replica of a show's master stops (SIGSTOP: connected, but acknowledging
+    nothing). The master takes the hold, but no replica has it, so a failover now would
+    lose it: the host answers "unavailable", not "held". Once the replica catches up, the
+    same command is answered "held" -- and the replica has it."""
+    show_id = f"t-{uuid.uuid4().hex[:12]}"
+    await put_config(cluster_redis, ShowConfig(show_id, grid_layout(5, 5), Rules()))
+    master = cluster.master_of(config_key(show_id))
+    (replica,) = cluster.replicas_of(master)
+    url = cluster.url + "?wait_ms=300"
+    settings = ActorSettings(persist_attempts=2, passivate_after_s=120)
+    directory = await ShowDirectory(url, settings, pool="cluster-wait").start()
+    try:
+        assert isinstance(await directory.submit(show_id, c.Peek("peek-1", "none", "none")), c.Result)
+        hold = c.Hold("hold:w1", "w1", "tok-w1", ["A1"])
+        assert await redis_conn.replicated(cluster_redis, config_key(show_id))
+        replica.pause()
+        try:
+            refused = await directory.submit(show_id, hold)
+            assert isinstance(refused, c.Rejected) and refused.code == "unavailable", refused
+            # the web tier's check before it acknowledges its own writes says the same
+            assert not await redis_conn.replicated(cluster_redis, config_key(show_id))
+        finally:
+            replica.resume()
+        held = await submit_until_final(directory, show_id, hold, time.monotonic() + 30)
+        assert isinstance(held, c.Held) and held.seats == ["A1"], held
+        on_replica = aioredis.Redis(port=replica.port, single_connection_client=True)
+        await on_replica.execute_command("READONLY")  # read this replica's own copy
+        assert "w1" in (await ShowStore(on_replica, show_id).load()).holds
+        await on_replica.aclose()
+    finally:
+        await directory.close()
