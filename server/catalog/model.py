@@ -1,6 +1,6 @@
 """What partners publish, as stored and served: the catalog's records (msgspec Structs).
 
-Stored in Redis as JSON under `catalog:<kind>:<id>`; the show's seat layout and hold rules
+Stored in Redis as JSON under `{catalog}:<kind>:<id>`; the show's seat layout and hold rules
 also go to `actors.store.config_key(show_id)` (an `actors.layout.ShowConfig`), which is all
 the show actor reads. Ids are `[A-Za-z0-9_-]{1,64}` so they can be composed with '.'
 (hold id = `<show_id>.<random>`), which lets any web process route a hold to its show.
@@ -105,8 +105,15 @@ class Show(msgspec.Struct, forbid_unknown_fields=True):
         return as_utc(self.starts_at)
 
 
+# Every catalog key carries the hash tag `{catalog}`: one Redis Cluster slot on purpose. The
+# catalog is small (tens of MB nationally), written rarely (the partner feed) and read through
+# in-process caches, and its writes are WATCH/MULTI transactions over many of its keys (a
+# screen's schedule for the clash check, the indexes, the generation).
+CATALOG_TAG = "{catalog}"
+
+
 def catalog_key(kind: str, item_id: str) -> str:
-    return f"catalog:{kind}:{item_id}"
+    return f"{CATALOG_TAG}:{kind}:{item_id}"
 
 
 # --- partner feed: request and response bodies ----------------------------------------

@@ -62,6 +62,7 @@ async def read_seat_statuses(redis: aioredis.Redis, show_id: str) -> SeatStatuse
     Snapshot and log are read in separate calls; if the actor snapshotted and trimmed the
     log in between so that entries are missing, the read starts over (never a gap)."""
     for _ in range(_ATTEMPTS):
+        # One MGET: both keys carry the show's hash tag `{<show_id>}` (one cluster slot).
         raw_snap, raw_config = await redis.mget(snap_key(show_id), config_key(show_id))
         if raw_snap:
             snap = _snapshot_decoder.decode(raw_snap)

@@ -1,6 +1,8 @@
 """The catalog service: what partners publish, validated and indexed in Redis.
 
-Records are JSON under `catalog:<kind>:<id>` (catalog_model.catalog_key). Indexes:
+Every catalog key carries the hash tag `{catalog}` (one Redis Cluster slot on purpose: see
+catalog_model.CATALOG_TAG), so a write's WATCH/MULTI covers all of them. Records are JSON
+under `{catalog}:<kind>:<id>` (catalog_model.catalog_key). Indexes (`{catalog}:idx:...`):
 
     idx:cities                      hash  casefolded city -> display name
     idx:city:<city>:theatres        set   theatre ids in that city
@@ -14,18 +16,35 @@ Records are JSON under `catalog:<kind>:<id>` (catalog_model.catalog_key). Indexe
     idx:partner:<pid>:theatres      zset  the partner's theatre ids, score 0 (pages by id:
     idx:partner:<pid>:screens       zset    ZRANGEBYLEX), retired ones too
     idx:partner:<pid>:movies        zset
-    changes:{<pid>}                 stream  what changed for the partner (GET
+    {catalog}:generation            int   bumped by every catalog write (in its MULTI): the
+                                          search cache keys on it (server/discovery/search.py)
+    {catalog}:outbox                stream change entries committed with their write, not yet
+                                          forwarded to the partner's stream (field `partner`)
+    {catalog}:outbox:done           str   the last outbox id forwarded
+    {catalog}:outbox:lease          str   held by the one process forwarding (PX)
+    changes:{p:<pid>}               stream  what changed for the partner (GET
                                           /partner/v1/changes), capped at ~CHANGES_MAXLEN:
                                           entries `type`, `at` (ISO 8601), `data` (JSON)
-    catalog:generation              int   bumped by every catalog write (in its MULTI): the
-                                          search cache keys on it (server/discovery/search.py)
 
-Every write reads under WATCH and writes all its keys (record, indexes, its change entry
-and, for shows, the actor's `ShowConfig`) in one MULTI, retried if a watched key moved:
-validation and write see the same state, and nothing is ever half-written. Validation
+Every write reads under WATCH and writes all its catalog keys (record, indexes, generation
+and its change entry, into the outbox) in one MULTI, retried if a watched key moved:
+validation and write see the same state, and the catalog is never half-written. Validation
 failures raise ApiError (4xx) before anything is queued. A write may carry a
 `Precondition` (the feed's If-Match / If-None-Match): it is checked against the record
 read under WATCH, so two writers holding the same ETag cannot both win.
+
+What lives outside the `{catalog}` slot follows the MULTI in ordered, idempotent steps
+(a cluster transaction cannot span slots):
+1. the MULTI (the claim: a show's record passed the screen's clash check);
+2. a show's seat layout, `show:{<id>}:config`, by a script over that show's slot that
+   writes it only while the show's log is empty (the actor reads it only then). Until it
+   lands, readers needing both (the hold path) find the record without a layout - not on
+   sale - or for a replaced show the layout it had; a retried PUT writes it;
+3. PUBLISH on SHOWS_CHANNEL: after the layout, so no web process keeps a record/layout pair
+   read between 1 and 2 (its entry lives ttl_s at most if the process dies before this);
+4. forwarding the outbox to `changes:{p:<pid>}` (forward_changes): in commit order, by
+   whichever process holds the lease, marking each entry done after its XADD; an entry a
+   crash left behind goes out with the next write's forwarding (at least once, in order).
 
 A theatre, screen or movie is never deleted, only retired (`status: "retired"`), and only
 while no future scheduled show uses it; a retired one gets no new shows.
@@ -36,6 +55,8 @@ import asyncio
 import datetime as dt
 import hashlib
 import re
+import secrets
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -68,6 +89,7 @@ from server.catalog.model import (
     Theatre,
     TheatreIn,
     TheatreShows,
+    CATALOG_TAG,
     catalog_key,
 )
 from server.core.errors import ApiError
@@ -100,44 +122,48 @@ def city_slug(city: str) -> str:
     return " ".join(city.split()).casefold()
 
 
-CITIES = "idx:cities"
+IDX = f"{CATALOG_TAG}:idx"  # the catalog's indexes share its slot: written in its MULTIs
+CITIES = f"{IDX}:cities"
 
 
 def city_theatres_key(city: str) -> str:
-    return f"idx:city:{city_slug(city)}:theatres"
+    return f"{IDX}:city:{city_slug(city)}:theatres"
 
 
 def theatre_screens_key(theatre_id: str) -> str:
-    return f"idx:theatre:{theatre_id}:screens"
+    return f"{IDX}:theatre:{theatre_id}:screens"
 
 
 def city_shows_key(city: str, date: str) -> str:
-    return f"idx:shows:city:{city_slug(city)}:{date}"
+    return f"{IDX}:shows:city:{city_slug(city)}:{date}"
 
 
 def movie_shows_key(movie_id: str) -> str:
-    return f"idx:shows:movie:{movie_id}"
+    return f"{IDX}:shows:movie:{movie_id}"
 
 
 def screen_shows_key(screen_id: str) -> str:
-    return f"idx:shows:screen:{screen_id}"
+    return f"{IDX}:shows:screen:{screen_id}"
 
 
 def partner_shows_key(partner_id: str, date: str) -> str:
-    return f"idx:partner:{partner_id}:shows:{date}"
+    return f"{IDX}:partner:{partner_id}:shows:{date}"
 
 
 def partner_all_shows_key(partner_id: str) -> str:
-    return f"idx:partner:{partner_id}:shows-by-start"
+    return f"{IDX}:partner:{partner_id}:shows-by-start"
 
 
 def partner_items_key(partner_id: str, kind: str) -> str:
     """The partner's theatres, screens or movies (`kind`: theatre|screen|movie)."""
-    return f"idx:partner:{partner_id}:{kind}s"
+    return f"{IDX}:partner:{partner_id}:{kind}s"
 
 
 def changes_key(partner_id: str) -> str:
-    return f"changes:{{{partner_id}}}"
+    """The partner's change stream: in the partner's slot (`{p:<pid>}`), not the catalog's -
+    bookings append to it too (server/partner/changes.py), and it is up to
+    CHANGES_MAXLEN entries per partner."""
+    return f"changes:{{p:{partner_id}}}"
 
 
 CHANGES_MAXLEN = 100_000  # per partner, approximate (XADD MAXLEN ~)
@@ -145,7 +171,12 @@ PARTNER_SHOWS_KEEP = dt.timedelta(days=90)  # shows-by-start keeps shows this fa
 IN_USE_MAX = 20  # blocking show ids named by a refused retire
 
 
-GENERATION = "catalog:generation"  # INCR'd in the MULTI of every catalog write
+GENERATION = f"{CATALOG_TAG}:generation"  # INCR'd in the MULTI of every catalog write
+OUTBOX = f"{CATALOG_TAG}:outbox"            # change entries not yet in changes:{p:<pid>}
+OUTBOX_DONE = f"{CATALOG_TAG}:outbox:done"  # the last outbox id forwarded
+OUTBOX_LEASE = f"{CATALOG_TAG}:outbox:lease"
+LEASE_MS = 30_000
+FORWARD_WAIT_S = 5.0  # a write waits this long for its change entry to be forwarded
 
 
 # --- helpers --------------------------------------------------------------------------
@@ -257,8 +288,67 @@ def _record_change(kind: str, record: msgspec.Struct) -> dict[str, Any]:
 
 def _queue_change(p: Pipeline, partner_id: str, type_: str, kind: str,
                   record: msgspec.Struct) -> None:
-    p.xadd(changes_key(partner_id), change_fields(type_, _record_change(kind, record)),
-           maxlen=CHANGES_MAXLEN, approximate=True)
+    # Into the catalog's outbox, in the write's MULTI: the partner's stream is in another
+    # slot; forward_changes moves the entry there after the commit.
+    p.xadd(OUTBOX, {"partner": partner_id.encode(),
+                    **change_fields(type_, _record_change(kind, record))})
+
+
+def _stream_id(raw: bytes | str | None) -> tuple[int, int]:
+    if not raw:
+        return (0, 0)
+    ms, _, seq = (raw.decode() if isinstance(raw, bytes) else raw).partition("-")
+    return (int(ms), int(seq or 0))
+
+
+# KEYS[1] the lease; ARGV[1] the holder's token, ARGV[2] "release" or a PX to extend by
+_LEASE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[2] == 'release' then redis.call('DEL', KEYS[1])
+else redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 1
+"""
+
+
+async def forward_changes(redis: aioredis.Redis, wait_s: float = FORWARD_WAIT_S) -> None:
+    """Forward the outbox to the partners' change streams, in commit order: returns once
+    everything committed before the call is forwarded (by this process, or by the one
+    holding the lease), or after `wait_s` (then the next write's call forwards it)."""
+    last = await redis.xrevrange(OUTBOX, "+", "-", count=1)
+    if not last:
+        return
+    target = _stream_id(last[0][0])
+    token = secrets.token_hex(8)
+    lease = redis.register_script(_LEASE)
+    deadline = time.monotonic() + wait_s
+    while _stream_id(await redis.get(OUTBOX_DONE)) < target:
+        if await redis.set(OUTBOX_LEASE, token, nx=True, px=LEASE_MS):
+            try:
+                await _drain(redis, lease, token)
+            finally:
+                await lease(keys=[OUTBOX_LEASE], args=[token, "release"])
+        elif time.monotonic() > deadline:
+            return
+        else:
+            await asyncio.sleep(0.01)
+
+
+async def _drain(redis: aioredis.Redis, lease: Any, token: str) -> None:
+    while True:
+        done = (await redis.get(OUTBOX_DONE) or b"0-0").decode()
+        rows = await redis.xrange(OUTBOX, f"({done}", "+", count=100)
+        if not rows:
+            return
+        for entry_id, fields in rows:
+            partner_id = fields.pop(b"partner").decode()
+            # XADD, then mark done: a crash in between forwards the entry twice (at least
+            # once); only the lease holder forwards, so the order is the commit order.
+            await redis.xadd(changes_key(partner_id), fields, maxlen=CHANGES_MAXLEN,
+                             approximate=True)
+            await redis.set(OUTBOX_DONE, entry_id)
+        await redis.xtrim(OUTBOX, minid=rows[-1][0])  # keeps the last one: `done` names it
+        if not await lease(keys=[OUTBOX_LEASE], args=[token, LEASE_MS]):
+            return  # lost the lease (expired): its new holder goes on
 
 
 def _retired(record: Any, what: str, field: str) -> None:
@@ -272,10 +362,13 @@ Commit = Callable[[Pipeline], None]
 
 
 async def transact(redis: aioredis.Redis, watch: list[str],
-                   body: Callable[[Pipeline], Awaitable[tuple[T, Commit]]]) -> T:
+                   body: Callable[[Pipeline], Awaitable[tuple[T, Commit]]],
+                   replies: list[Any] | None = None) -> T:
     """Run `body` (reads and validation) under WATCH of `watch`, then its writes in one
     MULTI; start over if a watched key changed meanwhile. `body` returns (result, commit),
-    where `commit` queues the writes on the pipeline; an ApiError from it writes nothing."""
+    where `commit` queues the writes on the pipeline; an ApiError from it writes nothing.
+    `replies`, if given, receives the MULTI's replies. Every key must be the catalog's
+    (one slot)."""
     async with redis.pipeline(transaction=True) as pipe:
         for _ in range(50):
             try:
@@ -283,7 +376,9 @@ async def transact(redis: aioredis.Redis, watch: list[str],
                 result, commit = await body(pipe)
                 pipe.multi()
                 commit(pipe)
-                await pipe.execute()
+                out = await pipe.execute()
+                if replies is not None:
+                    replies[:] = out
                 return result
             except WatchError:
                 continue
@@ -326,7 +421,9 @@ async def put_theatre(redis: aioredis.Redis, partner_id: str, theatre_id: str,
 
         return (new, old is None), commit
 
-    return await transact(redis, [key], run)
+    out = await transact(redis, [key], run)
+    await forward_changes(redis)
+    return out
 
 
 async def _theatre_has_future_shows(pipe: Pipeline, theatre_id: str) -> bool:
@@ -382,7 +479,9 @@ async def put_screen(redis: aioredis.Redis, partner_id: str, screen_id: str,
 
         return (new, old is None), commit
 
-    return await transact(redis, [key, tkey, screen_shows_key(screen_id)], run)
+    out = await transact(redis, [key, tkey, screen_shows_key(screen_id)], run)
+    await forward_changes(redis)
+    return out
 
 
 async def put_movie(redis: aioredis.Redis, partner_id: str, movie_id: str,
@@ -405,7 +504,9 @@ async def put_movie(redis: aioredis.Redis, partner_id: str, movie_id: str,
 
         return (new, old is None), commit
 
-    return await transact(redis, [key], run)
+    out = await transact(redis, [key], run)
+    await forward_changes(redis)
+    return out
 
 
 # --- reading, listing and retiring theatres, screens, movies -------------------------
@@ -495,16 +596,19 @@ async def retire(redis: aioredis.Redis, kind: type[Item], partner_id: str, item_
 
         return new, commit
 
-    return await transact(redis, watch, run)
+    out = await transact(redis, watch, run)
+    await forward_changes(redis)
+    return out
 
 
 async def index_existing(redis: aioredis.Redis) -> int:
     """A one-off for records written before the per-partner list indexes existed: adds
     every theatre, screen, movie and show to its partner's index. Not for a request path
-    (it SCANs the catalog's keys); safe to repeat. Returns how many records it indexed."""
+    (it SCANs the keyspace - on a cluster, every master's); safe to repeat. Returns how
+    many records it indexed."""
     n = 0
     for what, kind in (*ITEM_TYPES.items(), ("show", Show)):
-        async for key in redis.scan_iter(match=f"catalog:{what}:*", count=1000):
+        async for key in redis.scan_iter(match=catalog_key(what, "*"), count=1000):
             try:
                 record = decode(kind, await redis.get(key))
             except msgspec.DecodeError:
@@ -551,11 +655,12 @@ async def put_show(redis: aioredis.Redis, partner_id: str, show_id: str, body: S
         raise ApiError(422, "mixed_currencies", "all prices of a show need one currency",
                        field="prices")
     key = catalog_key("show", show_id)
-    watch = [key, seq_key(show_id), config_key(show_id),
-             catalog_key("screen", body.screen_id), catalog_key("movie", body.movie_id),
+    # The catalog's keys only (one slot): the show's own keys (its log's seq, its layout)
+    # are in its slot, read outside the MULTI and written after it (_put_config).
+    watch = [key, catalog_key("screen", body.screen_id), catalog_key("movie", body.movie_id),
              screen_shows_key(body.screen_id)]
 
-    async def run(pipe: Pipeline) -> tuple[tuple[Show, bool], Commit]:
+    async def run(pipe: Pipeline) -> tuple[_ShowWrite, Commit]:
         old = await load(pipe, Show, show_id)
         _owned(old, partner_id, "show", show_id)
         _check(pre, old)
@@ -602,7 +707,7 @@ async def put_show(redis: aioredis.Redis, partner_id: str, show_id: str, body: S
                            f"from {clash.starts_at.isoformat()} to "
                            f"{(clash.ends_at or clash.starts_at).isoformat()}",
                            show_id=clash.show_id)
-        seq = int(await pipe.get(seq_key(show_id)) or 0)
+        seq = int(await redis.get(seq_key(show_id)) or 0)  # its slot: not under WATCH
         if old is not None and old.screen_id != body.screen_id and seq > 0:
             raise ApiError(409, "show_has_activity",
                            "cannot move a show to another screen once seats were held, "
@@ -617,41 +722,120 @@ async def put_show(redis: aioredis.Redis, partner_id: str, show_id: str, body: S
         new = Show(show_id, body.movie_id, body.screen_id, starts_at, body.language,
                    body.format, body.prices, partner_id, theatre.theatre_id, theatre.city,
                    ends_at, "scheduled", body.hold_policy)
+        old_tz = None
         if old is not None:
             old_theatre = await load(pipe, Theatre, old.theatre_id)
-            old_partner_idx, old_listings = _show_indexes(old, old_theatre.timezone
-                                                          if old_theatre else "UTC")
-        partner_idx, listings = _show_indexes(new, theatre.timezone)
+            old_tz = old_theatre.timezone if old_theatre else "UTC"
         # The actor reads only its config, and only before it has a log: a show that
         # already has activity keeps the seat map it started with.
         config = None
         if seq == 0:
             config = ShowConfig(show_id, _layout(screen.layout), Rules())
-        score = to_ms(starts_at)
 
         def commit(p: Pipeline) -> None:
-            if old is not None:
-                p.zrem(old_partner_idx, show_id)
-                for k in old_listings:
-                    p.zrem(k, show_id)
-            p.set(key, encode(new))
-            p.zadd(partner_idx, {show_id: score})
-            every = partner_all_shows_key(partner_id)
-            p.zadd(every, {show_id: score})
-            p.zremrangebyscore(every, "-inf", f"({to_ms(now - PARTNER_SHOWS_KEEP)}")
-            for k in listings:
-                p.zadd(k, {show_id: score})
-            if config is not None:
-                p.set(config_key(show_id), msgspec.json.encode(config))
-            if old != new:
-                _queue_change(p, partner_id, "show.created" if old is None else "show.updated",
-                              "show", new)
-            p.publish(SHOWS_CHANNEL, show_id)  # web processes drop their cached copy
-            p.incr(GENERATION)  # search results cached before this write are not read again
+            _queue_show(p, old, old_tz, new, theatre.timezone, now)
 
-        return (new, old is None), commit
+        return (new, old is None, old, old_tz, theatre.timezone, config), commit
 
-    return await transact(redis, watch, run)
+    replies: list[Any] = []
+    new, created, old, old_tz, tz, config = await transact(redis, watch, run, replies)
+    generation = int(replies[-1])  # _queue_show's last command: this write's stamp
+    if config is not None and not await _put_config(redis, config, generation):
+        # The show's first seat was held between the check above and now, on the layout it
+        # had: put the record that goes with that layout back, and refuse as the check would.
+        await _restore_show(redis, new, tz, old, old_tz, now)
+        raise ApiError(409, "show_has_activity", "cannot change a show's seat layout once "
+                       "seats were held, booked or blocked", show_id=show_id)
+    await redis.publish(SHOWS_CHANNEL, show_id)  # after the layout: see the module docstring
+    await forward_changes(redis)
+    return new, created
+
+
+def _queue_show(p: Pipeline, old: Show | None, old_tz: str | None, new: Show, tz: str,
+                now: dt.datetime) -> None:
+    """Queue the catalog writes replacing `old` (None: a new show) by `new`."""
+    show_id, partner_id = new.show_id, new.partner_id
+    if old is not None:
+        old_partner_idx, old_listings = _show_indexes(old, old_tz or "UTC")
+        p.zrem(old_partner_idx, show_id)
+        for k in old_listings:
+            p.zrem(k, show_id)
+    partner_idx, listings = _show_indexes(new, tz)
+    score = to_ms(new.starts_at_utc)
+    p.set(catalog_key("show", show_id), encode(new))
+    p.zadd(partner_idx, {show_id: score})
+    every = partner_all_shows_key(partner_id)
+    p.zadd(every, {show_id: score})
+    p.zremrangebyscore(every, "-inf", f"({to_ms(now - PARTNER_SHOWS_KEEP)}")
+    if new.status == "scheduled":
+        for k in listings:
+            p.zadd(k, {show_id: score})
+    if old != new:
+        _queue_change(p, partner_id, "show.created" if old is None else "show.updated",
+                      "show", new)
+    p.incr(GENERATION)  # search results cached before this write are not read again
+
+
+_ShowWrite = tuple[Show, bool, Show | None, str | None, str, ShowConfig | None]
+
+
+def config_gen_key(show_id: str) -> str:
+    """The catalog generation of the write whose layout `config_key(show_id)` holds (in the
+    show's slot, next to it): two PUTs of one show racing between their MULTI and their
+    layout step leave the later MULTI's layout, the one its record goes with."""
+    return f"show:{{{show_id}}}:config-gen"
+
+
+# KEYS[1] the show's log seq, KEYS[2] its config, KEYS[3] config_gen_key (one slot); ARGV[1]
+# the config, ARGV[2] the generation of the MULTI it goes with. Written only while the log is
+# empty (the actor reads its config only then; its first append is fenced on the config's
+# digest). 1: the layout is settled (this one, or a later write's); 0: the show has activity
+# on another layout.
+_PUT_CONFIG = """
+if tonumber(redis.call('GET', KEYS[3]) or '0') >= tonumber(ARGV[2]) then return 1 end
+if tonumber(redis.call('GET', KEYS[1]) or '0') == 0 then
+  redis.call('SET', KEYS[2], ARGV[1])
+  redis.call('SET', KEYS[3], ARGV[2])
+  return 1
+end
+if redis.call('GET', KEYS[2]) == ARGV[1] then return 1 end
+return 0
+"""
+
+
+async def _put_config(redis: aioredis.Redis, config: ShowConfig, generation: int) -> bool:
+    script = redis.register_script(_PUT_CONFIG)
+    show_id = config.show_id
+    return int(await script(keys=[seq_key(show_id), config_key(show_id),
+                                  config_gen_key(show_id)],
+                            args=[msgspec.json.encode(config), generation])) == 1
+
+
+async def _restore_show(redis: aioredis.Redis, new: Show, tz: str, old: Show | None,
+                        old_tz: str | None, now: dt.datetime) -> None:
+    """Undo put_show's MULTI (`old` back in place of `new`) unless another write moved the
+    record on meanwhile."""
+    key = catalog_key("show", new.show_id)
+
+    async def run(pipe: Pipeline) -> tuple[None, Commit]:
+        if await load(pipe, Show, new.show_id) != new:
+            return None, lambda p: None
+
+        def commit(p: Pipeline) -> None:
+            if old is None:  # cannot happen (a new show has no log), but never leave it listed
+                p.delete(key)
+                partner_idx, listings = _show_indexes(new, tz)
+                for k in (partner_idx, partner_all_shows_key(new.partner_id), *listings):
+                    p.zrem(k, new.show_id)
+                p.incr(GENERATION)
+            else:
+                _queue_show(p, new, tz, old, old_tz, now)
+
+        return None, commit
+
+    await transact(redis, [key], run)
+    await redis.publish(SHOWS_CHANNEL, new.show_id)
+    await forward_changes(redis)
 
 
 async def _overlapping(pipe: Pipeline, screen_id: str, show_id: str, starts_at: dt.datetime,
@@ -662,7 +846,9 @@ async def _overlapping(pipe: Pipeline, screen_id: str, show_id: str, starts_at: 
     ids = [i for i in ids if i != show_id]
     if not ids:
         return None
-    raws = await pipe.mget([catalog_key("show", i) for i in ids])
+    # MGET by name: redis-py's cluster pipelines refuse `mget()`, though these keys share
+    # one slot and the command runs at once here (under WATCH, before the MULTI).
+    raws = await pipe.execute_command("MGET", *(catalog_key("show", i) for i in ids))
     for raw in raws:
         other = decode(Show, raw)
         if other is None or other.status != "scheduled":
@@ -699,12 +885,15 @@ async def cancel_show(redis: aioredis.Redis, partner_id: str, show_id: str,
             for k in listings:
                 p.zrem(k, show_id)
             _queue_change(p, partner_id, "show.cancelled", "show", new)
-            p.publish(SHOWS_CHANNEL, show_id)  # web processes drop their cached copy
             p.incr(GENERATION)  # search results cached before this write are not read again
 
         return new, commit
 
-    return await transact(redis, [key], run)
+    out = await transact(redis, [key], run)
+    # Outside the MULTI (PUBLISH has no key, so no slot); repeated on a retry of the cancel.
+    await redis.publish(SHOWS_CHANNEL, show_id)  # web processes drop their cached copy
+    await forward_changes(redis)
+    return out
 
 
 async def owned_show(redis: aioredis.Redis, partner_id: str, show_id: str) -> Show:

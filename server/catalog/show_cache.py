@@ -5,15 +5,16 @@ hundreds of seats of JSON) from Redis and decode both: under a rush that decodin
 of the web tier's time. The records change only through the partner feed (`put_show`,
 `cancel_show`), so each web process keeps them in memory:
 
-- the feed's write publishes the show id on `SHOWS_CHANNEL` in the same MULTI as the write,
-  and every process drops its copy when the message arrives; the process that served the
+- the feed's write publishes the show id on `SHOWS_CHANNEL` once both keys are written (the
+  record in the `{catalog}` slot, then the layout in the show's: catalog.service), and every
+  process drops its copy when the message arrives; the process that served the
   feed request also drops it at once (`invalidate`), so its own next request sees the change;
 - nothing is cached while the subscription is down, and everything is dropped when it
   (re)connects, since messages may have been missed meanwhile;
 - an entry lives at most `ttl_s` anyway;
 - a fill that raced with an invalidation is not stored (generation counter);
 - misses (unknown show, no layout yet) are never cached;
-- an offer's write publishes `ALL_SHOWS` in its MULTI: the hold path's pricing inputs
+- an offer's write publishes `ALL_SHOWS` after it commits: the hold path's pricing inputs
   (`memo`) carry the offers. (The theatre's time zone, the other input, cannot change
   while it has scheduled shows.)
 """
@@ -37,6 +38,7 @@ from server.catalog.model import Show, catalog_key
 
 log = logging.getLogger(__name__)
 
+# A Pub/Sub channel, not a key (no slot): classic PUBLISH reaches subscribers on every node.
 SHOWS_CHANNEL = "catalog:shows:changed"  # message: a show id whose record or layout changed
 ALL_SHOWS = "*"  # the message that drops every show (an offer changed: every quote may)
 
@@ -75,8 +77,13 @@ class ShowCache:
             return entry
         self.misses += 1
         gen = self._gen
-        raw_show, raw_config = await self.redis.mget(catalog_key("show", show_id),
-                                                     config_key(show_id))
+        # Two slots (the catalog's, the show's): not one MGET. Not atomic either, which the
+        # writer's order covers: its PUBLISH comes after both keys are written, so a pair
+        # read in between is dropped by that message (or `gen` moved and it is not stored).
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.get(catalog_key("show", show_id))
+            pipe.get(config_key(show_id))
+            raw_show, raw_config = await pipe.execute()
         show = _show_decoder.decode(raw_show) if raw_show is not None else None
         config = _config_decoder.decode(raw_config) if raw_config is not None else None
         category = {s.id: s.category for s in config.layout.seats} if config else {}

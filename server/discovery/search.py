@@ -21,8 +21,9 @@ generation does not cover - shows starting, ratings moving - is at most CACHE_TT
 Bounded work per request (security review M7): `page` is at most MAX_PAGE, `q` at most
 MAX_QUERY_CHARS and MAX_QUERY_TOKENS words; the cache key is built from the folded,
 de-duplicated query words, so case, accents, punctuation and repeated words do not make
-new entries; a miss is a filter over the in-memory listing (one GET of the generation),
-and nothing is written to Redis.
+new entries; a miss is a filter over the in-memory listing (one GET of the generation,
+`{catalog}:generation`), and nothing is written to Redis: CACHE_PREFIX names in-process
+entries, not keys.
 
 Rating sort: `set_rating_source(fn)` plugs in `async fn(redis, movie_ids) -> {movie_id:
 (average, count)}` for the rated ones (reviews.movie_ratings); until one is set

@@ -63,12 +63,11 @@ async def publish_show(
                 prices if prices is not None else PRICES, "partner-test", theatre.theatre_id,
                 theatre.city, starts + timedelta(minutes=movie.runtime_min), status)
     config = ShowConfig(show.show_id, layout, rules or Rules())
-    # Not MSET: on a Redis Cluster the records may live in different slots.
-    async with redis.pipeline(transaction=False) as pipe:
-        for kind, item in (("theatre", theatre), ("screen", screen), ("movie", movie),
-                           ("show", show)):
-            pipe.set(catalog_key(kind, getattr(item, f"{kind}_id")), msgspec.json.encode(item))
-        await pipe.execute()
+    # The records share the `{catalog}` slot: one MSET. The config is in the show's slot,
+    # written after the record as the partner feed does.
+    await redis.mset({catalog_key(kind, getattr(item, f"{kind}_id")): msgspec.json.encode(item)
+                      for kind, item in (("theatre", theatre), ("screen", screen),
+                                         ("movie", movie), ("show", show))})
     await put_config(redis, config)
     return PublishedShow(show.show_id, movie, theatre, screen, show, config)
 

@@ -4,6 +4,7 @@ with cursors, GET one, ETag / If-Match, retiring, the changes feed."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 import datetime as dt
 from zoneinfo import ZoneInfo
@@ -14,9 +15,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from actors.layout import ShowConfig
-from actors.store import config_key
+from actors.store import config_key, seq_key
 from server.accounts.api_keys import hash_key
 from server.catalog import service as catalog_service
+from server.catalog.model import MovieIn, catalog_key
 from server.catalog.service import screen_shows_key
 
 from .builders import GOOD_CARD
@@ -153,7 +155,9 @@ async def _assert_rejected(partner: Partner, redis: aioredis.Redis, body: dict,
     got, err = await partner.call("PUT", f"/partner/v1/shows/{show_id}", body)
     assert (got, err["error"]["code"]) == (status, code), err
     assert err["error"]["message"]
-    assert not await redis.exists(f"catalog:show:{show_id}", config_key(show_id))
+    # One key per EXISTS: the record is in the catalog's slot, the config in the show's.
+    assert not await redis.exists(catalog_key("show", show_id))
+    assert not await redis.exists(config_key(show_id))
 
 
 async def test_show_validation_errors_write_nothing(partner: Partner,
@@ -202,7 +206,7 @@ async def test_layout_validation(partner: Partner, redis: aioredis.Redis) -> Non
     status, err = await partner.call("PUT", f"/partner/v1/screens/{screen_id}",
                                      {"theatre_id": uid("th"), "name": "s", "layout": layout()})
     assert (status, err["error"]["code"]) == (422, "unknown_theatre")
-    assert not await redis.exists(f"catalog:screen:{screen_id}")
+    assert not await redis.exists(catalog_key("screen", screen_id))
     status, err = await partner.call("PUT", f"/partner/v1/theatres/{uid('th')}",
                                      {"name": "x", "city": "y", "address": "z",
                                       "timezone": "Mars/Olympus"})
@@ -249,7 +253,7 @@ async def test_bulk_reports_each_item(partner: Partner, redis: aioredis.Redis) -
     assert (out["created"], out["replaced"], out["failed"]) == (1, 1, 3)
     assert out["results"][0]["show"]["show_id"] == good
     assert await redis.exists(config_key(good))
-    assert not await redis.exists(f"catalog:show:{past}", f"catalog:show:{clash}")
+    assert not await redis.exists(catalog_key("show", past), catalog_key("show", clash))
 
 
 async def test_bulk_body_is_validated_as_a_whole(partner: Partner) -> None:
@@ -287,7 +291,7 @@ async def test_delete_after_start_is_refused(partner: Partner, redis: aioredis.R
     _, show = await partner.call("PUT", f"/partner/v1/shows/{show_id}", partner.show(30))
     # Time travel in the store: the show started an hour ago.
     show["starts_at"] = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)).isoformat()
-    await redis.set(f"catalog:show:{show_id}", msgspec.json.encode(show))
+    await redis.set(catalog_key("show", show_id), msgspec.json.encode(show))
     status, err = await partner.call("DELETE", f"/partner/v1/shows/{show_id}")
     assert (status, err["error"]["code"]) == (409, "show_started")
     status, err = await partner.call("PUT", f"/partner/v1/shows/{show_id}", partner.show(30))
@@ -697,3 +701,61 @@ async def test_a_show_with_bookings_cannot_be_moved_to_another_time(api, redis):
     status, out = await partner.call("PUT", f"/partner/v1/shows/{show_id}", partner.show(52))
     assert (status, out["error"]["code"]) == (409, "show_has_bookings"), out
     assert (await partner.call("PUT", f"/partner/v1/shows/{show_id}", moved))[0] == 200
+
+
+# --- the steps after a catalog MULTI (Redis Cluster: other slots) ---------------------
+
+async def test_a_change_left_in_the_outbox_goes_out_with_the_next_write_in_order(
+        partner: Partner, redis: aioredis.Redis) -> None:
+    # The change entry commits with the record (the catalog's outbox, one MULTI); the
+    # partner's stream is in another slot and gets it afterwards. A writer that dies before
+    # forwarding (here: cancelled while another process holds the forwarding lease) leaves
+    # it in the outbox; the next write forwards it, before its own.
+    cursor = (await _changes(partner))["next_cursor"]
+    first, second = uid("mv"), uid("mv")
+    body = MovieIn("Held Back", ["Hindi"], ["Drama"], 100, "U")
+    await redis.set(catalog_service.OUTBOX_LEASE, "another-process", px=60_000)
+    try:
+        writer = asyncio.create_task(catalog_service.put_movie(
+            redis, partner.partner_id, first, body))
+        while not await redis.exists(catalog_key("movie", first)):
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)
+        assert (await _changes(partner, cursor))["items"] == []  # committed, not forwarded
+        writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await writer
+    finally:
+        await redis.delete(catalog_service.OUTBOX_LEASE)
+    status, _ = await partner.call("PUT", f"/partner/v1/movies/{second}",
+                                   {"title": "Next", "languages": ["Hindi"], "genres": [],
+                                    "runtime_min": 90, "certificate": "U"})
+    assert status == 201
+    got = (await _changes(partner, cursor))["items"]
+    assert [(c["type"], c["data"]["movie_id"]) for c in got] \
+        == [("movie.upserted", first), ("movie.upserted", second)]
+
+
+async def test_a_shows_layout_goes_with_its_latest_write(
+        partner: Partner, redis: aioredis.Redis) -> None:
+    show_id = uid("sh")
+    assert (await partner.call("PUT", f"/partner/v1/shows/{show_id}", partner.show(30)))[0] == 201
+    small = msgspec.json.decode(await redis.get(config_key(show_id)), type=ShowConfig)
+    wide = uid("sc")
+    assert (await partner.call("PUT", f"/partner/v1/screens/{wide}",
+                               {"theatre_id": partner.theatre, "name": "Screen 2",
+                                "layout": layout(rows=5)}))[0] == 201
+    assert (await partner.call("PUT", f"/partner/v1/shows/{show_id}",
+                               partner.show(30, screen_id=wide)))[0] == 200
+    config = msgspec.json.decode(await redis.get(config_key(show_id)), type=ShowConfig)
+    assert len(config.layout.seats) == 30
+    # An earlier write's layout step arriving after this one's changes nothing.
+    assert await catalog_service._put_config(redis, small, generation=1)
+    assert await redis.get(config_key(show_id)) == msgspec.json.encode(config)
+    # Once the show's log has started, only the layout it started with is accepted: the
+    # write whose MULTI raced with the first hold is refused (and its record undone).
+    later = int(await redis.get(catalog_service.GENERATION)) + 1
+    await redis.set(seq_key(show_id), 1)
+    assert not await catalog_service._put_config(redis, small, later)
+    assert await catalog_service._put_config(redis, config, later)
+    assert await redis.get(config_key(show_id)) == msgspec.json.encode(config)
