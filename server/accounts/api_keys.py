@@ -5,12 +5,21 @@ SHA-256 is stored (`partnerkey:<sha256 hex>` -> partner id). A key that high in 
 needs no slow hash: nothing can be guessed from the digest. The key itself is returned
 once, when it is made.
 
-Each key has metadata (`partnerkey:<sha256 hex>:meta`, a hash): a name, a scope (`read`:
+Each key has metadata (`{partnerkey:<sha256 hex>}:meta`, a hash): a name, a scope (`read`:
 GET only; `write`: everything), an optional IP allow-list (addresses / CIDR networks; a
 call from elsewhere is 403) and its creation time. Keys made before metadata existed have
 none and act as `write` keys without an allow-list. A key's public id is the first 16 hex
 digits of its digest (`partnerkeyid:<id>` -> the digest, for the access tokens below);
 revoking deletes the index entries, so the key stops working at once.
+
+Redis Cluster slots: the metadata's hash tag is the whole lookup key's name, so a key's
+lookup entry and metadata share one slot (written together, read in one round trip). The
+partner (`partner:{p:<partner id>}`) and its set of key digests
+(`partner:{p:<partner id>}:keys`) share the partner's slot. The two are written in ordered
+steps, not one transaction: a key is added to its partner's set first and made usable
+(lookup entry + metadata) second; revoking undoes them in the reverse order. A digest in
+the set without a lookup entry is a key not made (or revoked): listed nowhere, usable by
+nobody, cleaned up by a revoke.
 
 The allow-list is checked against the client's address as the rate limiter sees it
 (server/core/client_address.py): X-Forwarded-For counts only from `settings.trusted_proxies`.
@@ -66,11 +75,11 @@ class KeyInfo(msgspec.Struct):
 
 
 def partner_key(partner_id: str) -> str:
-    return f"partner:{partner_id}"
+    return f"partner:{{p:{partner_id}}}"
 
 
 def partner_keys_key(partner_id: str) -> str:
-    return f"partner:{partner_id}:keys"
+    return f"partner:{{p:{partner_id}}}:keys"
 
 
 def key_index(digest: str) -> str:
@@ -86,7 +95,8 @@ def new_api_key() -> str:
 
 
 def key_meta(digest: str) -> str:
-    return f"partnerkey:{digest}:meta"
+    # Tagged with key_index's whole name: the same slot as the lookup entry.
+    return f"{{{key_index(digest)}}}:meta"
 
 
 def key_id_of(digest: str) -> str:
@@ -111,8 +121,8 @@ class KeyRecord(msgspec.Struct, frozen=True):
 
 
 async def key_record(redis: aioredis.Redis, digest: str) -> KeyRecord | None:
-    """The live key with this digest (one round trip), None if there is none (or it was
-    revoked)."""
+    """The live key with this digest (one round trip, one slot), None if there is none
+    (or it was revoked)."""
     async with redis.pipeline(transaction=False) as pipe:
         pipe.get(key_index(digest))
         pipe.hmget(key_meta(digest), "scope", "ips")
@@ -280,31 +290,53 @@ async def partner_exists(redis: aioredis.Redis, partner_id: str) -> bool:
     return bool(await redis.exists(partner_key(partner_id)))
 
 
-async def create_partner(redis: aioredis.Redis, name: str, partner_id: str | None = None
-                         ) -> tuple[str, str]:
-    """Make a partner and its first API key (named "initial", write scope) in one
-    transaction; returns (partner id, key). 409 if the id is taken."""
-    partner_id = partner_id or f"p_{secrets.token_hex(8)}"
-    api_key = new_api_key()
-    digest = hash_key(api_key)
+async def _make_key(redis: aioredis.Redis, partner_id: str, digest: str,
+                    meta: dict[str, str]) -> None:
+    """Steps 2 and 3 of making a key (step 1 put the digest in the partner's set): the
+    lookup entry with its metadata (one slot, one transaction: from here the key works),
+    then the key-id index (a retry-safe extra: a token request fills it in too)."""
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.hset(key_meta(digest), mapping=meta)
+        pipe.set(key_index(digest), partner_id)
+        await pipe.execute()
+    await redis.set(key_id_index(key_id_of(digest)), digest)
+
+
+async def add_partner(redis: aioredis.Redis, partner_id: str, fields: dict[str, str],
+                      first_key: str | None = None) -> None:
+    """The partner's record (`fields`, plus `created_ms`), and the digest of its first key
+    if any, in one transaction in the partner's slot; 409 if the id is taken. (Partner
+    onboarding uses this too: a partner record written elsewhere must be in that slot.)"""
     async with redis.pipeline(transaction=True) as pipe:
         while True:
             try:
                 await pipe.watch(partner_key(partner_id))
-                if await pipe.exists(partner_key(partner_id)):
+                # (HLEN, not EXISTS: redis-py's cluster pipeline does not run EXISTS at once)
+                if await pipe.hlen(partner_key(partner_id)):
                     raise ApiError(409, "partner_exists", f"partner {partner_id!r} exists already",
                                    partner_id=partner_id)
                 pipe.multi()
                 pipe.hset(partner_key(partner_id), mapping={
-                    "name": name, "created_ms": str(time.time_ns() // 1_000_000)})
-                pipe.set(key_index(digest), partner_id)
-                pipe.set(key_id_index(key_id_of(digest)), digest)
-                pipe.hset(key_meta(digest), mapping=_meta("initial", "write", [], api_key))
-                pipe.sadd(partner_keys_key(partner_id), digest)
+                    **fields, "created_ms": str(time.time_ns() // 1_000_000)})
+                if first_key is not None:
+                    pipe.sadd(partner_keys_key(partner_id), first_key)
                 await pipe.execute()
-                return partner_id, api_key
+                return
             except WatchError:
                 continue
+
+
+async def create_partner(redis: aioredis.Redis, name: str, partner_id: str | None = None
+                         ) -> tuple[str, str]:
+    """Make a partner and its first API key (named "initial", write scope); returns
+    (partner id, key). 409 if the id is taken. The partner with its key set is one
+    transaction (the partner's slot); the key is then made usable as `issue_key` does."""
+    partner_id = partner_id or f"p_{secrets.token_hex(8)}"
+    api_key = new_api_key()
+    digest = hash_key(api_key)
+    await add_partner(redis, partner_id, {"name": name}, first_key=digest)
+    await _make_key(redis, partner_id, digest, _meta("initial", "write", [], api_key))
+    return partner_id, api_key
 
 
 async def issue_key(redis: aioredis.Redis, partner_id: str, name: str = "key",
@@ -313,23 +345,24 @@ async def issue_key(redis: aioredis.Redis, partner_id: str, name: str = "key",
     api_key = new_api_key()
     digest = hash_key(api_key)
     ips = normalise_networks(allowed_ips or [])
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.set(key_index(digest), partner_id)
-        pipe.set(key_id_index(key_id_of(digest)), digest)
-        pipe.hset(key_meta(digest), mapping=_meta(name, scope, ips, api_key))
-        pipe.sadd(partner_keys_key(partner_id), digest)
-        await pipe.execute()
+    await redis.sadd(partner_keys_key(partner_id), digest)  # (1) the partner's, not yet usable
+    await _make_key(redis, partner_id, digest, _meta(name, scope, ips, api_key))
     return api_key
 
 
 async def list_keys(redis: aioredis.Redis, partner_id: str) -> list[KeyInfo]:
+    """The partner's live keys (a digest in its set without a lookup entry is not a key:
+    half made, or half revoked)."""
     digests = sorted(d.decode() for d in await redis.smembers(partner_keys_key(partner_id)))
     async with redis.pipeline(transaction=False) as pipe:
         for d in digests:
+            pipe.get(key_index(d))
             pipe.hgetall(key_meta(d))
-        metas = await pipe.execute()
+        got = await pipe.execute()
     keys = []
-    for digest, meta in zip(digests, metas, strict=True):
+    for digest, owner, meta in zip(digests, got[::2], got[1::2], strict=True):
+        if owner is None or owner.decode() != partner_id:
+            continue
         m = {k.decode(): v.decode() for k, v in meta.items()}
         keys.append(KeyInfo(key_id_of(digest), m.get("name", "initial"),
                             "read" if m.get("scope") == "read" else "write",
@@ -340,14 +373,18 @@ async def list_keys(redis: aioredis.Redis, partner_id: str) -> list[KeyInfo]:
 
 
 async def revoke_key(redis: aioredis.Redis, partner_id: str, key_id: str) -> bool:
-    """Revoke one of the partner's keys by its id; False if it has no such key."""
+    """Revoke one of the partner's keys by its id; False if it has no such key. The
+    reverse of making one: the lookup entry (with the metadata) goes first, so the key
+    stops working at once; then the key-id index; the partner's set last. Idempotent: a
+    revoke that stopped half-way is finished by the next one."""
     for raw in await redis.smembers(partner_keys_key(partner_id)):
         digest = raw.decode()
         if key_id_of(digest) == key_id:
             async with redis.pipeline(transaction=True) as pipe:
-                pipe.delete(key_index(digest), key_meta(digest), key_id_index(key_id))
-                pipe.srem(partner_keys_key(partner_id), digest)
+                pipe.delete(key_index(digest), key_meta(digest))  # one slot
                 await pipe.execute()
+            await redis.delete(key_id_index(key_id))
+            await redis.srem(partner_keys_key(partner_id), digest)
             return True
     return False
 

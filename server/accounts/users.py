@@ -6,16 +6,24 @@ Other modules use three things from here:
     user = await require_role(request, "customer") # 401 not logged in, 403 wrong role
     await link_booking(redis, user.user_id, booking_id, created_ms)  # "my bookings"
 
-Storage (Redis):
+Storage (Redis). A customer's own keys share the hash tag `{u:<user_id>}`, so one
+customer's transactions stay in one Redis Cluster slot and customers spread over the
+masters:
 
-- `user:<user_id>` -> a `User` record (msgspec JSON). Passwords are argon2id hashes; the TOTP
-  secret is encrypted at rest (Fernet, key derived from `settings.secret`); recovery codes
-  are kept as HMAC-SHA256 digests only (each works once).
-- `useremail:<normalised email>` -> user id (one account per e-mail address).
-- `user:<user_id>:bookings` -> sorted set of booking ids by creation time.
-- `loginfail:<sha256(email)>` -> failed attempts in the current 15-minute window.
-- `user:<user_id>:sessions` -> hash of live session ids (the cookie names one); a cookie
-  whose session is not there is logged out.
+- `user:{u:<user_id>}` -> a `User` record (msgspec JSON). Passwords are argon2id hashes;
+  the TOTP secret is encrypted at rest (Fernet, key derived from `settings.secret`);
+  recovery codes are kept as HMAC-SHA256 digests only (each works once). An empty value is
+  a tombstone: the id's sign-up lost its e-mail address (see `create_user`).
+- `user:{u:<user_id>}:bookings` -> sorted set of booking ids by creation time.
+- `user:{u:<user_id>}:sessions` -> hash of live session ids (the cookie names one); a
+  cookie whose session is not there is logged out.
+- `totpused:{u:<user_id>}:<code>` -> a TOTP code that was used (for 2 minutes: no replay).
+- `useremail:{e:<normalised email>}` -> user id (one account per e-mail address). Looked up
+  by address, so it cannot share the customer's slot: it is written in ordered steps
+  (`create_user`), and an entry whose user record is missing or names another address is
+  stale: nobody's, free to take over.
+- `loginfail:<sha256(email)>[:<client>]`, `loginfail:client:<client>` -> failed attempts
+  in the current 15-minute window (one key per counter, each on its own).
 
 Sessions live in an encrypted, authenticated cookie (aiohttp-session's
 EncryptedCookieStorage = Fernet: AES-CBC + HMAC-SHA256, keyed from `settings.secret`
@@ -138,15 +146,15 @@ _user_decoder = msgspec.json.Decoder(User)
 
 
 def user_key(user_id: str) -> str:
-    return f"user:{user_id}"
+    return f"user:{{u:{user_id}}}"
 
 
 def email_key(email: str) -> str:
-    return f"useremail:{normalise_email(email)}"
+    return f"useremail:{{e:{normalise_email(email)}}}"
 
 
 def user_bookings_key(user_id: str) -> str:
-    return f"user:{user_id}:bookings"
+    return f"user:{{u:{user_id}}}:bookings"
 
 
 def fail_key(email: str, client: str = "") -> str:
@@ -168,7 +176,7 @@ def login_client(request: web.Request) -> str:
 
 
 def totp_used_key(user_id: str, code: str) -> str:
-    return f"totpused:{user_id}:{code}"
+    return f"totpused:{{u:{user_id}}}:{code}"
 
 
 def normalise_email(email: str) -> str:
@@ -242,29 +250,79 @@ async def verify_password(password_hash: str | None, password: str) -> bool:
 
 async def load_user(redis: aioredis.Redis, user_id: str) -> User | None:
     raw = await redis.get(user_key(user_id))
-    return _user_decoder.decode(raw) if raw else None
+    return _user_decoder.decode(raw) if raw else None  # b"": a tombstone, no user
 
 
 async def user_by_email(redis: aioredis.Redis, email: str) -> User | None:
+    """The account of this address. An index entry whose record is missing (a sign-up that
+    did not finish, a deleted account) or names another address is stale: no account."""
     user_id = await redis.get(email_key(email))
-    return await load_user(redis, user_id.decode()) if user_id else None
+    user = await load_user(redis, user_id.decode()) if user_id else None
+    return user if user is not None and user.email == normalise_email(email) else None
+
+
+async def email_taken(redis: aioredis.Redis, email: str) -> bool:
+    """Whether the address has an account (a stale index entry does not count)."""
+    return await user_by_email(redis, email) is not None
+
+
+# Compare-and-set on the e-mail index entry alone (one key, one slot).
+_SWAP = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  if ARGV[2] == '' then redis.call('DEL', KEYS[1]) else redis.call('SET', KEYS[1], ARGV[2]) end
+  return 1
+end
+return 0
+"""
+TOMBSTONE_S = 24 * 3600  # outlives any sign-up that is still between its two steps
+
+
+async def _claim_is_live(redis: aioredis.Redis, owner_id: str, email: str) -> bool:
+    """Whether the index entry naming `owner_id` holds `email` for a real account. A
+    missing record is fenced off first (a tombstone, SET NX): its sign-up, if it is still
+    running, can then no longer write it and answers 409, so the entry is truly free."""
+    while True:
+        raw = await redis.get(user_key(owner_id))
+        if raw is None:
+            if await redis.set(user_key(owner_id), b"", nx=True, ex=TOMBSTONE_S):
+                return False
+            continue  # its sign-up wrote the record just now: read it
+        return bool(raw) and _user_decoder.decode(raw).email == normalise_email(email)
 
 
 async def create_user(redis: aioredis.Redis, user: User) -> User:
-    """Store a new user; 409 if the e-mail address has an account already."""
-    async with redis.pipeline(transaction=True) as pipe:
-        while True:
-            try:
-                await pipe.watch(email_key(user.email))
-                if await pipe.exists(email_key(user.email)):
-                    raise ApiError(409, "email_taken", "an account with this e-mail exists")
-                pipe.multi()
-                pipe.set(user_key(user.user_id), msgspec.json.encode(user))
-                pipe.set(email_key(user.email), user.user_id)
-                await pipe.execute()
-                return user
-            except WatchError:
-                continue
+    """Store a new user; 409 if the e-mail address has an account already.
+
+    The index entry and the user record live in two slots (the index is found by address,
+    the record by id), so this is two ordered steps instead of one transaction: (1) claim
+    the address in the index (SET NX, or compare-and-set over a stale entry), (2) write
+    the record (SET NX). Until (2) the claim is no account (`user_by_email`); another
+    sign-up for the address that finds it so tombstones the record's key before taking
+    the entry over, so (2) then fails and only one of the two sign-ups gets the address."""
+    index = email_key(user.email)
+    while True:
+        if await redis.set(index, user.user_id, nx=True):
+            break
+        owner = await redis.get(index)
+        if owner is None:
+            continue  # released meanwhile
+        owner_id = owner.decode()
+        if owner_id == user.user_id:
+            break
+        if await _claim_is_live(redis, owner_id, user.email):
+            raise ApiError(409, "email_taken", "an account with this e-mail exists")
+        if await redis.eval(_SWAP, 1, index, owner_id, user.user_id):
+            break
+    if not await redis.set(user_key(user.user_id), msgspec.json.encode(user), nx=True):
+        # Tombstoned: a concurrent sign-up for this address took the claim over.
+        raise ApiError(409, "email_taken", "an account with this e-mail exists")
+    return user
+
+
+async def release_email(redis: aioredis.Redis, email: str, user_id: str) -> bool:
+    """Remove the address's index entry if it still names `user_id` (idempotent: the last
+    step of deleting an account; a later sign-up may have taken the address over)."""
+    return bool(await redis.eval(_SWAP, 1, email_key(email), user_id, ""))
 
 
 async def update_user(redis: aioredis.Redis, user_id: str, change) -> User:  # noqa: ANN001
@@ -275,7 +333,7 @@ async def update_user(redis: aioredis.Redis, user_id: str, change) -> User:  # n
             try:
                 await pipe.watch(user_key(user_id))
                 raw = await pipe.get(user_key(user_id))
-                if raw is None:
+                if not raw:  # gone (or a tombstone)
                     raise ApiError(401, "unauthorized", "this account no longer exists")
                 user = _user_decoder.decode(raw)
                 change(user)
@@ -288,7 +346,8 @@ async def update_user(redis: aioredis.Redis, user_id: str, change) -> User:  # n
 
 
 _LINK = """
-if redis.call('EXISTS', KEYS[1]) == 1 then
+local user = redis.call('GET', KEYS[1])
+if user and #user > 0 then
   redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
   return 1
 end
@@ -330,13 +389,19 @@ async def check_throttle(redis: aioredis.Redis, email: str, client: str = "") ->
                            retry_after=retry, retry_after_s=retry)
 
 
+# One counter: the window starts at its first failure (INCR and EXPIRE in one script, so a
+# counter never lives without its expiry). The account's and the client's counters are in
+# two slots: one script each.
+_FAIL = """
+local n = redis.call('INCR', KEYS[1])
+if redis.call('TTL', KEYS[1]) < 0 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return n
+"""
+
+
 async def record_failure(redis: aioredis.Redis, email: str, client: str = "") -> None:
     keys = [fail_key(email, client)] + ([client_fail_key(client)] if client else [])
-    async with redis.pipeline(transaction=True) as pipe:
-        for key in keys:
-            pipe.incr(key)
-            pipe.expire(key, LOGIN_WINDOW_S, nx=True)
-        await pipe.execute()
+    await asyncio.gather(*(redis.eval(_FAIL, 1, key, LOGIN_WINDOW_S) for key in keys))
 
 
 async def clear_failures(redis: aioredis.Redis, email: str, client: str = "") -> None:
@@ -447,7 +512,7 @@ def sessions_key(user_id: str) -> str:
     """The user's live sessions: a hash of session id -> when it began (L1: log-out,
     "log out everywhere" and a password change end sessions on the server, not only in
     the browser that holds the cookie)."""
-    return f"user:{user_id}:sessions"
+    return f"user:{{u:{user_id}}}:sessions"
 
 
 async def current_user(request: web.Request) -> User | None:

@@ -146,7 +146,7 @@ _ANONYMOUS = "(deleted account)"
 async def delete_me(request: web.Request) -> web.Response:
     """Needs the password again (and a TOTP code when MFA is on). The account, its log-in
     and its links are deleted; its bookings stay (seats stay sold, tickets stay valid)
-    with name, e-mail, card digits and the account link removed. One transaction."""
+    with name, e-mail, card digits and the account link removed."""
     user = await accounts.require_role(request, "customer")
     body = await read_json(request, DeleteAccount)
     redis = services(request).redis
@@ -176,40 +176,64 @@ async def _erase_sections(redis, user_id: str) -> None:  # noqa: ANN001
         await data.erase(redis, user_id)
 
 
-async def _delete_account(redis, user: User) -> int:  # noqa: ANN001
-    uid = user.user_id
-    keys = [accounts.user_key(uid), accounts.user_bookings_key(uid), accounts.email_key(user.email)]
+async def _anonymise(redis, uid: str, booking_id: str) -> bool:  # noqa: ANN001
+    """Strip the customer from one of their bookings (its show's slot, one WATCHed
+    read-modify-write); True if it was theirs. Idempotent: an anonymised booking is no
+    longer theirs."""
+    show_id = booking_store.show_of(booking_id)
+    if show_id is None:
+        return False
+    key = booking_store.booking_key(show_id, booking_id)
     async with redis.pipeline(transaction=True) as pipe:
         while True:
             try:
-                await pipe.watch(*keys)
-                ids = [b.decode() for b in await pipe.zrange(accounts.user_bookings_key(uid), 0, -1)]
-                records = []
-                for booking_id in ids:
-                    show_id = booking_store.show_of(booking_id)
-                    if show_id is None:
-                        continue
-                    key = booking_store.booking_key(show_id, booking_id)
-                    await pipe.watch(key)
-                    raw = await pipe.get(key)
-                    if raw is None:
-                        continue
-                    booking = msgspec.json.decode(raw, type=booking_store.BookingRecord)
-                    if booking.customer_id != uid:
-                        continue
-                    booking.email, booking.name, booking.customer_id = "", _ANONYMOUS, None
-                    booking.phone = booking.id_number = None
-                    booking.payment = msgspec.structs.replace(booking.payment, last4="")
-                    records.append((key, booking))
-                owner = await pipe.get(accounts.email_key(user.email))
+                await pipe.watch(key)
+                raw = await pipe.get(key)
+                if raw is None:
+                    return False
+                booking = msgspec.json.decode(raw, type=booking_store.BookingRecord)
+                if booking.customer_id != uid:
+                    return False
+                booking.email, booking.name, booking.customer_id = "", _ANONYMOUS, None
+                booking.phone = booking.id_number = None
+                booking.payment = msgspec.structs.replace(booking.payment, last4="")
                 pipe.multi()
-                for key, booking in records:
-                    pipe.set(key, msgspec.json.encode(booking), keepttl=True)
-                pipe.delete(accounts.user_key(uid), accounts.user_bookings_key(uid),
-                            accounts.fail_key(user.email))
-                if owner is not None and owner.decode() == uid:
-                    pipe.delete(accounts.email_key(user.email))
+                pipe.set(key, msgspec.json.encode(booking), keepttl=True)
                 await pipe.execute()
-                return len(records)
+                return True
             except WatchError:
                 continue
+
+
+async def _delete_account(redis, user: User) -> int:  # noqa: ANN001
+    """Three ordered steps, because the keys live in three kinds of slot (each booking in
+    its show's, the account in the customer's, the e-mail index entry in its own):
+    (1) anonymise every linked booking while the account still exists (a failure leaves
+    the account, and the customer can try again); (2) delete the account's keys in one
+    transaction, provided no booking was linked since (1); (3) release the e-mail index
+    entry if it still names this account. A crash before (3) leaves a stale entry, which
+    reads as no account and which a later sign-up takes over."""
+    uid = user.user_id
+    bookings_key, record_key = accounts.user_bookings_key(uid), accounts.user_key(uid)
+    done: set[str] = set()
+    count = 0
+    async with redis.pipeline(transaction=True) as pipe:
+        while True:
+            try:
+                await pipe.watch(record_key, bookings_key)
+                ids = {b.decode() for b in await pipe.zrange(bookings_key, 0, -1)}
+                if ids - done:  # (1), for what step (2) would otherwise orphan
+                    await pipe.reset()
+                    for booking_id in sorted(ids - done):
+                        count += await _anonymise(redis, uid, booking_id)
+                        done.add(booking_id)
+                    continue
+                pipe.multi()  # (2): the customer's slot only
+                pipe.delete(record_key, bookings_key, accounts.sessions_key(uid))
+                await pipe.execute()
+                break
+            except WatchError:
+                continue
+    await accounts.release_email(redis, user.email, uid)  # (3)
+    await accounts.clear_failures(redis, user.email)
+    return count

@@ -432,3 +432,96 @@ async def test_a_log_in_flood_is_shed_and_does_not_stall_holds_or_readiness(api,
     assert ready[0] == 200 and held == 201, ready
     codes = sorted({(s, b["error"]["code"]) for s, b in answers})
     assert codes == [(401, "invalid_credentials"), (503, "busy")], codes
+
+
+# --- one account per e-mail address, on one Redis or a Cluster --------------------------
+# The e-mail index entry and the user record are in two slots, so sign-up is two ordered
+# steps (users.create_user); these check the invariant holds anyway.
+
+async def test_concurrent_sign_ups_for_one_address_make_one_account(clients, redis) -> None:
+    import asyncio
+
+    email = new_email("race")
+    racers = [clients() for _ in range(8)]
+    answers = await asyncio.gather(*(
+        c.call("POST", "/api/accounts", {"email": email.upper() if i % 2 else email,
+                                         "password": f"{PASSWORD} {i}", "name": f"R{i}"})
+        for i, c in enumerate(racers)))
+    won = [i for i, (status, _) in enumerate(answers) if status == 201]
+    assert len(won) == 1, answers
+    assert {(s, b["error"]["code"]) for s, b in answers if s != 201} == {(409, "email_taken")}
+    winner = answers[won[0]][1]
+    assert (await accounts.user_by_email(redis, email)).user_id == winner["user_id"]
+    # Only the winner's password logs in, and into the winner's account.
+    status, body = await clients().login(email, f"{PASSWORD} {won[0]}")
+    assert status == 200 and body["user"]["user_id"] == winner["user_id"]
+    loser = (won[0] + 1) % len(racers)
+    assert (await clients().login(email, f"{PASSWORD} {loser}"))[0] == 401
+    assert (await racers[loser].call("GET", "/api/me"))[0] == 401  # no session for a loser
+
+
+async def test_create_user_races_leave_exactly_one_record(redis) -> None:
+    # Straight at the storage, without argon2 in between: a tighter race.
+    import asyncio
+
+    email = new_email("tight")
+    # One command first: this fresh client then has its cluster slot map before the race
+    # (the race under test is the sign-ups', not the client's start).
+    assert await accounts.user_by_email(redis, email) is None
+    users = [accounts.User(user_id=accounts.new_user_id(), email=email, name=f"T{i}",
+                           password_hash="x", created_at=accounts.now()) for i in range(20)]
+    results = await asyncio.gather(*(accounts.create_user(redis, u) for u in users),
+                                   return_exceptions=True)
+    ok = [u for u, r in zip(users, results) if r is u]
+    assert len(ok) == 1, results
+    assert all(getattr(r, "code", None) == "email_taken" for r in results if r is not ok[0])
+    stored = [await accounts.load_user(redis, u.user_id) for u in users]
+    assert [s.user_id for s in stored if s is not None] == [ok[0].user_id]
+    assert (await accounts.user_by_email(redis, email)).user_id == ok[0].user_id
+
+
+async def test_a_stale_email_claim_is_no_account_and_a_sign_up_takes_it_over(
+        clients, redis) -> None:
+    # A sign-up that stopped after claiming the address (no record), and an entry naming an
+    # account of another address: neither is an account, and a sign-up takes either over.
+    for owner in ("missing", "other"):
+        email = new_email(f"stale-{owner}")
+        a = clients()
+        if owner == "missing":
+            ghost = accounts.new_user_id()
+        else:
+            ghost = (await clients().sign_up())["user_id"]
+        await redis.set(accounts.email_key(email), ghost)
+        assert await accounts.user_by_email(redis, email) is None
+        assert not await accounts.email_taken(redis, email)
+        assert (await a.login(email))[0] == 401
+        me = await a.sign_up(email=email)
+        assert (await redis.get(accounts.email_key(email))).decode() == me["user_id"]
+        assert (await a.login(email))[0] == 200
+        if owner == "missing":  # fenced: the stalled sign-up can no longer write its record
+            late = accounts.User(user_id=ghost, email=email, name="late", password_hash="x",
+                                 created_at=accounts.now())
+            try:
+                await accounts.create_user(redis, late)
+                raise AssertionError("the stalled sign-up got the address")
+            except accounts.ApiError as exc:
+                assert exc.code == "email_taken"
+            assert await accounts.load_user(redis, ghost) is None
+        else:  # the other account is untouched
+            assert await accounts.load_user(redis, ghost) is not None
+
+
+async def test_deleting_an_account_frees_its_address_and_its_keys(clients, redis) -> None:
+    a = clients()
+    me = await a.sign_up()
+    uid = me["user_id"]
+    assert await redis.hlen(accounts.sessions_key(uid)) == 1
+    assert (await a.call("DELETE", "/api/me", {"password": PASSWORD}))[0] == 200
+    assert await redis.get(accounts.email_key(a.email)) is None
+    assert await redis.exists(accounts.user_key(uid), accounts.sessions_key(uid),
+                              accounts.user_bookings_key(uid)) == 0
+    # A deletion that stopped before its last step (the index entry still names the
+    # deleted account) leaves the address free all the same.
+    await redis.set(accounts.email_key(a.email), uid)
+    assert not await accounts.email_taken(redis, a.email)
+    assert (await clients().sign_up(email=a.email))["user_id"] != uid

@@ -316,3 +316,28 @@ async def test_the_openapi_document_describes_the_flow(api) -> None:
                          ("/partner/v1/usage", "get"),
                          ("/api/partner/keys/{key_id}/usage", "get")):
         assert method in doc["paths"][path], path
+
+
+async def test_a_key_half_made_or_half_revoked_is_no_key(api, partner, redis) -> None:
+    # The partner's key set and a key's lookup entry are in two Redis Cluster slots, so
+    # making and revoking a key are ordered steps (api_keys.py); a step that did not happen
+    # leaves no usable or listed key, and the next revoke finishes a half-done one.
+    half_made = api_keys.hash_key(api_keys.new_api_key())
+    await redis.sadd(api_keys.partner_keys_key(partner.partner_id), half_made)  # step 1 only
+    listed = {k.key_id for k in await api_keys.list_keys(redis, partner.partner_id)}
+    assert api_keys.key_id_of(half_made) not in listed and key_id(partner.key) in listed
+    assert await api_keys.revoke_key(redis, partner.partner_id, api_keys.key_id_of(half_made))
+    assert not await redis.sismember(api_keys.partner_keys_key(partner.partner_id), half_made)
+
+    extra = await api_keys.issue_key(redis, partner.partner_id, "ci", "write")
+    digest = api_keys.hash_key(extra)
+    # A revoke that stopped after its first step: the key no longer works, nor is listed.
+    await redis.delete(api_keys.key_index(digest), api_keys.key_meta(digest))
+    async with api.get(SHOWS, headers=bearer(extra)) as resp:
+        assert resp.status == 401
+    assert key_id(extra) not in {k.key_id for k in await api_keys.list_keys(
+        redis, partner.partner_id)}
+    assert await api_keys.revoke_key(redis, partner.partner_id, key_id(extra))
+    assert await redis.get(api_keys.key_id_index(key_id(extra))) is None
+    assert not await redis.sismember(api_keys.partner_keys_key(partner.partner_id), digest)
+    assert not await api_keys.revoke_key(redis, partner.partner_id, key_id(extra))
