@@ -2,10 +2,16 @@
 
 Records (JSON of `server.pricing.Offer` / `PromoCode`):
 
-- `offers:platform` / `offers:partner:<partner_id>`: hashes offer id -> offer. A quote reads
-  the platform's hash and the show's partner's hash in one round trip.
-- `promo:{<CODE>}`: one promo code; `promos:platform` / `promos:partner:<id>`: sets of codes
-  (for listing). Codes are upper-case and unique across the platform.
+- `offers:platform` / `offers:{p:<partner_id>}`: hashes offer id -> offer. A quote reads
+  the platform's hash and the show's partner's hash in one round trip (a non-transactional
+  pipeline: on a Redis Cluster they may live on different nodes).
+- `promo:{<CODE>}`: one promo code; `promos:platform` / `promos:{p:<id>}`: sets of codes
+  (for listing). Codes are upper-case and unique across the platform. A code and its
+  owner's list are in different slots (the code's tag is the code: it is found by the code
+  alone, and its usage scripts run in its slot), so creating one is two steps: the code is
+  added to the owner's list, then claimed (SET NX). The list is only a hint: a listed code
+  counts only if its record exists and names that owner, so a half-made one is not shown,
+  and a code lost to another owner is taken off the list again.
 
 Usage of a promo code with limits (`max_uses` in total, `max_uses_per_customer`), all keys
 under the code's hash tag `{<CODE>}` and changed only by the Lua scripts below, so the limits
@@ -41,11 +47,11 @@ RESERVATION_GRACE_MS = 120_000  # a checkout that started before the hold ran ou
 
 
 def offers_key(partner_id: str | None) -> str:
-    return f"offers:partner:{partner_id}" if partner_id else "offers:platform"
+    return f"offers:{{p:{partner_id}}}" if partner_id else "offers:platform"
 
 
 def promos_key(partner_id: str | None) -> str:
-    return f"promos:partner:{partner_id}" if partner_id else "promos:platform"
+    return f"promos:{{p:{partner_id}}}" if partner_id else "promos:platform"
 
 
 def promo_key(code: str) -> str:
@@ -73,12 +79,12 @@ _promo_decoder = msgspec.json.Decoder(PromoCode)
 # --- offers ----------------------------------------------------------------------------
 
 async def save_offer(redis: aioredis.Redis, offer: Offer) -> None:
-    """Save the offer and, in the same MULTI, tell every web process to drop its cached
-    shows: their holds' pricing inputs carry the offers (booking/holding.py)."""
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.hset(offers_key(offer.partner_id), offer.offer_id, msgspec.json.encode(offer))
-        pipe.publish(SHOWS_CHANNEL, ALL_SHOWS)
-        await pipe.execute()
+    """Save the offer, then tell every web process to drop its cached shows: their holds'
+    pricing inputs carry the offers (booking/holding.py). Not one MULTI: PUBLISH has no key
+    and a cluster transaction is bound to one slot; a publish lost to a crash in between
+    only leaves caches as they are until their entries expire (seconds)."""
+    await redis.hset(offers_key(offer.partner_id), offer.offer_id, msgspec.json.encode(offer))
+    await redis.publish(SHOWS_CHANNEL, ALL_SHOWS)
 
 
 async def list_offers(redis: aioredis.Redis, partner_id: str | None) -> list[Offer]:
@@ -106,21 +112,19 @@ async def offers_for(redis: aioredis.Redis, partner_id: str) -> list[Offer]:
 
 # --- promo codes -----------------------------------------------------------------------
 
-_CREATE_PROMO = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX') then
-  redis.call('SADD', KEYS[2], ARGV[2])
-  return 1
-end
-return 0
-"""
-
-
 async def create_promo(redis: aioredis.Redis, promo: PromoCode) -> bool:
-    """Store a new promo code; False if the code exists already (anyone's)."""
-    created = await redis.eval(_CREATE_PROMO, 2, promo_key(promo.code),
-                               promos_key(promo.partner_id), msgspec.json.encode(promo),
-                               promo.code)
-    return bool(created)
+    """Store a new promo code; False if the code exists already (anyone's).
+
+    Listed first, then claimed (the two keys are in different slots): listing readers
+    check the record, so a code listed but not (or not yet) claimed is not shown."""
+    listing = promos_key(promo.partner_id)
+    await redis.sadd(listing, promo.code)
+    if await redis.set(promo_key(promo.code), msgspec.json.encode(promo), nx=True):
+        return True
+    existing = await get_promo(redis, promo.code)
+    if existing is None or existing.partner_id != promo.partner_id:
+        await redis.srem(listing, promo.code)  # someone else's code: not ours to list
+    return False
 
 
 async def save_promo(redis: aioredis.Redis, promo: PromoCode) -> None:
@@ -133,11 +137,18 @@ async def get_promo(redis: aioredis.Redis, code: str) -> PromoCode | None:
 
 
 async def list_promos(redis: aioredis.Redis, partner_id: str | None) -> list[PromoCode]:
+    """The codes of one owner, by code: those listed whose record exists and is theirs."""
     codes = sorted(c.decode() for c in await redis.smembers(promos_key(partner_id)))
     if not codes:
         return []
-    raw = await redis.mget([promo_key(c) for c in codes])
-    return [_promo_decoder.decode(r) for r in raw if r]
+    # Each code is in its own slot: one GET each, in one round trip (not MGET, which a
+    # cluster refuses across slots).
+    async with redis.pipeline(transaction=False) as pipe:
+        for code in codes:
+            pipe.get(promo_key(code))
+        raws = await pipe.execute()
+    promos = [_promo_decoder.decode(r) for r in raws if r]
+    return [p for p in promos if (p.partner_id or None) == (partner_id or None)]
 
 
 # --- usage -----------------------------------------------------------------------------

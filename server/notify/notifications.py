@@ -4,8 +4,10 @@ The worker is the outbox consumer group `notifications` (see outbox.py): for eac
 sends the e-mails the event calls for and acknowledges the event only after every one of
 them was accepted by the SMTP server. If SMTP is down the event stays pending and is
 retried with exponential backoff, so nothing is lost. Each e-mail has an idempotency key
-(`notify:sent:<event>:<recipient>`), recorded right after the send, so a redelivered
-event does not mail anyone twice.
+(`notify:sent:{<digest>}:<event or kind>`, the digest a hash of both and the recipient),
+recorded right after the send, so a redelivered event does not mail anyone twice. The
+e-mail's send lock (`...:lock`) and try counter (`notify:attempts:{<digest>}:...`) share
+its hash tag.
 
     booking.confirmed                  -> "booking confirmed" to the booking's e-mail
     booking.cancelled                  -> "booking cancelled" (or "show cancelled" when
@@ -23,7 +25,7 @@ Failures are bounded (security review L19):
 - a mail the SMTP server does not accept is tried again with the event, at most
   `max_attempts` times (`notify:attempts:<notice>` counts them), or once when the server
   refused the recipient for good (5xx). Then it goes to the dead-letter list `DEAD_LETTERS`
-  (`notify:dead`, newest first, JSON: event id and type, template, booking id, the redacted
+  (`notify:dead`, one key for all, newest first, JSON: event id and type, template, booking id, the redacted
   recipient, reason, attempts, time), its key holds `dead`, and the event is acknowledged.
   An operator reads it with `LRANGE notify:dead 0 -1` or `dead_letters(redis)`.
 
@@ -137,8 +139,14 @@ class DeadLetter(msgspec.Struct, kw_only=True):
     dead_at: datetime
 
 
-def attempts_key(notice_key: str) -> str:
-    return f"notify:attempts:{notice_key.removeprefix('notify:sent:')}"
+def notice_key(digest: str, kind: str) -> str:
+    """The e-mail's idempotency key; its lock and try counter share the tag (the hex
+    digest: `kind` may hold any character)."""
+    return f"notify:sent:{{{digest}}}:{kind}"
+
+
+def attempts_key(key: str) -> str:
+    return f"notify:attempts:{key.removeprefix('notify:sent:')}"
 
 
 async def dead_letters(redis: aioredis.Redis, count: int = 100) -> list[DeadLetter]:
@@ -162,7 +170,7 @@ def notices(event: Event) -> list[Notice]:
     def key(kind: str, booking: dict[str, Any]) -> str:
         email = str(booking.get("email", "")).lower()
         digest = hashlib.sha256(f"{kind}\n{email}".encode()).hexdigest()[:24]
-        return f"notify:sent:{kind}:{digest}"
+        return notice_key(digest, kind)
 
     if event.type == "booking.confirmed":
         return [Notice("booking_confirmed", data, key(event.id, data))]
@@ -259,9 +267,14 @@ class Notifier:
             booking_id=str(notice.booking.get("booking_id") or ""),
             recipient=redact(str(notice.booking.get("email") or "")), reason=str(exc),
             attempts=attempts, dead_at=datetime.now(UTC))
+        # The shared list, then the notice (two slots): stopped in between, the event is
+        # retried, counted past the limit again and lettered again (a repeated letter
+        # rather than a lost one).
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.lpush(DEAD_LETTERS, msgspec.json.encode(letter))
             pipe.ltrim(DEAD_LETTERS, 0, DEAD_LETTERS_KEPT - 1)
+            await pipe.execute()
+        async with self.redis.pipeline(transaction=True) as pipe:  # the notice's slot
             pipe.set(notice.key, "dead", ex=SENT_TTL_S)
             pipe.delete(akey)
             await pipe.execute()
@@ -290,8 +303,10 @@ class Notifier:
             raw = await self.redis.get(catalog_key("show", show_id))
             show = _decode(raw, Show)
             if show is not None:
-                movie_raw, theatre_raw = await self.redis.mget(
-                    catalog_key("movie", show.movie_id), catalog_key("theatre", show.theatre_id))
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    pipe.get(catalog_key("movie", show.movie_id))
+                    pipe.get(catalog_key("theatre", show.theatre_id))
+                    movie_raw, theatre_raw = await pipe.execute()
                 movie, theatre = _decode(movie_raw, Movie), _decode(theatre_raw, Theatre)
         starts = "-"
         if show is not None:

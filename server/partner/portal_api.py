@@ -15,7 +15,18 @@
 
 Portal endpoints need a logged-in partner user with MFA on (accounts.require_role). The
 request carries the applicant's password as an argon2 hash only; approval turns it into
-the partner's portal log-in, in one transaction with the partner record.
+the partner's portal log-in.
+
+Keys: the requests are one small family in one slot `{pr}` (`partnerreq:{pr}:<id>` the
+record, `partnerreq:{pr}:email:<email>` the pending request of an address,
+`partnerreqs:{pr}` ids by creation time), so a request and its indexes change in one
+transaction; `partnerreq:quota:<client>` counts a client's requests. Approval also writes
+the partner (`{p:<pid>}`) and its user (the accounts' keys): other slots, so it is ordered
+single-slot steps, each safe to repeat: (1) the request is marked as being approved,
+naming the partner and user ids it becomes (it still reads as pending, and can no longer
+be rejected); (2) the partner record; (3) the user, which claims the e-mail address;
+(4) the request approved. Approving again after a stop in between finishes the same ids;
+an address taken meanwhile by someone else undoes (1) and (2): 409, nothing made.
 
 Abuse (security review L18): a client address may file `REQUEST_QUOTA` requests per
 `REQUEST_WINDOW_S` (counted before the argon2 hash is computed; the address is the rate
@@ -29,6 +40,7 @@ from __future__ import annotations
 import ipaddress
 import secrets
 import time
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Literal
 
@@ -144,15 +156,18 @@ class Revoked(msgspec.Struct):
     revoked: bool = True
 
 
+REQUEST_TAG = "{pr}"  # every request key in one slot (a few per day; one transaction each)
+
+
 def request_key(request_id: str) -> str:
-    return f"partnerreq:{request_id}"
+    return f"partnerreq:{REQUEST_TAG}:{request_id}"
 
 
 def pending_email_key(email: str) -> str:
-    return f"partnerreq:email:{accounts.normalise_email(email)}"
+    return f"partnerreq:{REQUEST_TAG}:email:{accounts.normalise_email(email)}"
 
 
-REQUESTS = "partnerreqs"  # sorted set: request id by creation time
+REQUESTS = f"partnerreqs:{REQUEST_TAG}"  # sorted set: request id by creation time
 REQUEST_QUOTA = 3         # requests per client address ...
 REQUEST_WINDOW_S = 3600   # ... per this window
 SCAN_BATCH = 200          # admin list: ids read per round trip while filtering by status
@@ -178,9 +193,12 @@ _record_decoder = msgspec.json.Decoder(PartnerRequestRecord)
 
 
 def _view(r: PartnerRequestRecord) -> PartnerRequestView:
+    # A pending request being approved names its partner and user already: not shown
+    # until the approval is done.
+    done = r.status == "approved"
     return PartnerRequestView(r.request_id, r.company, r.contact_name, r.email, r.message,
                               r.status, r.created_at, r.decided_at, r.decided_by, r.reason,
-                              r.partner_id, r.user_id)
+                              r.partner_id if done else None, r.user_id if done else None)
 
 
 # --- onboarding -------------------------------------------------------------------------
@@ -199,7 +217,7 @@ async def request_partnership(request: web.Request) -> web.Response:
     if refused is not None:
         return refused
     email = accounts.normalise_email(body.email)
-    if await redis.exists(accounts.email_key(email)):
+    if await accounts.email_taken(redis, email):
         raise ApiError(409, "email_taken", "an account with this e-mail exists")
     record = PartnerRequestRecord(
         request_id=f"pr_{secrets.token_hex(8)}", company=body.company.strip(),
@@ -210,7 +228,8 @@ async def request_partnership(request: web.Request) -> web.Response:
         while True:
             try:
                 await pipe.watch(pending_email_key(email))
-                if await pipe.exists(pending_email_key(email)):
+                # (GET, not EXISTS: a cluster pipeline queues EXISTS even while watching)
+                if await pipe.get(pending_email_key(email)) is not None:
                     raise ApiError(409, "request_pending",
                                    "a request from this address is waiting for review")
                 pipe.multi()
@@ -310,9 +329,13 @@ async def _ids_after(redis: aioredis.Redis, position: list | None, count: int
     return out
 
 
-async def _decide(redis: aioredis.Redis, request_id: str, decide) -> PartnerRequestRecord:  # noqa: ANN001
-    """WATCH the request (and what `decide` watches); `decide(pipe, record)` checks and
-    queues its writes after MULTI. 404 / 409 as appropriate; nothing half-written."""
+async def _change_request(
+        redis: aioredis.Redis, request_id: str,
+        change: Callable[[PartnerRequestRecord], tuple[PartnerRequestRecord, bool]],
+) -> PartnerRequestRecord:
+    """Read-modify-write the request under WATCH (its slot only): `change(record)` returns
+    the record to store, and whether its address's pending entry goes (or raises ApiError:
+    nothing written). 404 if there is no such request."""
     async with redis.pipeline(transaction=True) as pipe:
         while True:
             try:
@@ -320,20 +343,21 @@ async def _decide(redis: aioredis.Redis, request_id: str, decide) -> PartnerRequ
                 raw = await pipe.get(request_key(request_id))
                 if raw is None:
                     raise ApiError(404, "not_found", f"no partner request {request_id!r}")
-                record = _record_decoder.decode(raw)
-                if record.status != "pending":
-                    raise ApiError(409, "already_decided",
-                                   f"this request was {record.status} already",
-                                   decision=record.status)
-                queue = await decide(pipe, record)
+                record, decided = change(_record_decoder.decode(raw))
                 pipe.multi()
-                queue(pipe)
                 pipe.set(request_key(request_id), msgspec.json.encode(record))
-                pipe.delete(pending_email_key(record.email))
+                if decided:
+                    pipe.delete(pending_email_key(record.email))
                 await pipe.execute()
                 return record
             except WatchError:
                 continue
+
+
+def _pending(record: PartnerRequestRecord) -> None:
+    if record.status != "pending":
+        raise ApiError(409, "already_decided", f"this request was {record.status} already",
+                       decision=record.status)
 
 
 @routes.post("/admin/v1/partner-requests/{request_id}/approve")
@@ -345,31 +369,76 @@ async def _decide(redis: aioredis.Redis, request_id: str, decide) -> PartnerRequ
 async def approve_partner_request(request: web.Request) -> web.Response:
     who = await accounts.require_admin(request)
     redis = services(request).redis
-    partner_id = f"p_{secrets.token_hex(8)}"
-    user_id = accounts.new_user_id()
+    request_id = request.match_info["request_id"]
 
-    async def decide(pipe, record: PartnerRequestRecord):  # noqa: ANN001, ANN202
-        await pipe.watch(accounts.email_key(record.email), auth.partner_key(partner_id))
-        if await pipe.exists(accounts.email_key(record.email)):
-            raise ApiError(409, "email_taken", "an account with this e-mail exists now")
-        now = accounts.now()
-        user = User(user_id=user_id, email=record.email, name=record.contact_name,
-                    role="partner", password_hash=record.password_hash, created_at=now,
-                    partner_id=partner_id)
-        record.status, record.decided_at, record.decided_by = "approved", now, who
-        record.partner_id, record.user_id = partner_id, user_id
+    def begin(record: PartnerRequestRecord) -> tuple[PartnerRequestRecord, bool]:
+        _pending(record)
+        if record.partner_id is None:  # else an approval under way: finish its ids
+            record.partner_id = f"p_{secrets.token_hex(8)}"
+            record.user_id = accounts.new_user_id()
+        return record, False
 
-        def queue(p) -> None:  # noqa: ANN001
-            p.hset(auth.partner_key(partner_id), mapping={
-                "name": record.company, "created_ms": str(time.time_ns() // 1_000_000),
-                "request_id": record.request_id})
-            p.set(accounts.user_key(user_id), msgspec.json.encode(user))
-            p.set(accounts.email_key(record.email), user_id)
+    record = await _change_request(redis, request_id, begin)
+    assert record.partner_id is not None and record.user_id is not None
+    try:
+        await _make_partner(redis, record)
+        await _make_user(redis, record)
+    except ApiError as exc:
+        if exc.code == "email_taken":  # cannot finish: undone (anything else: approve again)
+            await _abandon_approval(redis, record)
+        raise
 
-        return queue
+    def finish(current: PartnerRequestRecord) -> tuple[PartnerRequestRecord, bool]:
+        if current.status == "approved" and current.user_id == record.user_id:
+            return current, True  # another approver of the same ids finished first
+        _pending(current)
+        current.status, current.decided_at, current.decided_by = "approved", accounts.now(), who
+        return current, True
 
-    record = await _decide(redis, request.match_info["request_id"], decide)
-    return json_response(_view(record))
+    return json_response(_view(await _change_request(redis, request_id, finish)))
+
+
+async def _make_partner(redis: aioredis.Redis, record: PartnerRequestRecord) -> None:
+    """The partner record (step 2), unless a repeat of this step made it already."""
+    assert record.partner_id is not None
+    key = auth.partner_key(record.partner_id)
+    if not await redis.exists(key):
+        await redis.hset(key, mapping={"name": record.company,
+                                       "created_ms": str(time.time_ns() // 1_000_000),
+                                       "request_id": record.request_id})
+
+
+async def _make_user(redis: aioredis.Redis, record: PartnerRequestRecord) -> None:
+    """The portal user (step 3): it claims the e-mail address. Ours already (a repeat):
+    done; someone else's: 409."""
+    assert record.partner_id is not None and record.user_id is not None
+    user = User(user_id=record.user_id, email=record.email, name=record.contact_name,
+                role="partner", password_hash=record.password_hash,
+                created_at=record.created_at, partner_id=record.partner_id)
+    try:
+        await accounts.create_user(redis, user)
+    except ApiError as exc:
+        if exc.code != "email_taken":
+            raise
+        existing = await accounts.user_by_email(redis, record.email)
+        if existing is None or existing.user_id != record.user_id:
+            raise ApiError(409, "email_taken",
+                           "an account with this e-mail exists now") from None
+
+
+async def _abandon_approval(redis: aioredis.Redis, record: PartnerRequestRecord) -> None:
+    """Undo steps 1-2 of an approval that cannot finish: the request is plainly pending
+    again and the partner it was to become is gone (it had no user and no key)."""
+    def back(current: PartnerRequestRecord) -> tuple[PartnerRequestRecord, bool]:
+        if current.status == "pending" and current.partner_id == record.partner_id:
+            current.partner_id = current.user_id = None
+        return current, False
+
+    await _change_request(redis, record.request_id, back)
+    assert record.partner_id is not None
+    key = auth.partner_key(record.partner_id)
+    if await redis.hget(key, "request_id") == record.request_id.encode():
+        await redis.delete(key)
 
 
 @routes.post("/admin/v1/partner-requests/{request_id}/reject")
@@ -377,15 +446,21 @@ async def approve_partner_request(request: web.Request) -> web.Response:
            summary="Reject a partner request", request=RejectIn, response=PartnerRequestView,
            errors=(403, 404, 409), tags=ADMIN_TAGS, security="adminKey")
 async def reject_partner_request(request: web.Request) -> web.Response:
+    """409 `approval_in_progress` if an approval has begun (approve it again to finish)."""
     who = await accounts.require_admin(request)
     body = await read_json(request, RejectIn) if request.can_read_body else RejectIn()
 
-    async def decide(pipe, record: PartnerRequestRecord):  # noqa: ANN001, ANN202
+    def reject(record: PartnerRequestRecord) -> tuple[PartnerRequestRecord, bool]:
+        _pending(record)
+        if record.partner_id is not None:
+            raise ApiError(409, "approval_in_progress",
+                           "this request is being approved (approve it again to finish)")
         record.status, record.decided_at, record.decided_by = "rejected", accounts.now(), who
         record.reason, record.password_hash = body.reason, ""
-        return lambda p: None
+        return record, True
 
-    record = await _decide(services(request).redis, request.match_info["request_id"], decide)
+    record = await _change_request(services(request).redis, request.match_info["request_id"],
+                                   reject)
     return json_response(_view(record))
 
 

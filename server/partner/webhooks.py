@@ -6,7 +6,7 @@ Two stages, both durable in Redis:
    (the event's `partner_id`, else the owner of `data.show_id` in the catalog) and, for
    each of that partner's endpoints subscribed to the event type, creates one delivery
    (id derived from event id + endpoint id, so a redelivered event creates nothing new)
-   and schedules it in `webhooks:due`. The event is acknowledged after that.
+   and schedules it in the queue (`webhooks:{wh}:due`). The event is acknowledged after that.
 2. Delivery — a loop takes due deliveries and starts each as its own task, never waiting
    for one before taking the next: at most `MAX_INFLIGHT` in flight per process and
    `PER_ENDPOINT` per endpoint (counted in Redis, across processes), so an endpoint that
@@ -31,15 +31,29 @@ Signing secrets are encrypted at rest with the data key (server/core/pii.py, AES
 bound to `webhook:<id>:secret`), decrypted only to sign. Records written before that
 hold the secret in clear: they still sign, and are rewritten sealed on first use.
 
-Keys:
-    webhook:<id>                  JSON Endpoint (secret sealed: `pii1.…`; old records: clear)
-    partner:<pid>:webhooks        set of endpoint ids
-    whdelivery:<id>               JSON Delivery (body, attempts, status, next retry)
-    webhook:<id>:deliveries       zset delivery id -> created ms (the endpoint's log)
-    webhook:<id>:inflight         zset delivery id -> lease end ms (attempts under way)
-    webhook:<id>:parked           zset delivery id -> due ms (due, waiting for a slot)
-    webhooks:due                  zset delivery id -> due ms
-    webhooks:parked               set of endpoint ids with parked deliveries
+Keys (Redis Cluster: what one partner's writes touch together shares the partner's tag
+`{p:<pid>}`; the delivery queue, whose scripts take due deliveries of every endpoint in one
+atomic step, is one slot `{wh}`):
+    partner:{p:<pid>}:webhooks          set of endpoint ids
+    webhook:{p:<pid>}:<id>              JSON Endpoint (secret sealed: `pii1.…`; old: clear)
+    webhook:{p:<pid>}:<id>:deliveries   zset delivery id -> created ms (the endpoint's log)
+    whdelivery:{p:<pid>}:<id>           JSON Delivery (body, attempts, status, next retry)
+    webhooks:{wh}:due                   zset "<pid>/<webhook id>/<delivery id>" -> due ms
+    webhooks:{wh}:inflight:<webhook id> zset such members -> lease end ms (attempts under way)
+    webhooks:{wh}:parked:<webhook id>   zset such members -> due ms (due, waiting for a slot)
+    webhooks:{wh}:parked                set of endpoint ids with parked deliveries
+
+Why one queue slot rather than a queue per partner: taking work must see, atomically, the
+due order and each endpoint's in-flight count (the per-receiver cap, across processes)
+and park what has no slot, for any mix of endpoints in one pass. In one slot that is one
+script (`_TAKE`), exact under any number of workers, and a worker needs no index of which
+partners have work. The queue holds only small members (the record lives in the partner's
+slot), so its load grows with deliveries, never with a receiver's slowness: a slow
+receiver's deliveries sit parked on its own zset, out of everybody else's way. A queue
+entry names its partner and endpoint, so the worker finds the record without a lookup.
+Writes that touch both sides are ordered single-slot steps: the record first (it is the
+claim: SET NX), then the queue; a record that is not in the queue is put there again by a
+redelivered event, and a queue entry whose record is not pending is dropped when taken.
 """
 from __future__ import annotations
 
@@ -70,8 +84,9 @@ from server.partner.ssrf import PublicResolver, check_delivery
 log = logging.getLogger(__name__)
 
 GROUP = "webhooks"
-DUE = "webhooks:due"
-PARKED = "webhooks:parked"
+QUEUE_TAG = "{wh}"                      # the delivery queue's one slot (see the module doc)
+DUE = f"webhooks:{QUEUE_TAG}:due"
+PARKED = f"webhooks:{QUEUE_TAG}:parked"
 LOG_LIMIT = 1000            # deliveries kept per endpoint log
 DELIVERY_TTL_S = 30 * 24 * 3600
 LEASE_MS = 60_000           # a delivery being attempted is not taken by another worker
@@ -109,6 +124,7 @@ class Attempt(msgspec.Struct):
 class Delivery(msgspec.Struct):
     delivery_id: str
     webhook_id: str
+    partner_id: str  # the endpoint's: its records live under the partner's hash tag
     event_id: str
     event_type: str
     created_at: datetime
@@ -119,28 +135,51 @@ class Delivery(msgspec.Struct):
     resend_of: str | None = None   # the delivery a partner asked to send again
 
 
-def endpoint_key(webhook_id: str) -> str:
-    return f"webhook:{webhook_id}"
+def partner_tag(partner_id: str) -> str:
+    """The hash tag of everything one partner's writes touch together."""
+    return f"{{p:{partner_id}}}"
+
+
+def endpoint_key(partner_id: str, webhook_id: str) -> str:
+    return f"webhook:{partner_tag(partner_id)}:{webhook_id}"
 
 
 def partner_webhooks_key(partner_id: str) -> str:
-    return f"partner:{partner_id}:webhooks"
+    return f"partner:{partner_tag(partner_id)}:webhooks"
 
 
-def delivery_key(delivery_id: str) -> str:
-    return f"whdelivery:{delivery_id}"
+def delivery_key(partner_id: str, delivery_id: str) -> str:
+    return f"whdelivery:{partner_tag(partner_id)}:{delivery_id}"
 
 
-def endpoint_log_key(webhook_id: str) -> str:
-    return f"webhook:{webhook_id}:deliveries"
+def endpoint_log_key(partner_id: str, webhook_id: str) -> str:
+    return f"{endpoint_key(partner_id, webhook_id)}:deliveries"
 
 
 def inflight_key(webhook_id: str) -> str:
-    return f"webhook:{webhook_id}:inflight"
+    return f"webhooks:{QUEUE_TAG}:inflight:{webhook_id}"
 
 
 def parked_key(webhook_id: str) -> str:
-    return f"webhook:{webhook_id}:parked"
+    return f"webhooks:{QUEUE_TAG}:parked:{webhook_id}"
+
+
+def queue_member(delivery: Delivery) -> str:
+    """A delivery's entry in the queue: enough to find its record and its endpoint's slots
+    (ids hold no "/": partner ids are [A-Za-z0-9_-], the others are made here)."""
+    return f"{delivery.partner_id}/{delivery.webhook_id}/{delivery.delivery_id}"
+
+
+def parse_member(member: bytes | str) -> tuple[str, str, str] | None:
+    """(partner id, webhook id, delivery id) of a queue entry; None if it is not one."""
+    parts = (member.decode() if isinstance(member, bytes) else member).split("/")
+    return (parts[0], parts[1], parts[2]) if len(parts) == 3 and all(parts) else None
+
+
+async def due_at(redis: aioredis.Redis, delivery: Delivery) -> int | None:
+    """When the delivery is due (ms; a lease end while attempted), None if not queued."""
+    score = await redis.zscore(DUE, queue_member(delivery))
+    return None if score is None else int(score)
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
@@ -214,14 +253,15 @@ async def create_endpoint(redis: aioredis.Redis, settings: Settings, partner_id:
     endpoint = Endpoint(webhook_id, partner_id, url, seal_secret(settings, webhook_id, secret),
                         events, datetime.now(UTC).replace(microsecond=0), description)
     ok = await _CREATE(keys=[partner_webhooks_key(partner_id),
-                             endpoint_key(endpoint.webhook_id)],
+                             endpoint_key(partner_id, endpoint.webhook_id)],
                        args=[endpoint.webhook_id, _encoder.encode(endpoint), MAX_ENDPOINTS],
                        client=redis)
     return (endpoint, secret) if ok else None
 
 
-async def load_endpoint(redis: aioredis.Redis, webhook_id: str) -> Endpoint | None:
-    raw = await redis.get(endpoint_key(webhook_id))
+async def load_endpoint(redis: aioredis.Redis, partner_id: str, webhook_id: str
+                        ) -> Endpoint | None:
+    raw = await redis.get(endpoint_key(partner_id, webhook_id))
     return _endpoint_decoder.decode(raw) if raw else None
 
 
@@ -231,7 +271,7 @@ async def reseal_endpoint(redis: aioredis.Redis, settings: Settings, endpoint: E
     `stored` (nobody changed or deleted it meanwhile). True if rewritten."""
     sealed = msgspec.structs.replace(
         endpoint, secret=seal_secret(settings, endpoint.webhook_id, secret))
-    return bool(await _REPLACE(keys=[endpoint_key(endpoint.webhook_id)],
+    return bool(await _REPLACE(keys=[endpoint_key(endpoint.partner_id, endpoint.webhook_id)],
                                args=[stored, _encoder.encode(sealed)], client=redis))
 
 
@@ -240,29 +280,31 @@ async def partner_endpoints(redis: aioredis.Redis, partner_id: str) -> list[Endp
     ids = sorted(m.decode() for m in await redis.smembers(partner_webhooks_key(partner_id)))
     if not ids:
         return []
-    raws = await redis.mget([endpoint_key(i) for i in ids])
+    raws = await redis.mget([endpoint_key(partner_id, i) for i in ids])  # one slot
     out = [_endpoint_decoder.decode(r) for r in raws if r]
     return sorted(out, key=lambda e: (e.created_at, e.webhook_id))
 
 
 async def delete_endpoint(redis: aioredis.Redis, endpoint: Endpoint) -> None:
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.srem(partner_webhooks_key(endpoint.partner_id), endpoint.webhook_id)
-        pipe.delete(endpoint_key(endpoint.webhook_id))
-        pipe.expire(endpoint_log_key(endpoint.webhook_id), DELIVERY_TTL_S)
+    pid, wid = endpoint.partner_id, endpoint.webhook_id
+    async with redis.pipeline(transaction=True) as pipe:  # the partner's slot
+        pipe.srem(partner_webhooks_key(pid), wid)
+        pipe.delete(endpoint_key(pid, wid))
+        pipe.expire(endpoint_log_key(pid, wid), DELIVERY_TTL_S)
         await pipe.execute()
-    # Its parked deliveries go back to the queue, where the worker marks them failed.
-    await _UNPARK_ALL(keys=[DUE, PARKED, parked_key(endpoint.webhook_id),
-                            inflight_key(endpoint.webhook_id)],
-                      args=[endpoint.webhook_id], client=redis)
+    # Then the queue's slot: its parked deliveries go back to the queue, where the worker
+    # marks them failed (the endpoint is gone). Should this step be lost, the periodic
+    # sweep puts them back instead.
+    await _UNPARK_ALL(keys=[DUE, PARKED, parked_key(wid), inflight_key(wid)],
+                      args=[wid], client=redis)
 
 
-async def endpoint_deliveries(redis: aioredis.Redis, webhook_id: str, limit: int = 50,
-                              after: tuple[int, str] | None = None
+async def endpoint_deliveries(redis: aioredis.Redis, partner_id: str, webhook_id: str,
+                              limit: int = 50, after: tuple[int, str] | None = None
                               ) -> tuple[list[Delivery], tuple[int, str] | None]:
     """A page of the endpoint's log, newest first: the deliveries after position `after`
     (created ms, delivery id) and the position to continue from (None: no more)."""
-    key = endpoint_log_key(webhook_id)
+    key = endpoint_log_key(partner_id, webhook_id)
     entries: list[tuple[bytes, float]] = []
     if after is None:
         entries = await redis.zrevrange(key, 0, limit, withscores=True)
@@ -280,14 +322,15 @@ async def endpoint_deliveries(redis: aioredis.Redis, webhook_id: str, limit: int
     entries = entries[:limit]
     if not entries:
         return [], None
-    raws = await redis.mget([delivery_key(m.decode()) for m, _ in entries])
+    raws = await redis.mget([delivery_key(partner_id, m.decode()) for m, _ in entries])
     found = [_delivery_decoder.decode(r) for r in raws if r]
     position = (int(entries[-1][1]), entries[-1][0].decode()) if more else None
     return found, position
 
 
-async def load_delivery(redis: aioredis.Redis, delivery_id: str) -> Delivery | None:
-    raw = await redis.get(delivery_key(delivery_id))
+async def load_delivery(redis: aioredis.Redis, partner_id: str, delivery_id: str
+                        ) -> Delivery | None:
+    raw = await redis.get(delivery_key(partner_id, delivery_id))
     return _delivery_decoder.decode(raw) if raw else None
 
 
@@ -295,19 +338,32 @@ async def resend(redis: aioredis.Redis, original: Delivery) -> Delivery:
     """Send `original`'s event to its endpoint again, now: a new delivery (its own
     attempts, at the top of the log) with the same event id and body."""
     now = now_ms()
-    delivery = Delivery("dlv_" + secrets.token_hex(12), original.webhook_id, original.event_id,
-                        original.event_type, from_ms(now), original.body,
-                        next_retry_at=from_ms(now), resend_of=original.delivery_id)
+    delivery = Delivery("dlv_" + secrets.token_hex(12), original.webhook_id,
+                        original.partner_id, original.event_id, original.event_type,
+                        from_ms(now), original.body, next_retry_at=from_ms(now),
+                        resend_of=original.delivery_id)
     await schedule(redis, delivery, now)
     return delivery
 
 
 async def schedule(redis: aioredis.Redis, delivery: Delivery, now: int) -> bool:
-    """Store a new delivery, due at `now`; False if one with its id exists already."""
-    return bool(await _SCHEDULE(keys=[delivery_key(delivery.delivery_id),
-                                      endpoint_log_key(delivery.webhook_id), DUE],
-                                args=[delivery.delivery_id, _encoder.encode(delivery), now,
-                                      DELIVERY_TTL_S, LOG_LIMIT], client=redis))
+    """Store a new delivery, due at `now`; False if one with its id exists already.
+
+    Two single-slot steps: the record and the endpoint's log (the partner's slot; SET NX
+    is the claim), then the queue. A repeat (the outbox redelivers an event whose fan-out
+    stopped between the two) finds the record and queues it if it is still pending."""
+    pid, did = delivery.partner_id, delivery.delivery_id
+    created = bool(await _SCHEDULE(
+        keys=[delivery_key(pid, did), endpoint_log_key(pid, delivery.webhook_id)],
+        args=[did, _encoder.encode(delivery), now, DELIVERY_TTL_S, LOG_LIMIT], client=redis))
+    if not created:
+        found = await load_delivery(redis, pid, did)
+        if found is None or found.status != "pending":
+            return False
+    await _ENQUEUE(keys=[DUE, inflight_key(delivery.webhook_id),
+                         parked_key(delivery.webhook_id)],
+                   args=[queue_member(delivery), now], client=redis)
+    return created
 
 
 # --- Lua: multi-key writes in one step ---------------------------------------------------
@@ -340,21 +396,31 @@ redis.call('SET', KEYS[1], ARGV[2])
 return 1
 """)
 
-# KEYS: delivery key, endpoint log, due zset. ARGV: id, json, now ms, ttl s, log limit
+# KEYS: delivery key, endpoint log (one partner's slot). ARGV: id, json, now ms, ttl s,
+# log limit
 _SCHEDULE = _Script("""
 if not redis.call('SET', KEYS[1], ARGV[2], 'NX', 'EX', ARGV[4]) then return 0 end
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
-redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
 local n = redis.call('ZCARD', KEYS[2])
 if n > tonumber(ARGV[5]) then redis.call('ZREMRANGEBYRANK', KEYS[2], 0, n - tonumber(ARGV[5]) - 1) end
 return 1
 """)
 
+# Queue a delivery unless it is queued, being attempted or parked already (so a repeat
+# never makes a second copy). KEYS: due zset, the endpoint's in-flight and parked zsets
+# (the queue's slot). ARGV: queue member, due ms.
+_ENQUEUE = _Script("""
+if redis.call('ZSCORE', KEYS[2], ARGV[1]) or redis.call('ZSCORE', KEYS[3], ARGV[1]) then
+  return 0
+end
+return redis.call('ZADD', KEYS[1], 'NX', ARGV[2], ARGV[1])
+""")
+
 # Lease due deliveries, at most `cap` in flight per endpoint and `room` in all; park the
 # due ones of endpoints with no slot free.
 # KEYS: due zset, parked set, then per endpoint: its in-flight zset, its parked zset.
-# ARGV: now ms, lease end ms, cap, room, then per endpoint: webhook id, n, n delivery ids.
-# Returns {leased ids, number parked}.
+# ARGV: now ms, lease end ms, cap, room, then per endpoint: webhook id, n, n queue members.
+# Returns {leased members, number parked}. All keys are in the queue's slot.
 _TAKE = _Script("""
 local now, lease = tonumber(ARGV[1]), tonumber(ARGV[2])
 local cap, room = tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -389,10 +455,10 @@ end
 return {taken, parked}
 """)
 
-# An attempt is over (or, id "", a sweep): free its slot, and put back as many of the
+# An attempt is over (or, member "", a sweep): free its slot, and put back as many of the
 # endpoint's parked deliveries as it has slots free.
 # KEYS: due zset, parked set, the endpoint's in-flight zset, its parked zset.
-# ARGV: delivery id, webhook id, now ms, cap, due again at ms (0: leave its due time).
+# ARGV: queue member, webhook id, now ms, cap, due again at ms (0: leave its due time).
 _RELEASE = _Script("""
 redis.call('ZREM', KEYS[3], ARGV[1])
 if tonumber(ARGV[5]) > 0 then redis.call('ZADD', KEYS[1], 'XX', ARGV[5], ARGV[1]) end
@@ -536,8 +602,9 @@ class WebhookWorker:
         now = now_ms()
         for endpoint in endpoints:
             await schedule(self.redis, Delivery(
-                delivery_id_for(event.id, endpoint.webhook_id), endpoint.webhook_id, event.id,
-                event.type, from_ms(now), body, next_retry_at=from_ms(now)), now)
+                delivery_id_for(event.id, endpoint.webhook_id), endpoint.webhook_id,
+                partner_id, event.id, event.type, from_ms(now), body,
+                next_retry_at=from_ms(now)), now)
         self._wake.set()
         return True
 
@@ -587,32 +654,36 @@ class WebhookWorker:
         if room <= 0:
             return acted
         now = now_ms()
-        ids = [i.decode() for i in await self.redis.zrangebyscore(
+        members = [m.decode() for m in await self.redis.zrangebyscore(
             DUE, "-inf", now, start=0, num=min(TAKE_AT_MOST, room * 2))]
-        if not ids:
+        if not members:
             return acted
-        raws = await self.redis.mget([delivery_key(i) for i in ids])
+        # The entry names its endpoint: no record is read to take it (one that is no
+        # longer pending is dropped by its attempt).
         by_endpoint: dict[str, list[str]] = {}
+        names: dict[str, tuple[str, str, str]] = {}
         gone: list[str] = []
-        for delivery_id, raw in zip(ids, raws, strict=True):
-            delivery = self._decode(delivery_id, raw)
-            if delivery is None or delivery.status != "pending":
-                gone.append(delivery_id)
+        for member in members:
+            parsed = parse_member(member)
+            if parsed is None:
+                log.error("webhooks: unreadable queue entry %r dropped", member)
+                gone.append(member)
             else:
-                by_endpoint.setdefault(delivery.webhook_id, []).append(delivery_id)
+                names[member] = parsed
+                by_endpoint.setdefault(parsed[1], []).append(member)
         if gone:
             await self.redis.zrem(DUE, *gone)
         keys, args = [DUE, PARKED], [now, now + self.lease_ms, PER_ENDPOINT, room]
         for webhook_id, group in by_endpoint.items():
             keys += [inflight_key(webhook_id), parked_key(webhook_id)]
             args += [webhook_id, len(group), *group]
-        owner = {d: w for w, group in by_endpoint.items() for d in group}
         taken, parked = (await _TAKE(keys=keys, args=args, client=self.redis)
                          if by_endpoint else ([], 0))
-        for raw_id in taken:
-            delivery_id = raw_id.decode()
-            task = asyncio.create_task(self._attempt(delivery_id, owner[delivery_id]),
-                                       name=f"webhooks:{delivery_id}")
+        for raw in taken:
+            member = raw.decode()
+            pid, wid, did = names[member]
+            task = asyncio.create_task(self._attempt(member, pid, wid, did),
+                                       name=f"webhooks:{did}")
             self._inflight.add(task)
             task.add_done_callback(self._done)
         return acted + len(gone) + len(taken) + int(parked)
@@ -620,16 +691,6 @@ class WebhookWorker:
     def _done(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
         self._wake.set()
-
-    @staticmethod
-    def _decode(delivery_id: str, raw: bytes | None) -> Delivery | None:
-        if not raw:
-            return None
-        try:
-            return _delivery_decoder.decode(raw)
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            log.error("webhooks: unreadable delivery %s dropped", delivery_id)
-            return None
 
     async def _sweep_parked(self) -> int:
         """Put back parked deliveries of endpoints with a slot free: normally done when an
@@ -643,39 +704,45 @@ class WebhookWorker:
                 args=["", webhook_id, now, PER_ENDPOINT, 0], client=self.redis))
         return moved
 
-    async def _release(self, delivery_id: str, webhook_id: str, *, again: bool) -> None:
+    async def _release(self, member: str, webhook_id: str, *, again: bool) -> None:
         """The attempt's slot is free (and, `again`, the delivery due now: an attempt cut
         short by shutdown is not left waiting for its lease to run out)."""
         now = now_ms()
         try:
             moved = await _RELEASE(
                 keys=[DUE, PARKED, inflight_key(webhook_id), parked_key(webhook_id)],
-                args=[delivery_id, webhook_id, now, PER_ENDPOINT, now if again else 0],
+                args=[member, webhook_id, now, PER_ENDPOINT, now if again else 0],
                 client=self.redis)
         except (RedisError, OSError) as exc:  # the lease runs out: the sweep puts it back
-            log.warning("webhooks: releasing %s: %s", delivery_id, exc)
+            log.warning("webhooks: releasing %s: %s", member, exc)
             return
         if moved:
             self._wake.set()
 
-    async def _attempt(self, delivery_id: str, webhook_id: str) -> None:
+    async def _attempt(self, member: str, partner_id: str, webhook_id: str,
+                       delivery_id: str) -> None:
         cut_short = False
         try:
-            await self._attempt_once(delivery_id)
+            await self._attempt_once(member, partner_id, delivery_id)
         except asyncio.CancelledError:  # shutting down: due again now, for another worker
             cut_short = True
             raise
         except Exception:  # Redis down, a broken record: tried again when the lease ends
             log.exception("webhooks: attempt of %s", delivery_id)
         finally:
-            await asyncio.shield(self._release(delivery_id, webhook_id, again=cut_short))
+            await asyncio.shield(self._release(member, webhook_id, again=cut_short))
 
-    async def _attempt_once(self, delivery_id: str) -> None:
-        delivery = await load_delivery(self.redis, delivery_id)
+    async def _attempt_once(self, member: str, partner_id: str, delivery_id: str) -> None:
+        raw = await self.redis.get(delivery_key(partner_id, delivery_id))
+        try:
+            delivery = _delivery_decoder.decode(raw) if raw else None
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            log.error("webhooks: unreadable delivery %s dropped", delivery_id)
+            delivery = None
         if delivery is None or delivery.status != "pending":
-            await self.redis.zrem(DUE, delivery_id)
+            await self.redis.zrem(DUE, member)  # expired, finished, or a stale repeat
             return
-        stored = await self.redis.get(endpoint_key(delivery.webhook_id))
+        stored = await self.redis.get(endpoint_key(partner_id, delivery.webhook_id))
         endpoint = _endpoint_decoder.decode(stored) if stored else None
         if endpoint is None:  # deleted meanwhile
             delivery.status, delivery.next_retry_at = "failed", None
@@ -756,14 +823,15 @@ class WebhookWorker:
         return status, error, int((time.monotonic() - started) * 1000), excerpt
 
     async def _save(self, delivery: Delivery, *, done: bool, due_ms: int = 0) -> None:
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(delivery_key(delivery.delivery_id), _encoder.encode(delivery),
-                     ex=DELIVERY_TTL_S)
-            if done:
-                pipe.zrem(DUE, delivery.delivery_id)
-            else:
-                pipe.zadd(DUE, {delivery.delivery_id: due_ms})
-            await pipe.execute()
+        """The record (the partner's slot), then the queue (its own slot). Stopped between
+        the two, the entry keeps its lease time: taken again then, and dropped if the
+        record says it is finished (or attempted early if it was a retry)."""
+        await self.redis.set(delivery_key(delivery.partner_id, delivery.delivery_id),
+                             _encoder.encode(delivery), ex=DELIVERY_TTL_S)
+        if done:
+            await self.redis.zrem(DUE, queue_member(delivery))
+        else:
+            await self.redis.zadd(DUE, {queue_member(delivery): due_ms})
 
 
 WEBHOOKS = web.AppKey("webhook_worker", WebhookWorker)

@@ -180,7 +180,7 @@ def _view(endpoint: wh.Endpoint) -> Webhook:
 async def _own_endpoint(request: web.Request) -> wh.Endpoint:
     partner = await _partner(request)
     webhook_id = request.match_info["webhook_id"]
-    endpoint = await wh.load_endpoint(services(request).redis, webhook_id)
+    endpoint = await wh.load_endpoint(services(request).redis, partner, webhook_id)
     if endpoint is None or endpoint.partner_id != partner:
         raise ApiError(404, "not_found", f"no webhook {webhook_id!r}")
     return endpoint
@@ -276,7 +276,7 @@ async def list_deliveries(request: web.Request) -> web.Response:
         raise ApiError(422, "invalid_cursor", "this cursor is not for this list",
                        field="cursor")
     deliveries, position = await wh.endpoint_deliveries(
-        services(request).redis, endpoint.webhook_id, limit,
+        services(request).redis, endpoint.partner_id, endpoint.webhook_id, limit,
         (after[0], after[1]) if after is not None else None)
     cursor = None
     if position is not None:
@@ -298,7 +298,7 @@ async def resend_delivery(request: web.Request) -> web.Response:
     endpoint = await _own_endpoint(request)
     delivery_id = request.match_info["delivery_id"]
     redis = services(request).redis
-    original = await wh.load_delivery(redis, delivery_id)
+    original = await wh.load_delivery(redis, endpoint.partner_id, delivery_id)
     if original is None or original.webhook_id != endpoint.webhook_id:
         raise ApiError(404, "not_found", f"no delivery {delivery_id!r} for this webhook")
     again = await wh.resend(redis, original)

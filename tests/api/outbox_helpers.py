@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from aiosmtpd.controller import Controller
 
-from server.core.outbox import STREAM
+from server.core.outbox import STREAMS, retries_key
 
 
 def free_port() -> int:
@@ -115,25 +115,48 @@ async def until(predicate: Callable[[], Awaitable[bool]], timeout: float = 10.0,
         await asyncio.sleep(0.02)
 
 
-async def entry_of(redis: aioredis.Redis, event_id: str) -> str | None:
-    """The stream entry id of an event (newest entries first)."""
-    for entry_id, fields in await redis.xrevrange(STREAM, count=500):
-        if fields.get(b"id", b"").decode() == event_id:
-            return entry_id.decode()
+async def locate(redis: aioredis.Redis, event_id: str) -> tuple[str, str] | None:
+    """(the shard's stream, the entry id) of an event (each shard's newest entries first)."""
+    for stream in STREAMS:
+        for entry_id, fields in await redis.xrevrange(stream, count=500):
+            if fields.get(b"id", b"").decode() == event_id:
+                return stream, entry_id.decode()
     return None
+
+
+async def entry_of(redis: aioredis.Redis, event_id: str) -> str | None:
+    """The stream entry id of an event."""
+    found = await locate(redis, event_id)
+    return found[1] if found else None
+
+
+async def retry_record(redis: aioredis.Redis, group: str, event_id: str) -> bytes | None:
+    """The group's "attempts:next_at_ms" for an event (None: no failed attempt pending)."""
+    found = await locate(redis, event_id)
+    if found is None:
+        return None
+    stream, entry = found
+    return await redis.hget(retries_key(stream, group), entry)
 
 
 async def acked(redis: aioredis.Redis, group: str, event_id: str) -> bool:
     """The group has read the event's entry and it is no longer pending."""
-    entry = await entry_of(redis, event_id)
-    if entry is None:
+    found = await locate(redis, event_id)
+    if found is None:
         return False
-    groups = {g["name"].decode(): g for g in await redis.xinfo_groups(STREAM)}
+    stream, entry = found
+    groups = {g["name"].decode(): g for g in await redis.xinfo_groups(stream)}
     info = groups.get(group)
     if info is None:
         return False
     last = info["last-delivered-id"].decode()
     if tuple(map(int, last.split("-"))) < tuple(map(int, entry.split("-"))):
         return False
-    pending = await redis.xpending_range(STREAM, group, entry, entry, 1)
+    pending = await redis.xpending_range(stream, group, entry, entry, 1)
     return not pending
+
+
+async def destroy_group(redis: aioredis.Redis, group: str) -> None:
+    """A test's consumer group, gone from every shard."""
+    for stream in STREAMS:
+        await redis.xgroup_destroy(stream, group)

@@ -14,6 +14,7 @@ from server.core import outbox
 from server.partner.analytics import SCHEMA, AnalyticsExporter, read_jsonl
 
 from .builders import PublishedShow
+from .outbox_helpers import destroy_group
 from .test_lifecycle import book, cancel
 
 
@@ -23,7 +24,7 @@ async def exporter(redis, tmp_path) -> AsyncIterator[AnalyticsExporter]:
     exp = AnalyticsExporter(redis, tmp_path / "analytics", group=group, start_id="$")
     await exp.consumer.ensure_group()  # from now on: only this test's events
     yield exp
-    await redis.xgroup_destroy(outbox.STREAM, group)
+    await destroy_group(redis, group)
 
 
 async def drain(exp: AnalyticsExporter, count: int) -> None:
@@ -78,12 +79,13 @@ async def test_a_redelivered_event_is_not_written_twice(api, redis, exporter,
                                                         show: PublishedShow):
     b = await book(api, show.show_id, ["B2"])
     await drain(exporter, 1)
-    [entry] = [e for e in (outbox.decode_entry(i, f)
-                           for i, f in await redis.xrevrange(outbox.STREAM, count=20))
+    [entry] = [e for stream in outbox.STREAMS
+               for e in (outbox.decode_entry(i, f, stream)
+                         for i, f in await redis.xrevrange(stream, count=20))
                if e.data.get("booking_id") == b["booking_id"]]
-    # The producer retries after a crash: the same event (same id) is in the stream again.
-    fields = (await redis.xrange(outbox.STREAM, entry.entry_id, entry.entry_id))[0][1]
-    await redis.xadd(outbox.STREAM, fields)
+    # The producer retries after a crash: the same event (same id) is in its stream again.
+    fields = (await redis.xrange(entry.stream, entry.entry_id, entry.entry_id))[0][1]
+    await redis.xadd(entry.stream, fields)
     await drain(exporter, 1)
     # And the consumer is handed it again directly (an unacknowledged redelivery).
     assert await exporter.handle(entry) is True

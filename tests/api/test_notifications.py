@@ -11,11 +11,11 @@ import pytest
 from server.notify.mailer import LogMailer, redact
 from server.notify.notifications import NOTIFIER
 from server.notify.notifications import DEAD_LETTERS, dead_letters, notices, render
-from server.core.outbox import STREAM, Event, GroupConsumer, publish
+from server.core.outbox import STREAMS, Event, GroupConsumer, publish
 from server.core.settings import Settings
 
 from .builders import GOOD_CARD, publish_show
-from .outbox_helpers import SmtpSink, acked, entry_of, until
+from .outbox_helpers import SmtpSink, acked, destroy_group, locate, retry_record, until
 
 
 @pytest.fixture
@@ -83,12 +83,9 @@ async def test_smtp_down_the_email_is_retried_and_delivered_once_it_is_back(serv
     event_id = await publish(redis, "booking.cancelled", {
         "booking_id": f"{pub.show_id}.b1", "show_id": pub.show_id, "seats": ["B1"],
         "email": to, "name": "Ravi", "refund": {"amount": 45000, "currency": "INR"}})
-    entry = None
 
     async def retried() -> bool:
-        nonlocal entry
-        entry = entry or await entry_of(redis, event_id)
-        raw = await redis.hget("outbox:retries:notifications", entry) if entry else None
+        raw = await retry_record(redis, "notifications", event_id)
         return raw is not None and int(raw.split(b":")[0]) >= 2
 
     await until(retried, what="two failed attempts while SMTP is down")
@@ -100,7 +97,7 @@ async def test_smtp_down_the_email_is_retried_and_delivered_once_it_is_back(serv
     text, _ = parts(msg)
     assert "450.00 INR" in text and "B1" in text
     await until(lambda: acked(redis, "notifications", event_id), what="acknowledgement")
-    assert await redis.hget("outbox:retries:notifications", entry) is None
+    assert await retry_record(redis, "notifications", event_id) is None
     assert len(smtp.to(to)) == 1
 
 
@@ -180,8 +177,8 @@ def test_templates_render_subject_text_and_escaped_html():
 
 async def test_outbox_entries_carry_id_type_time_and_data(redis):
     event_id = await publish(redis, "show.sold_out", {"show_id": "abc"}, partner_id="p1")
-    entry = await entry_of(redis, event_id)
-    [(_, fields)] = await redis.xrange(STREAM, entry, entry)
+    stream, entry = await locate(redis, event_id)
+    [(_, fields)] = await redis.xrange(stream, entry, entry)
     assert fields[b"type"] == b"show.sold_out" and fields[b"partner_id"] == b"p1"
     assert fields[b"data"] == b'{"show_id":"abc"}' and fields[b"time"].endswith(b"Z")
     with pytest.raises(ValueError):
@@ -201,8 +198,11 @@ async def test_a_dead_consumers_pending_event_is_taken_over(redis):
     try:
         event_id = await publish(redis, "show.sold_out", {"show_id": "dead-consumer"})
         # Another worker reads it and dies before acknowledging.
-        [(_, entries)] = await redis.xreadgroup(group, "dead", {STREAM: ">"}, count=100)
-        assert event_id in {f[b"id"].decode() for _, f in entries}
+        read = set()
+        for stream in STREAMS:  # one shard at a time (a cluster reads one slot per call)
+            for _, entries in await redis.xreadgroup(group, "dead", {stream: ">"}, count=100):
+                read |= {f[b"id"].decode() for _, f in entries}
+        assert event_id in read
         assert await live.run_once(block_ms=0) == 0  # not idle long enough: still its
         assert handled == []
 
@@ -214,7 +214,7 @@ async def test_a_dead_consumers_pending_event_is_taken_over(redis):
         assert await acked(redis, group, event_id)
         assert handled.count(event_id) == 1
     finally:
-        await redis.xgroup_destroy(STREAM, group)
+        await destroy_group(redis, group)
 
 
 async def test_a_failed_event_is_retried_by_its_consumer_with_backoff(redis):
@@ -232,9 +232,9 @@ async def test_a_failed_event_is_retried_by_its_consumer_with_backoff(redis):
     await worker.ensure_group()
     try:
         event_id = await publish(redis, "show.sold_out", {"show_id": "flaky"})
-        entry = await entry_of(redis, event_id)
+        stream, entry = await locate(redis, event_id)
         await worker.run_once(block_ms=0)
-        assert len(calls) == 1 and await worker.attempts(entry) == 1
+        assert len(calls) == 1 and await worker.attempts(entry, stream) == 1
         assert not await acked(redis, group, event_id)
 
         async def done() -> bool:
@@ -247,9 +247,9 @@ async def test_a_failed_event_is_retried_by_its_consumer_with_backoff(redis):
         # clock than this loop's, so allow a few milliseconds of rounding (seen: 0.0997).
         tick = 0.005
         assert calls[1] - calls[0] >= 0.05 - tick and calls[2] - calls[1] >= 0.1 - tick
-        assert await worker.attempts(entry) == 0  # forgotten once done
+        assert await worker.attempts(entry, stream) == 0  # forgotten once done
     finally:
-        await redis.xgroup_destroy(STREAM, group)
+        await destroy_group(redis, group)
 
 
 def test_the_log_mailer_logs_no_address_and_no_subject(caplog):
@@ -274,8 +274,7 @@ async def test_a_mail_with_no_recipient_is_skipped_not_retried(server, redis, sm
         "booking_id": f"{pub.show_id}.gone", "show_id": pub.show_id, "seats": ["D1"],
         "email": "", "name": "(deleted account)"})
     await until(lambda: acked(redis, "notifications", event_id), what="acknowledgement")
-    entry = await entry_of(redis, event_id)
-    assert await redis.hget("outbox:retries:notifications", entry) is None
+    assert await retry_record(redis, "notifications", event_id) is None
     key = notices(Event(event_id, "booking.cancelled", datetime.now(UTC),
                         {"email": ""}))[0].key
     assert await redis.get(key) == b"skipped:no_recipient"

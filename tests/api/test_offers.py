@@ -354,3 +354,25 @@ async def test_offers_and_promo_codes_list_in_cursor_pages(api):
     assert len(seen) == 5 == len(set(seen)) and seen == sorted(seen)
     status, out = await partner.call("GET", "/partner/v1/offers?cursor=forged")
     assert (status, out["error"]["code"]) == (422, "invalid_cursor")
+
+
+async def test_a_partners_list_shows_only_its_own_claimed_codes(api, redis):
+    # A code and its owner's list are in different slots: listed first, then claimed. A
+    # code listed but not claimed (a stop in between) is not shown, and a code another
+    # owner holds is neither shown nor left on the list of the one who lost it.
+    a = await new_partner(api)
+    b = await new_partner(api)
+    code = f"MINE{uuid.uuid4().hex[:6]}".upper()
+    status, _ = await a.call("POST", "/partner/v1/promo-codes",
+                             {"code": code, "name": "a's", "percent_off": 5})
+    assert status == 201
+    status, _ = await b.call("POST", "/partner/v1/promo-codes",
+                             {"code": code, "name": "b's", "percent_off": 5})
+    assert status == 409
+    assert not await redis.sismember(offers_store.promos_key(b.partner_id), code)
+    half = f"HALF{uuid.uuid4().hex[:6]}".upper()
+    await redis.sadd(offers_store.promos_key(b.partner_id), half, code)  # listed, not b's
+    status, out = await b.call("GET", "/partner/v1/promo-codes")
+    assert status == 200 and out["promo_codes"] == []
+    status, out = await a.call("GET", "/partner/v1/promo-codes")
+    assert [p["promo"]["code"] for p in out["promo_codes"]] == [code]

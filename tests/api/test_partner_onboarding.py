@@ -12,6 +12,7 @@ from aiohttp.test_utils import TestServer
 from server.accounts import api_keys
 from server.accounts import users as accounts
 from server.app import create_app
+from server.partner import portal_api as portal
 
 from .account_helpers import PASSWORD, Client, new_email
 from .catalog_helpers import ADMIN, new_partner, uid
@@ -363,3 +364,65 @@ async def test_the_admin_list_of_partner_requests_is_cursor_paginated(clients) -
     status, err = await admin.call("GET", "/admin/v1/partner-requests?cursor=forged",
                                    headers=ADMIN)
     assert (status, err["error"]["code"]) == (422, "invalid_cursor")
+
+
+# --- approval in ordered steps (request, partner and user are in different slots) ---------
+
+async def _request(redis, request_id: str) -> portal.PartnerRequestRecord:
+    raw = await redis.get(portal.request_key(request_id))
+    return msgspec.json.decode(raw, type=portal.PartnerRequestRecord)
+
+
+async def test_an_approval_stopped_halfway_is_finished_by_approving_again(
+        clients, redis) -> None:
+    # An approval that stopped after making the partner and its user (a crash): the
+    # request still reads as pending, cannot be rejected now, and approving it again
+    # finishes it with the same partner and user.
+    p, admin = clients(), clients()
+    req = await apply(p, "Halfway Cinemas")
+    record = await _request(redis, req["request_id"])
+    record.partner_id, record.user_id = f"p_{uid('half')}", accounts.new_user_id()
+    await redis.set(portal.request_key(record.request_id), msgspec.json.encode(record))
+    await portal._make_partner(redis, record)
+    await portal._make_user(redis, record)
+
+    status, page = await admin.call("GET", "/admin/v1/partner-requests?status=pending",
+                                    headers=ADMIN)
+    [listed] = [r for r in page["items"] if r["request_id"] == record.request_id]
+    assert listed["status"] == "pending" and listed["partner_id"] is None
+    status, body = await admin.call(
+        "POST", f"/admin/v1/partner-requests/{record.request_id}/reject", headers=ADMIN)
+    assert (status, body["error"]["code"]) == (409, "approval_in_progress")
+
+    status, done = await admin.call(
+        "POST", f"/admin/v1/partner-requests/{record.request_id}/approve", headers=ADMIN)
+    assert status == 200, done
+    assert (done["partner_id"], done["user_id"]) == (record.partner_id, record.user_id)
+    assert await redis.get(portal.pending_email_key(p.email)) is None
+    assert (await p.login())[0] == 200
+    await p.enable_mfa()
+    status, account = await p.call("GET", "/api/partner/account")
+    assert status == 200 and account["partner_id"] == record.partner_id
+    assert account["name"] == "Halfway Cinemas"
+
+
+async def test_an_address_taken_before_approval_undoes_the_approval(clients, redis) -> None:
+    # Someone signed up with the applicant's address after the request: approving cannot
+    # make the portal user, so nothing is left of the attempt and the request is pending.
+    p, admin = clients(), clients()
+    req = await apply(p, "Late Cinemas")
+    await clients().sign_up(p.email)
+    status, body = await admin.call(
+        "POST", f"/admin/v1/partner-requests/{req['request_id']}/approve", headers=ADMIN)
+    assert (status, body["error"]["code"]) == (409, "email_taken")
+    record = await _request(redis, req["request_id"])
+    assert record.status == "pending" and record.partner_id is None
+    status, listed = await admin.call("GET", "/admin/v1/partner-requests?status=pending",
+                                      headers=ADMIN)
+    assert req["request_id"] in [r["request_id"] for r in listed["items"]]
+    partners = [k async for k in redis.scan_iter(match="partner:{p:*}")  # the records
+                if await redis.hget(k, "request_id") == req["request_id"].encode()]
+    assert partners == []  # the partner it was to become is gone
+    status, body = await admin.call(
+        "POST", f"/admin/v1/partner-requests/{req['request_id']}/reject", headers=ADMIN)
+    assert status == 200 and body["status"] == "rejected"

@@ -302,13 +302,13 @@ async def test_deleting_a_webhook_drops_its_pending_deliveries(api, redis, serve
         assert resp.status == 200
 
     async def dropped() -> bool:
-        d = await load_delivery(redis, pending["delivery_id"])
+        d = await load_delivery(redis, partner["partner_id"], pending["delivery_id"])
         return d is not None and d.status == "failed"
 
     await until(dropped, what="the pending delivery to be dropped")
-    d = await load_delivery(redis, pending["delivery_id"])
+    d = await load_delivery(redis, partner["partner_id"], pending["delivery_id"])
     assert d.attempts[-1].error == "webhook deleted" and d.next_retry_at is None
-    assert await redis.zscore("webhooks:due", pending["delivery_id"]) is None
+    assert await wh.due_at(redis, d) is None
 
 
 # --- answers are read only as far as an excerpt ------------------------------------------
@@ -501,7 +501,8 @@ async def test_the_signing_secret_is_sealed_at_rest_and_still_signs(api, redis, 
     hook = await register(api, partner, receiver.url, events=["show.sold_out"])
     secret = hook["secret"]
     assert await values_holding(redis, secret.encode()) == []
-    stored = msgspec.json.decode(await redis.get(wh.endpoint_key(hook["webhook_id"])))
+    stored = msgspec.json.decode(await redis.get(wh.endpoint_key(partner["partner_id"],
+                                                                  hook["webhook_id"])))
     assert stored["secret"].startswith("pii1.")
     # bound to its endpoint: the sealed value copied onto another does not decrypt
     other = wh.Endpoint("wh_other", partner["partner_id"], receiver.url, stored["secret"],
@@ -523,7 +524,8 @@ async def test_a_clear_text_secret_from_before_still_signs_and_is_sealed_on_use(
     webhook_id = "wh_" + uuid.uuid4().hex[:20]
     record = wh.Endpoint(webhook_id, partner["partner_id"], receiver.url, legacy,
                          ["show.sold_out"], datetime.now(UTC).replace(microsecond=0))
-    await redis.set(wh.endpoint_key(webhook_id), msgspec.json.encode(record))
+    await redis.set(wh.endpoint_key(partner["partner_id"], webhook_id),
+                    msgspec.json.encode(record))
     await redis.sadd(wh.partner_webhooks_key(partner["partner_id"]), webhook_id)
     receiver.check = signed_by(legacy)
     for _ in range(2):  # in clear, then (rewritten sealed) again
@@ -533,12 +535,12 @@ async def test_a_clear_text_secret_from_before_still_signs_and_is_sealed_on_use(
         assert status == 200 and headers["X-BMM-Event-Id"] == event_id
 
         async def sealed() -> bool:
-            raw = await redis.get(wh.endpoint_key(webhook_id))
+            raw = await redis.get(wh.endpoint_key(partner["partner_id"], webhook_id))
             return msgspec.json.decode(raw)["secret"].startswith("pii1.")
 
         await until(sealed, what="the record rewritten sealed")
     assert await values_holding(redis, legacy.encode()) == []
-    endpoint = await wh.load_endpoint(redis, webhook_id)
+    endpoint = await wh.load_endpoint(redis, partner["partner_id"], webhook_id)
     assert wh.signing_secret(settings(), endpoint) == legacy
 
 
@@ -632,8 +634,9 @@ async def test_deliveries_are_listed_in_pages_newest_first(api, redis):
     t = now_ms()
     made = []
     for i, at in enumerate((t - 2, t - 1, t, t, t)):  # three at the same millisecond
-        d = wh.Delivery(f"dlv_page{i}_{uuid.uuid4().hex[:8]}", wid, f"ev-{i}",
-                        "show.sold_out", from_ms(at), "{}", next_retry_at=from_ms(at))
+        d = wh.Delivery(f"dlv_page{i}_{uuid.uuid4().hex[:8]}", wid, partner["partner_id"],
+                        f"ev-{i}", "show.sold_out", from_ms(at), "{}",
+                        next_retry_at=from_ms(at))
         assert await wh.schedule(redis, d, at)
         made.append(d.delivery_id)
     try:
@@ -662,3 +665,34 @@ async def test_deliveries_are_listed_in_pages_newest_first(api, redis):
     finally:
         async with api.delete(f"/partner/v1/webhooks/{wid}", headers=auth(partner)):
             pass
+
+
+async def test_a_repeated_schedule_queues_a_delivery_once(redis):
+    # The record (the partner's slot) and the queue entry (the queue's slot) are written
+    # in two steps. An event redelivered after a stop between them queues the delivery
+    # again; one already queued, parked or finished is not queued a second time.
+    pid, wid = f"p-{uuid.uuid4().hex[:8]}", f"wh_{uuid.uuid4().hex[:20]}"
+    later = now_ms() + 3_600_000  # not due while this test runs: no worker takes it
+    d = wh.Delivery(f"dlv_rep_{uuid.uuid4().hex[:8]}", wid, pid, "ev-rep", "show.sold_out",
+                    from_ms(later), "{}", next_retry_at=from_ms(later))
+    member = wh.queue_member(d)
+    try:
+        assert await wh.schedule(redis, d, later)
+        assert await wh.due_at(redis, d) == later
+        assert not await wh.schedule(redis, d, later - 1000)  # queued: left as it is
+        assert await wh.due_at(redis, d) == later
+        await redis.zrem(wh.DUE, member)  # as if stopped before the second step
+        assert not await wh.schedule(redis, d, later)  # not a new delivery, but queued
+        assert await wh.due_at(redis, d) == later
+        await redis.zrem(wh.DUE, member)
+        await redis.zadd(wh.parked_key(wid), {member: later})  # waiting for a slot
+        assert not await wh.schedule(redis, d, later)
+        assert await wh.due_at(redis, d) is None
+        await redis.delete(wh.parked_key(wid))
+        done = msgspec.structs.replace(d, status="delivered", next_retry_at=None)
+        await redis.set(wh.delivery_key(pid, d.delivery_id), msgspec.json.encode(done))
+        assert not await wh.schedule(redis, d, later)  # finished: nothing to send
+        assert await wh.due_at(redis, d) is None
+    finally:
+        await redis.zrem(wh.DUE, member)
+        await redis.delete(wh.delivery_key(pid, d.delivery_id), wh.endpoint_log_key(pid, wid))
