@@ -7,6 +7,7 @@ stale actor instance: a write computed from an old state can never land.
 """
 from __future__ import annotations
 
+import secrets
 import struct
 import weakref
 from hashlib import blake2b, sha1
@@ -37,6 +38,11 @@ def snap_key(show_id: str) -> str:
     return f"show:{{{show_id}}}:snap"
 
 
+def unindexed_key(show_id: str) -> str:
+    """The show's mark of being taken off its pool's due index (`ShowStore.unindex`)."""
+    return f"show:{{{show_id}}}:unindexed"
+
+
 class Event(msgspec.Struct, frozen=True, tag_field="type", tag="event"):
     """The public form of one log entry, as the live seat map receives it:
     `{"type": "event", "seq": 7, "at": <ms>, "changes": [["A1", "held"], ...]}`."""
@@ -65,6 +71,13 @@ local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
 if cur ~= tonumber(ARGV[1]) then
   return redis.error_reply('FENCED expected ' .. ARGV[1] .. ' found ' .. cur)
 end
+-- KEYS[5]: the show was taken off the due index (ShowStore.unindex). An append by a copy
+-- that loaded before that finished (ARGV[6]: the mark its load saw) may have had its due
+-- index entry removed: it reloads, which writes the entry again before the next append.
+local mark = redis.call('GET', KEYS[5])
+if mark and mark ~= ARGV[6] then
+  return redis.error_reply('FENCED the show left the due index')
+end
 -- The first entry is also fenced on the config the seat map was built from: the partner
 -- feed may rewrite a show's config until its log has an entry, and a copy that loaded
 -- the old one must not log holds on seats the new layout does not have (M10).
@@ -85,6 +98,7 @@ while pos <= #blob do
   redis.call('XADD', KEYS[2], seq .. '-0', 't', f[1], 'c', f[2], 'e', f[3])
 end
 redis.call('SET', KEYS[1], seq)
+if mark then redis.call('DEL', KEYS[5]) end
 if ARGV[2] ~= '' then redis.call('SET', KEYS[3], ARGV[2]) end
 if ARGV[3] ~= '' then redis.call('XTRIM', KEYS[2], 'MINID', ARGV[3]) end
 return seq
@@ -94,18 +108,38 @@ return seq
 # Shows whose log may hold live holds, per host pool: a sorted set, member the show id,
 # score a time at or before the earliest expiry of any of its durable holds. A host writes
 # it (only ever lowering a score) in the same pipeline as, and before, the append that
-# logs a hold, and removes a show only when it has no holds, checked against the show's
-# sequence in the same script. So every durable hold is found by whichever host owns its
-# show after a crash or a change of the host set, even if nobody touches that show again.
+# logs a hold, and removes a show only when it has no holds (`ShowStore.unindex`). So every
+# durable hold is found by whichever host owns its show after a crash or a change of the
+# host set, even if nobody touches that show again.
 def due_key(pool: str) -> str:
     return f"pool:{{{pool}}}:due"
 
 
-_UNINDEX = """
-if tonumber(redis.call('GET', KEYS[1]) or '0') == tonumber(ARGV[1]) then
-  return redis.call('ZREM', KEYS[2], ARGV[2])
+# The removal spans two slots (the show's, the pool's), so it is three ordered steps with
+# a mark in the show's slot (`unindexed_key`) that every append checks:
+#   1. in the show's slot, if the log is still at the sequence seen without holds: mark
+#      "pending:<token>";
+#   2. ZREM the show from the pool's due index;
+#   3. in the show's slot, if the mark is still "pending:<token>": make it "done:<token>";
+#      if an append took it meanwhile (a hold logged after step 1), ZADD the show back
+#      (score 0: due at once, the safe side).
+# An append deletes the mark, and refuses (FENCED: reload, which re-writes the due entry
+# before appending again) when the mark is not the one its own load saw: only a copy that
+# loaded after step 3 ("done:") or between 1 and 3 may append straight on, and its due
+# entry was written after the ZREM, or step 3 puts one back. A crash after 1 or 2 leaves a
+# "pending:" mark: the next append of the show reloads once and clears it.
+_MARK = """
+if tonumber(redis.call('GET', KEYS[1]) or '0') ~= tonumber(ARGV[1]) then return 0 end
+redis.call('SET', KEYS[2], 'pending:' .. ARGV[2])
+return 1
+"""
+
+_UNMARKED = """
+if redis.call('GET', KEYS[1]) == 'pending:' .. ARGV[1] then
+  redis.call('SET', KEYS[1], 'done:' .. ARGV[1])
+  return 1
 end
-return -1
+return 0
 """
 
 
@@ -132,7 +166,9 @@ class ShowStore:
         self.redis = redis
         self.show_id = show_id
         self._keys = [seq_key(show_id), log_key(show_id), snap_key(show_id),
-                      config_key(show_id)]
+                      config_key(show_id), unindexed_key(show_id)]
+        # The due-index mark (`unindexed_key`) the last load saw: appends check it.
+        self.unindex_mark = b""
         # SHA-1 of the config a seat map with an empty log was built from (the fence of
         # its first append); "" once it came from a snapshot or a log.
         self.config_digest = ""
@@ -144,10 +180,14 @@ class ShowStore:
         trim_below: int | None,
     ) -> int:
         try:
-            return int(await self._append(keys=self._keys, args=append_args(
-                expected_seq, entries, snapshot, trim_below, self.config_digest)))
+            seq = int(await self._append(keys=self._keys, args=append_args(
+                expected_seq, entries, snapshot, trim_below, self.config_digest,
+                self.unindex_mark)))
         except ResponseError as exc:
             raise append_error(exc) from exc
+        self.unindex_mark = b""  # the append cleared it
+        return seq
+
     def queue_append(
         self, pipe: Pipeline, expected_seq: int, entries: list[LogEntry],
         snapshot: Snapshot | None, trim_below: int | None,
@@ -156,10 +196,13 @@ class ShowStore:
         one round trip); its reply is the new sequence or a ResponseError for
         `append_error` (NoScriptError after a Redis restart: `load_script`, retry).
         EVALSHA by hand: redis-py's pipelined scripts cost a SCRIPT EXISTS round trip
-        on every execute."""
-        pipe.evalsha(_APPEND_SHA, len(self._keys), *self._keys,
-                     *append_args(expected_seq, entries, snapshot, trim_below,
-                                  self.config_digest))
+        on every execute (and a cluster pipeline refuses its `evalsha` method, not the
+        command: it routes EVALSHA by its keys)."""
+        pipe.execute_command("EVALSHA", _APPEND_SHA, len(self._keys), *self._keys,
+                             *append_args(expected_seq, entries, snapshot, trim_below,
+                                          self.config_digest, self.unindex_mark))
+        # A mark is cleared by the append; if the append fails, the host reloads.
+        self.unindex_mark = b""
 
     @staticmethod
     async def load_script(redis: aioredis.Redis) -> None:
@@ -168,9 +211,18 @@ class ShowStore:
     async def unindex(self, pool: str, expected_seq: int) -> bool:
         """Take the show off its pool's due index if its log is still at `expected_seq`
         (the state in which the caller saw it without holds)."""
-        script = self.redis.register_script(_UNINDEX)
-        return int(await script(keys=[seq_key(self.show_id), due_key(pool)],
-                                args=[expected_seq, self.show_id])) == 1
+        token = secrets.token_hex(8)
+        mark = self.redis.register_script(_MARK)
+        if not int(await mark(keys=[seq_key(self.show_id), unindexed_key(self.show_id)],
+                              args=[expected_seq, token])):
+            return False
+        await self.redis.zrem(due_key(pool), self.show_id)
+        unmarked = self.redis.register_script(_UNMARKED)
+        if not int(await unmarked(keys=[unindexed_key(self.show_id)], args=[token])):
+            # a hold was logged meanwhile: back in the index (due now: the safe side)
+            await self.redis.zadd(due_key(pool), {self.show_id: 0}, lt=True)
+            return False
+        return True
 
     async def load(self, plans: PlanCache | None = None) -> SeatMap:
         """Snapshot plus the log after it; raises UnknownShow if the show has no config.
@@ -186,8 +238,9 @@ class ShowStore:
         return await self._load_once(plans)
 
     async def _load_once(self, plans: PlanCache | None) -> SeatMap:
-        raw_snap, raw_config, raw_seq = await self.redis.mget(
-            snap_key(self.show_id), config_key(self.show_id), seq_key(self.show_id)
+        raw_snap, raw_config, raw_seq, raw_mark = await self.redis.mget(
+            snap_key(self.show_id), config_key(self.show_id), seq_key(self.show_id),
+            unindexed_key(self.show_id),
         )
         if raw_snap:
             snap = _snapshot_decoder.decode(raw_snap)
@@ -219,6 +272,7 @@ class ShowStore:
                 f"show {self.show_id}: replay reached version {seatmap.version}, log says {seq}"
             )
         self.snapshot_version = snapshot_version
+        self.unindex_mark = raw_mark or b""
         self.config_digest = sha1(raw_config).hexdigest() \
             if seq == 0 and not raw_snap and raw_config else ""
         return seatmap
@@ -230,7 +284,8 @@ class ShowStore:
 
 
 def append_args(expected_seq: int, entries: list[LogEntry], snapshot: Snapshot | None,
-                trim_below: int | None, config_digest: str = "") -> list[bytes | int | str]:
+                trim_below: int | None, config_digest: str = "", unindex_mark: bytes = b""
+                ) -> list[bytes | int | str]:
     # The entries travel as one length-prefixed argument the script splits (Redis's Lua
     # has `struct`, and its cmsgpack cannot read msgpack bin): packing three protocol
     # arguments per entry was ~12% of the actor's time under a rush.
@@ -245,6 +300,7 @@ def append_args(expected_seq: int, entries: list[LogEntry], snapshot: Snapshot |
         f"{trim_below}-0" if trim_below else "",
         bytes(flat),
         config_digest if expected_seq == 0 else "",
+        unindex_mark,
     ]
 
 

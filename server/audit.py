@@ -26,6 +26,7 @@ from actors import redis_conn
 from actors.store import ShowStore, UnknownShow
 from server.booking import intents
 from server.booking.records import BookingRecord, show_of
+from server.commerce import offers
 from server.commerce.gateway_client import HttpGateway
 from server.commerce.payments import LedgerEntry
 
@@ -67,13 +68,23 @@ async def _scan(redis: aioredis.Redis, match: str) -> list[str]:
             async for k in redis.scan_iter(match=match, count=1000)]
 
 
+def _tag(key: str) -> str:
+    return key.split("{", 1)[1].split("}", 1)[0]
+
+
 async def _bookings(redis: aioredis.Redis, show_id: str | None) -> list[BookingRecord]:
-    keys = await _scan(redis, f"booking:{{{show_id}}}:*" if show_id else "booking:*")
+    # The records themselves, not the shows' bookings indexes: the audit is what would
+    # notice a record its index lacks. Read with plain GETs in a pipeline (the cluster
+    # client splits it per node), the keys being of many slots.
+    keys = await _scan(redis, f"booking:{{{show_id}}}:*" if show_id else "booking:{*}:*")
     out = []
     for i in range(0, len(keys), 500):
-        for raw in await redis.mget(keys[i:i + 500]):
-            if raw:
-                out.append(_booking_decoder.decode(raw))
+        async with redis.pipeline(transaction=False) as pipe:
+            for key in keys[i:i + 500]:
+                pipe.get(key)
+            for raw in await pipe.execute():
+                if raw:
+                    out.append(_booking_decoder.decode(raw))
     return out
 
 
@@ -118,7 +129,7 @@ async def audit(redis: aioredis.Redis, gateway: HttpGateway, show_id: str | None
                 f"{b.booking_id}: payment {b.payment.ref} not captured")
 
     shows = {show_id} if show_id else {b.show_id for b in records} | {
-        k.split("{", 1)[1].split("}", 1)[0] for k in await _scan(redis, "show:{*}:log")}
+        _tag(k) for k in await _scan(redis, "show:{*}:log")}
     report.shows = len(shows)
     confirmed = {b.booking_id: b for b in records if b.status == "confirmed"}
     for sid in sorted(shows):
@@ -146,10 +157,9 @@ async def audit(redis: aioredis.Redis, gateway: HttpGateway, show_id: str | None
     for b in records:
         if b.quote.promo_code and b.status != "failed":
             used_by[b.quote.promo_code].add(b.hold_id)
-    codes = set(used_by) | {k[len("promo:"):-len(":consumed")]
-                            for k in await _scan(redis, "promo:*:consumed")}
+    codes = set(used_by) | {_tag(k) for k in await _scan(redis, "promo:{*}:consumed")}
     for code in sorted(codes):
-        consumed = {m.decode() for m in await redis.smembers(f"promo:{code}:consumed")}
+        consumed = {m.decode() for m in await redis.smembers(offers.usage_keys(code)[-1])}
         if show_id:
             consumed = {h for h in consumed if show_of(h) == show_id}
         if consumed != used_by.get(code, set()):

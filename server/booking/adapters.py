@@ -6,6 +6,8 @@ from __future__ import annotations
 import redis.asyncio as aioredis
 from aiohttp import web
 
+from actors import redis_conn
+
 from server.accounts.users import current_user, link_booking
 from server.appkeys import Services, services
 from server.booking import intents, lifecycle
@@ -81,7 +83,13 @@ class RedisCheckouts:
     async def load_booking(self, booking_id: str) -> BookingRecord | None:
         return await store.load_booking(self.redis, booking_id)
 
+    async def replicated(self, key: str) -> bool:
+        return await redis_conn.replicated(self.redis, key)
+
     async def booked(self, booking: BookingRecord) -> None:
+        # The record (with the show's bookings index) in the show's slot, then the
+        # customer's list in theirs: two steps, each idempotent. A crash between them leaves
+        # the intent "captured", and whoever finishes it runs this again.
         await store.save_booking(self.redis, booking)
         if booking.customer_id is not None:
             await link_booking(self.redis, booking.customer_id, booking.booking_id)

@@ -177,6 +177,10 @@ async def _resume(booking: Booking, intent: PaymentIntent, print_: str,
 
 async def answer(booking: Booking, intent: PaymentIntent) -> Outcome:
     """The answer an intent gives for its key (final, or 202 pending)."""
+    if not await booking.checkouts.replicated(intent.key):
+        # Its primary has what the answer says, a replica may not yet: a failover now
+        # would lose it. The retry (same key) answers the same once it is safe.
+        raise retry_later("the booking is being saved")
     if intent.state == "done":
         found = await booking.checkouts.load_booking(intent.booking_id)
         if found is not None:

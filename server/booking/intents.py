@@ -19,6 +19,11 @@ final state (a crash, an outage). Keys (all with the show's hash tag but the ind
                                          time, so two keys cannot both use a promo code
 - `lease:{<show>}:<hold>:<sha256(key)>`  who is driving it now (the request, or a reconciler)
 - `intents:open`                          sorted set of open intents' keys by last update
+
+The index is one global key (the reconciler must find every open intent), so it is never
+in a script or MULTI with the show-tagged keys: it is written in its own step, ordered so
+no open intent is ever missing from it (indexed before it is claimed, unindexed only after
+it is saved final); an entry whose intent is gone or final is dropped by the reconciler.
 """
 from __future__ import annotations
 
@@ -162,6 +167,9 @@ async def load(redis: aioredis.Redis, key: str) -> PaymentIntent | None:
 async def save(redis: aioredis.Redis, intent: PaymentIntent) -> None:
     """Record a step. A final intent frees its hold's lock and leaves the open index."""
     final = not intent.open
+    # The intent first, the index after (two slots): a crash between them leaves a final
+    # intent indexed (the reconciler re-saves it) or an open one at its older score (due
+    # sooner), never an open intent unindexed.
     await redis.eval(_SAVE, 3, intent.key, hold_lock_key(intent.show_id, intent.hold_id),
                      lease_key(intent.key), msgspec.json.encode(intent),
                      "1" if final else "0", FINAL_TTL_S, LEASE_MS)
@@ -172,7 +180,8 @@ async def save(redis: aioredis.Redis, intent: PaymentIntent) -> None:
 
 
 async def forget(redis: aioredis.Redis, intent: PaymentIntent) -> None:
-    """Nothing happened under this key (refused before paying): the key is free again."""
+    """Nothing happened under this key (refused before paying): the key is free again.
+    The intent goes before its index entry (a stale entry is dropped by the reconciler)."""
     async with redis.pipeline(transaction=True) as pipe:
         pipe.delete(intent.key, lease_key(intent.key))
         await pipe.execute()

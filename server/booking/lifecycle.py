@@ -34,8 +34,8 @@ Bulk (invoiced) bookings are refunded as a credit note: no gateway call.
 
 **Partner cancels a show** (`cancel_show_bookings`): every confirmed booking of the show
 is cancelled with a 100% refund and booking.cancelled published for each, then one
-show.cancelled (with the bookings and e-mail addresses). Bookings are found by SCAN of
-`booking:{<show>}:*` (rare operation; the keys carry the show's hash tag). A checkout
+show.cancelled (with the bookings and e-mail addresses). Bookings are found through the
+show's bookings index (`bookings:{<show>}`, booking id -> status, records.py). A checkout
 racing the cancellation is caught by `after_confirm`, which cancels and refunds a booking
 confirmed for a cancelled show. Repeating DELETE show finishes what a failure left.
 
@@ -270,13 +270,15 @@ async def start_pending(svc: Services, intent: PaymentIntent) -> None:
         booking_token(secret, booking.booking_id, token_expiry(None, booking.created_at)),
         intent.hold_id, ref, datetime.fromtimestamp(expires_ms / 1000, UTC),
         f"/api/bookings/{booking.booking_id}")))
-    async with svc.redis.pipeline(transaction=True) as pipe:
-        pipe.set(store.booking_key(booking.show_id, booking.booking_id),
-                 msgspec.json.encode(booking))
-        pipe.set(payref_key(ref), msgspec.json.encode(PendingPayment(
-            ref, intent.show_id, intent.hold_id, booking.booking_id, intent.key)),
-            ex=store.IDEMPOTENCY_TTL_S * 7)
-        await pipe.execute()
+    # Three slots (the show's, the payment ref's, the intent's show again), so three ordered
+    # steps, each safe to repeat: the pending booking first, then `payref:` (what the webhook
+    # looks for; until it exists a webhook is ignored and the gateway or the reconciler asks
+    # again), then the intent turns "pending". A crash before that leaves it "authorised":
+    # whoever drives it runs start_pending again (the Extend is idempotent by its id).
+    await store.save_booking(svc.redis, booking)
+    await svc.redis.set(payref_key(ref), msgspec.json.encode(PendingPayment(
+        ref, intent.show_id, intent.hold_id, booking.booking_id, intent.key)),
+        ex=store.IDEMPOTENCY_TTL_S * 7)
     await intents.save(svc.redis, intent)
 
 
@@ -535,9 +537,8 @@ async def cancel_booking(svc: Services, booking: BookingRecord, *, by: Cancelled
         booking.status = caller.status = "cancelled"
         record = Cancellation(booking.booking_id, booking.show_id, "cancelled", booking.seats,
                               by, percent, Money(refunded, booking.quote.currency), utcnow())
-        async with svc.redis.pipeline(transaction=True) as pipe:
-            pipe.set(store.booking_key(booking.show_id, booking.booking_id),
-                     msgspec.json.encode(booking))
+        async with svc.redis.pipeline(transaction=True) as pipe:  # all in the show's slot
+            store.queue_booking(pipe, booking)
             pipe.set(cancellation_key(booking.show_id, booking.booking_id),
                      msgspec.json.encode(record))
             pipe.delete(soldout_key(booking.show_id))
@@ -553,12 +554,12 @@ async def cancel_booking(svc: Services, booking: BookingRecord, *, by: Cancelled
         await svc.redis.delete(lock)
 
 
-async def show_bookings(redis: aioredis.Redis, show_id: str) -> list[BookingRecord]:
-    keys = [k async for k in redis.scan_iter(match=f"booking:{{{show_id}}}:*", count=1000)]
-    if not keys:
-        return []
-    raws = await redis.mget(keys)
-    return [msgspec.json.decode(r, type=BookingRecord) for r in raws if r]
+async def show_bookings(redis: aioredis.Redis, show_id: str,
+                        status: str | None = None) -> list[BookingRecord]:
+    """The show's bookings (those with `status`, by the index), through its index."""
+    ids = await store.show_booking_ids(redis, show_id)
+    wanted = sorted(b for b, s in ids.items() if status is None or s == status)
+    return await store.load_show_bookings(redis, show_id, wanted)
 
 
 async def release_show_holds(svc: Services, show_id: str) -> int:
@@ -582,7 +583,7 @@ async def cancel_show_bookings(svc: Services, show: Show) -> list[Cancellation]:
     await release_show_holds(svc, show.show_id)
     done: list[Cancellation] = []
     failed: list[ApiError] = []
-    for booking in await show_bookings(svc.redis, show.show_id):
+    for booking in await show_bookings(svc.redis, show.show_id, "confirmed"):
         if booking.status != "confirmed":
             continue
         try:
@@ -596,7 +597,7 @@ async def cancel_show_bookings(svc: Services, show: Show) -> list[Cancellation]:
                          "and refunded yet; repeat the request", retry.retry_after_s if retry
                          else 5, cancelled=len(done))
     if await svc.redis.set(f"showcancelled:{{{show.show_id}}}", "1", nx=True):
-        everyone = [b for b in await show_bookings(svc.redis, show.show_id)
+        everyone = [b for b in await show_bookings(svc.redis, show.show_id, "cancelled")
                     if b.status == "cancelled"]
         await _publish(svc, "show.cancelled", {
             "show_id": show.show_id, "movie_id": show.movie_id,

@@ -90,6 +90,10 @@ class Checkouts(Protocol):
 
     async def gateway_down(self, hold: HoldRecord, exc: Exception) -> Refused: ...
 
+    async def replicated(self, key: str) -> bool:
+        """Whether the intent's writes so far would survive the loss of its store's
+        primary (with asynchronous replicas: whether a replica has them)."""
+
 
 class Bulks(Protocol):
     """A partner's bulk bookings."""

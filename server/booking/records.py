@@ -5,6 +5,9 @@
   answers it to its holder (`c.Peek`).
 - `BookingRecord` (`booking:{<show>}:<booking_id>`): written at checkout. It keeps the
   gateway's card token and the last four digits, never the card number.
+- The show's bookings index (`bookings:{<show>}`): a hash, booking id -> status, written in
+  the same MULTI as every write of a booking record (`queue_booking`), so reports and a
+  show's cancellation find a show's bookings without a SCAN.
 - Checkout idempotency (`idem:{<show>}:<hold_id>:<sha256(key)>`): the checkout's payment
   intent (booking/intents.py), written before paying, final answer included.
 
@@ -18,6 +21,8 @@ from typing import Literal
 
 import msgspec
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import ClusterPipeline
 
 from server.catalog.model import Money
 from server.commerce import pricing
@@ -99,11 +104,44 @@ def booking_key(show_id: str, booking_id: str) -> str:
     return f"booking:{{{show_id}}}:{booking_id}"
 
 
+def show_bookings_key(show_id: str) -> str:
+    """The show's bookings index: booking id -> its record's status."""
+    return f"bookings:{{{show_id}}}"
+
+
 _booking_decoder = msgspec.json.Decoder(BookingRecord)
+MGET_CHUNK = 500
+
+
+def queue_booking(pipe: Pipeline | ClusterPipeline, booking: BookingRecord) -> None:
+    """The record and its index entry, queued on a transaction of the show's slot."""
+    pipe.set(booking_key(booking.show_id, booking.booking_id), msgspec.json.encode(booking))
+    pipe.hset(show_bookings_key(booking.show_id), booking.booking_id, booking.status)
 
 
 async def save_booking(redis: aioredis.Redis, booking: BookingRecord) -> None:
-    await redis.set(booking_key(booking.show_id, booking.booking_id), msgspec.json.encode(booking))
+    async with redis.pipeline(transaction=True) as pipe:
+        queue_booking(pipe, booking)
+        await pipe.execute()
+
+
+async def show_booking_ids(redis: aioredis.Redis, show_id: str) -> dict[str, str]:
+    """booking id -> status, from the show's index."""
+    raw = await redis.hgetall(show_bookings_key(show_id))
+    return {k.decode(): v.decode() for k, v in raw.items()}
+
+
+async def load_show_bookings(redis: aioredis.Redis, show_id: str,
+                             ids: list[str] | None = None) -> list[BookingRecord]:
+    """The show's booking records (all, or `ids`), read through its index: one slot, so
+    MGET is fine on a cluster too."""
+    if ids is None:
+        ids = sorted(await show_booking_ids(redis, show_id))
+    out: list[BookingRecord] = []
+    for i in range(0, len(ids), MGET_CHUNK):
+        keys = [booking_key(show_id, b) for b in ids[i:i + MGET_CHUNK]]
+        out.extend(_booking_decoder.decode(r) for r in await redis.mget(keys) if r)
+    return out
 
 
 async def load_booking(redis: aioredis.Redis, booking_id: str) -> BookingRecord | None:
@@ -148,9 +186,10 @@ async def load_bulk(redis: aioredis.Redis, show_id: str, bulk_id: str) -> BulkRe
 
 async def save_bulk(redis: aioredis.Redis, bookings: list[BookingRecord], bulk: BulkRecord
                     ) -> None:
-    """The bookings and their bulk record in one transaction: all or none."""
+    """The bookings and their bulk record in one transaction: all or none (one show: one
+    slot)."""
     async with redis.pipeline(transaction=True) as pipe:
         for b in bookings:
-            pipe.set(booking_key(b.show_id, b.booking_id), msgspec.json.encode(b))
+            queue_booking(pipe, b)
         pipe.set(bulk_key(bulk.show_id, bulk.bulk_id), msgspec.json.encode(bulk))
         await pipe.execute()

@@ -24,10 +24,15 @@ show_decoder = msgspec.json.Decoder(Show)
 
 async def describe_show(request: web.Request, show: Show) -> ShowInfo:
     redis = services(request).redis
-    raw_movie, raw_screen, raw_theatre = await redis.mget(
-        catalog_key("movie", show.movie_id), catalog_key("screen", show.screen_id),
-        catalog_key("theatre", show.theatre_id) if show.theatre_id else "-",
-    )
+    # Not one MGET: a missing theatre must not bring in a key of another slot.
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.get(catalog_key("movie", show.movie_id))
+        pipe.get(catalog_key("screen", show.screen_id))
+        if show.theatre_id:
+            pipe.get(catalog_key("theatre", show.theatre_id))
+        raws = await pipe.execute()
+    raw_movie, raw_screen = raws[0], raws[1]
+    raw_theatre = raws[2] if show.theatre_id else None
     movie = msgspec.json.decode(raw_movie, type=Movie) if raw_movie else None
     screen = msgspec.json.decode(raw_screen, type=Screen) if raw_screen else None
     theatre = msgspec.json.decode(raw_theatre, type=Theatre) if raw_theatre else None

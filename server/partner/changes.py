@@ -1,6 +1,6 @@
 """What changed for a partner: the stream behind GET /partner/v1/changes.
 
-One Redis Stream per partner, `changes:{<partner>}` (catalog.service.changes_key), capped
+One Redis Stream per partner, `changes:{p:<partner>}` (catalog.service.changes_key), capped
 at ~CHANGES_MAXLEN entries, each with `type`, `at` (UTC ISO 8601) and `data` (JSON):
 
 - the feed's writes (catalog.service) XADD theirs in the MULTI of the write itself:
@@ -11,7 +11,7 @@ at ~CHANGES_MAXLEN entries, each with `type`, `at` (UTC ISO 8601) and `data` (JS
   partner with the show's seat availability (free/held/booked/blocked and the log
   sequence they are as of, read from its snapshot and log as the seat map is). The booking
   carries no customer contact data. Delivery from the outbox is at least once; a marker
-  `changes:{<partner>}:seen:<event id>` (kept SEEN_TTL_S), set in the same script as the
+  `changes:{p:<partner>}:seen:<event id>` (kept SEEN_TTL_S), set in the same script as the
   XADD, keeps a redelivered event from being listed twice.
 
 The group starts at the outbox's end when it is first made: the feed lists what changed

@@ -3,7 +3,7 @@ show's occupancy heat map. Loading (Redis) is kept apart from aggregation (pure)
 
 Rules (also in the API description):
 - A show belongs to the day it starts on in its theatre's time zone (the partner index
-  `idx:partner:<partner>:shows:<local date>`); `from`/`to` are such local dates, inclusive.
+  `{catalog}:idx:partner:<partner>:shows:<local date>`); `from`/`to` are such local dates, inclusive.
 - **tickets** / **bookings**: seats / bookings of `confirmed` booking records. Pending and
   failed payments count nowhere. **cancelled**: bookings cancelled later.
 - **revenue** (integer minor units, with its currency): the quote totals of confirmed
@@ -16,10 +16,9 @@ Rules (also in the API description):
 
 Bounded work per report (security review M6):
 - at most MAX_SHOWS shows per report (422 `too_many_shows`, asking for a shorter range);
-- bookings are found without a SCAN per show. There is no per-show booking index (the
-  records are `booking:{<show>}:<id>`, written in server/booking), so a report over more
-  than PER_SHOW_SCAN_MAX shows walks the keyspace once (`booking:*`) and keeps the keys of
-  its shows; a smaller one SCANs each show's own hash-tagged pattern;
+- bookings are found without any SCAN: each show's bookings index (`bookings:{<show>}`,
+  written with every booking record in server/booking/records.py) names them, and its
+  records are read with one MGET in the show's slot;
 - at most REPLAYS seat-map replays (snapshot + log reads) run at once per process;
 - the facts of finished days (DONE_AFTER_DAYS before today, UTC: every show of them has
   ended) are kept per partner and day in this process for FINISHED_TTL_S, so repeating a
@@ -44,7 +43,7 @@ import redis.asyncio as aioredis
 from actors.commands import SeatStatus
 
 from server.catalog import service as catalog
-from server.booking.records import BookingRecord
+from server.booking.records import BookingRecord, load_show_bookings, show_booking_ids
 from server.catalog.model import Money, Movie, Screen, Show, Theatre
 from server.core.errors import ApiError
 from server.booking.lifecycle import Cancellation, cancellation_key
@@ -55,8 +54,6 @@ GROUPS: tuple[str, ...] = ("show", "screen", "theatre", "day")
 MAX_DAYS = 93
 MAX_SHOWS = 500          # shows per report
 REPLAYS = 8              # seat-map replays at once (per process)
-PER_SHOW_SCAN_MAX = 2    # up to this many shows: SCAN each show's pattern; more: one walk
-SCAN_COUNT = 1000
 DONE_AFTER_DAYS = 3      # a local date this many days before today (UTC) has fully ended
 FINISHED_TTL_S = 600.0
 MAX_FINISHED = 4096      # (partner, day) entries kept
@@ -216,7 +213,6 @@ def heatmap(show_id: str, seq: int, seats: list, status: dict[str, SeatStatus]) 
 
 # --- loading ------------------------------------------------------------------------------
 
-_booking_decoder = msgspec.json.Decoder(BookingRecord)
 _replay_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
     weakref.WeakKeyDictionary())
 # (partner, date) -> (monotonic expiry, the day's facts)
@@ -241,30 +237,14 @@ def finished(date: str, today: dt.date | None = None) -> bool:
     return dt.date.fromisoformat(date) <= today - dt.timedelta(days=DONE_AFTER_DAYS)
 
 
-async def _booking_keys(redis: aioredis.Redis, show_ids: list[str]) -> dict[str, list[bytes]]:
-    """show id -> its booking record keys, with no SCAN per show beyond PER_SHOW_SCAN_MAX."""
-    wanted = set(show_ids)
-    found: dict[str, list[bytes]] = {i: [] for i in show_ids}
-    if not wanted:
-        return found
-    if len(wanted) <= PER_SHOW_SCAN_MAX:
-        for i in show_ids:
-            found[i] = [k async for k in redis.scan_iter(match=f"booking:{{{i}}}:*",
-                                                         count=SCAN_COUNT)]
-        return found
-    async for key in redis.scan_iter(match="booking:{*}:*", count=SCAN_COUNT):
-        tag = key[len(b"booking:{"):key.find(b"}")].decode()
-        if tag in wanted:
-            found[tag].append(key)
-    return found
-
-
-async def _facts(redis: aioredis.Redis, show: Show, date: str, keys: list[bytes],
+async def _facts(redis: aioredis.Redis, show: Show, date: str,
                  theatres: dict[str, Theatre], screens: dict[str, Screen],
                  titles: dict[str, str]) -> ShowFacts:
     async with _replays():
-        raws = await redis.mget(keys) if keys else []
-        records = [_booking_decoder.decode(r) for r in raws if r]
+        index = await show_booking_ids(redis, show.show_id)
+        # pending and failed bookings count nowhere: not read
+        records = await load_show_bookings(redis, show.show_id, sorted(
+            b for b, st in index.items() if st in ("confirmed", "cancelled")))
         statuses = await read_seat_statuses(redis, show.show_id)
     theatre, screen = theatres.get(show.theatre_id), screens.get(show.screen_id)
     f = ShowFacts(show, date, theatre.name if theatre else show.theatre_id,
@@ -312,9 +292,8 @@ async def load_facts(redis: aioredis.Redis, partner_id: str, dates: list[str],
         redis, Screen, sorted({s.screen_id for s in shows}))}
     titles = {m.movie_id: m.title for m in await catalog.load_many(
         redis, Movie, sorted({s.movie_id for s in shows}))}
-    keys = await _booking_keys(redis, [s.show_id for s in shows])
     fresh = list(await asyncio.gather(*(
-        _facts(redis, s, date_of[s.show_id], keys[s.show_id], theatres, screens, titles)
+        _facts(redis, s, date_of[s.show_id], theatres, screens, titles)
         for s in shows)))
     by_day: dict[str, list[ShowFacts]] = {}
     for f in fresh:

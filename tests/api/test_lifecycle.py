@@ -11,6 +11,7 @@ from aiohttp.test_utils import TestServer
 from actors.layout import grid_layout
 from server.core import outbox
 from server.appkeys import SERVICES
+from server.booking.records import show_booking_ids
 from server.commerce.gateway_client import HttpGateway
 
 from .builders import publish_show, publish_show_via_feed
@@ -23,7 +24,7 @@ def gateway(server: TestServer) -> HttpGateway:
 
 
 async def events(redis, show_id: str, type_: str) -> list[outbox.Event]:
-    rows = await redis.xrange(outbox.STREAM)
+    rows = [row for stream in outbox.STREAMS for row in await redis.xrange(stream)]
     out = [outbox.decode_entry(i, f) for i, f in rows]
     return [e for e in out if e.type == type_ and e.data.get("show_id") == show_id]
 
@@ -125,6 +126,10 @@ async def test_partner_cancelling_a_show_cancels_and_refunds_every_booking(api, 
     gone = await book(api, show_id, ["B1"])
     assert (await cancel(api, gone))[0] == 200  # cancelled before: not refunded twice
     loose = await hold(api, show_id, ["C3"])  # a hold in progress is released
+    # The show's bookings index (no SCAN finds them) follows every record's status.
+    assert await show_booking_ids(redis, show_id) == {
+        b1["booking_id"]: "confirmed", b2["booking_id"]: "confirmed",
+        gone["booking_id"]: "cancelled"}
 
     status, show = await partner.call("DELETE", f"/partner/v1/shows/{show_id}")
     assert status == 200, show
@@ -146,6 +151,7 @@ async def test_partner_cancelling_a_show_cancels_and_refunds_every_booking(api, 
     assert notice.partner_id == partner.partner_id
     listed = {b["booking_id"]: b["email"] for b in notice.data["bookings"]}
     assert set(listed) == {b1["booking_id"], b2["booking_id"], gone["booking_id"]}
+    assert set((await show_booking_ids(redis, show_id)).values()) == {"cancelled"}
 
     # Repeating the request is safe: no second refund, no second notice.
     status, _ = await partner.call("DELETE", f"/partner/v1/shows/{show_id}")

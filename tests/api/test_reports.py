@@ -7,10 +7,15 @@ from __future__ import annotations
 import csv
 import io
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
+import msgspec
 import pytest
+
+from server.booking.records import (
+    BookingRecord, PaymentInfo, Quote, booking_key, show_booking_ids,
+)
 
 from .catalog_helpers import new_partner
 from .test_checkout import hold, seat_status
@@ -152,3 +157,22 @@ async def test_another_partner_sees_nothing(sold, api):
     assert (status, body["rows"]) == (200, [])
     status, _ = await partner.call("GET", "/partner/v1/reports/shows/no-such-show/heatmap")
     assert status == 404
+
+
+async def test_the_report_finds_bookings_by_the_shows_index(sold, redis):
+    """Bookings are found through each show's bookings index (a report never SCANs the
+    keyspace): a record the index does not name is not counted, and the index names each
+    booking with its record's status."""
+    partner, s1, _, dates, _ = sold
+    index = await show_booking_ids(redis, s1)
+    assert sorted(index.values()) == ["cancelled", "confirmed"]
+    stray = BookingRecord(
+        booking_id=f"{s1}.stray", show_id=s1, hold_id=f"{s1}.h", seats=["B6"],
+        quote=Quote("INR", [], 99_999, 0, 0, 0, 99_999), email="x@example.com", name="X",
+        payment=PaymentInfo("pay_stray", "tok", "4242", "visa"),
+        created_at=datetime.now(UTC))
+    await redis.set(booking_key(s1, stray.booking_id), msgspec.json.encode(stray))
+    status, body = await report(partner, f"from={dates[0]}&to={dates[-1]}&group_by=show")
+    assert status == 200, body
+    [row] = [r for r in body["rows"] if r["key"] == s1]
+    assert (row["bookings"], row["tickets"], row["cancelled"]) == (1, 2, 1)

@@ -17,7 +17,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from actors import commands as c
+from actors import commands as c, redis_conn
 from actors.store import Event, LogEntry, ShowStore, event_decoder, event_encoder, log_key
 from server.core.embedded import RedisServer
 from tests.show_actors import gone, host_of, kill9, raw_apply, restarted  # noqa: F401
@@ -103,7 +103,7 @@ def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
 
 @pytest.fixture
 async def private_redis_client(private_redis: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(private_redis.url)
+    client = redis_conn.async_client(private_redis.url)
     yield client
     await client.aclose()
 

@@ -9,9 +9,8 @@ import uuid
 
 import msgspec
 import ray
-import redis.asyncio as aioredis
 
-from actors import commands as c
+from actors import commands as c, redis_conn
 from actors.client import ShowDirectory
 from actors.layout import Rules, grid_layout
 from actors.host import ActorSettings
@@ -46,7 +45,7 @@ def other_web_process(show_id: str, redis_url: str, settings: ActorSettings,
     """A separate OS process (a Ray worker) acting as a second web server."""
 
     async def main() -> bytes:
-        r = aioredis.Redis.from_url(redis_url)
+        r = redis_conn.async_client(redis_url)
         directory = await ShowDirectory(redis_url, settings, pool=CORE_POOL).start()
         go = asyncio.Event()
         tasks = [asyncio.create_task(run_job(directory, show_id, job, go))

@@ -11,9 +11,8 @@ import time as _time
 import msgspec
 import pytest
 import ray
-import redis.asyncio as aioredis
 
-from actors import commands as c
+from actors import commands as c, redis_conn
 from actors.client import ShowDirectory
 from actors.layout import ShowConfig, grid_layout
 from actors.seatmap import Snapshot
@@ -70,6 +69,7 @@ async def test_host_killed_mid_stream(how, shows, directory, redis):
     stream.assert_reflected_exactly(state)
 
 
+@pytest.mark.single_redis
 async def test_redis_kill9_mid_stream(shows, private_redis, private_redis_client, settings,
                                       ray_cluster):
     redis = private_redis_client
@@ -228,7 +228,7 @@ async def test_a_stale_copy_does_not_refuse_from_memory(shows, directory, redis)
 
 async def _replayed_fresh(url: str, show_id: str) -> dict:
     """Replay over a new connection: a client's pooled ones died with the old server."""
-    fresh = aioredis.Redis.from_url(url)
+    fresh = redis_conn.async_client(url)
     try:
         return await replayed_state(fresh, show_id)
     finally:

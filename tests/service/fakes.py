@@ -148,6 +148,7 @@ class Checkouts:
         self.leases: set[str] = set()
         self.bookings: dict[str, BookingRecord] = {}
         self.events: list[tuple[str, str]] = []
+        self.replica_behind = False  # a replica has not caught up with the primary
 
     async def claim(self, intent: PaymentIntent) -> PaymentIntent | None:
         if intent.key in self.intents:
@@ -201,6 +202,9 @@ class Checkouts:
 
     async def gateway_down(self, hold: HoldRecord, exc: Exception) -> Refused:
         return Refused("payment_unavailable", str(exc), status=503)
+
+    async def replicated(self, key: str) -> bool:
+        return not self.replica_behind
 
 
 class Bulks:

@@ -235,6 +235,21 @@ async def test_checkout_books_once_per_key(world: World):
     assert (err.code, err.details["booking_id"]) == ("hold_checked_out", booking.booking_id)
 
 
+async def test_a_booking_is_not_acknowledged_before_a_replica_has_it(world: World):
+    """With asynchronous replicas (a Redis Cluster) the booking is on the primary before
+    any replica: the answer waits for one, else 503 and the same key answers later."""
+    show = world.add_show()
+    hold, token = await holding.place_hold(world.booking, HoldAsk(show.show_id, ["A1"]), GUEST)
+    world.checkouts.replica_behind = True
+    err = await refused(checkout(world.booking, hold.hold_id, token, "k1", ask(), GUEST))
+    assert (err.code, err.status) == ("unavailable", 503)
+    assert world.shows.status(show.show_id, ["A1"]) == {"A1": "booked"}  # done, not said
+    world.checkouts.replica_behind = False
+    done = await checkout(world.booking, hold.hold_id, token, "k1", ask(), GUEST)
+    assert isinstance(done, Booked) and done.booking.seats == ["A1"]
+    assert len(world.gateway.entries(kind="authorise")) == 1
+
+
 async def test_a_declined_card_is_remembered_and_the_hold_stays(world: World):
     show = world.add_show()
     hold, token = await holding.place_hold(world.booking, HoldAsk(show.show_id, ["A1"]), GUEST)
