@@ -9,7 +9,9 @@ client made as the web process makes it (blocking pool of 64, the same retry pol
 
 1. per request - the previous middleware's path, copied here: one EVALSHA per check;
 2. coalesced   - server/onsale/ratelimit.Batcher (what the middleware uses now), with 1,
-                 2 and 4 script calls in flight.
+                 2 and 4 batches in flight (a batch: one script call per bucket tag
+                 present, and for a hold, whose two buckets are mostly in different tags,
+                 a second step; the flag is one HGET per batch).
 
 Each check is what a request makes: `hold` = client IP bucket + customer bucket + the
 show's waiting-room flag (the hold path of a signed-in customer), `read` = the IP bucket
@@ -39,7 +41,7 @@ import redis.asyncio as aioredis
 from actors import redis_conn
 from server.core.embedded import RedisServer
 from server.core.redis_retry import redis_retry
-from server.onsale.ratelimit import _GCRA, Batcher, Limit
+from server.onsale.ratelimit import _GCRA, Batcher, Limit, bucket_tag
 
 # The per-request script as it was before the checks were coalesced (one call per request).
 PER_REQUEST_GCRA = """
@@ -77,9 +79,12 @@ Check = Callable[[list[str], list[str]], Awaitable[tuple[int, object]]]
 def request_of(kind: str, i: int) -> tuple[list[str], list[str]]:
     """(keys, per-bucket args) of simulated request `i`."""
     ip = f"10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}"
+    cust = f"u:bench-{i}"
     if kind == "read":
-        return [f"rl:ip:read:{LIMIT.tag}:{ip}"], [*LIMIT.args()]
-    return ([f"rl:ip:write:{LIMIT.tag}:{ip}", f"rl:cust:{LIMIT.tag}:u:bench-{i}", "wr:bench"],
+        return [f"rl:ip:read:{bucket_tag(ip)}:{LIMIT.tag}:{ip}"], [*LIMIT.args()]
+    # the middleware's keys: each bucket in its identity's tag, the flag in the show's slot
+    return ([f"rl:ip:write:{bucket_tag(ip)}:{LIMIT.tag}:{ip}",
+             f"rl:cust:{bucket_tag(cust)}:{LIMIT.tag}:{cust}", "wr:{bench}"],
             [*LIMIT.args(), *LIMIT.args()])
 
 

@@ -290,12 +290,12 @@ async def memory(redis: Any, visitors: int) -> dict[str, float]:
     await asyncio.gather(*(join(v) for v in vids))
     out["direct_joins_per_s"] = visitors / (time.monotonic() - t0)
     m1 = await used(redis)
-    markers = [k async for k in redis.scan_iter(match=f"wr:{show_id}:pow:*", count=10_000)]
+    markers = [k async for k in redis.scan_iter(match=f"wr:{{{show_id}}}:pow:*", count=10_000)]
     for i in range(0, len(markers), 10_000):
         await redis.unlink(*markers[i:i + 10_000])
     m2 = await used(redis)
     out["pre_queue_b"] = (m2 - m0) / visitors
-    out["pre_queue_key_b"] = await key_bytes(redis, f"wr:{show_id}:pre") / visitors
+    out["pre_queue_key_b"] = await key_bytes(redis, f"wr:{{{show_id}}}:pre") / visitors
     out["marker_b"] = (m1 - m2) / visitors
     # the sale opens: the draw, then as many join after the start
     await waiting_room.run_queue(redis, show_id, "set", (
@@ -307,16 +307,16 @@ async def memory(redis: Any, visitors: int) -> dict[str, float]:
     late = [secrets.token_urlsafe(12) for _ in range(visitors)]
     m3 = await used(redis)
     await asyncio.gather(*(join(v) for v in late))
-    markers = [k async for k in redis.scan_iter(match=f"wr:{show_id}:pow:*", count=10_000)]
+    markers = [k async for k in redis.scan_iter(match=f"wr:{{{show_id}}}:pow:*", count=10_000)]
     for i in range(0, len(markers), 10_000):
         await redis.unlink(*markers[i:i + 10_000])
     m4 = await used(redis)
     out["late_b"] = (m4 - m3) / visitors
-    late_key = await key_bytes(redis, f"wr:{show_id}:v")
+    late_key = await key_bytes(redis, f"wr:{{{show_id}}}:v")
     out["late_key_b"] = late_key / visitors
     # admissions: the first 10 % of the pre-queue get their record (ticket:expiry)
-    await redis.hset(f"wr:{show_id}", mapping={"head": visitors // 10})
-    ranked = await redis.zrange(f"wr:{show_id}:pre", 0, visitors // 10 - 1)
+    await redis.hset(f"wr:{{{show_id}}}", mapping={"head": visitors // 10})
+    ranked = await redis.zrange(f"wr:{{{show_id}}}:pre", 0, visitors // 10 - 1)
 
     async def admit(vid: bytes) -> None:
         async with sem:
@@ -326,7 +326,7 @@ async def memory(redis: Any, visitors: int) -> dict[str, float]:
     m5 = await used(redis)
     await asyncio.gather(*(admit(v) for v in ranked))
     out["admitted_b"] = (await used(redis) - m5) / len(ranked)
-    out["admitted_key_b"] = (await key_bytes(redis, f"wr:{show_id}:v") - late_key) / len(ranked)
+    out["admitted_key_b"] = (await key_bytes(redis, f"wr:{{{show_id}}}:v") - late_key) / len(ranked)
     return out
 
 

@@ -1,22 +1,28 @@
 """Recommendation data in Redis, fed by the outbox's booking.confirmed events.
 
-Keys:
+Keys (all with the one hash tag `{rec}`: a booking's update spans the customer's history,
+the movies' co-occurrences and the popularity sums in one script, and every rec read is a
+small pipeline; one Redis Cluster slot for the family, on purpose):
 
-    rec:applied:<booking_id>   string  the booking was counted (idempotency; 90-day TTL)
-    rec:hist:<customer_id>     zset    movie id -> last booked (ms); newest 200 kept
-    rec:lang:<customer_id>     zset    show language (casefolded) -> bookings
-    rec:cooc:<movie_id>        zset    other movie id -> customers who booked both
-    rec:pop:city:<city slug>   zset    movie id -> bookings, time-decayed, relative to the epoch
-    rec:pop:all                zset    the same over every city
-    rec:pop:epoch              string  the epoch (ms) the popularity sums are relative to
-    rec:pop:keys               set     every rec:pop:* zset (for the refresh)
+    rec:{rec}:applied:<booking_id>   string  the booking was counted (idempotency; 90-day TTL)
+    rec:{rec}:hist:<customer_id>     zset    movie id -> last booked (ms); newest 200 kept
+    rec:{rec}:lang:<customer_id>     zset    show language (casefolded) -> bookings
+    rec:{rec}:cooc:<movie_id>        zset    other movie id -> customers who booked both
+    rec:{rec}:pop:city:<city slug>   zset    movie id -> bookings, time-decayed, relative to
+                                             the epoch
+    rec:{rec}:pop:all                zset    the same over every city
+    rec:{rec}:pop:epoch              string  the epoch (ms) the popularity sums are relative to
+    rec:{rec}:pop:keys               set     every rec pop zset (for the refresh)
 
 `RecommendWorker` runs a `GroupConsumer` of its own group (`recommend`) on the outbox:
 each booking.confirmed is applied by one Lua script (all of a booking's updates, or none;
 a redelivered event is skipped by its `rec:applied` marker). Its refresh task moves the
 popularity epoch to now every `refresh_s` (the sums become today's decayed values) and
 drops movies whose weight decayed below `MIN_WEIGHT`. Guest bookings (no customer id)
-count for popularity only. The scripts touch keys they compute (single Redis, no cluster).
+count for popularity only. A script gets every key it touches in KEYS: the keys that
+depend on data (the co-occurrence zsets of the customer's history, the pop zsets) are read
+first and the script checks they are still the ones (else it changes nothing and the
+caller reads again).
 
 A customer's history and languages are theirs: the data export includes them and deleting
 the account deletes them (registered with `server.booking.mine_api`; security review L15).
@@ -50,37 +56,51 @@ APPLIED_TTL_S = 90 * 24 * 3600
 HISTORY_MAX = 200
 MIN_WEIGHT = 0.01   # below this (about 7 half-lives for one booking) a movie is dropped
 POPULAR_TOP = 200   # how many of a city's most popular movies a request looks at
-EPOCH = "rec:pop:epoch"
-POP_KEYS = "rec:pop:keys"
-POP_ALL = "rec:pop:all"
+TAG = "rec:{rec}:"
+EPOCH = TAG + "pop:epoch"
+POP_KEYS = TAG + "pop:keys"
+POP_ALL = TAG + "pop:all"
+RETRIES = 16  # a script refused because its data-dependent keys changed: read them again
 
 
 def applied_key(booking_id: str) -> str:
-    return f"rec:applied:{booking_id}"
+    return f"{TAG}applied:{booking_id}"
 
 
 def history_key(customer_id: str) -> str:
-    return f"rec:hist:{customer_id}"
+    return f"{TAG}hist:{customer_id}"
 
 
 def languages_key(customer_id: str) -> str:
-    return f"rec:lang:{customer_id}"
+    return f"{TAG}lang:{customer_id}"
 
 
 def cooc_key(movie_id: str) -> str:
-    return f"rec:cooc:{movie_id}"
+    return f"{TAG}cooc:{movie_id}"
 
 
 def city_key(city: str) -> str:
-    return f"rec:pop:city:{city_slug(city)}"
+    return f"{TAG}pop:city:{city_slug(city)}"
 
 
-# KEYS: applied, history, languages, pop city, pop all, epoch, pop keys
-# ARGV: movie, language, t_ms, half_life_ms, applied ttl, cooc prefix, has customer, hist max
+# KEYS: applied, history, languages, pop city, pop all, epoch, pop keys, the movie's cooc,
+# then the cooc zset of each movie in the history as the caller read it (ARGV[9..]).
+# ARGV: movie, language, t_ms, half_life_ms, applied ttl, (unused), has customer, hist max,
+# then the history's movies in ZRANGE order. Returns 1 applied, 0 applied before, -1 the
+# history is no longer what the caller read (nothing done: read it again).
 _APPLY = """
-if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[5]) then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local movie = ARGV[1]
 local t = tonumber(ARGV[3])
+local hist = {}
+if ARGV[7] == '1' then
+  hist = redis.call('ZRANGE', KEYS[2], 0, -1)
+  if #hist ~= #ARGV - 8 then return -1 end
+  for i = 1, #hist do
+    if hist[i] ~= ARGV[8 + i] then return -1 end
+  end
+end
+redis.call('SET', KEYS[1], '1', 'EX', ARGV[5])
 local epoch = tonumber(redis.call('GET', KEYS[6]) or '')
 if not epoch then
   epoch = t
@@ -92,9 +112,9 @@ redis.call('ZINCRBY', KEYS[5], w, movie)
 redis.call('SADD', KEYS[7], KEYS[4], KEYS[5])
 if ARGV[7] == '1' then
   if not redis.call('ZSCORE', KEYS[2], movie) then
-    for _, m in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
-      redis.call('ZINCRBY', ARGV[6] .. m, 1, movie)
-      redis.call('ZINCRBY', ARGV[6] .. movie, 1, m)
+    for i = 1, #hist do
+      redis.call('ZINCRBY', KEYS[8 + i], 1, movie)
+      redis.call('ZINCRBY', KEYS[8], 1, hist[i])
     end
   end
   local last = tonumber(redis.call('ZSCORE', KEYS[2], movie) or '0')
@@ -105,22 +125,29 @@ end
 return 1
 """
 
-# KEYS: epoch, pop keys. ARGV: now_ms, half_life_ms, min weight
+# KEYS: epoch, pop keys, then every member of pop keys as the caller read it.
+# ARGV: now_ms, half_life_ms, min weight. Returns 1 moved, 0 nothing to do, -1 pop keys
+# changed since the caller read them (nothing done: read them again).
 _REBASE = """
 local epoch = tonumber(redis.call('GET', KEYS[1]) or '')
 if not epoch then return 0 end
 local now = tonumber(ARGV[1])
 if now <= epoch then return 0 end
+if redis.call('SCARD', KEYS[2]) ~= #KEYS - 2 then return -1 end
+for i = 3, #KEYS do
+  if redis.call('SISMEMBER', KEYS[2], KEYS[i]) == 0 then return -1 end
+end
 local f = math.pow(2, -(now - epoch) / tonumber(ARGV[2]))
 local minw = tonumber(ARGV[3])
-for _, key in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+for i = 3, #KEYS do
+  local key = KEYS[i]
   local items = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
-  for i = 1, #items, 2 do
-    local s = tonumber(items[i + 1]) * f
+  for j = 1, #items, 2 do
+    local s = tonumber(items[j + 1]) * f
     if s < minw then
-      redis.call('ZREM', key, items[i])
+      redis.call('ZREM', key, items[j])
     else
-      redis.call('ZADD', key, s, items[i])
+      redis.call('ZADD', key, s, items[j])
     end
   end
   if redis.call('ZCARD', key) == 0 then redis.call('SREM', KEYS[2], key) end
@@ -148,19 +175,30 @@ class RecommendStore:
                             language: str, customer_id: str | None, t_ms: int) -> bool:
         """Count one confirmed booking (once per booking id). True if it was new."""
         cust = customer_id or ""
-        done = await self._apply(
-            keys=[applied_key(booking_id), history_key(cust), languages_key(cust),
-                  city_key(city), POP_ALL, EPOCH, POP_KEYS],
-            args=[movie_id, language.strip().casefold(), t_ms, _ms(self.half_life_s),
-                  APPLIED_TTL_S, "rec:cooc:", "1" if customer_id else "0", HISTORY_MAX])
-        return bool(done)
+        for _ in range(RETRIES):
+            hist = ([m.decode() for m in await self.redis.zrange(history_key(cust), 0, -1)]
+                    if customer_id else [])
+            done = await self._apply(
+                keys=[applied_key(booking_id), history_key(cust), languages_key(cust),
+                      city_key(city), POP_ALL, EPOCH, POP_KEYS, cooc_key(movie_id),
+                      *(cooc_key(m) for m in hist)],
+                args=[movie_id, language.strip().casefold(), t_ms, _ms(self.half_life_s),
+                      APPLIED_TTL_S, "", "1" if customer_id else "0", HISTORY_MAX, *hist])
+            if done != -1:
+                return bool(done)
+        raise RuntimeError(f"recommend: the history of {cust} keeps changing")
 
     async def refresh(self, now_s: float | None = None) -> bool:
         """Move the popularity epoch to now (sums become decayed values) and drop the
         movies that decayed below MIN_WEIGHT."""
         now_ms = _ms(time.time() if now_s is None else now_s)
-        return bool(await self._rebase(keys=[EPOCH, POP_KEYS],
-                                       args=[now_ms, _ms(self.half_life_s), MIN_WEIGHT]))
+        for _ in range(RETRIES):
+            pop = sorted(k.decode() for k in await self.redis.smembers(POP_KEYS))
+            done = await self._rebase(keys=[EPOCH, POP_KEYS, *pop],
+                                      args=[now_ms, _ms(self.half_life_s), MIN_WEIGHT])
+            if done != -1:
+                return bool(done)
+        raise RuntimeError("recommend: the popularity keys keep changing")
 
     # --- reads ------------------------------------------------------------------------
 

@@ -13,9 +13,15 @@ id is `<kind>.<item_id>.<random>`, so any review id routes to its item's keys:
 - `rv:{rv:<kind>:<item>}:list` -> sorted set: visible review ids by creation time.
 - `rv:{rv:<kind>:<item>}:stats` -> hash: `sum` and `count` of the visible ratings.
 - `rv:{rv:<kind>:<item>}:reports:<review_id>` -> hash: partner id -> report (JSON).
-- `rv:reported` / `rv:hidden` -> sorted sets of review ids waiting for / hidden by moderation.
-- `rv:mine:<customer_id>` -> set: the customer's review ids (their export and erasure; reviews
-  written before this index existed are found by a SCAN of the `:by` hashes as well).
+- `rv:{rv}:reported` / `rv:{rv}:hidden` -> sorted sets of review ids waiting for / hidden by
+  moderation (one tag: a moderation decision moves an id between them in one transaction).
+- `rv:{u:<customer_id>}:mine` -> set: the customer's review ids (their export and erasure),
+  in the customer's slot. It is written before the review (see `upsert`), so every review of
+  theirs is in it; an id there whose review is gone or is not theirs is skipped.
+
+Every script gets every key it touches in KEYS (a review's key is found first, then the
+script checks it is still the one the item's `:by` hash names), so each runs in one Redis
+Cluster slot.
 
 When a customer deletes their account (`server.booking.mine_api`), their reviews stay (the
 rating stays in the average, the text stays) but are no longer theirs: the author becomes
@@ -37,7 +43,7 @@ from server.core.clock import now_ms
 from server.accounts import users as accounts
 from server.booking import records as bookings
 from server.catalog import service as catalog
-from server.catalog.model import RatingSummary, Show, Theatre, Movie
+from server.catalog.model import RatingSummary, Show, Theatre, Movie, catalog_key
 from server.booking import mine_api
 from server.core.errors import ApiError
 
@@ -47,8 +53,8 @@ MAX_TEXT = 2000
 MAX_REASON = 500
 MAX_PAGE = 50
 
-REPORTED = "rv:reported"
-HIDDEN = "rv:hidden"
+REPORTED = "rv:{rv}:reported"
+HIDDEN = "rv:{rv}:hidden"
 FORMER_CUSTOMER = "a former customer"
 
 
@@ -143,7 +149,7 @@ def reports_key(kind: str, item_id: str, review_id: str) -> str:
 
 
 def mine_key(customer_id: str) -> str:
-    return f"rv:mine:{customer_id}"
+    return f"rv:{{u:{customer_id}}}:mine"
 
 
 def parse_review_id(review_id: str) -> tuple[str, str] | None:
@@ -167,14 +173,16 @@ def summary(raw_sum: object, raw_count: object) -> RatingSummary:
 
 # --- scripts ----------------------------------------------------------------------------
 
-# KEYS: by, list, stats. ARGV: customer, new review id, rating, text, author, now_ms,
-# kind, item, key prefix. Returns {review id, created (1/0)}.
+# KEYS: by, list, stats, review. ARGV: customer, review id, rating, text, author, now_ms,
+# kind, item, the review id `by` must name now ('' = none: a new review). Returns
+# {review id, created (1/0)}, or {what `by` names, -1} when that changed since it was read.
 _UPSERT = """
-local rid = redis.call('HGET', KEYS[1], ARGV[1])
+local rid = redis.call('HGET', KEYS[1], ARGV[1]) or ''
+if rid ~= ARGV[9] then return {rid, -1} end
 local rating = tonumber(ARGV[3])
-if not rid then
+local rkey = KEYS[4]
+if rid == '' then
   rid = ARGV[2]
-  local rkey = ARGV[9] .. rid
   redis.call('HSET', KEYS[1], ARGV[1], rid)
   redis.call('HSET', rkey, 'review_id', rid, 'kind', ARGV[7], 'item_id', ARGV[8],
              'customer_id', ARGV[1], 'author', ARGV[5], 'rating', rating, 'text', ARGV[4],
@@ -184,7 +192,6 @@ if not rid then
   redis.call('HINCRBY', KEYS[3], 'count', 1)
   return {rid, 1}
 end
-local rkey = ARGV[9] .. rid
 local old = tonumber(redis.call('HGET', rkey, 'rating'))
 redis.call('HSET', rkey, 'rating', rating, 'text', ARGV[4], 'author', ARGV[5],
            'edited_ms', ARGV[6])
@@ -194,19 +201,20 @@ end
 return {rid, 0}
 """
 
-# KEYS: by, list, stats. ARGV: customer, key prefix. Returns the deleted review id or false.
+# KEYS: by, list, stats, review, reports. ARGV: customer, the review id `by` must name now.
+# Returns 1 (deleted), 0 (the customer has no review) or -1 (`by` changed since it was read).
 _DELETE = """
 local rid = redis.call('HGET', KEYS[1], ARGV[1])
-if not rid then return false end
-local rkey = ARGV[2] .. rid
-if redis.call('HGET', rkey, 'hidden') == '0' then
-  redis.call('HINCRBY', KEYS[3], 'sum', -tonumber(redis.call('HGET', rkey, 'rating')))
+if not rid then return 0 end
+if rid ~= ARGV[2] then return -1 end
+if redis.call('HGET', KEYS[4], 'hidden') == '0' then
+  redis.call('HINCRBY', KEYS[3], 'sum', -tonumber(redis.call('HGET', KEYS[4], 'rating')))
   redis.call('HINCRBY', KEYS[3], 'count', -1)
 end
 redis.call('ZREM', KEYS[2], rid)
 redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('DEL', rkey, ARGV[3] .. rid)
-return rid
+redis.call('DEL', KEYS[4], KEYS[5])
+return 1
 """
 
 # KEYS: review, list, stats. ARGV: hide ('1'/'0'), review id, now_ms, who.
@@ -255,7 +263,7 @@ def view(record: dict) -> ReviewView:
 async def item_exists(redis: aioredis.Redis, kind: str, item_id: str) -> bool:
     if not catalog.valid_id(item_id):
         raise ApiError(422, "invalid_id", f"{kind}_id must match [A-Za-z0-9_-]{{1,64}}")
-    return bool(await redis.exists(f"catalog:{kind}:{item_id}"))
+    return bool(await redis.exists(catalog_key(kind, item_id)))
 
 
 async def require_item(redis: aioredis.Redis, kind: str, item_id: str) -> None:
@@ -297,8 +305,12 @@ async def eligible(redis: aioredis.Redis, customer_id: str, kind: str, item_id: 
     if not keys:
         return False
     decoder = msgspec.json.Decoder(bookings.BookingRecord)
+    async with redis.pipeline(transaction=False) as pipe:  # one slot per show: no MGET
+        for key in keys:
+            pipe.get(key)
+        raws = await pipe.execute()
     show_ids = {
-        rec.show_id for raw in await redis.mget(keys)
+        rec.show_id for raw in raws
         if raw and (rec := decoder.decode(raw)).status == "confirmed"
         and rec.customer_id == customer_id
     }
@@ -328,13 +340,26 @@ async def partner_concerned(redis: aioredis.Redis, partner_id: str, kind: str,
 async def upsert(redis: aioredis.Redis, user: accounts.User, kind: str, item_id: str,
                  body: ReviewIn) -> tuple[ReviewView, bool]:
     """Create or edit the customer's review; (review, created)."""
-    rid = f"{kind}.{item_id}.{secrets.token_hex(8)}"
-    at = now_ms()
-    got_rid, created = await redis.eval(
-        _UPSERT, 3, by_key(kind, item_id), list_key(kind, item_id), stats_key(kind, item_id),
-        user.user_id, rid, body.rating, body.text, user.name, at, kind, item_id,
-        review_key(kind, item_id, ""))
-    await redis.sadd(mine_key(user.user_id), got_rid)
+    new_rid = f"{kind}.{item_id}.{secrets.token_hex(8)}"
+    # The customer's index first (their slot, not the item's): a review is never left out
+    # of their export or erasure; an indexed id whose review was not written is skipped.
+    await redis.sadd(mine_key(user.user_id), new_rid)
+    bkey = by_key(kind, item_id)
+    current = await redis.hget(bkey, user.user_id)
+    for _ in range(8):  # `by` changes only by this customer's own concurrent requests
+        expect = current.decode() if current else ""
+        rid = expect or new_rid
+        got_rid, created = await redis.eval(
+            _UPSERT, 4, bkey, list_key(kind, item_id), stats_key(kind, item_id),
+            review_key(kind, item_id, rid), user.user_id, rid, body.rating, body.text,
+            user.name, now_ms(), kind, item_id, expect)
+        if created != -1:
+            break
+        current = got_rid or None
+    else:
+        raise ApiError(409, "conflict", "this review is being changed; retry")
+    if got_rid.decode() != new_rid:
+        await redis.srem(mine_key(user.user_id), new_rid)
     record = await redis.hgetall(review_key(kind, item_id, got_rid.decode()))
     return view(record), bool(created)
 
@@ -351,14 +376,28 @@ async def mine(redis: aioredis.Redis, customer_id: str, kind: str, item_id: str
 
 
 async def delete(redis: aioredis.Redis, customer_id: str, kind: str, item_id: str) -> bool:
-    rid = await redis.eval(_DELETE, 3, by_key(kind, item_id), list_key(kind, item_id),
-                           stats_key(kind, item_id), customer_id,
-                           review_key(kind, item_id, ""), reports_key(kind, item_id, ""))
-    if rid is None:
-        return False
+    bkey = by_key(kind, item_id)
+    for _ in range(8):  # `by` changes only by this customer's own concurrent requests
+        raw = await redis.hget(bkey, customer_id)
+        if raw is None:
+            return False
+        rid = raw.decode()
+        done = await redis.eval(_DELETE, 5, bkey, list_key(kind, item_id),
+                                stats_key(kind, item_id), review_key(kind, item_id, rid),
+                                reports_key(kind, item_id, rid), customer_id, rid)
+        if done == 0:
+            return False
+        if done == 1:
+            break
+    else:
+        raise ApiError(409, "conflict", "this review is being changed; retry")
+    # Other slots: the moderation queues, then the customer's index (an id left there by a
+    # crash names no review any more and is skipped).
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.zrem(REPORTED, rid)
+        pipe.zrem(HIDDEN, rid)
+        await pipe.execute()
     await redis.srem(mine_key(customer_id), rid)
-    await redis.zrem(REPORTED, rid)
-    await redis.zrem(HIDDEN, rid)
     return True
 
 
@@ -471,14 +510,9 @@ async def moderation_queue(redis: aioredis.Redis, status: str, offset: int, limi
 # --- a customer's reviews: export and erasure (account deletion) ------------------------
 
 async def review_ids_of(redis: aioredis.Redis, customer_id: str) -> list[str]:
-    """The customer's review ids: the `rv:mine` index, plus those the `:by` hashes name
-    (reviews written before the index existed)."""
-    ids = {r.decode() for r in await redis.smembers(mine_key(customer_id))}
-    async for key in redis.scan_iter(match="rv:{rv:*}:by", count=1000):
-        rid = await redis.hget(key, customer_id)
-        if rid is not None:
-            ids.add(rid.decode())
-    return sorted(ids)
+    """The customer's review ids, from their `mine` index (no keyspace scan: this runs on
+    a request)."""
+    return sorted(r.decode() for r in await redis.smembers(mine_key(customer_id)))
 
 
 async def export_of(redis: aioredis.Redis, customer_id: str) -> list[dict]:

@@ -6,7 +6,7 @@ mac HMAC-SHA256 with a key derived from the platform secret for this purpose onl
 bound to the visitor id kept in the visitor's encrypted session cookie: a token copied into
 another browser (another session) is refused, and a forged or altered one fails the MAC.
 The token alone is not enough: the admission is recorded in Redis when it is given
-(`wr:<show>:v`, visitor id -> `ticket:exp_ms`, written by the waiting room's script), and
+(`wr:{<show>}:v`, visitor id -> `ticket:exp_ms`, written by the waiting room's script), and
 the gate also wants that record to be alive and to carry the token's expiry. One HGET,
 only for holds on a show in its waiting room; the other shows' hold path reads nothing
 more. So a replayed cookie or token cannot outlive (or renew) the admission it came with.
@@ -89,7 +89,7 @@ def _parse(secret: str, token: str, show_id: str, visitor: str | None
 
 
 def record_expiry(record: bytes | str | None) -> int:
-    """The expiry (ms) in a visitor's `wr:<show>:v` record, 0 when not admitted."""
+    """The expiry (ms) in a visitor's `wr:{<show>}:v` record, 0 when not admitted."""
     if record is None:
         return 0
     text = record.decode() if isinstance(record, bytes) else record
@@ -153,7 +153,7 @@ async def hold_customer(request: web.Request, show_id: str, on_sale: bool) -> st
 
 async def hold_gate(request: web.Request, show_id: str) -> tuple[str, int]:
     """For a new hold: (customer, their seat cap on this show). The waiting-room flag comes
-    from the rate limiter's script when it ran (same round trip), else from Redis."""
+    from the rate limiter's batch when it ran (same round trip), else from Redis."""
     svc = services(request)
     on_sale = request.get(ON_SALE)
     if on_sale is None:

@@ -23,16 +23,30 @@ Every request but static files and health probes is checked, in this order:
    charged to the caller's address bucket, and once its handler authenticated it the key's
    bucket is charged after the fact (one coalesced script call, not awaited).
 
-For a hold (`POST /api/shows/{id}/holds`) the same script also reads the show's waiting-room
-flag, so the queue check (server/onsale/waiting_room.py) costs no second round trip.
+For a hold (`POST /api/shows/{id}/holds`) the batch also reads the show's waiting-room
+flag, alongside its script calls, so the queue check (server/onsale/waiting_room.py) costs
+no round trip of its own.
 
 The checks are coalesced (`Batcher`, group commit): a request queues its check and waits;
-one script call takes every check queued in this process (up to `MAX_BATCH`) and decides
-them in order, each exactly as if it had had a call of its own at that instant, while the
-checks arriving during the call gather for the next one. The buckets are the same Redis
-keys whichever process or batch charges them, so a limit means the same with any number
-of web processes; a Redis error fails every check of its batch (the error middleware
-answers 503 for a connection error, as before).
+the checks queued in this process (up to `MAX_BATCH`) are sent together, while the checks
+arriving meanwhile gather for the next batch. The buckets are the same Redis keys whichever
+process or batch charges them, so a limit means the same with any number of web
+processes; a Redis error fails the checks of its call (the error middleware answers 503
+for a connection error, as before).
+
+Redis Cluster: a script may touch one slot only, so the buckets are spread over `BUCKETS`
+hash tags `{rl<i>}` (i from a CRC-32 of the address, key digest or customer, so the same
+client always has the same key; the tags spread over the masters). A batch is one script
+call per tag present in it, sent concurrently, each deciding its checks in order exactly as
+one call per request at that instant would. A request whose buckets have different tags
+(an address and a customer or a key) is split into ordered single-slot steps: first the
+other buckets are charged (if they admit it), then its address's bucket in a second call
+(only checked, charging nothing, when one of them refused); if the address refuses, the
+charges of the first step are refunded (`_REFUND`). So a refused request still ends up
+charging none of its buckets, but for the round trip between the steps its customer's
+(key's) bucket may hold a charge that is refunded later, which can refuse one of that
+customer's own concurrent requests early. The waiting-room flag of a hold is in the
+show's slot: it is read (HGET, once per show in the batch) alongside the first calls.
 """
 from __future__ import annotations
 
@@ -40,10 +54,12 @@ import asyncio
 import contextlib
 import hashlib
 import ipaddress
+import logging
 import math
 import time
+import zlib
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -60,6 +76,8 @@ from server.core.client_address import client_ip, parse_networks  # noqa: F401
 from server.core.errors import Handler, error_response
 from server.core.refusals import Refused
 from server.core.settings import Settings
+
+log = logging.getLogger(__name__)
 
 Kind = Literal["read", "write", "hold"]
 
@@ -79,7 +97,9 @@ WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # A bucket's state is kept in `tat` as it would be read back from Redis (rounded as
 # stored), so a batch decides exactly what one call per request at `now` would; each
 # charged bucket is written once, at the end. (Few, short arguments and a one-string
-# reply: packing and parsing them is the web process's cost per check.)
+# reply: packing and parsing them is the web process's cost per check.) Every KEY must be
+# in one slot on a cluster: the batcher sends each slot tag's checks in a call of their own
+# and reads the waiting-room flags (the show's slot) itself, so it never asks for a flag.
 _GCRA = """
 local spec = ARGV[1]
 local t = redis.call('TIME')
@@ -148,8 +168,45 @@ end
 return table.concat(out, ',')
 """
 
-MAX_BATCH = 256      # checks per script call: bounds KEYS (<= 3 each) and ARGV[1] (<= 4 chars each)
-MAX_IN_FLIGHT = 1    # script calls in flight per process: 1 measured best (loadtest/ratelimit_bench.py)
+# KEYS: buckets to refund one charge each (a key may repeat); ARGV[i]: KEYS[i]'s emission
+# interval (ms). Takes back a charge `_GCRA` made: the bucket's state moves back by its
+# interval (a state at or before now is an empty bucket: deleted).
+_REFUND = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for i = 1, #KEYS do
+  local cur = tonumber(redis.call('GET', KEYS[i]) or '')
+  if cur then
+    local new = cur - tonumber(ARGV[i])
+    if new <= now then
+      redis.call('DEL', KEYS[i])
+    else
+      redis.call('SET', KEYS[i], string.format('%.3f', new), 'PX', math.ceil(new - now) + 1)
+    end
+  end
+end
+return #KEYS
+"""
+
+MAX_BATCH = 256      # checks per batch: bounds KEYS (<= 3 each) and ARGV[1] (<= 4 chars each)
+MAX_IN_FLIGHT = 1    # batches in flight per process: 1 measured best (loadtest/ratelimit_bench.py)
+BUCKETS = 16         # hash tags the buckets are spread over (each a Redis Cluster slot)
+
+
+def bucket_tag(ident: str) -> str:
+    """The hash tag of a limited identity's buckets (stable: CRC-32, not Python's hash)."""
+    return f"{{rl{zlib.crc32(ident.encode()) % BUCKETS}}}"
+
+
+def slot_tag(key: str) -> str:
+    """What Redis Cluster hashes of `key`: its `{...}` tag, else the whole key. Keys with
+    the same one may go in one script call."""
+    i = key.find("{")
+    if i >= 0:
+        j = key.find("}", i + 1)
+        if j > i + 1:
+            return key[i + 1:j]
+    return key
 
 
 @dataclass(frozen=True)
@@ -226,28 +283,50 @@ class AdaptiveCap:
 
 
 Pending = tuple[list[str], str, "asyncio.Future[tuple[int, bool]]"]
+Script = Callable[..., Awaitable[object]]  # (keys=, args=) -> the script's reply
+
+
+@dataclass
+class _Part:
+    """The buckets of one check that have one slot tag: one request of one script call."""
+
+    keys: list[str]
+    limits: str       # per bucket its limit's character (see `_GCRA`)
+    check: int        # the check's index in its batch
+    wait: int = 0     # its answer: ms until allowed (0 = allowed, its buckets charged)
+    ok: bool = False  # its call answered (a failed call may or may not have charged)
+
+
+def _peek(limits: str) -> str:
+    """The same buckets only checked, never charged."""
+    return "".join(c if c > "9" else chr(ord(c) + 16) for c in limits)
 
 
 class Batcher:
     """Group commit of rate-limit checks, per web process. `check` queues one request's
     keys and description (see `_GCRA`) and returns a future; a runner sends the queued
-    checks (up to `max_batch`, in arrival order) in one script call and answers each future
-    with (retry_ms, waiting-room flag). A runner is started when checks wait and none is
-    about to take them, and fewer than `max_in_flight` calls are in flight; it takes them
-    on the next turn of the event loop, so the checks of one tick go together, and checks
-    arriving while every allowed call is in flight wait for the next one. A failed call
-    fails every check it carried with its exception; a check whose request was cancelled
-    before its call is left out."""
+    checks (up to `max_batch`, in arrival order) as one script call per slot tag present
+    (concurrently; a check whose buckets have several tags in ordered steps, see the module
+    docstring) and answers each future with (retry_ms, waiting-room flag). A runner is
+    started when checks wait and none is about to take them, and fewer than
+    `max_in_flight` batches are in flight; it takes them on the next turn of the event
+    loop, so the checks of one tick go together, and checks arriving while every allowed
+    batch is in flight wait for the next one. A failed call fails every check it carried
+    with its exception (their other buckets charged in that batch are refunded); a check
+    whose request was cancelled before its batch is left out."""
 
     def __init__(self, script: AsyncScript, limit_args: list[str], max_batch: int = MAX_BATCH,
                  max_in_flight: int = MAX_IN_FLIGHT) -> None:
-        self.script = script
+        redis = script.registered_client
+        self.script: Script = script
+        self.refund: Script = redis.register_script(_REFUND)
+        self.redis = redis            # the waiting-room flags are read with it
         self.limit_args = limit_args  # limit j's (interval, burst) at 2(j-1), 2(j-1) + 1
         self.max_batch = max_batch
         self.max_in_flight = max_in_flight
         self.queue: deque[Pending] = deque()
-        self.running = 0           # runners (each with at most one call in flight)
-        self.calls = 0             # script calls answered (tests, benchmark)
+        self.running = 0           # runners (each with at most one batch in flight)
+        self.calls = 0             # deciding script calls answered (tests, benchmark)
         self.checks = 0            # checks they answered
         self._starting = False     # a runner was started and has not taken its batch yet
         self._tasks: set[asyncio.Task[None]] = set()
@@ -288,29 +367,127 @@ class Batcher:
             self.running -= 1
 
     async def _send(self, batch: list[Pending]) -> None:
-        keys: list[str] = []
-        for k, _, _ in batch:
-            keys += k
-        args = ["".join([spec for _, spec, _ in batch]), *self.limit_args]
         try:
-            out = await self.script(keys=keys, args=args)
-            values = [int(v) for v in out.split(b"," if isinstance(out, bytes) else ",")]
-            if len(values) != len(batch):
-                raise RuntimeError(f"rate-limit script: {len(values)} answers to {len(batch)}")
-        except Exception as exc:  # Redis down (-> 503 per request), or a bug (-> 500)
-            for _, _, fut in batch:
-                if not fut.done():
-                    fut.set_exception(exc)
-            return
+            answers = await self._decide(batch)
+        except Exception as exc:  # a bug (-> 500 per request): the runner goes on
+            answers = [exc] * len(batch)
         except BaseException:  # this runner cancelled (loop shutting down): nobody hangs
             for _, _, fut in batch:
                 fut.cancel()
             raise
+        for answer, (_, _, fut) in zip(answers, batch):
+            if fut.done():
+                continue
+            if isinstance(answer, BaseException):
+                fut.set_exception(answer)
+            else:
+                fut.set_result(answer)
+        self.checks += sum(1 for a in answers if not isinstance(a, BaseException))
+
+    async def _decide(self, batch: list[Pending]
+                      ) -> list[tuple[int, bool] | BaseException]:
+        first: dict[str, list[_Part]] = {}   # slot tag -> parts decided in the first step
+        last: dict[int, _Part] = {}          # check -> its address's part, for the second
+        flags: dict[str, bool] = {}          # waiting-room hash -> its flag
+        parts: list[list[_Part]] = []        # per check its first-step parts
+        for c, (keys, spec, _) in enumerate(batch):
+            n = ord(spec[0]) - 48
+            if spec[1] == "1":
+                flags[keys[n]] = False
+            mine: dict[str, _Part] = {}
+            for key, limit in zip(keys[:n], spec[2:2 + n]):
+                part = mine.get(tag := slot_tag(key))
+                if part is None:
+                    part = mine[tag] = _Part([], "", c)
+                part.keys.append(key)
+                part.limits += limit
+            if len(mine) > 1:  # several slots: the address's (the first key's) goes last
+                last[c] = mine.pop(slot_tag(keys[0]))
+            for tag, part in mine.items():
+                first.setdefault(tag, []).append(part)
+            parts.append(list(mine.values()))
+        failed: dict[int, BaseException] = {}
+        flag_keys = list(flags)
+        results = await asyncio.gather(self._flags(flag_keys),
+                                       *(self._call(p) for p in first.values()),
+                                       return_exceptions=True)
+        if isinstance(results[0], BaseException):
+            for c, (keys, spec, _) in enumerate(batch):
+                if spec[1] == "1":
+                    failed.setdefault(c, results[0])
+        else:
+            flags.update(zip(flag_keys, results[0]))  # type: ignore[arg-type]
+        for group, result in zip(first.values(), results[1:]):
+            if isinstance(result, BaseException):
+                for part in group:
+                    failed.setdefault(part.check, result)
+        if last:
+            for c, part in last.items():
+                if any(p.wait for p in parts[c]) or c in failed:
+                    part.limits = _peek(part.limits)  # refused already: only its wait
+            second: dict[str, list[_Part]] = {}
+            for part in last.values():
+                second.setdefault(slot_tag(part.keys[0]), []).append(part)
+            results = await asyncio.gather(*(self._call(p) for p in second.values()),
+                                           return_exceptions=True)
+            for group, result in zip(second.values(), results):
+                if isinstance(result, BaseException):
+                    for part in group:
+                        failed.setdefault(part.check, result)
+        # A request refused or failed after its first step charged some of its buckets
+        # (another part refused it, or a call or its flag failed): take those back.
+        undo = [p for c, firsts in enumerate(parts)
+                if c in failed or (c in last and last[c].wait) or any(q.wait for q in firsts)
+                for p in firsts if p.ok and not p.wait]
+        if undo:
+            await self._refund(undo)
+        answers: list[tuple[int, bool] | BaseException] = []
+        for c, (keys, spec, _) in enumerate(batch):
+            if c in failed:
+                answers.append(failed[c])
+                continue
+            wait = max([p.wait for p in parts[c]] + ([last[c].wait] if c in last else []),
+                       default=0)
+            answers.append((wait, spec[1] == "1" and flags[keys[ord(spec[0]) - 48]]))
+        return answers
+
+    async def _call(self, group: list[_Part]) -> None:
+        """One script call deciding `group` (parts of one slot tag), in order."""
+        keys: list[str] = []
+        for part in group:
+            keys += part.keys
+        spec = "".join([f"{len(p.keys)}0{p.limits}" for p in group])
+        out = await self.script(keys=keys, args=[spec, *self.limit_args])
+        values = out.split(b"," if isinstance(out, bytes) else ",")  # type: ignore[union-attr]
+        if len(values) != len(group):
+            raise RuntimeError(f"rate-limit script: {len(values)} answers to {len(group)}")
         self.calls += 1
-        self.checks += len(batch)
-        for v, (_, _, fut) in zip(values, batch):
-            if not fut.done():
-                fut.set_result((v >> 1, bool(v & 1)))
+        for v, part in zip(values, group):
+            part.wait = int(v) >> 1
+            part.ok = True
+
+    async def _flags(self, keys: list[str]) -> list[bool]:
+        """The waiting-room flags (`enabled` == "1") of these show hashes."""
+        if not keys:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:  # one slot per show
+            for key in keys:
+                pipe.hget(key, "enabled")
+            return [raw == b"1" for raw in await pipe.execute()]
+
+    async def _refund(self, undo: list[_Part]) -> None:
+        by_tag: dict[str, tuple[list[str], list[str]]] = {}
+        for part in undo:
+            for key, limit in zip(part.keys, part.limits):
+                if limit <= "9":  # charged (a checked-only bucket was not)
+                    keys, args = by_tag.setdefault(slot_tag(key), ([], []))
+                    keys.append(key)
+                    args.append(self.limit_args[2 * (ord(limit) - 49)])
+        results = await asyncio.gather(*(self.refund(keys=k, args=a)
+                                         for k, a in by_tag.values()), return_exceptions=True)
+        for result in results:
+            if isinstance(result, Exception):  # the request is refused anyway; the charge
+                log.warning("rate limit: a refund failed (%s)", result)  # expires in time
 
 
 # Each limit's number in the script's table of limits (`Limiter.limit_args`).
@@ -410,14 +587,19 @@ class Limiter:
     CLIENTS_KEPT = 4096
 
     def __post_init__(self) -> None:
-        # Per request only string joins: each bucket's key prefix and its script arguments.
-        self.prefix = {"read": f"rl:ip:read:{self.limits['read'].tag}:",
-                       "write": f"rl:ip:write:{self.limits['write'].tag}:",
-                       "partner": f"rl:key:{self.limits['partner'].tag}:",
-                       "customer": f"rl:cust:{self.limits['customer'].tag}:"}
+        # Per request only string joins and a CRC: each bucket's key and script arguments.
+        self.prefix = {"read": "rl:ip:read:", "write": "rl:ip:write:", "partner": "rl:key:",
+                       "customer": "rl:cust:"}
+        self.suffix = {name: f":{limit.tag}:" for name, limit in self.limits.items()}
         by_number = sorted(LIMIT_NUMBER, key=LIMIT_NUMBER.__getitem__)
         self.limit_args = [a for name in by_number for a in self.limits[name].args()]
         self._clients: dict[tuple[str | None, str], str] = {}
+
+    def key(self, limit: str, ident: str) -> str:
+        """The bucket of `ident` (an address, key digest or customer) under `limit`:
+        `rl:<kind>:{rl<i>}:<limit's tag>:<ident>` (the hash tag from `ident`, so one client's
+        bucket is one key whichever process charges it)."""
+        return f"{self.prefix[limit]}{bucket_tag(ident)}{self.suffix[limit]}{ident}"
 
     def client(self, remote: str | None, forwarded_for: str | None) -> str:
         """`client_ip`, remembered: behind a proxy the same (peer, X-Forwarded-For) pairs
@@ -519,7 +701,7 @@ async def _partner_request(request: web.Request, lim: Limiter, handler: Handler
             lim.verified.add(pair)
             if not charged:  # after the fact, not awaited: the answer need not wait
                 fut = lim._batcher(request).check(
-                    [lim.prefix["partner"] + digest], "10" + LIMIT_NUMBER["partner"])
+                    [lim.key("partner", digest)], "10" + LIMIT_NUMBER["partner"])
                 fut.add_done_callback(_ignore)
         elif charged:
             lim.verified.discard(pair)
@@ -536,20 +718,20 @@ async def _check(request: web.Request, lim: Limiter, kind: Kind) -> web.Response
     if lim.settings.rate_limits:
         ip = lim.client(request.remote, request.headers.get("X-Forwarded-For"))
         ip_class = "read" if kind == "read" else "write"
-        keys.append(lim.prefix[ip_class] + ip)
+        keys.append(lim.key(ip_class, ip))
         limits = LIMIT_NUMBER[ip_class]
         if request.path.startswith("/partner/"):
             auth = request.headers.get("Authorization", "")
             if auth[:7].lower() == "bearer " and (token := auth[7:].strip()):
                 digest = hashlib.sha256(token.encode()).hexdigest()[:32]
-                keys.append(lim.prefix["partner"] + digest)
+                keys.append(lim.key("partner", digest))
                 # Charged up front only for a (key, address) that authenticated lately;
                 # otherwise only checked, and charged once the handler authenticated it.
                 charged = (digest, ip) in lim.verified
                 limits += (LIMIT_NUMBER if charged else PEEK_NUMBER)["partner"]
                 request[_PARTNER] = (digest, ip, charged)
         elif kind != "read" and (who := (await session_customer(request))[0]):
-            keys.append(lim.prefix["customer"] + who)
+            keys.append(lim.key("customer", who))
             limits += LIMIT_NUMBER["customer"]
     n = len(keys)
     if kind == "hold":

@@ -16,20 +16,20 @@ optionally, the time the sale opens. From then on the hold API wants an admissio
 
 State, all in Redis and moved by one Lua script (`_QUEUE`: it reads Redis's clock, so every
 web process agrees):
-- `wr:<show>` (hash): the setting and two counters, `tail` (the last place given out) and
+- `wr:{<show>}` (hash): the setting and two counters, `tail` (the last place given out) and
   `head` (every place up to it is admitted). `head` advances with time at the configured
   rate; unused admissions carry over up to `burst`, so a quiet queue admits at once.
-- `wr:<show>:pre` (sorted set): the pre-queue. Before `opens_at`, a joining visitor is
+- `wr:{<show>}:pre` (sorted set): the pre-queue. Before `opens_at`, a joining visitor is
   added with a random score (ZADD NX: joining again keeps the score). The first call of the
   script at or after `opens_at`, whichever web process makes it, draws: the pre-queue's
   members take the places `pbase + 1 + ZRANK` (a uniformly random order, since the scores
   are independent and uniform), `tail` moves past them, and later joiners queue behind
   them in arrival order. O(log n) per join, O(1) for the draw.
-- `wr:<show>:v` (hash): visitor id -> `ticket` for those who joined after the draw, and
+- `wr:{<show>}:v` (hash): visitor id -> `ticket` for those who joined after the draw, and
   `ticket:expiry_ms` once a visitor is admitted. That record is the admission: the hold
   gate reads it, so a replayed cookie or token cannot renew an admission, and a visitor
   whose admission expired gets a new place at the back when they join again.
-- `wr:<show>:pow:<challenge>`: a used challenge solution, until the challenge expires.
+- `wr:{<show>}:pow:<challenge>`: a used challenge solution, until the challenge expires.
 
 The visitor id lives in the encrypted session cookie (the place is keyed by it in Redis): a
 browser keeps its place however often it joins. A client without a cookie gets a new

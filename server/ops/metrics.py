@@ -46,7 +46,7 @@ from prometheus_client.registry import Collector
 
 from actors import client as actor_client
 from actors import commands as c
-from server.core.outbox import STREAM
+from server.core.outbox import STREAMS
 
 log = logging.getLogger(__name__)
 
@@ -158,19 +158,30 @@ class QueueCollector(Collector):
         groups: list[tuple[str, str, float, float]] = []
 
         async def outbox() -> None:
+            # Every shard (one non-transactional pipeline: on a cluster it is split per
+            # node); length, pending and lag are summed over the shards.
             async with redis.pipeline(transaction=False) as pipe:
-                pipe.xlen(STREAM)
-                pipe.xinfo_groups(STREAM)
-                length, infos = await pipe.execute(raise_on_error=False)
-            if isinstance(length, int):
-                lengths["outbox"] = length
-            if isinstance(infos, list):
+                for stream in STREAMS:
+                    pipe.xlen(stream)
+                    pipe.xinfo_groups(stream)
+                replies = await pipe.execute(raise_on_error=False)
+            total, seen = 0, False
+            by_group: dict[str, tuple[float, float]] = {}
+            for length, infos in zip(replies[0::2], replies[1::2], strict=True):
+                if isinstance(length, int):
+                    total, seen = total + length, True
+                if not isinstance(infos, list):
+                    continue
                 for g in infos:
                     name = g.get("name", b"")
                     name = name.decode() if isinstance(name, bytes) else str(name)
                     lag = g.get("lag")
-                    groups.append(("outbox", name, float(g.get("pending") or 0),
-                                   float(lag) if lag is not None else float("nan")))
+                    p, lg = by_group.get(name, (0.0, 0.0))
+                    by_group[name] = (p + float(g.get("pending") or 0),
+                                      lg + (float(lag) if lag is not None else float("nan")))
+            if seen:
+                lengths["outbox"] = total
+            groups.extend(("outbox", name, p, lg) for name, (p, lg) in sorted(by_group.items()))
 
         async def other(name: str, reader: QueueReader) -> None:
             lengths[name] = float(await reader())

@@ -1,8 +1,9 @@
 """Coalesced rate-limit checks (server/onsale/ratelimit.py, `Batcher`), on real Redis.
 
 The batcher alone (session Redis): the checks of one event-loop tick go in one script call
-that decides them exactly as one call each at that instant would, batches are capped,
-cancelled and failed checks leave nobody waiting. Through real servers: a Redis outage
+per slot tag that decides them exactly as one call each at that instant would, a check
+over two tags charges all of its buckets or none, batches are capped, cancelled and failed
+checks leave nobody waiting. Through real servers: a Redis outage
 during a batch answers every waiting request 503 + Retry-After, and two `python -m server`
 processes on one Redis share one client's limit.
 """
@@ -30,7 +31,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from server.core.embedded import RedisServer, free_port
 from server.core.settings import Settings
-from server.onsale.ratelimit import _GCRA, LIMITER, MAX_BATCH, Batcher, Limit
+from server.onsale.ratelimit import (_GCRA, BUCKETS, LIMITER, MAX_BATCH, Batcher, Limit,
+                                     bucket_tag, slot_tag)
 
 # Integer emission intervals (20 s, 10 s, 50 s): a fresh bucket's state after c charges is
 # exactly now + c * interval, so the answers below are exact whatever Redis's clock says.
@@ -52,72 +54,189 @@ def spec(limit_numbers: list[int], flag: bool) -> str:
 
 
 class Recording:
-    """The script, recording how many checks each call carried."""
+    """The script, recording how many checks each call carried and their keys' slot tags."""
 
     def __init__(self, real: Any) -> None:
         self.real = real
         self.sizes: list[int] = []
+        self.tags: list[set[str]] = []
 
     async def __call__(self, keys: list[str], args: list[str]) -> Any:
         checks, p = 0, 0
         while p < len(args[0]):
             checks, p = checks + 1, p + 2 + int(args[0][p])
         self.sizes.append(checks)
+        self.tags.append({slot_tag(k) for k in keys})
         return await self.real(keys=keys, args=args)
+
+
+def model(requests: list[tuple[list[tuple[str, int]], str | None]], rooms: dict[str, bool]
+          ) -> tuple[list[tuple[int, bool]], dict[str, int]]:
+    """GCRA per request, in order, at one instant: (answers, charges per bucket)."""
+    charged: dict[str, int] = {}
+    expected = []
+    for mine, room in requests:
+        wait = max((charged.get(key, 0) + 1 - LIMITS[n - 1].burst) * 1000 / LIMITS[n - 1].per_s
+                   for key, n in mine)
+        if wait <= 0:
+            for key, _ in mine:
+                charged[key] = charged.get(key, 0) + 1
+        expected.append((max(0, int(wait)), bool(room and rooms[room])))
+    return expected, charged
+
+
+async def redis_ms(redis: aioredis.Redis) -> int:
+    sec, usec = await redis.time()
+    return sec * 1000 + usec // 1000
+
+
+async def assert_charged(redis: aioredis.Redis, buckets: list[tuple[str, int]],
+                         charged: dict[str, int], before: int, after: int) -> None:
+    """In Redis, what was charged and only that: each bucket at now + charges * interval,
+    expiring when that time has passed (`now`: the call's, between before and after)."""
+    for key, n in buckets:
+        if not charged.get(key):
+            assert await redis.get(key) is None, key
+            continue
+        interval = 1000 / LIMITS[n - 1].per_s
+        assert before <= float(await redis.get(key)) - charged[key] * interval <= after, key
+        ttl = await redis.pttl(key)
+        assert charged[key] * interval + 1 - (await redis_ms(redis) - before) - 1 <= ttl \
+            <= charged[key] * interval + 1
+
+
+def rooms_of(tag: str) -> dict[str, bool]:
+    return {f"wr:{{{tag}-on}}": True, f"wr:{{{tag}-off}}": False, f"wr:{{{tag}-none}}": False}
+
+
+async def open_rooms(redis: aioredis.Redis, tag: str) -> None:
+    await redis.hset(f"wr:{{{tag}-on}}", "enabled", "1")
+    await redis.hset(f"wr:{{{tag}-off}}", "enabled", "0")
 
 
 async def test_one_tick_of_checks_is_one_call_deciding_each_as_its_own_call_would(
         redis: aioredis.Redis) -> None:
-    """200 requests over 8 buckets (1 or 2 each, three limits) and three waiting-room
-    hashes, queued in one tick: one script call, and every answer is what GCRA gives each
-    request in turn, all-or-none (a refused request charges none of its buckets)."""
+    """200 requests over 8 buckets of one slot tag (1 or 2 each, three limits) and three
+    waiting-room hashes, queued in one tick: one script call, and every answer is what GCRA
+    gives each request in turn, all-or-none (a refused request charges none of its
+    buckets)."""
     tag = uuid.uuid4().hex[:8]
-    buckets = [(f"rl:test:{tag}:{i}", i % 3 + 1) for i in range(8)]  # (key, limit number)
-    rooms = {f"wr:{tag}:on": True, f"wr:{tag}:off": False, f"wr:{tag}:none": False}
-    await redis.hset(f"wr:{tag}:on", "enabled", "1")
-    await redis.hset(f"wr:{tag}:off", "enabled", "0")
+    buckets = [(f"rl:test:{{rl-{tag}}}:{i}", i % 3 + 1) for i in range(8)]  # (key, limit)
+    rooms = rooms_of(tag)
+    await open_rooms(redis, tag)
     rng = random.Random(7)
-    requests = []
-    for _ in range(200):
-        mine = rng.sample(buckets, rng.choice((1, 2)))
-        room = rng.choice([None, *rooms])
-        requests.append((mine, room))
-
-    charged = {key: 0 for key, _ in buckets}
-    expected = []
-    for mine, room in requests:  # the model: GCRA per request, in order, one instant
-        wait = max((charged[key] + 1 - LIMITS[n - 1].burst) * 1000 / LIMITS[n - 1].per_s
-                   for key, n in mine)
-        if wait <= 0:
-            for key, _ in mine:
-                charged[key] += 1
-        expected.append((max(0, int(wait)), bool(room and rooms[room])))
-
-    async def redis_ms() -> int:
-        sec, usec = await redis.time()
-        return sec * 1000 + usec // 1000
+    requests = [(rng.sample(buckets, rng.choice((1, 2))), rng.choice([None, *rooms]))
+                for _ in range(200)]
+    expected, charged = model(requests, rooms)
 
     batcher = batcher_on(redis)
     batcher.script = recording = Recording(batcher.script)
-    before = await redis_ms()
+    before = await redis_ms(redis)
     answers = await bounded(asyncio.gather(*(
         batcher.check([key for key, _ in mine] + ([room] if room else []),
                       spec([n for _, n in mine], room is not None))
         for mine, room in requests)))
-    after = await redis_ms()
+    after = await redis_ms(redis)
     assert recording.sizes == [200]
     assert answers == expected
-    # in Redis, what was charged and only that: each bucket at now + charges * interval,
-    # expiring when that time has passed (`now`: the call's, between before and after)
-    for key, n in buckets:
-        if not charged[key]:
-            assert await redis.get(key) is None
-            continue
-        interval = 1000 / LIMITS[n - 1].per_s
-        assert before <= float(await redis.get(key)) - charged[key] * interval <= after
-        ttl = await redis.pttl(key)
-        assert charged[key] * interval + 1 - (await redis_ms() - before) - 1 <= ttl \
-            <= charged[key] * interval + 1
+    await assert_charged(redis, buckets, charged, before, after)
+
+
+async def test_a_tick_over_many_slots_is_one_call_per_slot_each_deciding_in_order(
+        redis: aioredis.Redis) -> None:
+    """250 requests (one batch) over 48 buckets in every one of the BUCKETS tags (a request's buckets
+    share a tag): one call per tag present, each with only its tag's keys, and the answers
+    and charges are GCRA per request in order, as one call would decide them."""
+    tag = uuid.uuid4().hex[:8]
+    tags = [bucket_tag(f"{tag}-{i}") for i in range(400)]
+    by_tag: dict[str, list[tuple[str, int]]] = {}
+    for i, t in enumerate(tags):
+        if len(by_tag.setdefault(t, [])) < 3:
+            by_tag[t].append((f"rl:test:{t}:{tag}:{i}", i % 3 + 1))
+    assert len(by_tag) == BUCKETS  # the CRC spreads identities over every tag
+    buckets = [b for group in by_tag.values() for b in group]
+    rooms = rooms_of(tag)
+    await open_rooms(redis, tag)
+    rng = random.Random(11)
+    requests = []
+    for _ in range(250):
+        group = by_tag[rng.choice(sorted(by_tag))]
+        requests.append((rng.sample(group, rng.choice((1, 2))), rng.choice([None, *rooms])))
+    expected, charged = model(requests, rooms)
+
+    batcher = batcher_on(redis)
+    batcher.script = recording = Recording(batcher.script)
+    before = await redis_ms(redis)
+    answers = await bounded(asyncio.gather(*(
+        batcher.check([key for key, _ in mine] + ([room] if room else []),
+                      spec([n for _, n in mine], room is not None))
+        for mine, room in requests)))
+    after = await redis_ms(redis)
+    assert answers == expected
+    assert len(recording.sizes) == BUCKETS and sum(recording.sizes) == 250
+    assert all(len(t) == 1 for t in recording.tags)
+    assert {next(iter(t)) for t in recording.tags} == {t.strip("{}") for t in by_tag}
+    await assert_charged(redis, buckets, charged, before, after)
+
+
+async def test_a_check_over_two_slots_charges_all_of_its_buckets_or_none(
+        redis: aioredis.Redis) -> None:
+    """A customer's bucket (burst 5) and an address's (burst 2) in different slots: 4 checks
+    of both in one tick admit the address's 2; the 2 it refused had charged the customer's
+    bucket in the first step and are refunded, so it holds exactly 2 charges. Then a
+    customer (burst 3) whose requests its own bucket refuses charges the address (burst 5)
+    nothing: 8 checks admit 3 and the address holds 3."""
+    tag = uuid.uuid4().hex[:8]
+    ip, cust = f"rl:test:{{a-{tag}}}:ip", f"rl:test:{{b-{tag}}}:cust"
+    batcher = batcher_on(redis)
+    batcher.script = recording = Recording(batcher.script)
+    before = await redis_ms(redis)
+    answers = await bounded(asyncio.gather(*(batcher.check([ip, cust], spec([3, 2], False))
+                                             for _ in range(4))))
+    after = await redis_ms(redis)
+    assert [retry == 0 for retry, _ in answers] == [True, True, False, False]
+    assert all(0 < retry <= 50_000 for retry, _ in answers[2:])
+    assert recording.tags == [{f"b-{tag}"}, {f"a-{tag}"}]  # the customer's first
+    await assert_charged(redis, [(ip, 3), (cust, 2)], {ip: 2, cust: 2}, before, after)
+
+    ip2, cust2 = f"rl:test:{{c-{tag}}}:ip", f"rl:test:{{d-{tag}}}:cust"
+    before = await redis_ms(redis)
+    answers = await bounded(asyncio.gather(*(batcher.check([ip2, cust2], spec([2, 1], False))
+                                             for _ in range(8))))
+    after = await redis_ms(redis)
+    assert sum(retry == 0 for retry, _ in answers) == 3
+    await assert_charged(redis, [(ip2, 2), (cust2, 1)], {ip2: 3, cust2: 3}, before, after)
+    # the address's remaining burst (5 - 3) goes to anonymous requests
+    rest = await bounded(asyncio.gather(*(batcher.check([ip2], spec([2], False))
+                                          for _ in range(4))))
+    assert [retry == 0 for retry, _ in rest] == [True, True, False, False]
+
+
+async def test_a_check_whose_second_step_fails_takes_back_its_first_steps_charge(
+        redis: aioredis.Redis) -> None:
+    """The address's slot is down: a check over a customer's and that address's buckets
+    fails with the error (503), and the customer's bucket, charged by the first step, is
+    refunded; a check of the customer alone in the same batch is answered."""
+    tag = uuid.uuid4().hex[:8]
+    ip, cust = f"rl:test:{{a-{tag}}}:ip", f"rl:test:{{b-{tag}}}:cust"
+    batcher = batcher_on(redis)
+    real = batcher.script
+
+    async def address_down(keys: list[str], args: list[str]) -> Any:
+        if slot_tag(keys[0]) == f"a-{tag}":
+            raise RedisConnectionError("that master is down")
+        return await real(keys=keys, args=args)
+
+    batcher.script = address_down
+    both, alone = await bounded(asyncio.gather(
+        batcher.check([ip, cust], spec([3, 2], False)), batcher.check([cust], spec([2], False)),
+        return_exceptions=True))
+    assert isinstance(both, RedisConnectionError)
+    assert alone == (0, False)
+    interval = 1000 / LIMITS[1].per_s
+    now = await redis_ms(redis)  # one charge left (the lone check's), not two
+    assert float(await redis.get(cust)) - now <= interval
+    assert await redis.get(ip) is None
 
 
 async def test_a_later_batch_sees_what_an_earlier_one_charged(redis: aioredis.Redis) -> None:
@@ -139,7 +258,7 @@ async def test_a_batch_carries_at_most_max_batch_checks(redis: aioredis.Redis,
     batcher = batcher_on(redis, max_in_flight=in_flight)
     batcher.script = recording = Recording(batcher.script)
     answers = await bounded(asyncio.gather(*(
-        batcher.check([f"rl:test:{tag}:{i}"], spec([2], False))
+        batcher.check([f"rl:test:{{{tag}}}:{i}"], spec([2], False))
         for i in range(MAX_BATCH + 44))))
     assert recording.sizes == [MAX_BATCH, 44]
     assert all(retry == 0 for retry, _ in answers)
