@@ -30,6 +30,11 @@ def clear_reports_cache() -> None:
 
 
 async def calls(redis: aioredis.Redis, command: str) -> int:
+    """Calls of `command` so far, summed over every master of a Redis Cluster."""
+    if isinstance(redis, aioredis.RedisCluster):
+        per_node = await redis.info("commandstats", target_nodes=aioredis.RedisCluster.PRIMARIES)
+        return sum(int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
+                   for stats in per_node.values())
     stats = await redis.info("commandstats")
     return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
 
