@@ -23,6 +23,7 @@ hash tag, so they live in one slot.
 """
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote
 
@@ -132,12 +133,37 @@ def is_cluster(url: str) -> bool:
     return url.startswith(CLUSTER_SCHEME + "://")
 
 
-# A cluster client has one pool per node and no blocking pool: past max_connections it
-# raises MaxConnectionsError, a ConnectionError, so the web tier answers 503 like an outage.
 _CLUSTER_IGNORED = ("timeout", "connection_pool_class", "db")
 
 
-def _cluster_client(target: ClusterTarget, kwargs: dict[str, Any]) -> aioredis.RedisCluster:
+class _WaitingCluster(aioredis.RedisCluster):
+    """A cluster client whose commands wait for a free connection, as the web tier's
+    BlockingConnectionPool does: redis-py's cluster pools have no blocking mode, and past
+    `max_connections` on a node raise MaxConnectionsError at once, so a burst of requests
+    (80 log-ins at a time) answered 503 instead of queueing for a few milliseconds. At
+    most `permits` commands run at once; each node pool may open twice that, which leaves
+    pipelines and transactions (not counted here) room of their own."""
+
+    def __init__(self, *args: Any, permits: int, wait_s: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._permits = asyncio.Semaphore(permits)
+        self._wait_s = wait_s
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            async with asyncio.timeout(self._wait_s):
+                await self._permits.acquire()
+        except TimeoutError:
+            raise redis.exceptions.MaxConnectionsError(
+                f"no Redis connection free within {self._wait_s} s") from None
+        try:
+            return await super().execute_command(*args, **kwargs)
+        finally:
+            self._permits.release()
+
+
+def _cluster_client(target: ClusterTarget, kwargs: dict[str, Any],
+                    blocking: bool = False) -> aioredis.RedisCluster:
     from redis.asyncio.cluster import ClusterNode
 
     options = {k: v for k, v in kwargs.items() if k not in _CLUSTER_IGNORED}
@@ -150,8 +176,14 @@ def _cluster_client(target: ClusterTarget, kwargs: dict[str, Any]) -> aioredis.R
         from redis.backoff import ExponentialBackoff
 
         options["retry"] = Retry(ExponentialBackoff(cap=0.5, base=0.05), 8)
-    client = aioredis.RedisCluster(
-        startup_nodes=[ClusterNode(h, p) for h, p in target.nodes], **options)
+    nodes = [ClusterNode(h, p) for h, p in target.nodes]
+    if blocking:
+        permits = int(options.pop("max_connections", 64))
+        client: aioredis.RedisCluster = _WaitingCluster(
+            startup_nodes=nodes, permits=permits, wait_s=float(kwargs.get("timeout") or 20),
+            max_connections=2 * permits, **options)
+    else:
+        client = aioredis.RedisCluster(startup_nodes=nodes, **options)
     client.bmm_replica_wait = (target.wait_replicas, target.wait_ms)  # for `replicated`
     return client
 
@@ -167,7 +199,7 @@ def async_client(url: str, *, blocking: bool = False, **kwargs: Any) -> aioredis
     (`max_connections`, `timeout` as for BlockingConnectionPool)."""
     cluster = parse_cluster(url)
     if cluster is not None:
-        return _cluster_client(cluster, kwargs)  # type: ignore[return-value]
+        return _cluster_client(cluster, kwargs, blocking)  # type: ignore[return-value]
     target = parse_sentinel(url)
     if target is None:
         if blocking:
