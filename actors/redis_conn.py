@@ -280,3 +280,21 @@ async def replicated(client: Any, key: str) -> bool:
     except redis.exceptions.RedisError:
         return False
     return int(acked) >= replicas and client.get_node_from_key(key).name == node.name
+
+
+# Replies that mean "the store cannot take this now", not "this request is wrong": a
+# failover in progress (CLUSTERDOWN, TRYAGAIN, MASTERDOWN, a demoted master's READONLY, a
+# slot nobody serves yet), or a master refusing writes it could not replicate
+# (min-replicas-to-write: NOREPLICAS). A request meeting one answers 503, not 500.
+_OUTAGE_TYPES = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+                 redis.exceptions.ClusterDownError, redis.exceptions.TryAgainError,
+                 redis.exceptions.ReadOnlyError, redis.exceptions.SlotNotCoveredError,
+                 redis.exceptions.RedisClusterUnreachableError)
+_OUTAGE_REPLIES = ("NOREPLICAS", "MASTERDOWN", "LOADING", "CLUSTERDOWN", "TRYAGAIN", "READONLY")
+
+
+def is_outage(exc: BaseException) -> bool:
+    if isinstance(exc, _OUTAGE_TYPES):
+        return True
+    return isinstance(exc, redis.exceptions.ResponseError) and str(exc).startswith(
+        _OUTAGE_REPLIES)

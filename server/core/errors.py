@@ -8,10 +8,9 @@ from typing import Any
 
 import msgspec
 from aiohttp import web
-from redis.exceptions import BusyLoadingError
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisClusterException, RedisError
 
+from actors import redis_conn
 from actors.context import request_id
 
 from server.core.refusals import Refused
@@ -60,11 +59,15 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             exc.status, "http_error"
         )
         return error_response(exc.status, code, exc.reason)
-    except (RedisConnectionError, RedisTimeoutError, BusyLoadingError) as exc:
-        # Redis is down, restarting or failing over (its clients already retried for a
-        # couple of seconds): a temporary outage, not a bug. 503 + Retry-After tells the
-        # client, and a load balancer, to try again.
-        log.warning("Redis unavailable on %s %s: %s", request.method, request.path, exc)
+    except (RedisError, RedisClusterException) as exc:
+        if not redis_conn.is_outage(exc):
+            log.exception("unhandled error on %s %s", request.method, request.path)
+            return error_response(500, "internal", "something went wrong on our side")
+        # Redis is down, restarting or failing over, or a master refuses writes it cannot
+        # replicate (its clients already retried for a couple of seconds): a temporary
+        # outage, not a bug. 503 + Retry-After tells the client, and a load balancer, to
+        # try again.
+        log.warning("Redis unavailable on %s %s: %r", request.method, request.path, exc)
         resp = error_response(503, "unavailable", "temporarily unavailable; try again shortly")
         resp.headers["Retry-After"] = "1"
         return resp
