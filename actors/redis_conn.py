@@ -296,5 +296,8 @@ _OUTAGE_REPLIES = ("NOREPLICAS", "MASTERDOWN", "LOADING", "CLUSTERDOWN", "TRYAGA
 def is_outage(exc: BaseException) -> bool:
     if isinstance(exc, _OUTAGE_TYPES):
         return True
-    return isinstance(exc, redis.exceptions.ResponseError) and str(exc).startswith(
-        _OUTAGE_REPLIES)
+    if not isinstance(exc, redis.exceptions.ResponseError):
+        return False
+    # A pipeline's error reads "Command # 1 (...) of pipeline caused error: NOREPLICAS ...".
+    reply = str(exc).rpartition("caused error: ")[2]
+    return reply.startswith(_OUTAGE_REPLIES)

@@ -3,8 +3,11 @@ coalescing clients), Redis records, the process's show cache and payment gateway
 once per process by the app factory (`booking_ports`)."""
 from __future__ import annotations
 
+import logging
+
 import redis.asyncio as aioredis
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from actors import redis_conn
 
@@ -23,6 +26,7 @@ from server.core.outbox import booking_data, publish
 from server.core.refusals import Refused
 from server.onsale import admission, identity
 
+log = logging.getLogger(__name__)
 CLOCK = SystemClock()
 # A device cookie to give the browser with the answer (a device seen for the first time).
 NEW_DEVICE = web.RequestKey("new_device", str)
@@ -78,7 +82,12 @@ class RedisCheckouts:
         return await intents.take_lease(self.redis, key, owner)
 
     async def drop_lease(self, key: str) -> None:
-        await intents.drop_lease(self.redis, key)
+        try:
+            await intents.drop_lease(self.redis, key)
+        except RedisError as exc:
+            # It runs out by itself (intents.LEASE_MS); a store that cannot take the DEL
+            # now (a failover) must not turn the checkout's answer into an error.
+            log.info("checkout %s: lease left to run out (%s)", key, exc)
 
     async def load_booking(self, booking_id: str) -> BookingRecord | None:
         return await store.load_booking(self.redis, booking_id)

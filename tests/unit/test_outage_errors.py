@@ -20,11 +20,15 @@ OUTAGES = [
     rx.ReadOnlyError("You can't write against a read only replica."),
     rx.SlotNotCoveredError("Slot 42 is not covered by the cluster"),
     rx.ResponseError("NOREPLICAS Not enough good replicas to write."),
+    rx.ResponseError("Command # 1 (DEL lease:{sh-1}:x) of pipeline caused error: "
+                     "NOREPLICAS Not enough good replicas to write."),
     rx.BusyLoadingError("Redis is loading the dataset in memory"),
 ]
 BUGS = [rx.ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value"),
         rx.ResponseError("ERR wrong number of arguments for 'get' command"),
-        rx.ClusterCrossSlotError()]
+        rx.ClusterCrossSlotError(),
+        rx.ResponseError("Command # 2 (INCR a) of pipeline caused error: WRONGTYPE Operation "
+                         "against a key holding the wrong kind of value")]
 
 
 async def answer(exc: Exception) -> tuple[int, str | None, str]:
