@@ -21,8 +21,8 @@ import importlib
 import logging
 import os
 import time
-from typing import Any
 from collections.abc import Iterable
+from typing import Any
 
 import msgspec
 import ray
@@ -115,8 +115,7 @@ class ShowHost:
         # A write is acknowledged only once this many replicas have it (a Redis Cluster:
         # asynchronous replication loses what a master acknowledged and then lost in a
         # failover; DESIGN "Redis Cluster").
-        self._wait_replicas, self._wait_ms = redis_conn.replica_wait(redis_url)
-        self._cluster = redis_conn.is_cluster(redis_url)
+        self._wait_replicas, self._wait_ms = redis_conn.replica_wait(self._redis)
         self._due_key = due_key(pool)
         self._slots: dict[str, Slot] = {}
         self._plans = PlanCache(load_quoter(settings.quoter))
@@ -364,13 +363,17 @@ class ShowHost:
             snapshot, trim = self._snapshot_plan(slot, seatmap)
             slot.store.queue_append(pipe, base, entries, snapshot, trim)
             staged.append(_Staged(slot, results, due, snapshot is not None))
-        waiting = self._wait_replicas and (staged or unsure or any(
-            self._slots[sid].unreplicated for sid in out if sid in self._slots))
+        # Answered from memory after a reload: its master may hold writes no replica has.
+        from_memory = [sid for sid in out if (held := self._slots.get(sid)) and held.unreplicated
+                       ] if self._wait_replicas else []
+        waiting = bool(self._wait_replicas and (staged or unsure or from_memory))
         if not staged and not unsure and not waiting:
             return out
         for slot, _, _ in unsure:  # after the appends: their replies come first
             pipe.get(seq_key(slot.show_id))
-        waits = self._queue_waits(pipe, staged, unsure, out) if waiting else []
+        waits = self._queue_waits(pipe, [st.slot.show_id for st in staged]
+                                  + [slot.show_id for slot, _, _ in unsure]
+                                  + from_memory) if waiting else []
         try:
             replies: list | None = await pipe.execute(raise_on_error=False)
         except (RedisError, OSError) as exc:
@@ -426,18 +429,10 @@ class ShowHost:
                 slot.unreplicated = False
         return out
 
-    def _queue_waits(self, pipe: Any, staged: list[_Staged],
-                     unsure: list[tuple[Slot, int, list[c.Result]]],
-                     out: dict[str, list[c.Result]]) -> list[tuple[Any, list[str]]]:
-        """A WAIT after the batch's writes on each master they went to (a cluster pipeline
-        sends one connection's commands in order, and WAIT covers what that connection
-        wrote): [(node or None, the shows it covers)]. A show answered from memory after a
-        reload waits too, since its master may hold writes no replica has yet."""
-        shows = [st.slot.show_id for st in staged] + [slot.show_id for slot, _, _ in unsure]
-        shows += [sid for sid in out if sid in self._slots and self._slots[sid].unreplicated]
-        if not self._cluster:
-            pipe.execute_command("WAIT", self._wait_replicas, self._wait_ms)
-            return [(None, shows)]
+    def _queue_waits(self, pipe: Any, shows: list[str]) -> list[tuple[Any, list[str]]]:
+        """A WAIT after the batch's writes on each master `shows` live on (a cluster
+        pipeline sends one node's commands on one connection, in order, and WAIT covers
+        what that connection wrote): [(node, the shows it covers)]."""
         by_node: dict[str, tuple[Any, list[str]]] = {}
         for sid in shows:
             node = self._redis.get_node_from_key(seq_key(sid))
@@ -457,10 +452,10 @@ class ShowHost:
         for (node, shows), reply in zip(waits, replies[len(replies) - len(waits):], strict=True):
             if isinstance(reply, BaseException) or int(reply) < self._wait_replicas:
                 log.warning("host %s: %s: a write not replicated in %d ms (%s)", self.name,
-                            node.name if node is not None else "redis", self._wait_ms, reply)
+                            node.name, self._wait_ms, reply)
                 lost.update(shows)
                 continue
-            if self._cluster and any(
+            if any(
                     self._redis.get_node_from_key(seq_key(sid)).name != node.name
                     for sid in shows):
                 # The slot moved while the batch ran (a failover): the write may have been

@@ -53,16 +53,26 @@ def sentinel_url(sentinels: str, master: str, db: int = 0, password: str | None 
     return f"{SCHEME}://{auth}{hosts}/{quote(master, safe='')}/{db}"
 
 
-def parse_sentinel(url: str) -> SentinelTarget | None:
-    """The Sentinels, master name, db and password of a `redis+sentinel://` URL; None for
-    any other URL."""
-    if not url.startswith(SCHEME + "://"):
+def _split_url(url: str, scheme: str) -> tuple[str, str | None] | None:
+    """(what follows the scheme and the credentials, the password) of a `scheme://` URL;
+    None for any other URL."""
+    if not url.startswith(scheme + "://"):
         return None
-    rest = url[len(SCHEME) + 3:]
+    rest = url[len(scheme) + 3:]
     password = None
     if "@" in rest:
         auth, rest = rest.rsplit("@", 1)
         password = unquote(auth.split(":", 1)[1] if ":" in auth else auth) or None
+    return rest, password
+
+
+def parse_sentinel(url: str) -> SentinelTarget | None:
+    """The Sentinels, master name, db and password of a `redis+sentinel://` URL; None for
+    any other URL."""
+    split = _split_url(url, SCHEME)
+    if split is None:
+        return None
+    rest, password = split
     hosts, _, path = rest.partition("/")
     parts = [p for p in path.split("/") if p]
     if not parts:
@@ -84,25 +94,12 @@ class ClusterTarget:
         self.wait_ms = wait_ms
 
 
-def cluster_url(nodes: list[tuple[str, int]] | str, password: str | None = None) -> str:
-    """`[("127.0.0.1", 7000), ...]` or `"h1:7000,h2:7001"` -> `redis+cluster://h1:7000,.../`."""
-    hosts = (",".join(f"{h}:{p}" for h, p in nodes) if not isinstance(nodes, str)
-             else ",".join(h.strip() for h in nodes.split(",") if h.strip()))
-    if not hosts:
-        raise ValueError("a Redis Cluster URL needs at least one host:port")
-    auth = f":{quote(password, safe='')}@" if password else ""
-    return f"{CLUSTER_SCHEME}://{auth}{hosts}/"
-
-
 def parse_cluster(url: str) -> ClusterTarget | None:
     """The nodes and password of a `redis+cluster://` URL; None for any other URL."""
-    if not url.startswith(CLUSTER_SCHEME + "://"):
+    split = _split_url(url, CLUSTER_SCHEME)
+    if split is None:
         return None
-    rest = url[len(CLUSTER_SCHEME) + 3:]
-    password = None
-    if "@" in rest:
-        auth, rest = rest.rsplit("@", 1)
-        password = unquote(auth.split(":", 1)[1] if ":" in auth else auth) or None
+    rest, password = split
     rest, _, query = rest.partition("?")
     hosts, _, path = rest.partition("/")
     if path.strip("/") not in ("", "0"):
@@ -121,16 +118,16 @@ def parse_cluster(url: str) -> ClusterTarget | None:
                          int(options.get("wait_ms", 2000)))
 
 
-def replica_wait(url: str) -> tuple[int, int]:
-    """(replicas, timeout ms) a write must reach before it is acknowledged: on a Redis
-    Cluster 1 replica within 2 s unless the URL says otherwise (`?wait_replicas=0` for a
-    cluster without replicas); elsewhere none (DESIGN "Redis Cluster")."""
-    target = parse_cluster(url)
-    return (target.wait_replicas, target.wait_ms) if target else (0, 0)
+def replica_wait(client: Any) -> tuple[int, int]:
+    """(replicas, timeout ms) a write must reach before it is acknowledged: for a client
+    of a Redis Cluster 1 replica within 2 s unless its URL said otherwise
+    (`?wait_replicas=0` for a cluster without replicas); for any other client none
+    (DESIGN "Redis Cluster")."""
+    return getattr(client, "bmm_replica_wait", (0, 0))
 
 
-def is_cluster(url: str) -> bool:
-    return url.startswith(CLUSTER_SCHEME + "://")
+def is_cluster(client: Any) -> bool:
+    return isinstance(client, aioredis.RedisCluster)
 
 
 _CLUSTER_IGNORED = ("timeout", "connection_pool_class", "db")
@@ -184,7 +181,7 @@ def _cluster_client(target: ClusterTarget, kwargs: dict[str, Any],
             max_connections=2 * permits, **options)
     else:
         client = aioredis.RedisCluster(startup_nodes=nodes, **options)
-    client.bmm_replica_wait = (target.wait_replicas, target.wait_ms)  # for `replicated`
+    client.bmm_replica_wait = (target.wait_replicas, target.wait_ms)  # `replica_wait`
     return client
 
 
@@ -249,7 +246,7 @@ def connection_option(client: Any, name: str) -> Any:
 async def ready(client: Any) -> Any:
     """The client, its slot map read first if it is a cluster client (a cluster pub/sub
     needs it before its first SUBSCRIBE; commands read it themselves)."""
-    if isinstance(client, aioredis.RedisCluster):
+    if is_cluster(client):
         await client.initialize()
     return client
 
@@ -268,7 +265,7 @@ async def replicated(client: Any, key: str) -> bool:
     on the same connection (WAIT covers what that connection wrote, and a master
     replicates in order, so every earlier write to it, from any connection, is covered).
     True at once for a client that waits for no replica."""
-    replicas, wait_ms = getattr(client, "bmm_replica_wait", (0, 0))
+    replicas, wait_ms = replica_wait(client)
     if not replicas:
         return True
     node = client.get_node_from_key(key)
