@@ -22,6 +22,7 @@ import base64
 import os
 import secrets
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -89,16 +90,14 @@ def run(setup: Setup, args: argparse.Namespace) -> dict[str, Any]:
         cpu0: dict[int, float] = {}
         cmd0: dict[int, int] = {}
 
-        # the generators run in forked processes; sample the masters around the window
-        import threading
-
-        def sample_at_edges() -> None:
+        # the generators run in forked processes; sample the masters at the window's start
+        def sample_at_start() -> None:
             time.sleep(max(0.0, t0 - time.time()))
             for port, p in procs.items():
                 cpu0[port] = sum(p.cpu_times()[:2])
                 cmd0[port] = _commands(port)
 
-        sampler = threading.Thread(target=sample_at_edges)
+        sampler = threading.Thread(target=sample_at_start)
         sampler.start()
         res, _ = run_generators(jobs)
         sampler.join()

@@ -90,6 +90,22 @@ async def redis_ms(redis: aioredis.Redis) -> int:
     return sec * 1000 + usec // 1000
 
 
+async def check_in_one_tick(
+        redis: aioredis.Redis, requests: list[tuple[list[tuple[str, int]], str | None]]
+) -> tuple[list[Any], Recording, int, int]:
+    """Every request (its (bucket, limit)s, its waiting room or None) checked at once, by
+    one batcher whose script calls are recorded: (answers, recording, Redis ms before and
+    after)."""
+    batcher = batcher_on(redis)
+    batcher.script = recording = Recording(batcher.script)
+    before = await redis_ms(redis)
+    answers = await bounded(asyncio.gather(*(
+        batcher.check([key for key, _ in mine] + ([room] if room else []),
+                      spec([n for _, n in mine], room is not None))
+        for mine, room in requests)))
+    return answers, recording, before, await redis_ms(redis)
+
+
 async def assert_charged(redis: aioredis.Redis, buckets: list[tuple[str, int]],
                          charged: dict[str, int], before: int, after: int) -> None:
     """In Redis, what was charged and only that: each bucket at now + charges * interval,
@@ -129,14 +145,7 @@ async def test_one_tick_of_checks_is_one_call_deciding_each_as_its_own_call_woul
                 for _ in range(200)]
     expected, charged = model(requests, rooms)
 
-    batcher = batcher_on(redis)
-    batcher.script = recording = Recording(batcher.script)
-    before = await redis_ms(redis)
-    answers = await bounded(asyncio.gather(*(
-        batcher.check([key for key, _ in mine] + ([room] if room else []),
-                      spec([n for _, n in mine], room is not None))
-        for mine, room in requests)))
-    after = await redis_ms(redis)
+    answers, recording, before, after = await check_in_one_tick(redis, requests)
     assert recording.sizes == [200]
     assert answers == expected
     await assert_charged(redis, buckets, charged, before, after)
@@ -144,9 +153,10 @@ async def test_one_tick_of_checks_is_one_call_deciding_each_as_its_own_call_woul
 
 async def test_a_tick_over_many_slots_is_one_call_per_slot_each_deciding_in_order(
         redis: aioredis.Redis) -> None:
-    """250 requests (one batch) over 48 buckets in every one of the BUCKETS tags (a request's buckets
-    share a tag): one call per tag present, each with only its tag's keys, and the answers
-    and charges are GCRA per request in order, as one call would decide them."""
+    """250 requests (one batch) over 48 buckets in every one of the BUCKETS tags (a
+    request's buckets share a tag): one call per tag present, each with only its tag's
+    keys, and the answers and charges are GCRA per request in order, as one call would
+    decide them."""
     tag = uuid.uuid4().hex[:8]
     tags = [bucket_tag(f"{tag}-{i}") for i in range(400)]
     by_tag: dict[str, list[tuple[str, int]]] = {}
@@ -164,14 +174,7 @@ async def test_a_tick_over_many_slots_is_one_call_per_slot_each_deciding_in_orde
         requests.append((rng.sample(group, rng.choice((1, 2))), rng.choice([None, *rooms])))
     expected, charged = model(requests, rooms)
 
-    batcher = batcher_on(redis)
-    batcher.script = recording = Recording(batcher.script)
-    before = await redis_ms(redis)
-    answers = await bounded(asyncio.gather(*(
-        batcher.check([key for key, _ in mine] + ([room] if room else []),
-                      spec([n for _, n in mine], room is not None))
-        for mine, room in requests)))
-    after = await redis_ms(redis)
+    answers, recording, before, after = await check_in_one_tick(redis, requests)
     assert answers == expected
     assert len(recording.sizes) == BUCKETS and sum(recording.sizes) == 250
     assert all(len(t) == 1 for t in recording.tags)
