@@ -376,9 +376,20 @@ class Hub:
                 return_exceptions=True,
             )
         if feeds:
-            await asyncio.gather(*(f.stopped.wait() for f in feeds))
+            # Bounded: a reader that ignores its cancel must not hold up the rest of the
+            # shutdown (the app's workers stop after this; left running, they keep
+            # consuming the outbox for a server that is gone).
+            _, stuck = await asyncio.wait([asyncio.ensure_future(f.stopped.wait())
+                                           for f in feeds], timeout=CLOSE_WAIT_S)
+            if stuck:
+                log.warning("live: %d feed reader(s) did not stop within %.0f s: %s",
+                            len(stuck), CLOSE_WAIT_S,
+                            [f.show_id for f in feeds if not f.stopped.is_set()])
+                for waiter in stuck:
+                    waiter.cancel()
 
 
+CLOSE_WAIT_S = 5.0  # how long a shutdown waits for the feed readers to stop
 HUB = web.AppKey("live_hub", Hub)
 HUB_REDIS_MAX = 10_000  # one blocking reader per watched show, plus reads
 
